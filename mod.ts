@@ -1,0 +1,187 @@
+/**
+ * Read, inspect and convert QEMU qcow2 disk images, with no native install.
+ *
+ * The three main uses:
+ *
+ * ```ts ignore
+ * import { convert, openImage, readHeader } from "jsr:@qcow2/qcow2";
+ *
+ * // 1. Inspect a header.
+ * using file = await Deno.open("disk.qcow2");
+ * const header = await readHeader(file);
+ * console.log(header.version, header.size, header.features);
+ *
+ * // 2. Read guest bytes at any offset.
+ * const image = await openImage(file);
+ * const bootSector = new Uint8Array(512);
+ * await image.read(0, bootSector);
+ *
+ * // 3. Convert to a sparse raw image.
+ * using out = await Deno.open("disk.raw", { write: true, create: true });
+ * const summary = await convert(file, out);
+ * console.log(`${summary.bytesWritten} bytes written`);
+ * ```
+ *
+ * Objects shaped like `Deno.FsFile` (`read`, `seek`, and for output `write`
+ * and `truncate`) pass as they are; other runtimes pass a small adapter or a
+ * {@linkcode ByteSource}.
+ *
+ * @module
+ */
+
+import {
+  convertImage,
+  type ConvertOptions,
+  type ConvertSummary,
+} from "./src/convert.ts";
+import { type OpenOptions, openQcow2, type Qcow2Image } from "./src/image.ts";
+import {
+  type ImageInput,
+  type SeekableWriter,
+  toByteSource,
+} from "./src/io.ts";
+import {
+  type Qcow2Header,
+  readHeader as readHeaderFrom,
+} from "./src/header.ts";
+import { fileSink, type RawSink, streamSink } from "./src/sink.ts";
+import { nodeCodecs } from "./native/zlib.ts";
+
+export {
+  Qcow2Error,
+  type Qcow2ErrorCode,
+  type Qcow2ErrorOptions,
+} from "./src/errors.ts";
+export {
+  type CompressionType,
+  parseHeader,
+  QCOW2_MAGIC,
+  type Qcow2Features,
+  type Qcow2Header,
+} from "./src/header.ts";
+export type {
+  BitmapsExtension,
+  EncryptionExtension,
+  FeatureName,
+  HeaderExtensions,
+  UnknownExtension,
+} from "./src/extensions.ts";
+export {
+  type ByteSource,
+  bytesSource,
+  fileSource,
+  type ImageInput,
+  type SeekableReader,
+  type SeekableWriter,
+} from "./src/io.ts";
+export type {
+  Extent,
+  ExtentKind,
+  OpenOptions,
+  Qcow2Image,
+} from "./src/image.ts";
+export type { Codecs, Decompressor } from "./src/codecs.ts";
+export { webCodecs } from "./src/codecs.ts";
+export type {
+  ConvertOptions,
+  ConvertProgress,
+  ConvertSummary,
+} from "./src/convert.ts";
+export type { RawSink } from "./src/sink.ts";
+export {
+  formatInfo,
+  formatSize,
+  type ImageInfo,
+  imageInfo,
+  type Qcow2HeaderInfo,
+  type Qcow2SpecificInfo,
+} from "./src/info.ts";
+export { nodeCodecs };
+
+/**
+ * Reads and validates the header of a qcow2 image.
+ *
+ * @param input A `Deno.FsFile`-shaped file, bytes in memory, or a {@linkcode ByteSource}.
+ * @returns The header: every field, named feature bits, and extensions.
+ * @throws {Qcow2Error} If the file is not a valid qcow2 image.
+ *
+ * @example Reading a header from bytes
+ * ```ts
+ * import { readHeader } from "@qcow2/qcow2";
+ * import { assertRejects } from "@std/assert";
+ *
+ * await assertRejects(() => readHeader(new TextEncoder().encode("not qcow2")));
+ * ```
+ */
+export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
+  return readHeaderFrom(await toByteSource(input));
+}
+
+/**
+ * Opens a qcow2 image for random-access reads of guest bytes. Compressed
+ * clusters use `node:zlib` (zlib and zstd) unless `options.codecs` says
+ * otherwise.
+ *
+ * @param input A `Deno.FsFile`-shaped file, bytes in memory, or a {@linkcode ByteSource}.
+ * @param options Codecs, L2 cache size, backing file handling.
+ * @returns The open image.
+ * @throws {Qcow2Error} If the image is invalid or uses an unsupported feature.
+ *
+ * @example Reading guest bytes of an image in memory
+ * ```ts
+ * import { openImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const image = await openImage(bytes);
+ * assertEquals(image.size, 4 * 1024 * 1024);
+ * const sector = new Uint8Array(512);
+ * await image.read(0, sector);
+ * ```
+ */
+export async function openImage(
+  input: ImageInput,
+  options: OpenOptions = {},
+): Promise<Qcow2Image> {
+  return openQcow2(await toByteSource(input), {
+    ...options,
+    codecs: options.codecs ?? nodeCodecs,
+  });
+}
+
+/**
+ * Converts a qcow2 image to a raw disk image. To a seekable file the output
+ * is sparse: clusters that read as zeros and all-zero blocks of
+ * `sparseSize` bytes are never written, and the final length is set with
+ * `truncate`. To a `WritableStream` every byte is written.
+ *
+ * @param src The image: a `Deno.FsFile`-shaped file, bytes, a {@linkcode ByteSource}, or an open image.
+ * @param dst A `Deno.FsFile`-shaped file open for writing (emptied first), or a `WritableStream`.
+ * @param options Sparseness, progress, abort, and the options of {@linkcode openImage}.
+ * @returns Bytes written, bytes skipped as holes, and the time taken.
+ * @throws {Qcow2Error} If the image is invalid; the signal's reason if aborted.
+ *
+ * @example Converting an image to raw bytes in memory
+ * ```ts
+ * import { convert } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const chunks: Uint8Array[] = [];
+ * const sink = new WritableStream<Uint8Array>({ write: (c) => { chunks.push(c.slice()); } });
+ * const summary = await convert(bytes, sink);
+ * assertEquals(summary.virtualSize, 4 * 1024 * 1024);
+ * assertEquals(chunks.reduce((n, c) => n + c.length, 0), summary.virtualSize);
+ * ```
+ */
+export async function convert(
+  src: ImageInput | Qcow2Image,
+  dst: SeekableWriter | WritableStream<Uint8Array>,
+  options: ConvertOptions & OpenOptions = {},
+): Promise<ConvertSummary> {
+  const image = "extents" in src ? src : await openImage(src, options);
+  const sink: RawSink = dst instanceof WritableStream
+    ? streamSink(dst)
+    : await fileSink(dst);
+  return convertImage(image, sink, options);
+}

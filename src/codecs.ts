@@ -1,0 +1,209 @@
+/**
+ * Decompressors for compressed clusters: the injected interface, a portable
+ * default built on web streams, and the zstd frame walker both need.
+ *
+ * @module
+ */
+
+import { Qcow2Error } from "./errors.ts";
+import type { CompressionType } from "./header.ts";
+
+/**
+ * Decompresses one compressed cluster. `input` may carry bytes after the end
+ * of the compressed stream (sector padding, or the next cluster's data); an
+ * implementation ignores them. It resolves to the decompressed bytes, which
+ * the caller checks are exactly one cluster: an implementation may stop once
+ * it has produced `maxOutput + 1` bytes. It rejects on corrupt input.
+ */
+export type Decompressor = (
+  input: Uint8Array,
+  maxOutput: number,
+) => Promise<Uint8Array>;
+
+/**
+ * The decompressors an image reader uses, by compression type. A runtime
+ * with faster native codecs passes its own (see `nodeCodecs` in `mod.ts`).
+ */
+export interface Codecs {
+  /** Raw deflate (qcow2 compression type 0, "zlib"). */
+  zlib?: Decompressor;
+  /** Zstandard (qcow2 compression type 1). */
+  zstd?: Decompressor;
+}
+
+/**
+ * Inflates raw deflate data with the web-standard `DecompressionStream`,
+ * stopping after `maxOutput + 1` bytes and ignoring trailing input.
+ *
+ * @param input Compressed bytes, possibly followed by unrelated bytes.
+ * @param maxOutput The expected output size (one cluster).
+ * @returns The decompressed bytes.
+ *
+ * @example Round trip with `CompressionStream`
+ * ```ts
+ * import { webInflateRaw } from "./codecs.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const data = new TextEncoder().encode("qcow2 ".repeat(100));
+ * const packed = new Uint8Array(
+ *   await new Response(
+ *     new Blob([data]).stream().pipeThrough(new CompressionStream("deflate-raw")),
+ *   ).arrayBuffer(),
+ * );
+ * const padded = new Uint8Array(packed.length + 7); // trailing sector padding
+ * padded.set(packed);
+ * assertEquals(await webInflateRaw(padded, data.length), data);
+ * ```
+ */
+export async function webInflateRaw(
+  input: Uint8Array,
+  maxOutput: number,
+): Promise<Uint8Array> {
+  const stream = new DecompressionStream("deflate-raw");
+  const writer = stream.writable.getWriter();
+  const reader = stream.readable.getReader();
+  // Errors from trailing bytes surface on the writer; the reader decides.
+  writer.write(input as Uint8Array<ArrayBuffer>).catch(() => {});
+  writer.close().catch(() => {});
+  const out = new Uint8Array(maxOutput + 1);
+  let done = 0;
+  try {
+    while (done <= maxOutput) {
+      const { value, done: end } = await reader.read();
+      if (end) break;
+      const take = Math.min(value.length, out.length - done);
+      out.set(value.subarray(0, take), done);
+      done += take;
+    }
+  } catch (e) {
+    if (done < maxOutput) throw e;
+  } finally {
+    reader.cancel().catch(() => {});
+  }
+  return out.subarray(0, done);
+}
+
+const ZSTD_MAGIC = 0xfd2fb528;
+
+/**
+ * The length of the first zstd frame in `input` (with any skippable frames
+ * before it), so that what follows it (padding, or the next compressed
+ * cluster, which QEMU packs right behind) can be cut before decoding.
+ *
+ * @param input Bytes that start with a zstd frame.
+ * @returns The byte length up to the end of the first frame.
+ * @throws {Qcow2Error} `BAD_COMPRESSED_DATA` if a frame is cut short or
+ * malformed.
+ *
+ * @example A frame followed by padding
+ * ```ts
+ * import { zstdFrameLength } from "./codecs.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * // Magic, descriptor (single segment, 1-byte size), size 3, one last raw block.
+ * const frame = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 3, 0x19, 0, 0, 97, 98, 99];
+ * assertEquals(zstdFrameLength(new Uint8Array([...frame, 0, 0, 0])), 12);
+ * ```
+ */
+export function zstdFrameLength(input: Uint8Array): number {
+  const view = new DataView(input.buffer, input.byteOffset, input.byteLength);
+  const fail = (why: string) =>
+    new Qcow2Error(
+      "BAD_COMPRESSED_DATA",
+      `Cannot decompress zstd cluster: ${why}`,
+    );
+  let pos = 0;
+  while (pos + 4 <= input.length) {
+    const magic = view.getUint32(pos, true);
+    if ((magic & 0xfffffff0) === 0x184d2a50) {
+      if (pos + 8 > input.length) throw fail("skippable frame cut short");
+      pos += 8 + view.getUint32(pos + 4, true);
+      if (pos > input.length) throw fail("skippable frame cut short");
+      continue;
+    }
+    if (magic !== ZSTD_MAGIC) break;
+    pos += 4;
+    if (pos >= input.length) throw fail("frame header cut short");
+    const fhd = input[pos++];
+    const fcsFlag = fhd >> 6;
+    const singleSegment = (fhd >> 5) & 1;
+    const checksum = (fhd >> 2) & 1;
+    const dictFlag = fhd & 3;
+    if (fhd & 8) throw fail("reserved bit set in frame header");
+    pos += singleSegment ? 0 : 1;
+    pos += [0, 1, 2, 4][dictFlag];
+    pos += [singleSegment ? 1 : 0, 2, 4, 8][fcsFlag];
+    for (;;) {
+      if (pos + 3 > input.length) throw fail("block header cut short");
+      const bh = input[pos] | (input[pos + 1] << 8) | (input[pos + 2] << 16);
+      pos += 3;
+      const last = bh & 1;
+      const type = (bh >> 1) & 3;
+      const size = bh >>> 3;
+      if (type === 3) throw fail("reserved block type");
+      pos += type === 1 ? 1 : size;
+      if (pos > input.length) throw fail("block cut short");
+      if (last) break;
+    }
+    pos += checksum ? 4 : 0;
+    if (pos > input.length) throw fail("checksum cut short");
+    // One frame holds one cluster; what follows may be the next cluster.
+    return pos;
+  }
+  throw fail("no zstd frame found");
+}
+
+/**
+ * The decompressors available everywhere: raw deflate through
+ * `DecompressionStream`, and no zstd (web streams have none).
+ */
+export const webCodecs: Codecs = { zlib: webInflateRaw };
+
+/**
+ * Decompresses one cluster with the codec for `type`, checking that exactly
+ * `clusterSize` bytes come out.
+ *
+ * @param codecs The available decompressors.
+ * @param type The image's compression type.
+ * @param input The compressed bytes (with any trailing bytes).
+ * @param clusterSize The cluster size.
+ * @param where A description of the cluster, for error messages.
+ * @returns The cluster's bytes.
+ */
+export async function decompressCluster(
+  codecs: Codecs,
+  type: CompressionType,
+  input: Uint8Array,
+  clusterSize: number,
+  where: string,
+): Promise<Uint8Array> {
+  const codec = codecs[type];
+  if (!codec) {
+    throw new Qcow2Error(
+      "UNSUPPORTED_COMPRESSION",
+      `Cannot read qcow2 image: it uses ${type} compression and no ${type} decompressor is available in this runtime; pass one in the 'codecs' option`,
+    );
+  }
+  let out: Uint8Array;
+  try {
+    out = await codec(input, clusterSize);
+  } catch (e) {
+    if (e instanceof Qcow2Error) throw e;
+    throw new Qcow2Error(
+      "BAD_COMPRESSED_DATA",
+      `Cannot read qcow2 image: the ${type} data of ${where} is corrupt (${
+        (e as Error)?.message ?? e
+      })`,
+      { cause: e },
+    );
+  }
+  if (out.length !== clusterSize) {
+    throw new Qcow2Error(
+      "BAD_COMPRESSED_DATA",
+      `Cannot read qcow2 image: the ${type} data of ${where} decompresses to ${
+        out.length > clusterSize ? "more" : out.length
+      } bytes instead of one cluster (${clusterSize})`,
+    );
+  }
+  return out;
+}

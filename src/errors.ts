@@ -1,0 +1,98 @@
+/**
+ * The one error type the library throws for images it cannot read, and its
+ * stable codes.
+ *
+ * @module
+ */
+
+/**
+ * Stable machine-readable reasons for a {@linkcode Qcow2Error}. Match on
+ * these, never on the message text.
+ */
+export type Qcow2ErrorCode =
+  /** The file does not start with the qcow2 magic `QFI\xfb`. */
+  | "BAD_MAGIC"
+  /** The header version is neither 2 nor 3. */
+  | "UNSUPPORTED_VERSION"
+  /** The file is shorter than its header or a table says. */
+  | "TRUNCATED"
+  /** A header field holds a value outside what the format allows. */
+  | "BAD_HEADER"
+  /** A header extension is malformed. */
+  | "BAD_EXTENSION"
+  /** The image uses an incompatible feature this library does not know. */
+  | "UNSUPPORTED_FEATURE"
+  /** The image is encrypted; decryption is not supported. */
+  | "ENCRYPTED"
+  /** The image uses a compression type that is unknown or not available. */
+  | "UNSUPPORTED_COMPRESSION"
+  /** The image has a backing file, which this reader does not follow yet. */
+  | "BACKING_FILE"
+  /** The image keeps its data in an external data file (not supported yet). */
+  | "EXTERNAL_DATA_FILE"
+  /** The image uses extended L2 entries (subclusters; not supported yet). */
+  | "EXTENDED_L2"
+  /** An L1 or L2 table entry is invalid (unaligned, reserved bits, out of bounds). */
+  | "BAD_TABLE_ENTRY"
+  /** A compressed cluster could not be decompressed to exactly one cluster. */
+  | "BAD_COMPRESSED_DATA"
+  /** A value is larger than this library can handle safely. */
+  | "TOO_LARGE"
+  /** The operation was aborted by its `AbortSignal`. */
+  | "ABORTED"
+  /** A caller-supplied argument is out of range. */
+  | "BAD_ARGUMENT";
+
+/** Options for {@linkcode Qcow2Error}. */
+export interface Qcow2ErrorOptions extends ErrorOptions {
+  /** Byte offset in the image file that the problem concerns, if any. */
+  offset?: number;
+}
+
+/**
+ * An image that cannot be read, or a request that cannot be served. The
+ * `code` is stable; the message says what is wrong and where.
+ *
+ * @example Telling image errors apart from other failures
+ * ```ts
+ * import { parseHeader, Qcow2Error } from "@qcow2/qcow2";
+ * import { assert, assertEquals } from "@std/assert";
+ *
+ * try {
+ *   parseHeader(new Uint8Array(512));
+ *   assert(false);
+ * } catch (e) {
+ *   assert(e instanceof Qcow2Error);
+ *   assertEquals(e.code, "BAD_MAGIC");
+ * }
+ * ```
+ */
+export class Qcow2Error extends Error {
+  /** Why the image could not be read; stable across releases. */
+  readonly code: Qcow2ErrorCode;
+  /** Byte offset in the image file that the problem concerns, if known. */
+  readonly offset?: number;
+
+  /**
+   * Makes an error with a stable code.
+   *
+   * @param code The stable reason.
+   * @param message What is wrong, where, and what the user can do.
+   * @param options The `cause` and the file `offset` concerned.
+   */
+  constructor(
+    code: Qcow2ErrorCode,
+    message: string,
+    options?: Qcow2ErrorOptions,
+  ) {
+    super(message, options);
+    this.name = "Qcow2Error";
+    this.code = code;
+    if (options?.offset !== undefined) this.offset = options.offset;
+  }
+}
+
+/** Formats a byte offset or value as `0x…` for messages. */
+export function hex(n: number | bigint): string {
+  return "0x" + n.toString(16);
+}

@@ -1,0 +1,558 @@
+/**
+ * The qcow2 header: every field of versions 2 and 3, named feature bits, and
+ * the checks QEMU makes when it opens an image.
+ *
+ * @module
+ */
+
+import { hex, Qcow2Error } from "./errors.ts";
+import { type ByteSource, readExact } from "./io.ts";
+import { type HeaderExtensions, parseExtensions } from "./extensions.ts";
+
+/** The four bytes every qcow2 image starts with: `QFI\xfb`. */
+export const QCOW2_MAGIC = 0x514649fb;
+
+/** Offset and size of each fixed header field, named once. */
+const F = {
+  magic: 0,
+  version: 4,
+  backingFileOffset: 8,
+  backingFileSize: 16,
+  clusterBits: 20,
+  size: 24,
+  cryptMethod: 32,
+  l1Size: 36,
+  l1TableOffset: 40,
+  refcountTableOffset: 48,
+  refcountTableClusters: 56,
+  nbSnapshots: 60,
+  snapshotsOffset: 64,
+  incompatibleFeatures: 72,
+  compatibleFeatures: 80,
+  autoclearFeatures: 88,
+  refcountOrder: 96,
+  headerLength: 100,
+  compressionType: 104,
+} as const;
+
+/** Header length of a version 2 image; version 3 needs at least 104. */
+const V2_HEADER_LENGTH = 72;
+const V3_MIN_HEADER_LENGTH = 104;
+/** Largest active L1 table QEMU opens (32 MiB). */
+const MAX_L1_BYTES = 32 * 1024 * 1024;
+/** Largest refcount table QEMU opens (8 MiB). */
+const MAX_REFCOUNT_TABLE_BYTES = 8 * 1024 * 1024;
+/** Most snapshots QEMU opens. */
+const MAX_SNAPSHOTS = 65536;
+/** Longest backing file name QEMU reads. */
+const MAX_BACKING_NAME = 1023;
+
+/** Bit numbers of the incompatible features this library knows. */
+export const INCOMPATIBLE_FEATURES: Readonly<Record<string, number>> = {
+  dirty: 0,
+  corrupt: 1,
+  "external data file": 2,
+  "compression type": 3,
+  "extended L2 entries": 4,
+};
+/** Mask of every known incompatible feature bit. */
+const KNOWN_INCOMPATIBLE = 0x1fn;
+
+/** The compression types a qcow2 v3 header can name. */
+export type CompressionType = "zlib" | "zstd";
+
+/** Named feature bits of a header. */
+export interface Qcow2Features {
+  /** Incompatible bit 0: refcounts may be stale (lazy refcounts in use). */
+  dirty: boolean;
+  /** Incompatible bit 1: QEMU found corruption; the image opens read-only. */
+  corrupt: boolean;
+  /** Incompatible bit 2: guest data lives in an external data file. */
+  externalDataFile: boolean;
+  /** Incompatible bit 3: the compression type field is not zlib. */
+  compressionType: boolean;
+  /** Incompatible bit 4: L2 entries are 128 bits, with subclusters. */
+  extendedL2: boolean;
+  /** Compatible bit 0: lazy refcounts. */
+  lazyRefcounts: boolean;
+  /** Autoclear bit 0: the bitmaps extension is consistent. */
+  bitmaps: boolean;
+  /** Autoclear bit 1: the external data file is a valid raw image. */
+  rawExternalData: boolean;
+}
+
+/** Every field of a qcow2 header, with v2 images given the v3 defaults. */
+export interface Qcow2Header {
+  /** Always {@linkcode QCOW2_MAGIC}. */
+  magic: number;
+  /** Format version: 2 (compat 0.10) or 3 (compat 1.1). */
+  version: 2 | 3;
+  /** File offset of the backing file name, or 0 when there is none. */
+  backingFileOffset: number;
+  /** Length in bytes of the backing file name. */
+  backingFileSize: number;
+  /** The backing file name, when the image has one. */
+  backingFile?: string;
+  /** log2 of the cluster size, 9 to 21. */
+  clusterBits: number;
+  /** Cluster size in bytes. */
+  clusterSize: number;
+  /** Virtual disk size in bytes, as stored. */
+  size: number;
+  /** 0 none, 1 AES, 2 LUKS. */
+  cryptMethod: number;
+  /** Entries in the active L1 table. */
+  l1Size: number;
+  /** File offset of the active L1 table. */
+  l1TableOffset: number;
+  /** File offset of the refcount table. */
+  refcountTableOffset: number;
+  /** Clusters the refcount table occupies. */
+  refcountTableClusters: number;
+  /** Number of internal snapshots. */
+  nbSnapshots: number;
+  /** File offset of the snapshot table. */
+  snapshotsOffset: number;
+  /** Raw incompatible feature bits (0 for v2). */
+  incompatibleFeatures: bigint;
+  /** Raw compatible feature bits (0 for v2). */
+  compatibleFeatures: bigint;
+  /** Raw autoclear feature bits (0 for v2). */
+  autoclearFeatures: bigint;
+  /** The known feature bits, by name. */
+  features: Qcow2Features;
+  /** Incompatible bits this library does not know (0n when none). */
+  unknownIncompatibleFeatures: bigint;
+  /** log2 of the refcount width in bits (4 for v2). */
+  refcountOrder: number;
+  /** Refcount width in bits. */
+  refcountBits: number;
+  /** Header length in bytes (72 for v2). */
+  headerLength: number;
+  /** Compression type for compressed clusters (zlib for v2). */
+  compressionType: CompressionType;
+  /** Header extensions. */
+  extensions: HeaderExtensions;
+}
+
+/**
+ * How many bytes at the start of a file {@linkcode parseHeader} may need,
+ * given the first 24 bytes: the first cluster plus room for a backing name.
+ * For a file too short or not qcow2, returns 112.
+ *
+ * @param start At least the first 24 bytes of the file.
+ * @returns The byte count to read from offset 0.
+ */
+export function headerSpan(start: Uint8Array): number {
+  if (start.length < 24) return 112;
+  const view = new DataView(start.buffer, start.byteOffset, start.byteLength);
+  const bits = view.getUint32(F.clusterBits);
+  if (view.getUint32(F.magic) !== QCOW2_MAGIC || bits < 9 || bits > 21) {
+    return 112;
+  }
+  return (1 << bits) + MAX_BACKING_NAME + 1;
+}
+
+/**
+ * Parses and validates a qcow2 header from the first bytes of an image (the
+ * first cluster, and the backing file name if it lies beyond it). Checks what
+ * QEMU checks when it opens an image; feature support is checked later, by
+ * {@linkcode openImage}.
+ *
+ * @param bytes The start of the file: at least `headerSpan(bytes)` bytes, or
+ * the whole file if it is shorter.
+ * @returns The header, with v3 defaults for a v2 image.
+ * @throws {Qcow2Error} `BAD_MAGIC`, `UNSUPPORTED_VERSION`, `TRUNCATED`,
+ * `BAD_HEADER`, `BAD_EXTENSION`, `TOO_LARGE`.
+ *
+ * @example Parsing a minimal version 3 header
+ * ```ts
+ * import { parseHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = new Uint8Array(65536);
+ * const view = new DataView(bytes.buffer);
+ * view.setUint32(0, 0x514649fb); // magic
+ * view.setUint32(4, 3); // version
+ * view.setUint32(20, 16); // 64 KiB clusters
+ * view.setBigUint64(24, 1n << 20n); // 1 MiB virtual size
+ * view.setUint32(36, 1); // one L1 entry
+ * view.setBigUint64(40, 0x30000n); // L1 table offset
+ * view.setBigUint64(48, 0x10000n); // refcount table offset
+ * view.setUint32(56, 1); // refcount table clusters
+ * view.setUint32(96, 4); // 16-bit refcounts
+ * view.setUint32(100, 112); // header length
+ * const header = parseHeader(bytes);
+ * assertEquals(header.clusterSize, 65536);
+ * assertEquals(header.size, 1048576);
+ * assertEquals(header.compressionType, "zlib");
+ * ```
+ */
+export function parseHeader(bytes: Uint8Array): Qcow2Header {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const need = (end: number, what: string) => {
+    if (bytes.length < end) {
+      throw new Qcow2Error(
+        "TRUNCATED",
+        `Cannot read qcow2 image: the file ends at ${bytes.length} bytes, inside the ${what}`,
+      );
+    }
+  };
+  if (bytes.length < 4 || view.getUint32(F.magic) !== QCOW2_MAGIC) {
+    throw new Qcow2Error(
+      "BAD_MAGIC",
+      "Cannot read qcow2 image: the file does not start with the qcow2 magic 'QFI\\xfb'",
+      { offset: 0 },
+    );
+  }
+  need(8, "header");
+  const version = view.getUint32(F.version);
+  if (version !== 2 && version !== 3) {
+    throw new Qcow2Error(
+      "UNSUPPORTED_VERSION",
+      `Cannot read qcow2 image: unsupported qcow2 version ${version} (only 2 and 3 exist)`,
+      { offset: F.version },
+    );
+  }
+  need(V2_HEADER_LENGTH, "header");
+  const u32 = (off: number) => view.getUint32(off);
+  const u64 = (off: number, field: string) =>
+    safe(view.getBigUint64(off), field, off);
+  const bad = (
+    field: string,
+    off: number,
+    value: number | bigint,
+    why: string,
+  ) =>
+    new Qcow2Error(
+      "BAD_HEADER",
+      `Cannot read qcow2 image: header field ${field} = ${
+        typeof value === "bigint" || value > 9 ? hex(value) : value
+      } ${why}`,
+      { offset: off },
+    );
+
+  const clusterBits = u32(F.clusterBits);
+  if (clusterBits < 9 || clusterBits > 21) {
+    throw bad(
+      "cluster_bits",
+      F.clusterBits,
+      clusterBits,
+      "is outside 9..21 (cluster sizes 512 B to 2 MiB)",
+    );
+  }
+  const clusterSize = 2 ** clusterBits;
+  const isAligned = (n: number) => n % clusterSize === 0;
+
+  let headerLength = V2_HEADER_LENGTH;
+  let incompatibleFeatures = 0n;
+  let compatibleFeatures = 0n;
+  let autoclearFeatures = 0n;
+  let refcountOrder = 4;
+  let compressionType: CompressionType = "zlib";
+  if (version === 3) {
+    need(V3_MIN_HEADER_LENGTH, "version 3 header");
+    headerLength = u32(F.headerLength);
+    if (headerLength < V3_MIN_HEADER_LENGTH) {
+      throw bad(
+        "header_length",
+        F.headerLength,
+        headerLength,
+        "is shorter than the 104 bytes a version 3 header has",
+      );
+    }
+    if (headerLength > clusterSize) {
+      throw bad(
+        "header_length",
+        F.headerLength,
+        headerLength,
+        `exceeds the cluster size (${clusterSize})`,
+      );
+    }
+    incompatibleFeatures = view.getBigUint64(F.incompatibleFeatures);
+    compatibleFeatures = view.getBigUint64(F.compatibleFeatures);
+    autoclearFeatures = view.getBigUint64(F.autoclearFeatures);
+    refcountOrder = u32(F.refcountOrder);
+    if (refcountOrder > 6) {
+      throw bad(
+        "refcount_order",
+        F.refcountOrder,
+        refcountOrder,
+        "is above 6 (refcounts are at most 64 bits wide)",
+      );
+    }
+    if (headerLength > F.compressionType) {
+      need(F.compressionType + 1, "header");
+      const type = bytes[F.compressionType];
+      if (type > 1) {
+        throw bad(
+          "compression_type",
+          F.compressionType,
+          type,
+          "is unknown (0 is zlib, 1 is zstd)",
+        );
+      }
+      compressionType = type === 1 ? "zstd" : "zlib";
+    }
+    const bit3 = (incompatibleFeatures & 8n) !== 0n;
+    if (bit3 !== (compressionType !== "zlib")) {
+      throw bad(
+        "incompatible_features",
+        F.incompatibleFeatures,
+        incompatibleFeatures,
+        bit3
+          ? "has the compression type bit set, but the compression type is zlib"
+          : `lacks the compression type bit, but the compression type is ${compressionType}`,
+      );
+    }
+  }
+
+  const backingFileOffset = u64(F.backingFileOffset, "backing_file_offset");
+  const backingFileSize = u32(F.backingFileSize);
+  if (backingFileOffset > clusterSize) {
+    throw bad(
+      "backing_file_offset",
+      F.backingFileOffset,
+      backingFileOffset,
+      `lies beyond the first cluster (${clusterSize} bytes)`,
+    );
+  }
+  if (
+    backingFileOffset !== 0 &&
+    backingFileSize >
+      Math.min(MAX_BACKING_NAME, clusterSize - backingFileOffset)
+  ) {
+    throw bad(
+      "backing_file_size",
+      F.backingFileSize,
+      backingFileSize,
+      "is too long for a backing file name (at most 1023 bytes, inside the first cluster)",
+    );
+  }
+
+  const size = u64(F.size, "size");
+  const cryptMethod = u32(F.cryptMethod);
+  if (cryptMethod > 2) {
+    throw bad(
+      "crypt_method",
+      F.cryptMethod,
+      cryptMethod,
+      "is unknown (0 none, 1 AES, 2 LUKS)",
+    );
+  }
+
+  const refcountTableOffset = u64(
+    F.refcountTableOffset,
+    "refcount_table_offset",
+  );
+  const refcountTableClusters = u32(F.refcountTableClusters);
+  if (refcountTableClusters === 0) {
+    throw bad(
+      "refcount_table_clusters",
+      F.refcountTableClusters,
+      0,
+      "is 0: the image has no refcount table",
+    );
+  }
+  if (refcountTableClusters * clusterSize > MAX_REFCOUNT_TABLE_BYTES) {
+    throw bad(
+      "refcount_table_clusters",
+      F.refcountTableClusters,
+      refcountTableClusters,
+      "makes the refcount table larger than 8 MiB",
+    );
+  }
+  if (!isAligned(refcountTableOffset)) {
+    throw bad(
+      "refcount_table_offset",
+      F.refcountTableOffset,
+      refcountTableOffset,
+      "is not aligned to a cluster",
+    );
+  }
+
+  const nbSnapshots = u32(F.nbSnapshots);
+  const snapshotsOffset = u64(F.snapshotsOffset, "snapshots_offset");
+  if (nbSnapshots > MAX_SNAPSHOTS) {
+    throw bad("nb_snapshots", F.nbSnapshots, nbSnapshots, "is above 65536");
+  }
+  if (!isAligned(snapshotsOffset)) {
+    throw bad(
+      "snapshots_offset",
+      F.snapshotsOffset,
+      snapshotsOffset,
+      "is not aligned to a cluster",
+    );
+  }
+
+  const l1Size = u32(F.l1Size);
+  const l1TableOffset = u64(F.l1TableOffset, "l1_table_offset");
+  if (l1Size > MAX_L1_BYTES / 8) {
+    throw bad(
+      "l1_size",
+      F.l1Size,
+      l1Size,
+      "makes the active L1 table larger than 32 MiB",
+    );
+  }
+  if (!isAligned(l1TableOffset)) {
+    throw bad(
+      "l1_table_offset",
+      F.l1TableOffset,
+      l1TableOffset,
+      "is not aligned to a cluster",
+    );
+  }
+  // The L1 table must cover the virtual size.
+  const extendedL2 = (incompatibleFeatures & 16n) !== 0n;
+  const l2Bits = clusterBits - (extendedL2 ? 4 : 3);
+  const bytesPerL1Entry = 2 ** (clusterBits + l2Bits);
+  const l1Needed = Math.ceil(size / bytesPerL1Entry);
+  if (l1Needed > MAX_L1_BYTES / 8) {
+    throw new Qcow2Error(
+      "TOO_LARGE",
+      `Cannot read qcow2 image: the virtual size ${size} is too big for ${clusterSize}-byte clusters`,
+      { offset: F.size },
+    );
+  }
+  if (l1Size < l1Needed) {
+    throw bad(
+      "l1_size",
+      F.l1Size,
+      l1Size,
+      `is too small for the virtual size ${size} (needs ${l1Needed} entries)`,
+    );
+  }
+
+  const bit = (mask: bigint, n: bigint) => (mask & (1n << n)) !== 0n;
+  const features: Qcow2Features = {
+    dirty: bit(incompatibleFeatures, 0n),
+    corrupt: bit(incompatibleFeatures, 1n),
+    externalDataFile: bit(incompatibleFeatures, 2n),
+    compressionType: bit(incompatibleFeatures, 3n),
+    extendedL2,
+    lazyRefcounts: bit(compatibleFeatures, 0n),
+    bitmaps: bit(autoclearFeatures, 0n),
+    rawExternalData: bit(autoclearFeatures, 1n),
+  };
+  if (extendedL2 && clusterSize / 32 < 512) {
+    throw bad(
+      "cluster_bits",
+      F.clusterBits,
+      clusterBits,
+      "is too small for extended L2 entries (subclusters must be at least 512 bytes)",
+    );
+  }
+
+  const extensionsEnd = backingFileOffset !== 0
+    ? backingFileOffset
+    : clusterSize;
+  const extensions = parseExtensions(
+    bytes,
+    headerLength,
+    extensionsEnd,
+    cryptMethod,
+  );
+
+  let backingFile: string | undefined;
+  if (backingFileOffset !== 0) {
+    need(backingFileOffset + backingFileSize, "backing file name");
+    backingFile = new TextDecoder().decode(
+      bytes.subarray(backingFileOffset, backingFileOffset + backingFileSize),
+    );
+  }
+  if (cryptMethod === 2 && !extensions.encryption) {
+    throw bad(
+      "crypt_method",
+      F.cryptMethod,
+      2,
+      "is LUKS, but the full disk encryption header extension is missing",
+    );
+  }
+
+  return {
+    magic: QCOW2_MAGIC,
+    version,
+    backingFileOffset,
+    backingFileSize,
+    backingFile,
+    clusterBits,
+    clusterSize,
+    size,
+    cryptMethod,
+    l1Size,
+    l1TableOffset,
+    refcountTableOffset,
+    refcountTableClusters,
+    nbSnapshots,
+    snapshotsOffset,
+    incompatibleFeatures,
+    compatibleFeatures,
+    autoclearFeatures,
+    features,
+    unknownIncompatibleFeatures: incompatibleFeatures & ~KNOWN_INCOMPATIBLE,
+    refcountOrder,
+    refcountBits: 2 ** refcountOrder,
+    headerLength,
+    compressionType,
+    extensions,
+  };
+}
+
+/**
+ * Reads and parses the header of an image through a {@linkcode ByteSource}.
+ *
+ * @param source The image file.
+ * @returns The parsed header.
+ * @throws {Qcow2Error} As {@linkcode parseHeader}.
+ *
+ * @example Reading a header from bytes in memory
+ * ```ts
+ * import { bytesSource, readHeader } from "@qcow2/qcow2";
+ * import { assertRejects } from "@std/assert";
+ *
+ * await assertRejects(() => readHeader(bytesSource(new Uint8Array(8))));
+ * ```
+ */
+export async function readHeader(source: ByteSource): Promise<Qcow2Header> {
+  const start = new Uint8Array(Math.min(112, source.size));
+  await source.readAt(0, start);
+  const span = Math.min(headerSpan(start), source.size);
+  const bytes = span <= start.length
+    ? start
+    : await readExact(source, 0, span, "header");
+  return parseHeader(bytes);
+}
+
+/**
+ * Names of the incompatible feature bits in `mask` that this library does not
+ * know, using the image's feature name table where it has one.
+ *
+ * @param header A parsed header.
+ * @returns A description such as `"bit 61, bit 62"`, or `""` when none.
+ */
+export function unknownFeatureNames(header: Qcow2Header): string {
+  const names: string[] = [];
+  for (let b = 0n; b < 64n; b++) {
+    if ((header.unknownIncompatibleFeatures & (1n << b)) === 0n) continue;
+    const named = header.extensions.featureNames.find((f) =>
+      f.type === "incompatible" && BigInt(f.bit) === b
+    );
+    names.push(named ? `${named.name} (bit ${b})` : `bit ${b}`);
+  }
+  return names.join(", ");
+}
+
+/** Converts a 64-bit field to a number, refusing what a number cannot hold. */
+function safe(value: bigint, field: string, offset: number): number {
+  if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+    throw new Qcow2Error(
+      "TOO_LARGE",
+      `Cannot read qcow2 image: header field ${field} = ${
+        hex(value)
+      } is larger than 2^53 - 1`,
+      { offset },
+    );
+  }
+  return Number(value);
+}

@@ -1,0 +1,254 @@
+/**
+ * What `info` reports about an image, keyed like `qemu-img info
+ * --output=json`, and its human-readable form.
+ *
+ * @module
+ */
+
+import { hex, Qcow2Error } from "./errors.ts";
+import {
+  INCOMPATIBLE_FEATURES,
+  type Qcow2Header,
+  unknownFeatureNames,
+} from "./header.ts";
+
+/** The `format-specific.data` object of `qemu-img info` for qcow2. */
+export interface Qcow2SpecificInfo {
+  /** `"0.10"` for version 2, `"1.1"` for version 3. */
+  compat: "0.10" | "1.1";
+  /** `"zlib"` or `"zstd"`. */
+  "compression-type": string;
+  /** Compatible bit 0 (version 3 only). */
+  "lazy-refcounts"?: boolean;
+  /** Refcount width in bits. */
+  "refcount-bits": number;
+  /** Incompatible bit 1 (version 3 only). */
+  corrupt?: boolean;
+  /** Incompatible bit 4 (version 3 only). */
+  "extended-l2"?: boolean;
+  /** The external data file name, when there is one. */
+  "data-file"?: string;
+  /** Autoclear bit 1, when there is an external data file. */
+  "data-file-raw"?: boolean;
+}
+
+/** Header details that `qemu-img info` does not show; our own keys. */
+export interface Qcow2HeaderInfo {
+  /** Header version, 2 or 3. */
+  version: number;
+  /** Header length in bytes. */
+  "header-length": number;
+  /** Entries in the active L1 table. */
+  "l1-size": number;
+  /** File offset of the active L1 table. */
+  "l1-table-offset": number;
+  /** File offset of the refcount table. */
+  "refcount-table-offset": number;
+  /** Clusters in the refcount table. */
+  "refcount-table-clusters": number;
+  /** Number of internal snapshots. */
+  "snapshot-count": number;
+  /** File offset of the snapshot table. */
+  "snapshots-offset": number;
+  /** Encryption method: 0 none, 1 AES, 2 LUKS. */
+  "crypt-method": number;
+  /** Names of the incompatible feature bits that are set. */
+  "incompatible-features": string[];
+  /** Names of the compatible feature bits that are set. */
+  "compatible-features": string[];
+  /** Names of the autoclear feature bits that are set. */
+  "autoclear-features": string[];
+  /** Type codes (hex) of header extensions this library does not know. */
+  "unknown-extensions": string[];
+}
+
+/** The report of `info --json`: `qemu-img info` keys, plus `qcow2-header`. */
+export interface ImageInfo {
+  /** The image's file name, as given. */
+  filename: string;
+  /** Always `"qcow2"`. */
+  format: "qcow2";
+  /** Virtual disk size in bytes. */
+  "virtual-size": number;
+  /** Bytes the file occupies on disk, when known. */
+  "actual-size"?: number;
+  /** Cluster size in bytes. */
+  "cluster-size": number;
+  /** Whether the image is encrypted (present only when it is). */
+  encrypted?: boolean;
+  /** The backing file name, when there is one. */
+  "backing-filename"?: string;
+  /** The backing file's format, when the image names it. */
+  "backing-filename-format"?: string;
+  /** qcow2-specific details. */
+  "format-specific": { type: "qcow2"; data: Qcow2SpecificInfo };
+  /** Incompatible bit 0: whether refcounts may be stale. */
+  "dirty-flag": boolean;
+  /** Header details beyond what `qemu-img info` prints. */
+  "qcow2-header": Qcow2HeaderInfo;
+}
+
+/**
+ * Builds the `info` report of an image from its header. Refuses, as
+ * `qemu-img info` does, an image with incompatible features it does not
+ * know.
+ *
+ * @param header The parsed header.
+ * @param filename The name to report.
+ * @param actualSize Bytes the file occupies on disk, if known.
+ * @returns The report.
+ * @throws {Qcow2Error} `UNSUPPORTED_FEATURE` for unknown incompatible bits.
+ */
+export function imageInfo(
+  header: Qcow2Header,
+  filename: string,
+  actualSize?: number,
+): ImageInfo {
+  if (header.unknownIncompatibleFeatures !== 0n) {
+    throw new Qcow2Error(
+      "UNSUPPORTED_FEATURE",
+      `Cannot read qcow2 image: it uses incompatible features this version does not know: ${
+        unknownFeatureNames(header)
+      } (mask ${hex(header.unknownIncompatibleFeatures)})`,
+      { offset: 72 },
+    );
+  }
+  const v3 = header.version === 3;
+  const data: Qcow2SpecificInfo = {
+    compat: v3 ? "1.1" : "0.10",
+    "compression-type": header.compressionType,
+    "refcount-bits": header.refcountBits,
+  };
+  if (v3) {
+    data["lazy-refcounts"] = header.features.lazyRefcounts;
+    data.corrupt = header.features.corrupt;
+    data["extended-l2"] = header.features.extendedL2;
+    if (header.extensions.externalDataFile !== undefined) {
+      data["data-file"] = header.extensions.externalDataFile;
+      data["data-file-raw"] = header.features.rawExternalData;
+    }
+  }
+  // Keys in the order qemu-img prints them.
+  const info: ImageInfo = {
+    "virtual-size": Math.floor(header.size / 512) * 512,
+    filename,
+    "cluster-size": header.clusterSize,
+    format: "qcow2",
+    "actual-size": actualSize,
+    encrypted: header.cryptMethod !== 0 ? true : undefined,
+    "backing-filename": header.backingFile,
+    "backing-filename-format": header.backingFile !== undefined
+      ? header.extensions.backingFormat
+      : undefined,
+    "format-specific": { type: "qcow2", data },
+    "dirty-flag": header.features.dirty,
+    "qcow2-header": headerInfo(header),
+  };
+  for (const key of Object.keys(info) as (keyof ImageInfo)[]) {
+    if (info[key] === undefined) delete info[key];
+  }
+  return info;
+}
+
+function headerInfo(header: Qcow2Header): Qcow2HeaderInfo {
+  const names = (mask: bigint, known: Record<string, number>, type: string) => {
+    const out: string[] = [];
+    for (let b = 0; b < 64; b++) {
+      if ((mask & (1n << BigInt(b))) === 0n) continue;
+      const name = Object.entries(known).find(([, bit]) => bit === b)?.[0] ??
+        header.extensions.featureNames.find((f) =>
+          f.type === type && f.bit === b
+        )
+          ?.name ??
+        `bit ${b}`;
+      out.push(name);
+    }
+    return out;
+  };
+  return {
+    version: header.version,
+    "header-length": header.headerLength,
+    "l1-size": header.l1Size,
+    "l1-table-offset": header.l1TableOffset,
+    "refcount-table-offset": header.refcountTableOffset,
+    "refcount-table-clusters": header.refcountTableClusters,
+    "snapshot-count": header.nbSnapshots,
+    "snapshots-offset": header.snapshotsOffset,
+    "crypt-method": header.cryptMethod,
+    "incompatible-features": names(
+      header.incompatibleFeatures,
+      INCOMPATIBLE_FEATURES,
+      "incompatible",
+    ),
+    "compatible-features": names(
+      header.compatibleFeatures,
+      { "lazy refcounts": 0 },
+      "compatible",
+    ),
+    "autoclear-features": names(
+      header.autoclearFeatures,
+      { bitmaps: 0, "raw external data": 1 },
+      "autoclear",
+    ),
+    "unknown-extensions": header.extensions.unknown.map((e) => hex(e.type)),
+  };
+}
+
+/**
+ * A byte count the way QEMU prints one: three significant digits and a
+ * binary unit, switching unit at 1000 (`"456 KiB"`, `"0.977 MiB"`).
+ *
+ * @param bytes A byte count.
+ * @returns The text.
+ */
+export function formatSize(bytes: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+  let i = 0;
+  while (i < units.length - 1 && bytes * 1.024 >= 1024 ** (i + 1)) i++;
+  return `${Number((bytes / 1024 ** i).toPrecision(3))} ${units[i]}`;
+}
+
+/**
+ * The human-readable `info` text, laid out like `qemu-img info`.
+ *
+ * @param info A report from {@linkcode imageInfo}.
+ * @returns Lines of text, ending with a newline.
+ */
+export function formatInfo(info: ImageInfo): string {
+  const lines = [
+    `image: ${info.filename}`,
+    `file format: ${info.format}`,
+    `virtual size: ${formatSize(info["virtual-size"])} (${
+      info["virtual-size"]
+    } bytes)`,
+  ];
+  if (info["actual-size"] !== undefined) {
+    lines.push(`disk size: ${formatSize(info["actual-size"])}`);
+  }
+  lines.push(`cluster_size: ${info["cluster-size"]}`);
+  if (info.encrypted) lines.push("encrypted: yes");
+  if (info["backing-filename"] !== undefined) {
+    lines.push(`backing file: ${info["backing-filename"]}`);
+  }
+  if (info["backing-filename-format"] !== undefined) {
+    lines.push(`backing file format: ${info["backing-filename-format"]}`);
+  }
+  const d = info["format-specific"].data;
+  lines.push("Format specific information:");
+  lines.push(`    compat: ${d.compat}`);
+  lines.push(`    compression type: ${d["compression-type"]}`);
+  if (d["lazy-refcounts"] !== undefined) {
+    lines.push(`    lazy refcounts: ${d["lazy-refcounts"]}`);
+  }
+  lines.push(`    refcount bits: ${d["refcount-bits"]}`);
+  if (d.corrupt !== undefined) lines.push(`    corrupt: ${d.corrupt}`);
+  if (d["extended-l2"] !== undefined) {
+    lines.push(`    extended l2: ${d["extended-l2"]}`);
+  }
+  if (d["data-file"] !== undefined) {
+    lines.push(`    data file: ${d["data-file"]}`);
+    lines.push(`    data file raw: ${d["data-file-raw"]}`);
+  }
+  if (info["dirty-flag"]) lines.push("dirty flag: yes");
+  return lines.join("\n") + "\n";
+}

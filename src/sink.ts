@@ -1,0 +1,76 @@
+/**
+ * Where converted raw bytes go: a seekable file (holes are skipped) or a
+ * plain stream (holes are written as zeros).
+ *
+ * @module
+ */
+
+import { SEEK_START, type SeekableWriter } from "./io.ts";
+
+/**
+ * A destination for raw guest bytes, written in increasing offset order. What
+ * is never written reads as zeros once {@linkcode RawSink.finish} has run.
+ */
+export interface RawSink {
+  /** Writes `bytes` at guest offset `position` (never before an earlier write's end). */
+  writeAt(position: number, bytes: Uint8Array): Promise<void>;
+  /** Ends the output at `size` bytes. */
+  finish(size: number): Promise<void>;
+}
+
+/**
+ * A sink over a seekable file: empties it first, seeks over holes, and sets
+ * the final length with `truncate`, so holes stay sparse.
+ *
+ * @param file A file shaped like `Deno.FsFile`, open for writing.
+ * @returns The sink.
+ */
+export async function fileSink(file: SeekableWriter): Promise<RawSink> {
+  await file.truncate(0);
+  let pos = 0;
+  return {
+    async writeAt(position: number, bytes: Uint8Array): Promise<void> {
+      if (position !== pos) await file.seek(position, SEEK_START);
+      let done = 0;
+      while (done < bytes.length) {
+        done += await file.write(bytes.subarray(done));
+      }
+      pos = position + bytes.length;
+    },
+    async finish(size: number): Promise<void> {
+      await file.truncate(size);
+    },
+  };
+}
+
+const ZEROS = new Uint8Array(1024 * 1024);
+
+/**
+ * A sink over a `WritableStream`: every byte is written, holes as zeros. The
+ * stream is not closed.
+ *
+ * @param stream Where the raw image is streamed, such as `Deno.stdout.writable`.
+ * @returns The sink.
+ */
+export function streamSink(stream: WritableStream<Uint8Array>): RawSink {
+  const writer = stream.getWriter();
+  let pos = 0;
+  const zeroTo = async (end: number) => {
+    while (pos < end) {
+      const n = Math.min(ZEROS.length, end - pos);
+      await writer.write(ZEROS.subarray(0, n));
+      pos += n;
+    }
+  };
+  return {
+    async writeAt(position: number, bytes: Uint8Array): Promise<void> {
+      await zeroTo(position);
+      await writer.write(bytes);
+      pos += bytes.length;
+    },
+    async finish(size: number): Promise<void> {
+      await zeroTo(size);
+      writer.releaseLock();
+    },
+  };
+}

@@ -1,0 +1,156 @@
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import { convert, type ConvertProgress, openImage, Qcow2Error } from "../mod.ts";
+import { prng, type SynthCluster, synthImage } from "./_synth.ts";
+
+const CS = 65536;
+
+/** A `Deno.FsFile`-shaped writer in memory that records every call. */
+class MemoryFile {
+  bytes = new Uint8Array(0);
+  pos = 0;
+  writes: [number, number][] = [];
+  failAfter = Infinity;
+  write(p: Uint8Array): Promise<number> {
+    if (this.writes.length >= this.failAfter) {
+      return Promise.reject(new Error("disk full"));
+    }
+    this.writes.push([this.pos, p.length]);
+    if (this.pos + p.length > this.bytes.length) this.resize(this.pos + p.length);
+    this.bytes.set(p, this.pos);
+    this.pos += p.length;
+    return Promise.resolve(p.length);
+  }
+  seek(offset: number, whence: number): Promise<number> {
+    assertEquals(whence, 0);
+    this.pos = offset;
+    return Promise.resolve(offset);
+  }
+  truncate(len = 0): Promise<void> {
+    this.resize(len);
+    return Promise.resolve();
+  }
+  resize(len: number) {
+    const next = new Uint8Array(len);
+    next.set(this.bytes.subarray(0, len));
+    this.bytes = next;
+  }
+}
+
+const data = prng(CS, 5);
+// A cluster that is half zeros: its zero 4 KiB blocks are left as holes.
+const half = prng(CS, 6).fill(0, 8192, 8192 + 32768);
+
+function image() {
+  return synthImage(
+    { size: 10n * BigInt(CS) + 512n },
+    new Map<number, SynthCluster>([
+      [0, { kind: "data", bytes: data }],
+      [1, { kind: "data", bytes: half }],
+      [2, { kind: "zero", allocated: true }],
+      [4, { kind: "data", bytes: new Uint8Array(CS) }],
+      [10, { kind: "data", bytes: data }],
+    ]),
+  );
+}
+
+function expected(): Uint8Array {
+  const out = new Uint8Array(10 * CS + 512);
+  out.set(data, 0);
+  out.set(half, CS);
+  out.set(data.subarray(0, 512), 10 * CS);
+  return out;
+}
+
+Deno.test("convert writes data, seeks over holes and sets the length", async () => {
+  const dst = new MemoryFile();
+  dst.bytes = new Uint8Array(100).fill(9); // old content is discarded
+  const summary = await convert(image(), dst);
+  assertEquals(dst.bytes, expected());
+  assertEquals(summary.virtualSize, 10 * CS + 512);
+  assertEquals(summary.bytesWritten, 2 * CS - 32768 + 512);
+  assertEquals(summary.bytesSkipped, summary.virtualSize - summary.bytesWritten);
+  // Nothing was written inside the zero block of cluster 1, cluster 2, 3 or 4.
+  for (const [pos, len] of dst.writes) {
+    const end = pos + len;
+    assert(end <= CS + 8192 || pos >= CS + 8192 + 32768, `write ${pos}+${len}`);
+    assert(end <= 2 * CS || pos >= 10 * CS, `write ${pos}+${len}`);
+  }
+});
+
+Deno.test("convert -S 0 writes every byte", async () => {
+  const dst = new MemoryFile();
+  const summary = await convert(image(), dst, { sparseSize: 0 });
+  assertEquals(dst.bytes, expected());
+  assertEquals(summary.bytesWritten, summary.virtualSize);
+  const covered = dst.writes.reduce((n, [, len]) => n + len, 0);
+  assertEquals(covered, summary.virtualSize);
+});
+
+Deno.test("convert with a larger sparse size keeps more data", async () => {
+  const dst = new MemoryFile();
+  const summary = await convert(image(), dst, { sparseSize: 65536 });
+  assertEquals(dst.bytes, expected());
+  assertEquals(summary.bytesWritten, 2 * CS + 512);
+});
+
+Deno.test("convert to a stream writes every byte", async () => {
+  const chunks: Uint8Array[] = [];
+  const sink = new WritableStream<Uint8Array>({
+    write(c) {
+      chunks.push(c.slice());
+    },
+  });
+  await convert(image(), sink);
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let p = 0;
+  for (const c of chunks) {
+    out.set(c, p);
+    p += c.length;
+  }
+  assertEquals(out, expected());
+});
+
+Deno.test("convert reports progress up to the total", async () => {
+  const seen: ConvertProgress[] = [];
+  await convert(image(), new MemoryFile(), {
+    onProgress: (p) => seen.push(p),
+    chunkSize: 65536,
+  });
+  assert(seen.length >= 2);
+  for (let i = 1; i < seen.length; i++) assert(seen[i].done >= seen[i - 1].done);
+  assertEquals(seen.at(-1), { done: 10 * CS + 512, total: 10 * CS + 512 });
+});
+
+Deno.test("convert stops when aborted", async () => {
+  const controller = new AbortController();
+  const reason = new Error("stop");
+  const e = await assertRejects(() =>
+    convert(image(), new MemoryFile(), {
+      chunkSize: 65536,
+      signal: controller.signal,
+      onProgress: () => controller.abort(reason),
+    })
+  );
+  assertEquals(e, reason);
+  controller.abort();
+  await assertRejects(() => convert(image(), new MemoryFile(), { signal: controller.signal }));
+});
+
+Deno.test("convert passes on a write error", async () => {
+  const dst = new MemoryFile();
+  dst.failAfter = 1;
+  await assertRejects(() => convert(image(), dst, { chunkSize: 65536 }), Error, "disk full");
+});
+
+Deno.test("convert refuses a bad sparse size", async () => {
+  for (const sparseSize of [100, -512, 32 * 1024 * 1024]) {
+    const e = await assertRejects(() => convert(image(), new MemoryFile(), { sparseSize }), Qcow2Error);
+    assertEquals(e.code, "BAD_ARGUMENT");
+  }
+});
+
+Deno.test("convert accepts an open image", async () => {
+  const dst = new MemoryFile();
+  await convert(await openImage(image()), dst);
+  assertEquals(dst.bytes, expected());
+});
