@@ -24,8 +24,18 @@ function promisify(
 }
 
 const inflateRaw = promisify(zlib.inflateRaw as never);
-const zstdDecompress = typeof zlib.zstdDecompress === "function"
-  ? promisify(zlib.zstdDecompress as never)
+// zstd runs synchronously: measured faster here than the async variant,
+// whose thread hand-off costs more than a 64 KiB frame takes to decode.
+const zstdDecompress = typeof zlib.zstdDecompressSync === "function"
+  ? (input: Uint8Array, maxOutput: number): Promise<Uint8Array> => {
+    try {
+      return Promise.resolve(
+        zlib.zstdDecompressSync(input, { maxOutputLength: maxOutput }),
+      );
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  }
   : undefined;
 
 /**

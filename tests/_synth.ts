@@ -133,7 +133,9 @@ export function synthImage(
     refcountTableOffset: header.refcountTableOffset ?? BigInt(cs),
   });
   const v = new DataView(out.buffer);
-  for (const [i, at] of l2At) v.setBigUint64(2 * cs + i * 8, BigInt(at) | (1n << 63n));
+  for (const [i, at] of l2At) {
+    v.setBigUint64(2 * cs + i * 8, BigInt(at) | (1n << 63n));
+  }
   for (const [g, e] of entries) {
     const l2 = l2At.get(Math.floor(g / l2Entries))!;
     v.setBigUint64(l2 + (g % l2Entries) * 8, e);

@@ -1,5 +1,10 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { convert, type ConvertProgress, openImage, Qcow2Error } from "../mod.ts";
+import {
+  convert,
+  type ConvertProgress,
+  openImage,
+  Qcow2Error,
+} from "../mod.ts";
 import { prng, type SynthCluster, synthImage } from "./_synth.ts";
 
 const CS = 65536;
@@ -15,7 +20,9 @@ class MemoryFile {
       return Promise.reject(new Error("disk full"));
     }
     this.writes.push([this.pos, p.length]);
-    if (this.pos + p.length > this.bytes.length) this.resize(this.pos + p.length);
+    if (this.pos + p.length > this.bytes.length) {
+      this.resize(this.pos + p.length);
+    }
     this.bytes.set(p, this.pos);
     this.pos += p.length;
     return Promise.resolve(p.length);
@@ -68,7 +75,10 @@ Deno.test("convert writes data, seeks over holes and sets the length", async () 
   assertEquals(dst.bytes, expected());
   assertEquals(summary.virtualSize, 10 * CS + 512);
   assertEquals(summary.bytesWritten, 2 * CS - 32768 + 512);
-  assertEquals(summary.bytesSkipped, summary.virtualSize - summary.bytesWritten);
+  assertEquals(
+    summary.bytesSkipped,
+    summary.virtualSize - summary.bytesWritten,
+  );
   // Nothing was written inside the zero block of cluster 1, cluster 2, 3 or 4.
   for (const [pos, len] of dst.writes) {
     const end = pos + len;
@@ -117,7 +127,9 @@ Deno.test("convert reports progress up to the total", async () => {
     chunkSize: 65536,
   });
   assert(seen.length >= 2);
-  for (let i = 1; i < seen.length; i++) assert(seen[i].done >= seen[i - 1].done);
+  for (let i = 1; i < seen.length; i++) {
+    assert(seen[i].done >= seen[i - 1].done);
+  }
   assertEquals(seen.at(-1), { done: 10 * CS + 512, total: 10 * CS + 512 });
 });
 
@@ -133,18 +145,27 @@ Deno.test("convert stops when aborted", async () => {
   );
   assertEquals(e, reason);
   controller.abort();
-  await assertRejects(() => convert(image(), new MemoryFile(), { signal: controller.signal }));
+  await assertRejects(() =>
+    convert(image(), new MemoryFile(), { signal: controller.signal })
+  );
 });
 
 Deno.test("convert passes on a write error", async () => {
   const dst = new MemoryFile();
   dst.failAfter = 1;
-  await assertRejects(() => convert(image(), dst, { chunkSize: 65536 }), Error, "disk full");
+  await assertRejects(
+    () => convert(image(), dst, { chunkSize: 65536 }),
+    Error,
+    "disk full",
+  );
 });
 
 Deno.test("convert refuses a bad sparse size", async () => {
   for (const sparseSize of [100, -512, 32 * 1024 * 1024]) {
-    const e = await assertRejects(() => convert(image(), new MemoryFile(), { sparseSize }), Qcow2Error);
+    const e = await assertRejects(
+      () => convert(image(), new MemoryFile(), { sparseSize }),
+      Qcow2Error,
+    );
     assertEquals(e.code, "BAD_ARGUMENT");
   }
 });

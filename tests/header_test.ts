@@ -136,53 +136,163 @@ Deno.test("parseHeader reads every header extension", () => {
   });
   assertEquals(x.encryption, { offset: 0x20000, length: 0x100000 });
   assertEquals(x.externalDataFile, "data.raw");
-  assertEquals(x.unknown, [{ type: 0x12345678, data: new Uint8Array([1, 2, 3]) }]);
+  assertEquals(x.unknown, [{
+    type: 0x12345678,
+    data: new Uint8Array([1, 2, 3]),
+  }]);
   assertEquals(h.backingFile, "base.qcow2");
 });
 
 Deno.test("parseHeader stops extensions at the end marker", () => {
-  const bytes = header({ extensions: [{ type: 0xe2792aca, data: text("raw") }] });
+  const bytes = header({
+    extensions: [{ type: 0xe2792aca, data: text("raw") }],
+  });
   // Garbage after the end marker is not an extension.
   bytes.set(u32(0xe2792aca), 112 + 16 + 8);
   bytes.set(u32(0xffffff), 112 + 16 + 12);
   assertEquals(parseHeader(bytes).extensions.backingFormat, "raw");
 });
 
-const rejects: [string, SynthHeader | ((b: Uint8Array) => void), Qcow2ErrorCode, RegExp][] = [
+const rejects: [
+  string,
+  SynthHeader | ((b: Uint8Array) => void),
+  Qcow2ErrorCode,
+  RegExp,
+][] = [
   ["bad magic", (b) => (b[0] = 0), "BAD_MAGIC", /magic/],
   ["version 1", { version: 1 }, "UNSUPPORTED_VERSION", /version 1/],
   ["version 4", { version: 4 }, "UNSUPPORTED_VERSION", /version 4/],
   ["cluster_bits 8", { clusterBits: 8 }, "BAD_HEADER", /cluster_bits = 8/],
   ["cluster_bits 22", { clusterBits: 22 }, "BAD_HEADER", /cluster_bits/],
   ["v3 header_length 96", { headerLength: 96 }, "BAD_HEADER", /header_length/],
-  ["header_length past cluster", (b) => new DataView(b.buffer).setUint32(100, 0x7fffffff), "BAD_HEADER", /exceeds the cluster size/],
+  [
+    "header_length past cluster",
+    (b) => new DataView(b.buffer).setUint32(100, 0x7fffffff),
+    "BAD_HEADER",
+    /exceeds the cluster size/,
+  ],
   ["refcount_order 7", { refcountOrder: 7 }, "BAD_HEADER", /refcount_order/],
   ["crypt_method 3", { cryptMethod: 3 }, "BAD_HEADER", /crypt_method/],
-  ["LUKS without FDE extension", { cryptMethod: 2 }, "BAD_HEADER", /full disk encryption/],
+  [
+    "LUKS without FDE extension",
+    { cryptMethod: 2 },
+    "BAD_HEADER",
+    /full disk encryption/,
+  ],
   ["compression type 2", (b) => (b[104] = 2), "BAD_HEADER", /compression_type/],
-  ["zstd without bit 3", (b) => (b[104] = 1), "BAD_HEADER", /lacks the compression type bit/],
-  ["bit 3 with zlib", { incompatible: 8n }, "BAD_HEADER", /compression type bit set/],
-  ["refcount_table_clusters 0", { refcountTableClusters: 0 }, "BAD_HEADER", /no refcount table/],
-  ["refcount table too large", { refcountTableClusters: 0x00020001 }, "BAD_HEADER", /8 MiB/],
-  ["refcount table offset unaligned", { refcountTableOffset: 0x10200n }, "BAD_HEADER", /refcount_table_offset/],
-  ["refcount table offset huge", { refcountTableOffset: 0x1234567890abcdefn }, "TOO_LARGE", /refcount_table_offset/],
-  ["nb_snapshots huge", { nbSnapshots: 0xffffffff }, "BAD_HEADER", /nb_snapshots/],
-  ["snapshots_offset unaligned", { snapshotsOffset: 0x10001n }, "BAD_HEADER", /snapshots_offset/],
+  [
+    "zstd without bit 3",
+    (b) => (b[104] = 1),
+    "BAD_HEADER",
+    /lacks the compression type bit/,
+  ],
+  [
+    "bit 3 with zlib",
+    { incompatible: 8n },
+    "BAD_HEADER",
+    /compression type bit set/,
+  ],
+  [
+    "refcount_table_clusters 0",
+    { refcountTableClusters: 0 },
+    "BAD_HEADER",
+    /no refcount table/,
+  ],
+  [
+    "refcount table too large",
+    { refcountTableClusters: 0x00020001 },
+    "BAD_HEADER",
+    /8 MiB/,
+  ],
+  [
+    "refcount table offset unaligned",
+    { refcountTableOffset: 0x10200n },
+    "BAD_HEADER",
+    /refcount_table_offset/,
+  ],
+  [
+    "refcount table offset huge",
+    { refcountTableOffset: 0x1234567890abcdefn },
+    "TOO_LARGE",
+    /refcount_table_offset/,
+  ],
+  [
+    "nb_snapshots huge",
+    { nbSnapshots: 0xffffffff },
+    "BAD_HEADER",
+    /nb_snapshots/,
+  ],
+  [
+    "snapshots_offset unaligned",
+    { snapshotsOffset: 0x10001n },
+    "BAD_HEADER",
+    /snapshots_offset/,
+  ],
   ["l1_size huge", { l1Size: 0x7fffffff }, "BAD_HEADER", /32 MiB/],
-  ["l1 offset unaligned", { l1TableOffset: 0x30200n }, "BAD_HEADER", /l1_table_offset/],
-  ["l1 offset huge", { l1TableOffset: 1n << 62n }, "TOO_LARGE", /l1_table_offset/],
+  [
+    "l1 offset unaligned",
+    { l1TableOffset: 0x30200n },
+    "BAD_HEADER",
+    /l1_table_offset/,
+  ],
+  [
+    "l1 offset huge",
+    { l1TableOffset: 1n << 62n },
+    "TOO_LARGE",
+    /l1_table_offset/,
+  ],
   ["L1 too small", { size: 1n << 40n, l1Size: 1 }, "BAD_HEADER", /too small/],
   ["1 EB virtual size", { size: 1n << 60n, l1Size: 0 }, "TOO_LARGE", /size/],
-  ["backing offset past cluster", (b) => new DataView(b.buffer).setBigUint64(8, 0x20000n), "BAD_HEADER", /backing_file_offset/],
-  ["backing name too long", (b) => {
-    new DataView(b.buffer).setBigUint64(8, 0x200n);
-    new DataView(b.buffer).setUint32(16, 0xffffffff);
-  }, "BAD_HEADER", /backing_file_size/],
-  ["extension too large", { extensions: [{ type: 0x1234, data: new Uint8Array(8) }] }, "BAD_EXTENSION", /too large/],
-  ["backing format too long", { extensions: [{ type: 0xe2792aca, data: text("0123456789abcdef") }] }, "BAD_EXTENSION", /backing format/],
-  ["bitmaps wrong length", { extensions: [{ type: 0x23852875, data: new Uint8Array(16) }] }, "BAD_EXTENSION", /bitmaps/],
-  ["bitmaps count 0", { extensions: [{ type: 0x23852875, data: be([0, 4], [0, 4], [0, 8], [0, 8]) }] }, "BAD_EXTENSION", /bitmaps/],
-  ["FDE without LUKS", { extensions: [{ type: 0x0537be77, data: new Uint8Array(16) }] }, "BAD_EXTENSION", /not LUKS/],
+  [
+    "backing offset past cluster",
+    (b) => new DataView(b.buffer).setBigUint64(8, 0x20000n),
+    "BAD_HEADER",
+    /backing_file_offset/,
+  ],
+  [
+    "backing name too long",
+    (b) => {
+      new DataView(b.buffer).setBigUint64(8, 0x200n);
+      new DataView(b.buffer).setUint32(16, 0xffffffff);
+    },
+    "BAD_HEADER",
+    /backing_file_size/,
+  ],
+  [
+    "extension too large",
+    { extensions: [{ type: 0x1234, data: new Uint8Array(8) }] },
+    "BAD_EXTENSION",
+    /too large/,
+  ],
+  [
+    "backing format too long",
+    { extensions: [{ type: 0xe2792aca, data: text("0123456789abcdef") }] },
+    "BAD_EXTENSION",
+    /backing format/,
+  ],
+  [
+    "bitmaps wrong length",
+    { extensions: [{ type: 0x23852875, data: new Uint8Array(16) }] },
+    "BAD_EXTENSION",
+    /bitmaps/,
+  ],
+  [
+    "bitmaps count 0",
+    {
+      extensions: [{
+        type: 0x23852875,
+        data: be([0, 4], [0, 4], [0, 8], [0, 8]),
+      }],
+    },
+    "BAD_EXTENSION",
+    /bitmaps/,
+  ],
+  [
+    "FDE without LUKS",
+    { extensions: [{ type: 0x0537be77, data: new Uint8Array(16) }] },
+    "BAD_EXTENSION",
+    /not LUKS/,
+  ],
 ];
 
 for (const [name, change, code, message] of rejects) {
@@ -192,7 +302,10 @@ for (const [name, change, code, message] of rejects) {
       bytes = header();
       change(bytes);
     } else {
-      bytes = header(change, 1 << Math.min(21, Math.max(9, change.clusterBits ?? 16)));
+      bytes = header(
+        change,
+        1 << Math.min(21, Math.max(9, change.clusterBits ?? 16)),
+      );
     }
     if (name === "extension too large") {
       // Claim a length that runs past the end of the first cluster.

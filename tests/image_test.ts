@@ -1,6 +1,12 @@
 import { assertEquals, assertRejects } from "@std/assert";
 import * as zlib from "node:zlib";
-import { type Codecs, type Extent, openImage, Qcow2Error, webCodecs } from "../mod.ts";
+import {
+  type Codecs,
+  type Extent,
+  openImage,
+  Qcow2Error,
+  webCodecs,
+} from "../mod.ts";
 import { prng, type SynthCluster, synthImage } from "./_synth.ts";
 
 const CS = 65536;
@@ -22,7 +28,10 @@ async function readAll(bytes: Uint8Array, codecs?: Codecs) {
   return { image, out, extents };
 }
 
-const text = new TextEncoder().encode("qcow2 cluster ".repeat(5000)).subarray(0, CS);
+const text = new TextEncoder().encode("qcow2 cluster ".repeat(5000)).subarray(
+  0,
+  CS,
+);
 const random = prng(CS, 7);
 
 Deno.test("every cluster kind reads as qemu defines it", async () => {
@@ -33,7 +42,10 @@ Deno.test("every cluster kind reads as qemu defines it", async () => {
     [3, { kind: "zero", allocated: true }],
     // 4: unallocated
     [5, { kind: "compressed", bytes: deflate(text) }],
-    [6, { kind: "compressed", bytes: deflate(random.slice().fill(3, 100, 60000)) }],
+    [6, {
+      kind: "compressed",
+      bytes: deflate(random.slice().fill(3, 100, 60000)),
+    }],
   ]);
   const bytes = synthImage({ size: 8n * BigInt(CS) }, clusters);
   for (const codecs of [undefined, webCodecs]) {
@@ -42,7 +54,10 @@ Deno.test("every cluster kind reads as qemu defines it", async () => {
     assertEquals(out.subarray(CS, 2 * CS), text);
     assertEquals(out.subarray(2 * CS, 5 * CS), new Uint8Array(3 * CS));
     assertEquals(out.subarray(5 * CS, 6 * CS), text);
-    assertEquals(out.subarray(6 * CS, 7 * CS), random.slice().fill(3, 100, 60000));
+    assertEquals(
+      out.subarray(6 * CS, 7 * CS),
+      random.slice().fill(3, 100, 60000),
+    );
     assertEquals(out.subarray(7 * CS), new Uint8Array(CS));
     assertEquals(extents.map((e) => [e.start / CS, e.length / CS, e.kind]), [
       [0, 2, "data"],
@@ -60,13 +75,18 @@ Deno.test("zstd clusters packed back to back decompress", async () => {
     [0, { kind: "compressed", bytes: zstd(text) }],
     [1, { kind: "compressed", bytes: zstd(random.slice().fill(0, 0, 40000)) }],
   ]);
-  const { out } = await readAll(synthImage({ size: 2n * BigInt(CS), compressionType: 1 }, clusters));
+  const { out } = await readAll(
+    synthImage({ size: 2n * BigInt(CS), compressionType: 1 }, clusters),
+  );
   assertEquals(out.subarray(0, CS), text);
   assertEquals(out.subarray(CS), random.slice().fill(0, 0, 40000));
 });
 
 Deno.test("zstd without a decompressor is UNSUPPORTED_COMPRESSION", async () => {
-  const clusters = new Map<number, SynthCluster>([[0, { kind: "compressed", bytes: zstd(text) }]]);
+  const clusters = new Map<number, SynthCluster>([[0, {
+    kind: "compressed",
+    bytes: zstd(text),
+  }]]);
   const bytes = synthImage({ size: BigInt(CS), compressionType: 1 }, clusters);
   const e = await assertRejects(() => readAll(bytes, webCodecs), Qcow2Error);
   assertEquals(e.code, "UNSUPPORTED_COMPRESSION");
@@ -92,11 +112,21 @@ Deno.test("reads at any offset and length agree with a whole read", async () => 
 
 Deno.test("a virtual size that is not a cluster multiple", async () => {
   const size = 3 * CS + 4096 + 512;
-  const clusters = new Map<number, SynthCluster>([[3, { kind: "data", bytes: random }]]);
-  const { image, out, extents } = await readAll(synthImage({ size: BigInt(size) }, clusters));
+  const clusters = new Map<number, SynthCluster>([[3, {
+    kind: "data",
+    bytes: random,
+  }]]);
+  const { image, out, extents } = await readAll(
+    synthImage({ size: BigInt(size) }, clusters),
+  );
   assertEquals(image.size, size);
   assertEquals(out.subarray(3 * CS), random.subarray(0, 4608));
-  assertEquals(extents.at(-1), { start: 3 * CS, length: 4608, kind: "data", hostOffset: 4 * CS });
+  assertEquals(extents.at(-1), {
+    start: 3 * CS,
+    length: 4608,
+    kind: "data",
+    hostOffset: 4 * CS,
+  });
 });
 
 Deno.test("the virtual size is rounded down to 512 as QEMU does", async () => {
@@ -106,10 +136,24 @@ Deno.test("the virtual size is rounded down to 512 as QEMU does", async () => {
 
 const corrupt: [string, SynthCluster, RegExp][] = [
   ["unaligned data cluster", { kind: "raw", entry: 0x50200n }, /not aligned/],
-  ["data cluster past EOF", { kind: "raw", entry: 0x7000000n }, /past the end of the file/],
-  ["compressed cluster past EOF", { kind: "raw", entry: (1n << 62n) | 0x7000000n }, /past the end/],
-  ["garbage compressed data", { kind: "compressed", bytes: prng(3000, 9) }, /corrupt|decompresses/],
-  ["compressed data one byte short", { kind: "compressed", bytes: deflate(text.subarray(1)) }, /instead of one cluster/],
+  [
+    "data cluster past EOF",
+    { kind: "raw", entry: 0x7000000n },
+    /past the end of the file/,
+  ],
+  ["compressed cluster past EOF", {
+    kind: "raw",
+    entry: (1n << 62n) | 0x7000000n,
+  }, /past the end/],
+  [
+    "garbage compressed data",
+    { kind: "compressed", bytes: prng(3000, 9) },
+    /corrupt|decompresses/,
+  ],
+  ["compressed data one byte short", {
+    kind: "compressed",
+    bytes: deflate(text.subarray(1)),
+  }, /instead of one cluster/],
 ];
 for (const [name, cluster, message] of corrupt) {
   Deno.test(`a bad L2 entry fails when read: ${name}`, async () => {
@@ -118,7 +162,10 @@ for (const [name, cluster, message] of corrupt) {
     const image = await openImage(bytes);
     // The rest of the image still reads.
     await image.read(0, new Uint8Array(CS));
-    const e = await assertRejects(() => image.read(CS, new Uint8Array(CS)), Qcow2Error);
+    const e = await assertRejects(
+      () => image.read(CS, new Uint8Array(CS)),
+      Qcow2Error,
+    );
     assertEquals(message.test(e.message), true, e.message);
   });
 }
@@ -126,7 +173,10 @@ for (const [name, cluster, message] of corrupt) {
 Deno.test("a zero flag in a version 2 image is an error", async () => {
   const clusters = new Map<number, SynthCluster>([[0, { kind: "zero" }]]);
   const image = await openImage(synthImage({ version: 2 }, clusters));
-  const e = await assertRejects(() => image.read(0, new Uint8Array(512)), Qcow2Error);
+  const e = await assertRejects(
+    () => image.read(0, new Uint8Array(512)),
+    Qcow2Error,
+  );
   assertEquals(e.code, "BAD_TABLE_ENTRY");
 });
 
@@ -139,17 +189,26 @@ Deno.test("unsupported features are refused at open, with names", async () => {
     [{ backingFile: "base.qcow2" }, "BACKING_FILE", /base\.qcow2/],
   ];
   for (const [h, code, message] of cases) {
-    const e = await assertRejects(() => openImage(synthImage(h, new Map())), Qcow2Error);
+    const e = await assertRejects(
+      () => openImage(synthImage(h, new Map())),
+      Qcow2Error,
+    );
     assertEquals(e.code, code);
     assertEquals(message.test(e.message), true, e.message);
   }
 });
 
 Deno.test("ignoreBackingFile reads the top layer alone", async () => {
-  const clusters = new Map<number, SynthCluster>([[1, { kind: "data", bytes: text }]]);
-  const image = await openImage(synthImage({ backingFile: "base.qcow2" }, clusters), {
-    ignoreBackingFile: true,
-  });
+  const clusters = new Map<number, SynthCluster>([[1, {
+    kind: "data",
+    bytes: text,
+  }]]);
+  const image = await openImage(
+    synthImage({ backingFile: "base.qcow2" }, clusters),
+    {
+      ignoreBackingFile: true,
+    },
+  );
   const out = new Uint8Array(2 * CS);
   await image.read(0, out);
   assertEquals(out.subarray(0, CS), new Uint8Array(CS));
@@ -164,19 +223,30 @@ Deno.test("an L1 table past the end of the file is TRUNCATED", async () => {
 
 Deno.test("reads outside the virtual disk are a RangeError", async () => {
   const image = await openImage(synthImage({}, new Map()));
-  await assertRejects(() => image.read(image.size - 10, new Uint8Array(11)), RangeError);
+  await assertRejects(
+    () => image.read(image.size - 10, new Uint8Array(11)),
+    RangeError,
+  );
   await assertRejects(() => image.read(-1, new Uint8Array(1)), RangeError);
 });
 
 Deno.test("the L2 cache stays bounded", async () => {
   // 64 L2 tables (with 512-byte clusters, one L2 covers 32 KiB of guest).
   const clusters = new Map<number, SynthCluster>();
-  for (let i = 0; i < 64; i++) clusters.set(i * 64, { kind: "data", bytes: prng(512, i + 1) });
-  const bytes = synthImage({ clusterBits: 9, size: 64n * 64n * 512n }, clusters);
+  for (let i = 0; i < 64; i++) {
+    clusters.set(i * 64, { kind: "data", bytes: prng(512, i + 1) });
+  }
+  const bytes = synthImage(
+    { clusterBits: 9, size: 64n * 64n * 512n },
+    clusters,
+  );
   const image = await openImage(bytes, { l2CacheBytes: 4 * 512 });
   const out = new Uint8Array(image.size);
   await image.read(0, out);
   for (let i = 0; i < 64; i++) {
-    assertEquals(out.subarray(i * 64 * 512, i * 64 * 512 + 512), prng(512, i + 1));
+    assertEquals(
+      out.subarray(i * 64 * 512, i * 64 * 512 + 512),
+      prng(512, i + 1),
+    );
   }
 });

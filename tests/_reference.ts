@@ -1,0 +1,63 @@
+/**
+ * The reference tools and the committed fixtures: what qemu-img says about
+ * each fixture, live when qemu-img is installed, else from the digests and
+ * info committed in `fixtures/expected.json`.
+ */
+
+export const FIXTURES = new URL("./fixtures/", import.meta.url);
+
+export interface Expected {
+  sha256: string;
+  virtualSize: number;
+  info: Record<string, unknown>;
+}
+
+export const expected: Record<string, Expected> = JSON.parse(
+  await Deno.readTextFile(new URL("expected.json", FIXTURES)),
+);
+
+export function fixture(name: string): string {
+  return new URL(name, FIXTURES).pathname;
+}
+
+/** Whether qemu-img and qemu-io are on the PATH. */
+export const hasQemu: boolean = await (async () => {
+  try {
+    const { success } = await new Deno.Command("qemu-img", {
+      args: ["--version"],
+      stdout: "null",
+      stderr: "null",
+    }).output();
+    return success;
+  } catch {
+    return false;
+  }
+})();
+
+/** Runs a command, failing with its stderr if it fails. */
+export async function run(cmd: string, args: string[]): Promise<string> {
+  const { success, stdout, stderr } = await new Deno.Command(cmd, { args })
+    .output();
+  const err = new TextDecoder().decode(stderr);
+  if (!success) throw new Error(`${cmd} ${args.join(" ")} failed: ${err}`);
+  return new TextDecoder().decode(stdout);
+}
+
+/** SHA-256 of a file, streamed in 4 MiB pieces (hex). */
+export async function sha256File(path: string): Promise<string> {
+  // Files here are small enough to hash whole; the output of a multi-TiB
+  // sparse fixture is not read, see sparseDigest.
+  const bytes = await Deno.readFile(path);
+  return hex(await crypto.subtle.digest("SHA-256", bytes));
+}
+
+export function hex(buffer: ArrayBuffer): string {
+  return Array.from(
+    new Uint8Array(buffer),
+    (b) => b.toString(16).padStart(2, "0"),
+  ).join("");
+}
+
+export async function tempDir(): Promise<string> {
+  return await Deno.makeTempDir({ prefix: "qcow2-test-" });
+}
