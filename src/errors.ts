@@ -56,13 +56,13 @@ export interface Qcow2ErrorOptions extends ErrorOptions {
  * @example Telling image errors apart from other failures
  * ```ts
  * import { parseHeader, Qcow2Error } from "@qcow2/qcow2";
- * import { assert, assertEquals } from "@std/assert";
+ * import { assertEquals, fail } from "@std/assert";
  *
  * try {
  *   parseHeader(new Uint8Array(512));
- *   assert(false);
+ *   fail("a zero-filled file is not an image");
  * } catch (e) {
- *   assert(e instanceof Qcow2Error);
+ *   if (!(e instanceof Qcow2Error)) throw e;
  *   assertEquals(e.code, "BAD_MAGIC");
  * }
  * ```
