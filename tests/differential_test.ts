@@ -6,7 +6,13 @@
  * honest); without it, the committed digests and info are the reference.
  */
 import { assert, assertEquals } from "@std/assert";
-import { convert, imageInfo, openImage, readHeader } from "../mod.ts";
+import {
+  convert,
+  formatInfo,
+  imageInfo,
+  openImage,
+  readHeader,
+} from "../mod.ts";
 import {
   expected,
   fixture,
@@ -158,4 +164,59 @@ for (const name of names) {
       assert(key in ours, `${name}: ${key}`);
     }
   });
+
+  Deno.test({
+    name: `info ${name}: the text matches qemu-img info line for line`,
+    ignore: !hasQemu,
+    fn: async () => {
+      const src = fixture(name);
+      using file = await Deno.open(src);
+      const blocks = (await file.stat()).blocks ?? 0;
+      const ours = formatInfo(
+        imageInfo(await readHeader(file), src, blocks * 512),
+      );
+      assertEquals(ours, await run("qemu-img", ["info", src]));
+    },
+  });
 }
+
+Deno.test("dirty and corrupt images read as qemu-img reads them read-only", async () => {
+  const dir = await tempDir();
+  try {
+    for (const [bit, key] of [[0n, "dirty-flag"], [1n, "corrupt"]] as const) {
+      const bytes = await Deno.readFile(fixture("v3_64k.qcow2"));
+      const view = new DataView(bytes.buffer);
+      view.setBigUint64(72, view.getBigUint64(72) | (1n << bit));
+      const src = `${dir}/flagged.qcow2`;
+      await Deno.writeFile(src, bytes);
+      const info = imageInfo(await readHeader(bytes), src);
+      const flag = key === "dirty-flag"
+        ? info[key]
+        : info["format-specific"].data.corrupt;
+      assertEquals(flag, true);
+      const out = `${dir}/out.raw`;
+      {
+        using output = await Deno.open(out, { write: true, create: true });
+        await convert(bytes, output);
+      }
+      assertEquals(await sha256File(out), expected["v3_64k.qcow2"].sha256);
+      if (hasQemu) {
+        const theirs = JSON.parse(
+          await run("qemu-img", ["info", "--output=json", src]),
+        );
+        assertEquals(theirs["dirty-flag"], info["dirty-flag"]);
+        assertEquals(
+          theirs["format-specific"].data.corrupt,
+          info["format-specific"].data.corrupt,
+        );
+        await run("qemu-img", ["convert", "-O", "raw", src, `${dir}/qemu.raw`]);
+        assertEquals(
+          await sha256File(`${dir}/qemu.raw`),
+          expected["v3_64k.qcow2"].sha256,
+        );
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
