@@ -7,6 +7,7 @@
 
 import { Qcow2Error } from "./errors.ts";
 import type { CompressionType } from "./header.ts";
+import { inflateRaw } from "./inflate.ts";
 
 /**
  * Decompresses one compressed cluster. `input` may carry bytes after the end
@@ -29,58 +30,6 @@ export interface Codecs {
   zlib?: Decompressor;
   /** Zstandard (qcow2 compression type 1). */
   zstd?: Decompressor;
-}
-
-/**
- * Inflates raw deflate data with the web-standard `DecompressionStream`,
- * stopping after `maxOutput + 1` bytes and ignoring trailing input.
- *
- * @param input Compressed bytes, possibly followed by unrelated bytes.
- * @param maxOutput The expected output size (one cluster).
- * @returns The decompressed bytes.
- *
- * @example Round trip with `CompressionStream`
- * ```ts
- * import { webInflateRaw } from "./codecs.ts";
- * import { assertEquals } from "@std/assert";
- *
- * const data = new TextEncoder().encode("qcow2 ".repeat(100));
- * const packed = new Uint8Array(
- *   await new Response(
- *     new Blob([data]).stream().pipeThrough(new CompressionStream("deflate-raw")),
- *   ).arrayBuffer(),
- * );
- * const padded = new Uint8Array(packed.length + 7); // trailing sector padding
- * padded.set(packed);
- * assertEquals(await webInflateRaw(padded, data.length), data);
- * ```
- */
-export async function webInflateRaw(
-  input: Uint8Array,
-  maxOutput: number,
-): Promise<Uint8Array> {
-  const stream = new DecompressionStream("deflate-raw");
-  const writer = stream.writable.getWriter();
-  const reader = stream.readable.getReader();
-  // Errors from trailing bytes surface on the writer; the reader decides.
-  writer.write(input as Uint8Array<ArrayBuffer>).catch(() => {});
-  writer.close().catch(() => {});
-  const out = new Uint8Array(maxOutput + 1);
-  let done = 0;
-  try {
-    while (done <= maxOutput) {
-      const { value, done: end } = await reader.read();
-      if (end) break;
-      const take = Math.min(value.length, out.length - done);
-      out.set(value.subarray(0, take), done);
-      done += take;
-    }
-  } catch (e) {
-    if (done < maxOutput) throw e;
-  } finally {
-    reader.cancel().catch(() => {});
-  }
-  return out.subarray(0, done);
 }
 
 const ZSTD_MAGIC = 0xfd2fb528;
@@ -154,10 +103,21 @@ export function zstdFrameLength(input: Uint8Array): number {
 }
 
 /**
- * The decompressors available everywhere: raw deflate through
- * `DecompressionStream`, and no zstd (web streams have none).
+ * The decompressors available everywhere: raw deflate by the pure TypeScript
+ * {@linkcode inflateRaw}, and no zstd. (`DecompressionStream("deflate-raw")`
+ * cannot serve: Deno's and Chromium's fail when bytes follow the end of the
+ * stream, as they do in qcow2, where compressed clusters are packed back to
+ * back.)
  */
-export const webCodecs: Codecs = { zlib: webInflateRaw };
+export const webCodecs: Codecs = {
+  zlib: (input, maxOutput) => {
+    try {
+      return Promise.resolve(inflateRaw(input, maxOutput));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+  },
+};
 
 /**
  * Decompresses one cluster with the codec for `type`, checking that exactly

@@ -176,14 +176,17 @@ function truncated(s: State): Qcow2Error {
   return bad("input ends before the final block ends", s.len);
 }
 
-/** Loads bytes until at least 25 bits are buffered. */
+/**
+ * Loads bytes until at least 23 bits are buffered (at most 30, so that the
+ * bit buffer stays a small non-negative integer).
+ */
 function fill(s: State): void {
   const input = s.input;
   const len = s.len;
   let pos = s.pos;
   let bitbuf = s.bitbuf;
   let bitcnt = s.bitcnt;
-  while (bitcnt <= 24) {
+  while (bitcnt < 23) {
     if (pos < len) bitbuf |= input[pos] << bitcnt;
     pos++;
     bitcnt += 8;
@@ -200,7 +203,7 @@ function drop(s: State, n: number): void {
   if (s.pos > s.len && s.pos * 8 - s.bitcnt > s.len * 8) throw truncated(s);
 }
 
-/** Reads `n` ≤ 24 bits. */
+/** Reads `n` ≤ 23 bits. */
 function bits(s: State, n: number): number {
   if (s.bitcnt < n) fill(s);
   const v = s.bitbuf & ((1 << n) - 1);
@@ -344,14 +347,14 @@ function codes(s: State, lit: Huffman, dist: Huffman): boolean {
   let outPos = s.outPos;
   let full = false;
   for (;;) {
-    if (bitcnt <= 24) {
+    if (bitcnt < 23) {
       // Past the end, zeros load; the bits used are checked further on.
       if (pos >= len && pos * 8 - bitcnt > len * 8) throw truncated(s);
       do {
         if (pos < len) bitbuf |= input[pos] << bitcnt;
         pos++;
         bitcnt += 8;
-      } while (bitcnt <= 24);
+      } while (bitcnt < 23);
     }
     let e = litFast[bitbuf & FAST_MASK];
     if (e === 0) {
@@ -380,13 +383,13 @@ function codes(s: State, lit: Huffman, dist: Huffman): boolean {
       bitbuf >>>= n;
       bitcnt -= n;
     }
-    if (bitcnt <= 24) {
+    if (bitcnt < 23) {
       if (pos >= len && pos * 8 - bitcnt > len * 8) throw truncated(s);
       do {
         if (pos < len) bitbuf |= input[pos] << bitcnt;
         pos++;
         bitcnt += 8;
-      } while (bitcnt <= 24);
+      } while (bitcnt < 23);
     }
     e = distFast[bitbuf & FAST_MASK];
     if (e === 0) {
@@ -406,7 +409,7 @@ function codes(s: State, lit: Huffman, dist: Huffman): boolean {
           if (pos < len) bitbuf |= input[pos] << bitcnt;
           pos++;
           bitcnt += 8;
-        } while (bitcnt <= 24);
+        } while (bitcnt < 23);
       }
       distance += bitbuf & ((1 << n) - 1);
       bitbuf >>>= n;

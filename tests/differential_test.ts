@@ -12,6 +12,7 @@ import {
   imageInfo,
   openImage,
   readHeader,
+  webCodecs,
 } from "../mod.ts";
 import {
   expected,
@@ -215,6 +216,30 @@ Deno.test("dirty and corrupt images read as qemu-img reads them read-only", asyn
           expected["v3_64k.qcow2"].sha256,
         );
       }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("the portable codecs convert every zlib fixture to the same bytes", async () => {
+  const dir = await tempDir();
+  try {
+    for (
+      const name of [
+        "zlib.qcow2",
+        "zlib_4k.qcow2",
+        "odd_size_zlib.qcow2",
+        "sample.qcow2",
+      ]
+    ) {
+      const out = `${dir}/${name}.raw`;
+      {
+        using input = await Deno.open(fixture(name));
+        using output = await Deno.open(out, { write: true, create: true });
+        await convert(input, output, { codecs: webCodecs });
+      }
+      assertEquals(await sha256File(out), expected[name].sha256, name);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });

@@ -1,15 +1,9 @@
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import zlib from "node:zlib";
-import { Qcow2Error } from "./errors.ts";
-import { inflateRaw } from "./inflate.ts";
+import { Qcow2Error } from "../mod.ts";
+import { inflateRaw } from "../src/inflate.ts";
 
-/**
- * `Deno.test`, reached through `globalThis` because this file sits in src/,
- * which `deno task check` also type-checks with DOM types only (no `Deno`).
- */
-const test = (globalThis as unknown as {
-  Deno: { test(name: string, fn: () => void): void };
-}).Deno.test;
+const test = Deno.test;
 
 // ---------------------------------------------------------------------------
 // Helpers
