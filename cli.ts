@@ -17,11 +17,19 @@ import denoJson from "./deno.json" with { type: "json" };
 import {
   convert,
   type ConvertProgress,
+  fileSource,
   formatInfo,
+  type ImageInfo,
   imageInfo,
   openImage,
+  probeFormat,
   Qcow2Error,
+  qcowInfo,
+  rawInfo,
   readHeader,
+  readQcowHeader,
+  readSnapshots,
+  resolveName,
 } from "./mod.ts";
 
 const NAME = "qcow2";
@@ -31,8 +39,9 @@ const HELP = `${NAME} ${denoJson.version}: inspect and convert qcow2 disk images
 Usage: ${NAME} <command> [options]
 
 Commands:
-  info [--json] IMAGE              show what an image is
-  convert [-O raw] [-S BYTES] [-p] SRC DST
+  info [--json] [--backing-chain] IMAGE
+                                   show what an image is
+  convert [-O raw] [-S BYTES] [-l SNAPSHOT] [--top] [-p] SRC DST
                                    convert an image to a raw disk image
 
 Options:
@@ -42,31 +51,40 @@ Options:
 Exit status: 0 success, 1 image or I/O error, 2 usage error.
 `;
 
-const INFO_HELP = `Usage: ${NAME} info [--json] IMAGE
+const INFO_HELP = `Usage: ${NAME} info [--json] [--backing-chain] IMAGE
 
-Show an image's format, sizes and qcow2 details, like 'qemu-img info'.
+Show an image's format, sizes, backing file, snapshots and qcow2 details,
+like 'qemu-img info'. IMAGE is qcow2 or legacy qcow.
 
 Options:
-  --json          print JSON with the key names of 'qemu-img info --output=json'
-  -h, --help      show this help
+  --json            print JSON with the key names of 'qemu-img info --output=json'
+  --backing-chain   show every layer of the backing chain (JSON: an array)
+  -h, --help        show this help
 
-Needs: --allow-read=IMAGE
+Needs: --allow-read=IMAGE (and each backing file, with --backing-chain)
 `;
 
-const CONVERT_HELP = `Usage: ${NAME} convert [-O raw] [-S BYTES] [-p] SRC DST
+const CONVERT_HELP =
+  `Usage: ${NAME} convert [-O raw] [-S BYTES] [-l SNAPSHOT] [--top] [-p] SRC DST
 
-Convert a qcow2 image to a sparse raw disk image. DST '-' streams the raw
-bytes to standard output (every byte written, holes as zeros).
+Convert a qcow2 (or legacy qcow) image to a sparse raw disk image, with its
+whole backing chain flattened in. DST '-' streams the raw bytes to standard
+output (every byte written, holes as zeros).
 
 Options:
   -O FORMAT       output format; only 'raw' (the default)
   -S BYTES        leave aligned all-zero runs of this size as holes
                   (default 4096, a multiple of 512; 0 writes every byte;
                   suffixes k, M allowed)
+  -l SNAPSHOT     convert the disk as it was in an internal snapshot: an ID
+                  or a name, or snapshot.id=ID / snapshot.name=NAME
+  --top           convert the top layer alone (what it does not allocate
+                  reads as zeros; no backing file is opened)
   -p              show progress on a terminal
   -h, --help      show this help
 
-Needs: --allow-read=SRC --allow-write=DST
+Needs: --allow-read=SRC --allow-write=DST, and read access to each backing
+file and the external data file the image names.
 `;
 
 /** A usage error: exit status 2. */
@@ -86,7 +104,7 @@ export async function main(args: string[]): Promise<number> {
       console.error(`${NAME}: ${e.message}\nTry '${NAME} --help'.`);
       return 2;
     }
-    console.error(`${NAME}: ${describe(e)}`);
+    console.error(`${NAME}: ${explain(e)}`);
     return 1;
   }
 }
@@ -135,25 +153,92 @@ function parse(
 }
 
 async function info(args: string[]): Promise<number> {
-  const flags = parse(args, { boolean: ["json"] });
+  const flags = parse(args, { boolean: ["json", "backing-chain"] });
   if (flags.help) {
     console.log(INFO_HELP);
     return 0;
   }
   const files = flags._.map(String);
   if (files.length !== 1) throw new UsageError("info takes exactly one IMAGE");
-  const [path] = files;
-  using file = await Deno.open(path);
-  const header = await readHeader(file);
-  const blocks = (await file.stat()).blocks;
-  const report = imageInfo(
-    header,
-    path,
-    blocks === null ? undefined : blocks * 512,
-  );
-  if (flags.json) console.log(JSON.stringify(report, null, 4));
-  else await Deno.stdout.write(new TextEncoder().encode(formatInfo(report)));
+  const reports: ImageInfo[] = [];
+  let layer: { path: string; format?: string } | undefined = { path: files[0] };
+  const seen = new Set<string>();
+  while (layer) {
+    if (seen.has(layer.path) || seen.size > 64) {
+      throw new Qcow2Error(
+        "BACKING_FILE",
+        `Cannot follow the backing chain: it loops or is deeper than 64 layers at '${layer.path}'`,
+      );
+    }
+    seen.add(layer.path);
+    const { report, next } = await describe(
+      layer.path,
+      reports.length === 0,
+      layer.format,
+    );
+    reports.push(report);
+    layer = flags["backing-chain"] ? next : undefined;
+  }
+  if (flags.json) {
+    const value = flags["backing-chain"] ? reports : reports[0];
+    console.log(JSON.stringify(value, null, 4));
+  } else {
+    const text = reports.map(formatInfo).join("\n");
+    await Deno.stdout.write(new TextEncoder().encode(text));
+  }
   return 0;
+}
+
+/** The info report of one file, and the backing file it names. */
+async function describe(
+  path: string,
+  top: boolean,
+  format?: string,
+): Promise<{ report: ImageInfo; next?: { path: string; format?: string } }> {
+  using file = await Deno.open(path);
+  const source = await fileSource(file);
+  const blocks = (await file.stat()).blocks;
+  const actualSize = blocks === null ? undefined : blocks * 512;
+  const start = new Uint8Array(Math.min(8, source.size));
+  await source.readAt(0, start);
+  const kind = format ?? probeFormat(start);
+  if (kind === "qcow") {
+    const header = await readQcowHeader(source);
+    const full = header.backingFile !== undefined
+      ? resolveName(path, header.backingFile)
+      : undefined;
+    return {
+      report: qcowInfo(header, path, { actualSize, fullBackingFilename: full }),
+      next: full !== undefined ? { path: full } : undefined,
+    };
+  }
+  if (kind === "raw" && !top) {
+    return { report: rawInfo(source.size, path, { actualSize }) };
+  }
+  if (kind !== "qcow2" && kind !== "raw") {
+    throw new Qcow2Error(
+      "BACKING_FILE",
+      `Cannot describe '${path}': its format '${kind}' is not supported`,
+    );
+  }
+  // The top image must be qcow2 (or qcow): a raw file fails on its magic here.
+  const header = await readHeader(source);
+  const snapshots = header.nbSnapshots > 0
+    ? await readSnapshots(source, header)
+    : [];
+  const full = header.backingFile !== undefined
+    ? resolveName(path, header.backingFile)
+    : undefined;
+  return {
+    report: imageInfo(header, path, {
+      actualSize,
+      snapshots,
+      fullBackingFilename: full,
+    }),
+    next: full !== undefined
+      ? { path: full, format: header.extensions.backingFormat }
+      : undefined,
+  };
 }
 
 /** Parses a byte count with an optional k/M/G suffix (binary units). */
@@ -170,7 +255,7 @@ function parseBytes(text: string, option: string): number {
 }
 
 async function convertCommand(args: string[]): Promise<number> {
-  const flags = parse(args, { boolean: ["p"], string: ["O", "S"] });
+  const flags = parse(args, { boolean: ["p", "top"], string: ["O", "S", "l"] });
   if (flags.help) {
     console.log(CONVERT_HELP);
     return 0;
@@ -189,8 +274,10 @@ async function convertCommand(args: string[]): Promise<number> {
   if (files.length !== 2) throw new UsageError("convert takes SRC and DST");
   const [srcPath, dstPath] = files;
 
-  using src = await Deno.open(srcPath);
-  const image = await openImage(src);
+  const image = await openImage(srcPath, {
+    snapshot: flags.l,
+    ignoreBackingFile: flags.top,
+  });
   const controller = new AbortController();
   const onSignal = () => controller.abort(new Error("interrupted"));
   Deno.addSignalListener("SIGINT", onSignal);
@@ -209,7 +296,7 @@ async function convertCommand(args: string[]): Promise<number> {
     }
     // Open without truncating, so the source is safe if DST is the same file.
     using dst = await Deno.open(dstPath, { write: true, create: true });
-    if (await sameFile(src, srcPath, dst, dstPath)) {
+    if (await sameFile(srcPath, dst, dstPath)) {
       throw new Qcow2Error(
         "BAD_ARGUMENT",
         `refusing to convert '${srcPath}' onto itself ('${dstPath}' is the same file)`,
@@ -224,6 +311,7 @@ async function convertCommand(args: string[]): Promise<number> {
     }
     return 0;
   } finally {
+    image.close();
     Deno.removeSignalListener("SIGINT", onSignal);
     if (progress) Deno.stderr.writeSync(new TextEncoder().encode("\n"));
   }
@@ -235,13 +323,12 @@ async function convertCommand(args: string[]): Promise<number> {
  * paths.
  */
 async function sameFile(
-  src: Deno.FsFile,
   srcPath: string,
   dst: Deno.FsFile,
   dstPath: string,
 ): Promise<boolean> {
   try {
-    const [a, b] = await Promise.all([src.stat(), dst.stat()]);
+    const [a, b] = await Promise.all([Deno.stat(srcPath), dst.stat()]);
     if (a.ino !== null && b.ino !== null) {
       return a.dev === b.dev && a.ino === b.ino;
     }
@@ -272,22 +359,31 @@ function showProgress({ done, total }: ConvertProgress) {
 }
 
 /** One line that says what went wrong and, where it can, what to do. */
-function describe(e: unknown): string {
-  if (e instanceof Qcow2Error) return e.message;
-  if (e instanceof Deno.errors.NotFound) return `${messageOf(e)}`;
-  if (
-    e instanceof Deno.errors.NotCapable ||
-    e instanceof Deno.errors.PermissionDenied
-  ) {
-    const path = /"([^"]+)"/.exec(messageOf(e))?.[1];
-    const flag = /write access/.test(messageOf(e))
+function explain(e: unknown): string {
+  // A permission error may sit under a Qcow2Error about a backing file.
+  let inner: unknown = e;
+  while (inner instanceof Error && !isPermission(inner) && inner.cause) {
+    inner = inner.cause;
+  }
+  if (isPermission(inner)) {
+    const message = messageOf(inner);
+    const path = /"([^"]+)"/.exec(message)?.[1];
+    const flag = /write access/.test(message)
       ? "--allow-write"
       : "--allow-read";
+    const context = e instanceof Qcow2Error
+      ? `${e.message.split(":")[0]}: `
+      : "";
     return path
-      ? `no permission for '${path}': run deno with ${flag}=${path}`
+      ? `${context}no permission for '${path}': run deno with ${flag}=${path}`
       : messageOf(e);
   }
   return messageOf(e);
+}
+
+function isPermission(e: unknown): boolean {
+  return e instanceof Deno.errors.NotCapable ||
+    e instanceof Deno.errors.PermissionDenied;
 }
 
 function messageOf(e: unknown): string {

@@ -34,8 +34,10 @@ import {
   type ConvertOptions,
   type ConvertSummary,
 } from "./src/convert.ts";
-import { type OpenOptions, openQcow2, type Qcow2Image } from "./src/image.ts";
+import type { DiskImage } from "./src/disk.ts";
+import type { Qcow2Image } from "./src/image.ts";
 import {
+  fileSource,
   type ImageInput,
   type SeekableWriter,
   toByteSource,
@@ -44,6 +46,8 @@ import {
   type Qcow2Header,
   readHeader as readHeaderFrom,
 } from "./src/header.ts";
+import { openDisk, type OpenedFile, type OpenOptions } from "./src/open.ts";
+import type { QcowImage } from "./src/qcow1.ts";
 import { fileSink, type RawSink, streamSink } from "./src/sink.ts";
 import { nodeCodecs } from "./native/zlib.ts";
 
@@ -74,12 +78,24 @@ export {
   type SeekableReader,
   type SeekableWriter,
 } from "./src/io.ts";
-export type {
-  Extent,
-  ExtentKind,
-  OpenOptions,
-  Qcow2Image,
-} from "./src/image.ts";
+export type { DiskImage, Extent, ExtentKind } from "./src/disk.ts";
+export type { Qcow2Image } from "./src/image.ts";
+export {
+  type ImageFormat,
+  type OpenedFile,
+  type OpenFile,
+  type OpenOptions,
+  type OpenRequest,
+  probeFormat,
+  resolveName,
+} from "./src/open.ts";
+export {
+  parseQcowHeader,
+  type QcowHeader,
+  type QcowImage,
+  readQcowHeader,
+} from "./src/qcow1.ts";
+export { findSnapshot, readSnapshots, type Snapshot } from "./src/snapshots.ts";
 export type { Codecs, Decompressor } from "./src/codecs.ts";
 export { webCodecs } from "./src/codecs.ts";
 export type {
@@ -93,8 +109,12 @@ export {
   formatSize,
   type ImageInfo,
   imageInfo,
+  type InfoExtras,
   type Qcow2HeaderInfo,
   type Qcow2SpecificInfo,
+  qcowInfo,
+  rawInfo,
+  type SnapshotInfo,
 } from "./src/info.ts";
 export { nodeCodecs };
 
@@ -118,14 +138,51 @@ export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
 }
 
 /**
- * Opens a qcow2 image for random-access reads of guest bytes. Compressed
- * clusters use `node:zlib` (zlib and zstd) unless `options.codecs` says
- * otherwise.
+ * Opens a file by path with `Deno.open`: the default way `openImage` opens
+ * the backing and data files an image names, when it is given a path.
  *
- * @param input A `Deno.FsFile`-shaped file, bytes in memory, or a {@linkcode ByteSource}.
- * @param options Codecs, L2 cache size, backing file handling.
+ * @param path The file's path.
+ * @returns The open file, as a source that can be closed.
+ *
+ * @example Confining backing files to one directory
+ * ```ts ignore
+ * import { denoOpenFile, openImage } from "jsr:@qcow2/qcow2";
+ *
+ * const image = await openImage("vm/disk.qcow2", {
+ *   openFile: (path, request) => {
+ *     if (!path.startsWith("vm/")) throw new Error(`${request.kind} outside vm/`);
+ *     return denoOpenFile(path);
+ *   },
+ * });
+ * ```
+ */
+export async function denoOpenFile(path: string): Promise<OpenedFile> {
+  const file = await Deno.open(path);
+  try {
+    return { ...(await fileSource(file)), close: () => file.close() };
+  } catch (e) {
+    file.close();
+    throw e;
+  }
+}
+
+/**
+ * Opens a qcow2 (or legacy qcow) image for random-access reads of guest
+ * bytes, through its backing chain. Compressed clusters use `node:zlib`
+ * (zlib and zstd) unless `options.codecs` says otherwise.
+ *
+ * Given a path, it opens the file and, unless `options.openFile` says
+ * otherwise, the backing and data files it names with
+ * {@linkcode denoOpenFile}, resolved against its directory as QEMU resolves
+ * them; `close()` closes them all. Given an open file or bytes, backing and
+ * data files are opened only through `options.openFile` (with
+ * `options.path` to resolve their names).
+ *
+ * @param input A path, a `Deno.FsFile`-shaped file, bytes in memory, or a {@linkcode ByteSource}.
+ * @param options Codecs, cache size, snapshot, and how to open named files.
  * @returns The open image.
- * @throws {Qcow2Error} If the image is invalid or uses an unsupported feature.
+ * @throws {Qcow2Error} If the image or a file it needs is invalid, missing or
+ * unsupported.
  *
  * @example Reading guest bytes of an image in memory
  * ```ts
@@ -140,13 +197,31 @@ export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
  * ```
  */
 export async function openImage(
-  input: ImageInput,
+  input: ImageInput | string,
   options: OpenOptions = {},
-): Promise<Qcow2Image> {
-  return openQcow2(await toByteSource(input), {
-    ...options,
-    codecs: options.codecs ?? nodeCodecs,
-  });
+): Promise<Qcow2Image | QcowImage> {
+  const codecs = options.codecs ?? nodeCodecs;
+  if (typeof input !== "string") {
+    return openDisk(await toByteSource(input), { ...options, codecs });
+  }
+  const file = await denoOpenFile(input);
+  try {
+    const image = await openDisk(file, {
+      openFile: denoOpenFile,
+      path: input,
+      ...options,
+      codecs,
+    });
+    const closeLayers = image.close.bind(image);
+    image.close = () => {
+      closeLayers();
+      file.close!();
+    };
+    return image;
+  } catch (e) {
+    file.close!();
+    throw e;
+  }
 }
 
 /**
@@ -155,7 +230,7 @@ export async function openImage(
  * `sparseSize` bytes are never written, and the final length is set with
  * `truncate`. To a `WritableStream` every byte is written.
  *
- * @param src The image: a `Deno.FsFile`-shaped file, bytes, a {@linkcode ByteSource}, or an open image.
+ * @param src The image: a path, a `Deno.FsFile`-shaped file, bytes, a {@linkcode ByteSource}, or an open image.
  * @param dst A `Deno.FsFile`-shaped file open for writing (emptied first), or a `WritableStream`.
  * @param options Sparseness, progress, abort, and the options of {@linkcode openImage}.
  * @returns Bytes written, bytes skipped as holes, and the time taken.
@@ -175,13 +250,18 @@ export async function openImage(
  * ```
  */
 export async function convert(
-  src: ImageInput | Qcow2Image,
+  src: ImageInput | string | DiskImage,
   dst: SeekableWriter | WritableStream<Uint8Array>,
   options: ConvertOptions & OpenOptions = {},
 ): Promise<ConvertSummary> {
-  const image = "extents" in src ? src : await openImage(src, options);
-  const sink: RawSink = dst instanceof WritableStream
-    ? streamSink(dst)
-    : await fileSink(dst);
-  return convertImage(image, sink, options);
+  const opened = typeof src === "string" || !("extents" in src);
+  const image = opened ? await openImage(src, options) : src;
+  try {
+    const sink: RawSink = dst instanceof WritableStream
+      ? streamSink(dst)
+      : await fileSink(dst);
+    return await convertImage(image, sink, options);
+  } finally {
+    if (opened) image.close();
+  }
 }

@@ -6,7 +6,7 @@
  */
 
 import { Qcow2Error } from "./errors.ts";
-import type { Qcow2Image } from "./image.ts";
+import type { DiskImage } from "./disk.ts";
 import type { RawSink } from "./sink.ts";
 
 /** Progress of a conversion, reported after each chunk. */
@@ -60,7 +60,7 @@ const DEFAULT_CHUNK = 2 * 1024 * 1024;
  * @returns What was written and skipped.
  */
 export async function convertImage(
-  image: Qcow2Image,
+  image: DiskImage,
   sink: RawSink,
   options: ConvertOptions = {},
 ): Promise<ConvertSummary> {

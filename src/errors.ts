@@ -26,12 +26,12 @@ export type Qcow2ErrorCode =
   | "ENCRYPTED"
   /** The image uses a compression type that is unknown or not available. */
   | "UNSUPPORTED_COMPRESSION"
-  /** The image has a backing file, which this reader does not follow yet. */
+  /** A backing file cannot be opened, loops, or the chain is too deep. */
   | "BACKING_FILE"
-  /** The image keeps its data in an external data file (not supported yet). */
+  /** The external data file cannot be opened. */
   | "EXTERNAL_DATA_FILE"
-  /** The image uses extended L2 entries (subclusters; not supported yet). */
-  | "EXTENDED_L2"
+  /** No internal snapshot has the requested ID or name. */
+  | "NO_SUCH_SNAPSHOT"
   /** An L1 or L2 table entry is invalid (unaligned, reserved bits, out of bounds). */
   | "BAD_TABLE_ENTRY"
   /** A compressed cluster could not be decompressed to exactly one cluster. */

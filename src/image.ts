@@ -1,111 +1,145 @@
 /**
- * The guest view of a qcow2 image: its extents (what is data, zero, compressed
- * or unallocated) and reads of guest bytes at any offset.
+ * The guest view of one qcow2 layer: its L1/L2 mapping (standard or extended
+ * entries), the files its data lives in, and what it falls through to.
  *
  * @module
  */
 
 import { type Codecs, decompressCluster, webCodecs } from "./codecs.ts";
+import {
+  backingExtents,
+  checkRange,
+  type DiskImage,
+  type Extent,
+  type ExtentKind,
+  readBacking,
+} from "./disk.ts";
 import { hex, Qcow2Error } from "./errors.ts";
-import { type Qcow2Header, readHeader, unknownFeatureNames } from "./header.ts";
-import { type ByteSource, readExact } from "./io.ts";
+import type { Qcow2Header } from "./header.ts";
+import type { ByteSource } from "./io.ts";
 import { L2Cache } from "./l2_cache.ts";
-
-/** What a run of guest bytes is backed by. */
-export type ExtentKind = "data" | "zero" | "unallocated" | "compressed";
-
-/**
- * A run of guest bytes that share one kind. `data` runs are contiguous in the
- * file too; each `compressed` run lies inside one cluster.
- */
-export interface Extent {
-  /** Guest offset of the first byte. */
-  start: number;
-  /** Length in bytes. */
-  length: number;
-  /** What backs these bytes: file data, zeros, compressed data, or nothing. */
-  kind: ExtentKind;
-  /** For `data`: the file offset of `start`. For `compressed`: the file offset of the compressed stream. */
-  hostOffset?: number;
-  /** For `compressed`: how many bytes of the file the compressed cluster may span. */
-  compressedLength?: number;
-}
-
-/** Options for {@linkcode openQcow2}. */
-export interface OpenOptions {
-  /** Decompressors to use; defaults to the portable web-stream ones. */
-  codecs?: Codecs;
-  /** Bytes of L2 tables to keep cached (default 4 MiB; at least one table). */
-  l2CacheBytes?: number;
-  /**
-   * Read an image that names a backing file as if it had none: regions the
-   * image does not allocate read as zeros (its top layer alone).
-   */
-  ignoreBackingFile?: boolean;
-}
+import type { Snapshot } from "./snapshots.ts";
 
 /** Default bytes of L2 tables kept in memory. */
-const DEFAULT_L2_CACHE_BYTES = 4 * 1024 * 1024;
+export const DEFAULT_L2_CACHE_BYTES = 4 * 1024 * 1024;
 const TWO_32 = 2 ** 32;
 
+/** What a {@linkcode Qcow2Image} is built from; see `openImage`. */
+export interface Qcow2Parts {
+  /** The parsed header. */
+  header: Qcow2Header;
+  /** The image file. */
+  source: ByteSource;
+  /** The L1 table in use (the active one, or a snapshot's). */
+  l1: Uint8Array;
+  /** Virtual size of the disk this L1 describes. */
+  size: number;
+  /** The snapshot table. */
+  snapshots: Snapshot[];
+  /** The snapshot being read, if not the active state. */
+  snapshot?: Snapshot;
+  /** What unallocated clusters read from; zeros without one. */
+  backing?: DiskImage;
+  /** The external data file, when the image has one. */
+  dataFile?: ByteSource;
+  /** Decompressors. */
+  codecs?: Codecs;
+  /** Bytes of L2 tables to keep cached. */
+  l2CacheBytes?: number;
+  /** Closes the files opened for this image (backing and data files). */
+  close?: () => void;
+}
+
 /**
- * An open qcow2 image: header, virtual size, extents and guest reads. Obtain
- * one with {@linkcode openQcow2}.
+ * An open qcow2 image: header, virtual size, snapshots, extents through its
+ * backing chain, and guest reads. Obtain one with `openImage`.
  */
-export class Qcow2Image {
+export class Qcow2Image implements DiskImage {
   /** The parsed header. */
   readonly header: Qcow2Header;
-  /** The file the image is read from. */
+  /** The image file. */
   readonly source: ByteSource;
   /** Virtual disk size in bytes (the header's size, rounded down to 512). */
   readonly size: number;
   /** Cluster size in bytes. */
   readonly clusterSize: number;
+  /** The internal snapshots, in table order. */
+  readonly snapshots: readonly Snapshot[];
+  /** The snapshot being read, or undefined for the active state. */
+  readonly snapshot?: Snapshot;
+  /** The next layer of the backing chain, if any is followed. */
+  readonly backing?: DiskImage;
   #l1: DataView;
   #l1Entries: number;
-  #l2Bits: number;
+  #entryBytes: number;
   #cache: L2Cache;
   #codecs: Codecs;
+  #data: ByteSource;
+  #external: boolean;
+  #close?: () => void;
 
-  /** @internal Use {@linkcode openQcow2}. */
-  constructor(
-    header: Qcow2Header,
-    source: ByteSource,
-    l1: Uint8Array,
-    options: OpenOptions,
-  ) {
+  /** @internal Use `openImage`. */
+  constructor(parts: Qcow2Parts) {
+    const { header } = parts;
     this.header = header;
-    this.source = source;
-    this.size = Math.floor(header.size / 512) * 512;
+    this.source = parts.source;
+    this.size = parts.size;
     this.clusterSize = header.clusterSize;
-    this.#l1 = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
-    this.#l1Entries = l1.length / 8;
-    this.#l2Bits = header.clusterBits - 3;
-    const tables = (options.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES) /
-      header.clusterSize;
-    this.#cache = new L2Cache(tables);
-    this.#codecs = options.codecs ?? webCodecs;
+    this.snapshots = parts.snapshots;
+    this.snapshot = parts.snapshot;
+    this.backing = parts.backing;
+    this.#l1 = new DataView(
+      parts.l1.buffer,
+      parts.l1.byteOffset,
+      parts.l1.byteLength,
+    );
+    this.#l1Entries = parts.l1.length / 8;
+    this.#entryBytes = header.features.extendedL2 ? 16 : 8;
+    this.#cache = new L2Cache(
+      (parts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES) / header.clusterSize,
+    );
+    this.#codecs = parts.codecs ?? webCodecs;
+    this.#external = parts.dataFile !== undefined;
+    this.#data = parts.dataFile ?? parts.source;
+    this.#close = parts.close;
   }
 
   /**
-   * The extents covering guest bytes `[start, end)`, in order. Adjacent
-   * clusters of one kind are merged (data only where the file offsets are
-   * contiguous too).
+   * The extents covering guest bytes `[start, end)`, in order, through the
+   * backing chain: what this image does not allocate is described by the
+   * layers below (`depth` says which), and past them is `unallocated`.
    *
    * @param start First guest byte (default 0).
    * @param end Guest byte after the last (default the virtual size).
    * @returns The extents, clipped to the range.
-   * @throws {Qcow2Error} `BAD_TABLE_ENTRY` for an invalid L1 or L2 entry,
-   * `TRUNCATED` for an L2 table past the end of the file.
+   * @throws {Qcow2Error} `BAD_TABLE_ENTRY` for an invalid L1 or L2 entry.
    */
   async *extents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
+    for await (const e of this.ownExtents(start, end)) {
+      if (e.kind === "unallocated") {
+        yield* backingExtents(this.backing, e.start, e.start + e.length);
+      } else yield e;
+    }
+  }
+
+  /**
+   * The extents of this layer alone: `unallocated` where it would fall
+   * through to its backing file. Adjacent clusters of one kind are merged
+   * (data only where the file offsets are contiguous too).
+   *
+   * @param start First guest byte (default 0).
+   * @param end Guest byte after the last (default the virtual size).
+   * @returns The extents, clipped to the range, all at depth 0.
+   */
+  async *ownExtents(
+    start = 0,
+    end: number = this.size,
+  ): AsyncGenerator<Extent> {
     checkRange(start, end - start, this.size);
     if (start >= end) return;
-    const bits = this.header.clusterBits;
     const cs = this.clusterSize;
-    const l2Entries = 2 ** this.#l2Bits;
+    const l2Entries = cs / this.#entryBytes;
     const l1Span = cs * l2Entries;
-    const v3 = this.header.version === 3;
 
     // The extent being grown, not yet emitted.
     let kind: ExtentKind | undefined;
@@ -118,7 +152,7 @@ export class Qcow2Image {
       const s = Math.max(runStart, start);
       const e = Math.min(runEnd, end);
       if (s < e) {
-        const extent: Extent = { start: s, length: e - s, kind };
+        const extent: Extent = { start: s, length: e - s, kind, depth: 0 };
         if (kind === "data") extent.hostOffset = runHost + (s - runStart);
         pending.push(extent);
       }
@@ -137,6 +171,19 @@ export class Qcow2Image {
       runStart = from;
       runEnd = to;
       runHost = host;
+    };
+    const compressed = (g: number, entry: { host: number; length: number }) => {
+      emit();
+      const s = Math.max(g, start);
+      const e = Math.min(g + cs, end);
+      pending.push({
+        start: s,
+        length: e - s,
+        kind: "compressed",
+        hostOffset: entry.host,
+        compressedLength: entry.length,
+        depth: 0,
+      });
     };
 
     for (
@@ -161,53 +208,26 @@ export class Qcow2Image {
         const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
         for (let i = first; i < last; i++) {
           const g = spanStart + i * cs;
-          const hi = view.getUint32(i * 8);
-          const lo = view.getUint32(i * 8 + 4);
-          if (hi & 0x40000000) {
-            // Compressed: x = 70 - cluster_bits bits of byte offset, then the
-            // count of extra 512-byte sectors, up to bit 61.
-            const shift = 38 - bits; // x - 32
-            const host = (hi & ((1 << shift) - 1)) * TWO_32 + (lo >>> 0);
-            const sectors = ((hi >>> shift) & ((1 << (bits - 8)) - 1)) + 1;
-            emit();
-            const s = Math.max(g, start);
-            const e = Math.min(g + cs, end);
-            pending.push({
-              start: s,
-              length: e - s,
-              kind: "compressed",
-              hostOffset: host,
-              compressedLength: sectors * 512 - (host % 512),
-            });
-            continue;
-          }
-          const host = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
-          if (host % cs !== 0) {
-            throw new Qcow2Error(
-              "BAD_TABLE_ENTRY",
-              `Cannot read qcow2 image: cluster offset ${
-                hex(host)
-              } is not aligned to a cluster (L2 table at ${
-                hex(l2Offset)
-              }, index ${i}, guest offset ${hex(g)})`,
-              { offset: l2Offset + i * 8 },
-            );
-          }
-          if (lo & 1) {
-            if (!v3) {
-              throw new Qcow2Error(
-                "BAD_TABLE_ENTRY",
-                `Cannot read qcow2 image: zero cluster entry in a version 2 image (L2 table at ${
-                  hex(l2Offset)
-                }, index ${i})`,
-                { offset: l2Offset + i * 8 },
-              );
-            }
-            add("zero", g, g + cs);
-          } else if (host === 0) {
-            add("unallocated", g, g + cs);
+          const entry = this.#decode(view, i, l2Offset, g);
+          if (entry.kind === "compressed") compressed(g, entry);
+          else if (entry.kind !== "subclusters") {
+            add(entry.kind, g, g + cs, entry.host);
           } else {
-            add("data", g, g + cs, host);
+            // 32 subclusters: allocated (data), zero, or falling through.
+            const sub = cs / 32;
+            for (let j = 0; j < 32; j++) {
+              const bit = 1 << j;
+              if (entry.alloc & bit) {
+                add(
+                  "data",
+                  g + j * sub,
+                  g + (j + 1) * sub,
+                  entry.host + j * sub,
+                );
+              } else if (entry.zero & bit) {
+                add("zero", g + j * sub, g + (j + 1) * sub);
+              } else add("unallocated", g + j * sub, g + (j + 1) * sub);
+            }
           }
         }
       }
@@ -221,7 +241,8 @@ export class Qcow2Image {
   }
 
   /**
-   * Fills `buffer` with the guest bytes at `position`.
+   * Fills `buffer` with the guest bytes at `position`, reading through the
+   * backing chain where this image allocates nothing.
    *
    * @param position Guest offset of the first byte.
    * @param buffer Where the bytes go; its length is how many are read.
@@ -231,7 +252,7 @@ export class Qcow2Image {
   async read(position: number, buffer: Uint8Array): Promise<void> {
     const end = position + buffer.length;
     const jobs: Promise<void>[] = [];
-    for await (const e of this.extents(position, end)) {
+    for await (const e of this.ownExtents(position, end)) {
       const into = buffer.subarray(
         e.start - position,
         e.start - position + e.length,
@@ -245,11 +266,84 @@ export class Qcow2Image {
             into.set(c.subarray(within, within + e.length))
           ),
         );
+      } else if (e.kind === "unallocated" && this.backing) {
+        jobs.push(readBacking(this.backing, e.start, into));
       } else {
         into.fill(0);
       }
     }
     await Promise.all(jobs);
+  }
+
+  /** Closes the backing and data files opened for this image. */
+  close(): void {
+    this.#close?.();
+    this.#close = undefined;
+  }
+
+  /** Decodes L2 entry `i` of the table at `l2Offset` (guest offset `g`). */
+  #decode(view: DataView, i: number, l2Offset: number, g: number): Entry {
+    const at = i * this.#entryBytes;
+    const hi = view.getUint32(at);
+    const lo = view.getUint32(at + 4);
+    const where = () =>
+      `(L2 table at ${hex(l2Offset)}, index ${i}, guest offset ${hex(g)})`;
+    const bad = (why: string) =>
+      new Qcow2Error(
+        "BAD_TABLE_ENTRY",
+        `Cannot read qcow2 image: ${why} ${where()}`,
+        {
+          offset: l2Offset + at,
+        },
+      );
+    if (hi & 0x40000000) {
+      if (this.#external) {
+        throw bad("compressed cluster in an image with an external data file");
+      }
+      // x = 70 - cluster_bits bits of byte offset, then the count of extra
+      // 512-byte sectors, up to bit 61.
+      const bits = this.header.clusterBits;
+      const shift = 38 - bits; // x - 32
+      const host = (hi & ((1 << shift) - 1)) * TWO_32 + (lo >>> 0);
+      const sectors = ((hi >>> shift) & ((1 << (bits - 8)) - 1)) + 1;
+      return { kind: "compressed", host, length: sectors * 512 - (host % 512) };
+    }
+    const host = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
+    if (host % this.clusterSize !== 0) {
+      throw bad(`cluster offset ${hex(host)} is not aligned to a cluster`);
+    }
+    // With an external data file, offset 0 is a real place (guest cluster 0
+    // maps there): the copied flag tells it from an unallocated entry.
+    const allocated = host !== 0 || (this.#external && (hi & 0x80000000) !== 0);
+    if (this.#entryBytes === 16) {
+      const zero = view.getUint32(at + 8);
+      const alloc = view.getUint32(at + 12);
+      if (alloc & zero) {
+        throw bad(
+          `invalid subcluster bitmap ${hex(zero)}:${
+            hex(alloc)
+          }: a subcluster is both allocated and zero`,
+        );
+      }
+      if (!allocated && alloc !== 0) {
+        throw bad(
+          `invalid subcluster bitmap: allocated subclusters in an unallocated cluster`,
+        );
+      }
+      if (alloc === 0xffffffff) return { kind: "data", host };
+      if (zero === 0xffffffff) return { kind: "zero", host: 0 };
+      if (alloc === 0 && zero === 0) return { kind: "unallocated", host: 0 };
+      return { kind: "subclusters", host, alloc, zero };
+    }
+    if (lo & 1) {
+      if (this.header.version < 3) {
+        throw bad("zero cluster entry in a version 2 image");
+      }
+      return { kind: "zero", host: 0 };
+    }
+    return allocated
+      ? { kind: "data", host }
+      : { kind: "unallocated", host: 0 };
   }
 
   /** The L2 table offset in L1 entry `index`, or 0 when unallocated. */
@@ -271,19 +365,21 @@ export class Qcow2Image {
   }
 
   #l2Table(offset: number, l1Index: number): Promise<Uint8Array> {
-    return this.#cache.get(offset, () => {
-      if (offset + this.clusterSize > this.source.size) {
-        return Promise.reject(
-          new Qcow2Error(
-            "BAD_TABLE_ENTRY",
-            `Cannot read qcow2 image: L2 table at ${
-              hex(offset)
-            } (L1 index ${l1Index}) lies past the end of the file (${this.source.size} bytes)`,
-            { offset: this.header.l1TableOffset + l1Index * 8 },
-          ),
+    return this.#cache.get(offset, async () => {
+      const table = new Uint8Array(this.clusterSize);
+      if (
+        offset >= this.source.size ||
+        await this.source.readAt(offset, table) < table.length
+      ) {
+        throw new Qcow2Error(
+          "BAD_TABLE_ENTRY",
+          `Cannot read qcow2 image: L2 table at ${
+            hex(offset)
+          } (L1 index ${l1Index}) runs past the end of the file (${this.source.size} bytes)`,
+          { offset: this.header.l1TableOffset + l1Index * 8 },
         );
       }
-      return readExact(this.source, offset, this.clusterSize, "L2 table");
+      return table;
     });
   }
 
@@ -293,18 +389,18 @@ export class Qcow2Image {
     into: Uint8Array,
     guest: number,
   ): Promise<void> {
-    if (host >= this.source.size) {
+    const file = this.#data;
+    if (host >= file.size && !this.#external) {
       throw new Qcow2Error(
         "BAD_TABLE_ENTRY",
         `Cannot read qcow2 image: the data of guest offset ${
           hex(guest)
-        } lies at ${
-          hex(host)
-        }, past the end of the file (${this.source.size} bytes)`,
+        } lies at ${hex(host)}, past the end of the file (${file.size} bytes)`,
         { offset: host },
       );
     }
-    const n = await this.source.readAt(host, into);
+    // An external data file may be shorter than the disk: QEMU reads zeros.
+    const n = host >= file.size ? 0 : await file.readAt(host, into);
     if (n < into.length) into.fill(0, n);
   }
 
@@ -334,111 +430,8 @@ export class Qcow2Image {
   }
 }
 
-/**
- * Opens a qcow2 image for reading: parses its header, refuses what it cannot
- * read faithfully, and loads its L1 table.
- *
- * @param source The image file.
- * @param options Codecs, cache size, and how to treat a backing file.
- * @returns The open image.
- * @throws {Qcow2Error} For a malformed header, an unknown incompatible
- * feature, encryption, a backing file, an external data file or extended L2
- * entries (the last three are not supported yet).
- *
- * @example Opening an image held in memory
- * ```ts ignore
- * import { bytesSource, openImage } from "@qcow2/qcow2";
- *
- * const image = await openImage(bytesSource(await Deno.readFile("disk.qcow2")));
- * console.log(image.size);
- * ```
- */
-export async function openQcow2(
-  source: ByteSource,
-  options: OpenOptions = {},
-): Promise<Qcow2Image> {
-  const header = await readHeader(source);
-  checkSupported(header, options);
-  const l2Entries = 2 ** (header.clusterBits - 3);
-  const needed = Math.ceil(header.size / (header.clusterSize * l2Entries));
-  const entries = Math.min(header.l1Size, needed);
-  let l1: Uint8Array = new Uint8Array(0);
-  if (entries > 0) {
-    if (header.l1TableOffset + entries * 8 > source.size) {
-      throw new Qcow2Error(
-        "TRUNCATED",
-        `Cannot read qcow2 image: the L1 table at ${
-          hex(header.l1TableOffset)
-        } (${entries} entries) runs past the end of the file (${source.size} bytes)`,
-        { offset: header.l1TableOffset },
-      );
-    }
-    l1 = await readExact(source, header.l1TableOffset, entries * 8, "L1 table");
-  }
-  return new Qcow2Image(header, source, l1, options);
-}
-
-/**
- * Throws if the image uses a feature this reader cannot honour.
- *
- * @param header A parsed header.
- * @param options The open options (a backing file may be ignored).
- */
-export function checkSupported(
-  header: Qcow2Header,
-  options: OpenOptions = {},
-): void {
-  if (header.unknownIncompatibleFeatures !== 0n) {
-    throw new Qcow2Error(
-      "UNSUPPORTED_FEATURE",
-      `Cannot read qcow2 image: it uses incompatible features this version does not know: ${
-        unknownFeatureNames(header)
-      } (mask ${hex(header.unknownIncompatibleFeatures)})`,
-      { offset: 72 },
-    );
-  }
-  if (header.cryptMethod !== 0) {
-    throw new Qcow2Error(
-      "ENCRYPTED",
-      `Cannot read qcow2 image: it is encrypted (${
-        header.cryptMethod === 1 ? "AES" : "LUKS"
-      }), which is not supported; decrypt it with 'qemu-img convert' first`,
-      { offset: 32 },
-    );
-  }
-  if (header.features.externalDataFile) {
-    throw new Qcow2Error(
-      "EXTERNAL_DATA_FILE",
-      `Cannot read qcow2 image: its data lives in an external data file${
-        header.extensions.externalDataFile
-          ? ` ('${header.extensions.externalDataFile}')`
-          : ""
-      }, which is not supported yet`,
-    );
-  }
-  if (header.features.extendedL2) {
-    throw new Qcow2Error(
-      "EXTENDED_L2",
-      "Cannot read qcow2 image: it uses extended L2 entries (subclusters), which are not supported yet",
-    );
-  }
-  if (header.backingFile !== undefined && !options.ignoreBackingFile) {
-    throw new Qcow2Error(
-      "BACKING_FILE",
-      `Cannot read qcow2 image: it has a backing file ('${header.backingFile}'), which is not followed yet; pass 'ignoreBackingFile' to read its top layer alone`,
-    );
-  }
-}
-
-function checkRange(position: number, length: number, size: number): void {
-  if (
-    !Number.isSafeInteger(position) || !Number.isSafeInteger(length) ||
-    position < 0 || length < 0 || position + length > size
-  ) {
-    throw new RangeError(
-      `Cannot read guest bytes ${position}..${
-        position + length
-      }: the virtual disk has ${size} bytes`,
-    );
-  }
-}
+/** A decoded L2 entry. */
+type Entry =
+  | { kind: "data" | "zero" | "unallocated"; host: number }
+  | { kind: "compressed"; host: number; length: number }
+  | { kind: "subclusters"; host: number; alloc: number; zero: number };

@@ -11,6 +11,8 @@ import {
   type Qcow2Header,
   unknownFeatureNames,
 } from "./header.ts";
+import type { QcowHeader } from "./qcow1.ts";
+import type { Snapshot } from "./snapshots.ts";
 
 /** The `format-specific.data` object of `qemu-img info` for qcow2. */
 export interface Qcow2SpecificInfo {
@@ -62,30 +64,64 @@ export interface Qcow2HeaderInfo {
   "unknown-extensions": string[];
 }
 
+/** One snapshot as `qemu-img info --output=json` lists it. */
+export interface SnapshotInfo {
+  /** The snapshot's ID. */
+  id: string;
+  /** The snapshot's name. */
+  name: string;
+  /** Bytes of saved VM state. */
+  "vm-state-size": number;
+  /** Wall-clock seconds since the epoch. */
+  "date-sec": number;
+  /** Wall-clock nanoseconds. */
+  "date-nsec": number;
+  /** Guest clock, whole seconds. */
+  "vm-clock-sec": number;
+  /** Guest clock, nanoseconds part. */
+  "vm-clock-nsec": number;
+  /** Instruction count, when recorded. */
+  icount?: number;
+}
+
 /** The report of `info --json`: `qemu-img info` keys, plus `qcow2-header`. */
 export interface ImageInfo {
   /** The image's file name, as given. */
   filename: string;
-  /** Always `"qcow2"`. */
-  format: "qcow2";
+  /** The image format. */
+  format: "qcow2" | "qcow" | "raw";
   /** Virtual disk size in bytes. */
   "virtual-size": number;
   /** Bytes the file occupies on disk, when known. */
   "actual-size"?: number;
-  /** Cluster size in bytes. */
-  "cluster-size": number;
+  /** Cluster size in bytes (not for raw). */
+  "cluster-size"?: number;
   /** Whether the image is encrypted (present only when it is). */
   encrypted?: boolean;
-  /** The backing file name, when there is one. */
+  /** The backing file name, as the image stores it. */
   "backing-filename"?: string;
+  /** The backing file name resolved against the image's directory. */
+  "full-backing-filename"?: string;
   /** The backing file's format, when the image names it. */
   "backing-filename-format"?: string;
+  /** Internal snapshots (present when there are any). */
+  snapshots?: SnapshotInfo[];
   /** qcow2-specific details. */
-  "format-specific": { type: "qcow2"; data: Qcow2SpecificInfo };
+  "format-specific"?: { type: "qcow2"; data: Qcow2SpecificInfo };
   /** Incompatible bit 0: whether refcounts may be stale. */
   "dirty-flag": boolean;
-  /** Header details beyond what `qemu-img info` prints. */
-  "qcow2-header": Qcow2HeaderInfo;
+  /** Header details beyond what `qemu-img info` prints (qcow2 only). */
+  "qcow2-header"?: Qcow2HeaderInfo;
+}
+
+/** Optional facts for {@linkcode imageInfo} that the header does not hold. */
+export interface InfoExtras {
+  /** Bytes the file occupies on disk. */
+  actualSize?: number;
+  /** The snapshot table. */
+  snapshots?: readonly Snapshot[];
+  /** The backing file name resolved against the image's directory. */
+  fullBackingFilename?: string;
 }
 
 /**
@@ -95,14 +131,15 @@ export interface ImageInfo {
  *
  * @param header The parsed header.
  * @param filename The name to report.
- * @param actualSize Bytes the file occupies on disk, if known.
+ * @param extras What the header does not hold: the size on disk, the
+ * snapshots, the resolved backing file name.
  * @returns The report.
  * @throws {Qcow2Error} `UNSUPPORTED_FEATURE` for unknown incompatible bits.
  */
 export function imageInfo(
   header: Qcow2Header,
   filename: string,
-  actualSize?: number,
+  extras: InfoExtras = {},
 ): ImageInfo {
   if (header.unknownIncompatibleFeatures !== 0n) {
     throw new Qcow2Error(
@@ -134,20 +171,94 @@ export function imageInfo(
     filename,
     "cluster-size": header.clusterSize,
     format: "qcow2",
-    "actual-size": actualSize,
+    "actual-size": extras.actualSize,
     encrypted: header.cryptMethod !== 0 ? true : undefined,
     "backing-filename": header.backingFile,
+    "full-backing-filename": header.backingFile !== undefined
+      ? extras.fullBackingFilename
+      : undefined,
     "backing-filename-format": header.backingFile !== undefined
       ? header.extensions.backingFormat
+      : undefined,
+    snapshots: extras.snapshots?.length
+      ? extras.snapshots.map(snapshotInfo)
       : undefined,
     "format-specific": { type: "qcow2", data },
     "dirty-flag": header.features.dirty,
     "qcow2-header": headerInfo(header),
   };
+  return pruned(info);
+}
+
+/**
+ * Builds the `info` report of a legacy qcow (version 1) image.
+ *
+ * @param header The parsed qcow header.
+ * @param filename The name to report.
+ * @param extras The size on disk and the resolved backing file name.
+ * @returns The report.
+ */
+export function qcowInfo(
+  header: QcowHeader,
+  filename: string,
+  extras: InfoExtras = {},
+): ImageInfo {
+  return pruned({
+    "virtual-size": Math.floor(header.size / 512) * 512,
+    filename,
+    "cluster-size": header.clusterSize,
+    format: "qcow",
+    "actual-size": extras.actualSize,
+    encrypted: header.cryptMethod !== 0 ? true : undefined,
+    "backing-filename": header.backingFile,
+    "full-backing-filename": header.backingFile !== undefined
+      ? extras.fullBackingFilename
+      : undefined,
+    "dirty-flag": false,
+  });
+}
+
+/**
+ * Builds the `info` report of a raw file (a backing file in a chain).
+ *
+ * @param size The file size.
+ * @param filename The name to report.
+ * @param extras The size on disk.
+ * @returns The report.
+ */
+export function rawInfo(
+  size: number,
+  filename: string,
+  extras: InfoExtras = {},
+): ImageInfo {
+  return pruned({
+    "virtual-size": size,
+    filename,
+    format: "raw",
+    "actual-size": extras.actualSize,
+    "dirty-flag": false,
+  });
+}
+
+function pruned(info: ImageInfo): ImageInfo {
   for (const key of Object.keys(info) as (keyof ImageInfo)[]) {
     if (info[key] === undefined) delete info[key];
   }
   return info;
+}
+
+function snapshotInfo(s: Snapshot): SnapshotInfo {
+  const out: SnapshotInfo = {
+    id: s.id,
+    name: s.name,
+    "vm-state-size": s.vmStateSize,
+    "date-sec": s.dateSec,
+    "date-nsec": s.dateNsec,
+    "vm-clock-sec": Math.floor(s.vmClockNsec / 1e9),
+    "vm-clock-nsec": s.vmClockNsec % 1e9,
+  };
+  if (s.icount !== undefined) out.icount = s.icount;
+  return out;
 }
 
 function headerInfo(header: Qcow2Header): Qcow2HeaderInfo {
@@ -225,30 +336,67 @@ export function formatInfo(info: ImageInfo): string {
   if (info["actual-size"] !== undefined) {
     lines.push(`disk size: ${formatSize(info["actual-size"])}`);
   }
-  lines.push(`cluster_size: ${info["cluster-size"]}`);
+  if (info["cluster-size"] !== undefined) {
+    lines.push(`cluster_size: ${info["cluster-size"]}`);
+  }
   if (info.encrypted) lines.push("encrypted: yes");
-  if (info["backing-filename"] !== undefined) {
-    lines.push(`backing file: ${info["backing-filename"]}`);
+  const backing = info["backing-filename"];
+  if (backing !== undefined) {
+    const full = info["full-backing-filename"];
+    lines.push(
+      `backing file: ${backing}${
+        full !== undefined && full !== backing ? ` (actual path: ${full})` : ""
+      }`,
+    );
   }
   if (info["backing-filename-format"] !== undefined) {
     lines.push(`backing file format: ${info["backing-filename-format"]}`);
   }
-  const d = info["format-specific"].data;
-  lines.push("Format specific information:");
-  lines.push(`    compat: ${d.compat}`);
-  lines.push(`    compression type: ${d["compression-type"]}`);
-  if (d["lazy-refcounts"] !== undefined) {
-    lines.push(`    lazy refcounts: ${d["lazy-refcounts"]}`);
+  if (info.snapshots?.length) {
+    lines.push("Snapshot list:");
+    lines.push(
+      "ID".padEnd(10) + "TAG".padEnd(17) + "VM SIZE".padStart(8) +
+        "DATE".padStart(20) + "VM CLOCK".padStart(13) + "ICOUNT".padStart(11),
+    );
+    for (const s of info.snapshots) lines.push(snapshotLine(s));
   }
-  lines.push(`    refcount bits: ${d["refcount-bits"]}`);
-  if (d.corrupt !== undefined) lines.push(`    corrupt: ${d.corrupt}`);
-  if (d["extended-l2"] !== undefined) {
-    lines.push(`    extended l2: ${d["extended-l2"]}`);
-  }
-  if (d["data-file"] !== undefined) {
-    lines.push(`    data file: ${d["data-file"]}`);
-    lines.push(`    data file raw: ${d["data-file-raw"]}`);
+  const d = info["format-specific"]?.data;
+  if (d) {
+    lines.push("Format specific information:");
+    lines.push(`    compat: ${d.compat}`);
+    lines.push(`    compression type: ${d["compression-type"]}`);
+    if (d["lazy-refcounts"] !== undefined) {
+      lines.push(`    lazy refcounts: ${d["lazy-refcounts"]}`);
+    }
+    lines.push(`    refcount bits: ${d["refcount-bits"]}`);
+    if (d.corrupt !== undefined) lines.push(`    corrupt: ${d.corrupt}`);
+    if (d["extended-l2"] !== undefined) {
+      lines.push(`    extended l2: ${d["extended-l2"]}`);
+    }
+    if (d["data-file"] !== undefined) {
+      lines.push(`    data file: ${d["data-file"]}`);
+      lines.push(`    data file raw: ${d["data-file-raw"]}`);
+    }
   }
   if (info["dirty-flag"]) lines.push("dirty flag: yes");
   return lines.join("\n") + "\n";
+}
+
+/** One row of the snapshot list, as QEMU lays it out (local time). */
+function snapshotLine(s: SnapshotInfo): string {
+  const d = new Date(s["date-sec"] * 1000);
+  const two = (n: number) => String(n).padStart(2, "0");
+  const date =
+    `${d.getFullYear()}-${two(d.getMonth() + 1)}-${two(d.getDate())} ` +
+    `${two(d.getHours())}:${two(d.getMinutes())}:${two(d.getSeconds())}`;
+  const secs = s["vm-clock-sec"];
+  const clock = `${two(Math.floor(secs / 3600))}:${
+    two(Math.floor(secs / 60) % 60)
+  }:${two(secs % 60)}.${
+    String(Math.floor(s["vm-clock-nsec"] / 1e6)).padStart(3, "0")
+  }`;
+  return s.id.padEnd(9) + " " + s.name.padEnd(16) + " " +
+    formatSize(s["vm-state-size"]).padStart(8) + date.padStart(20) +
+    clock.padStart(13) +
+    (s.icount !== undefined ? String(s.icount) : "").padStart(11);
 }

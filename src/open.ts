@@ -1,0 +1,381 @@
+/**
+ * Opening images: probing the format, following the backing chain, finding
+ * the external data file, and choosing a snapshot.
+ *
+ * @module
+ */
+
+import type { Codecs } from "./codecs.ts";
+import type { DiskImage } from "./disk.ts";
+import { hex, Qcow2Error } from "./errors.ts";
+import {
+  QCOW2_MAGIC,
+  type Qcow2Header,
+  readHeader,
+  unknownFeatureNames,
+} from "./header.ts";
+import { Qcow2Image } from "./image.ts";
+import { type ByteSource, readExact } from "./io.ts";
+import { openQcow1, QcowImage } from "./qcow1.ts";
+import { RawImage } from "./raw.ts";
+import { findSnapshot, readSnapshots, type Snapshot } from "./snapshots.ts";
+
+/** A file opened by an {@linkcode OpenFile} hook. */
+export interface OpenedFile extends ByteSource {
+  /** Releases the file; called when the image that opened it is closed. */
+  close?(): void;
+}
+
+/** What an image asks an {@linkcode OpenFile} hook to open. */
+export interface OpenRequest {
+  /** Why: a backing file, or an external data file. */
+  kind: "backing" | "data-file";
+  /** The name as the image stores it. */
+  name: string;
+  /** The location of the image that names it, if known. */
+  from?: string;
+}
+
+/**
+ * Opens a file that an image names, given its path resolved against the
+ * naming image's directory. Throw to refuse: a program that must not follow
+ * backing files can confine or forbid them here.
+ */
+export type OpenFile = (
+  path: string,
+  request: OpenRequest,
+) => Promise<OpenedFile>;
+
+/** Options for opening an image. */
+export interface OpenOptions {
+  /** Decompressors to use; `mod.ts` defaults to `node:zlib`'s. */
+  codecs?: Codecs;
+  /** Bytes of L2 tables to keep cached per layer (default 4 MiB). */
+  l2CacheBytes?: number;
+  /**
+   * Where the image lives (a path or URL); relative backing and data file
+   * names are resolved against its directory, as QEMU resolves them.
+   */
+  path?: string;
+  /**
+   * Opens the backing and data files an image names. Without it, an image
+   * that names one cannot be opened (except with `ignoreBackingFile`).
+   */
+  openFile?: OpenFile;
+  /**
+   * Read the image's top layer alone: what it does not allocate reads as
+   * zeros, and no backing file is opened.
+   */
+  ignoreBackingFile?: boolean;
+  /** Read this internal snapshot (an ID or a name) instead of the active state. */
+  snapshot?: string;
+  /** The deepest backing chain followed (default 64 layers below the image). */
+  maxChainDepth?: number;
+}
+
+/** The disk image formats this library reads. */
+export type ImageFormat = "qcow2" | "qcow" | "raw";
+
+const DEFAULT_MAX_DEPTH = 64;
+
+/**
+ * Probes a file's format from its first bytes, as QEMU does: the qcow magic
+ * with version 1 is qcow, with another version qcow2; anything else is raw.
+ *
+ * @param start At least the first 8 bytes of the file.
+ * @returns The format.
+ */
+export function probeFormat(start: Uint8Array): ImageFormat {
+  if (start.length < 8) return "raw";
+  const v = new DataView(start.buffer, start.byteOffset, start.byteLength);
+  if (v.getUint32(0) !== QCOW2_MAGIC) return "raw";
+  return v.getUint32(4) === 1 ? "qcow" : "qcow2";
+}
+
+/** Joins a relative name to the directory of `from`, as QEMU's path_combine. */
+export function resolveName(from: string | undefined, name: string): string {
+  if (
+    from === undefined || name.startsWith("/") ||
+    /^[A-Za-z][\w+.-]*:/.test(name)
+  ) {
+    return name;
+  }
+  const slash = from.lastIndexOf("/");
+  return slash < 0 ? name : from.slice(0, slash + 1) + name;
+}
+
+/** A path with `.`, `..` and repeated slashes folded, to tell files apart. */
+function normalize(path: string): string {
+  const absolute = path.startsWith("/");
+  const parts: string[] = [];
+  for (const part of path.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === ".." && parts.length > 0 && parts.at(-1) !== "..") parts.pop();
+    else parts.push(part);
+  }
+  return (absolute ? "/" : "") + parts.join("/");
+}
+
+/** The state carried down a backing chain. */
+interface Chain {
+  depth: number;
+  seen: Set<string>;
+  closers: (() => void)[];
+}
+
+/**
+ * Opens a qcow2 or qcow image and everything it needs: its backing chain and
+ * data file through `options.openFile`, and the chosen snapshot.
+ *
+ * @param source The image file.
+ * @param options How to open it and the files it names.
+ * @returns The image.
+ * @throws {Qcow2Error} If the image or a file it needs is invalid, missing or
+ * unsupported.
+ */
+export async function openDisk(
+  source: ByteSource,
+  options: OpenOptions = {},
+): Promise<Qcow2Image | QcowImage> {
+  const chain: Chain = {
+    depth: 0,
+    seen: new Set(options.path !== undefined ? [normalize(options.path)] : []),
+    closers: [],
+  };
+  const start = new Uint8Array(Math.min(8, source.size));
+  await source.readAt(0, start);
+  const format = probeFormat(start);
+  try {
+    if (format === "qcow") return await openQcow(source, options, chain);
+    // Anything not qcow is read as qcow2, so a raw file fails on its magic.
+    return await openQcow2Layer(source, options, chain);
+  } catch (e) {
+    closeAll(chain.closers);
+    throw e;
+  }
+}
+
+async function openQcow2Layer(
+  source: ByteSource,
+  options: OpenOptions,
+  chain: Chain,
+): Promise<Qcow2Image> {
+  const header = await readHeader(source);
+  checkSupported(header);
+  const closers = chain.closers;
+  const snapshots = header.nbSnapshots > 0
+    ? await readSnapshots(source, header)
+    : [];
+  let snapshot: Snapshot | undefined;
+  let l1Offset = header.l1TableOffset;
+  let l1Size = header.l1Size;
+  let size = Math.floor(header.size / 512) * 512;
+  if (options.snapshot !== undefined && chain.depth === 0) {
+    snapshot = findSnapshot(snapshots, options.snapshot);
+    l1Offset = snapshot.l1TableOffset;
+    l1Size = snapshot.l1Size;
+    size = Math.floor(snapshot.diskSize / 512) * 512;
+  }
+  const entryBytes = header.features.extendedL2 ? 16 : 8;
+  const l1Span = header.clusterSize * (header.clusterSize / entryBytes);
+  const entries = Math.min(l1Size, Math.ceil(size / l1Span));
+  let l1: Uint8Array = new Uint8Array(0);
+  if (entries > 0) {
+    if (l1Offset + entries * 8 > source.size) {
+      throw new Qcow2Error(
+        "TRUNCATED",
+        `Cannot read qcow2 image: the ${
+          snapshot ? `L1 table of snapshot '${snapshot.name}'` : "L1 table"
+        } at ${
+          hex(l1Offset)
+        } (${entries} entries) runs past the end of the file (${source.size} bytes)`,
+        { offset: l1Offset },
+      );
+    }
+    l1 = await readExact(source, l1Offset, entries * 8, "L1 table");
+  }
+
+  let dataFile: ByteSource | undefined;
+  if (header.features.externalDataFile) {
+    const name = header.extensions.externalDataFile;
+    if (name === undefined) {
+      throw new Qcow2Error(
+        "EXTERNAL_DATA_FILE",
+        "Cannot read qcow2 image: it keeps its data in an external data file but does not name one",
+      );
+    }
+    dataFile = await openNamed("data-file", name, options, closers);
+  }
+
+  let backing: DiskImage | undefined;
+  if (
+    header.backingFile !== undefined &&
+    !(options.ignoreBackingFile && chain.depth === 0)
+  ) {
+    backing = await openBacking(
+      header.backingFile,
+      header.extensions.backingFormat,
+      options,
+      chain,
+    );
+  }
+  const close = chain.depth === 0 ? () => closeAll(closers) : undefined;
+  return new Qcow2Image({
+    header,
+    source,
+    l1,
+    size,
+    snapshots,
+    snapshot,
+    backing,
+    dataFile,
+    codecs: options.codecs,
+    l2CacheBytes: options.l2CacheBytes,
+    close,
+  });
+}
+
+async function openQcow(
+  source: ByteSource,
+  options: OpenOptions,
+  chain: Chain,
+): Promise<QcowImage> {
+  return await openQcow1(source, {
+    codecs: options.codecs,
+    close: chain.depth === 0 ? () => closeAll(chain.closers) : undefined,
+    openBacking: options.ignoreBackingFile && chain.depth === 0
+      ? undefined
+      : (name: string) => openBacking(name, undefined, options, chain),
+  });
+}
+
+/** Opens the backing file `name` one layer down, in the format it has. */
+async function openBacking(
+  name: string,
+  format: string | undefined,
+  options: OpenOptions,
+  chain: Chain,
+): Promise<DiskImage> {
+  const from = options.path;
+  const path = resolveName(from, name);
+  const max = options.maxChainDepth ?? DEFAULT_MAX_DEPTH;
+  if (chain.depth >= max) {
+    throw new Qcow2Error(
+      "BACKING_FILE",
+      `Cannot open backing file '${path}': the backing chain is deeper than ${max} layers`,
+    );
+  }
+  const key = normalize(path);
+  if (chain.seen.has(key)) {
+    throw new Qcow2Error(
+      "BACKING_FILE",
+      `Cannot open backing file '${path}': the backing chain loops (it is already in the chain)`,
+    );
+  }
+  const file = await openNamed("backing", name, options, chain.closers);
+  const start = new Uint8Array(Math.min(8, file.size));
+  await file.readAt(0, start);
+  const kind = format ?? probeFormat(start);
+  const below: Chain = {
+    depth: chain.depth + 1,
+    seen: new Set([...chain.seen, key]),
+    closers: chain.closers,
+  };
+  const layerOptions = { ...options, path };
+  try {
+    switch (kind) {
+      case "raw":
+        return new RawImage(file);
+      case "qcow2":
+        return await openQcow2Layer(file, layerOptions, below);
+      case "qcow":
+        return await openQcow(file, layerOptions, below);
+      default:
+        throw new Qcow2Error(
+          "BACKING_FILE",
+          `Cannot open backing file '${path}': its format '${kind}' is not supported (qcow2, qcow and raw are)`,
+        );
+    }
+  } catch (e) {
+    if (e instanceof Qcow2Error && !e.message.includes(`'${path}'`)) {
+      throw new Qcow2Error(e.code, `${e.message} (in backing file '${path}')`, {
+        cause: e,
+        offset: e.offset,
+      });
+    }
+    throw e;
+  }
+}
+
+/** Opens a file an image names through the caller's hook. */
+async function openNamed(
+  kind: "backing" | "data-file",
+  name: string,
+  options: OpenOptions,
+  closers: (() => void)[],
+): Promise<OpenedFile> {
+  const code = kind === "backing" ? "BACKING_FILE" : "EXTERNAL_DATA_FILE";
+  const what = kind === "backing" ? "backing file" : "external data file";
+  const path = resolveName(options.path, name);
+  if (!options.openFile) {
+    throw new Qcow2Error(
+      code,
+      `Cannot read qcow2 image: it needs its ${what} '${name}', and no 'openFile' option says how to open it${
+        kind === "backing"
+          ? " (or pass 'ignoreBackingFile' to read the top layer alone)"
+          : ""
+      }`,
+    );
+  }
+  let file: OpenedFile;
+  try {
+    file = await options.openFile(path, { kind, name, from: options.path });
+  } catch (e) {
+    if (e instanceof Qcow2Error) throw e;
+    throw new Qcow2Error(
+      code,
+      `Cannot open ${what} '${path}'${
+        options.path !== undefined ? ` (named by '${options.path}')` : ""
+      }: ${e instanceof Error ? e.message.split("\n")[0] : e}`,
+      { cause: e },
+    );
+  }
+  if (file.close) closers.push(() => file.close!());
+  return file;
+}
+
+/**
+ * Throws if the image uses a feature this reader cannot honour.
+ *
+ * @param header A parsed header.
+ */
+export function checkSupported(header: Qcow2Header): void {
+  if (header.unknownIncompatibleFeatures !== 0n) {
+    throw new Qcow2Error(
+      "UNSUPPORTED_FEATURE",
+      `Cannot read qcow2 image: it uses incompatible features this version does not know: ${
+        unknownFeatureNames(header)
+      } (mask ${hex(header.unknownIncompatibleFeatures)})`,
+      { offset: 72 },
+    );
+  }
+  if (header.cryptMethod !== 0) {
+    throw new Qcow2Error(
+      "ENCRYPTED",
+      `Cannot read qcow2 image: it is encrypted (${
+        header.cryptMethod === 1 ? "AES" : "LUKS"
+      }), which is not supported; decrypt it with 'qemu-img convert' first`,
+      { offset: 32 },
+    );
+  }
+}
+
+function closeAll(closers: (() => void)[]): void {
+  for (const close of closers.splice(0)) {
+    try {
+      close();
+    } catch {
+      // Already closed.
+    }
+  }
+}

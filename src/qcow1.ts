@@ -1,0 +1,515 @@
+/**
+ * Legacy qcow (version 1) images: header, two-level cluster map and
+ * zlib-compressed clusters. Shares the extent model, the L2 cache, the codecs
+ * and backing-file handling with qcow2.
+ *
+ * @module
+ */
+
+import { type Codecs, decompressCluster, webCodecs } from "./codecs.ts";
+import {
+  backingExtents,
+  checkRange,
+  type DiskImage,
+  type Extent,
+  type ExtentKind,
+  readBacking,
+} from "./disk.ts";
+import { hex, Qcow2Error } from "./errors.ts";
+import { QCOW2_MAGIC } from "./header.ts";
+import { type ByteSource, readExact } from "./io.ts";
+import { L2Cache } from "./l2_cache.ts";
+
+/** The header of a qcow version 1 image. */
+export interface QcowHeader {
+  /** Always 1. */
+  version: 1;
+  /** File offset of the backing file name, or 0. */
+  backingFileOffset: number;
+  /** Length of the backing file name. */
+  backingFileSize: number;
+  /** The backing file name, if any. */
+  backingFile?: string;
+  /** Modification time recorded by the writer (seconds since the epoch). */
+  mtime: number;
+  /** Virtual disk size in bytes, as stored. */
+  size: number;
+  /** log2 of the cluster size, 9 to 16. */
+  clusterBits: number;
+  /** Cluster size in bytes. */
+  clusterSize: number;
+  /** log2 of the entries per L2 table, 6 to 13. */
+  l2Bits: number;
+  /** 0 none, 1 AES. */
+  cryptMethod: number;
+  /** File offset of the L1 table. */
+  l1TableOffset: number;
+  /** Entries in the L1 table (derived from the size). */
+  l1Size: number;
+}
+
+const HEADER_LENGTH = 48;
+
+/**
+ * Parses and validates a qcow version 1 header, with QEMU's checks.
+ *
+ * @param bytes The start of the file (at least 48 bytes, plus the backing
+ * name if it follows).
+ * @returns The header.
+ * @throws {Qcow2Error} For anything QEMU would refuse.
+ */
+export function parseQcowHeader(bytes: Uint8Array): QcowHeader {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const bad = (
+    field: string,
+    at: number,
+    value: number | bigint,
+    why: string,
+  ) =>
+    new Qcow2Error(
+      "BAD_HEADER",
+      `Cannot read qcow image: header field ${field} = ${hex(value)} ${why}`,
+      { offset: at },
+    );
+  if (bytes.length < HEADER_LENGTH) {
+    throw new Qcow2Error(
+      "TRUNCATED",
+      `Cannot read qcow image: the file ends inside the 48-byte header`,
+    );
+  }
+  if (view.getUint32(0) !== QCOW2_MAGIC || view.getUint32(4) !== 1) {
+    throw new Qcow2Error(
+      "BAD_MAGIC",
+      "Cannot read qcow image: it is not a qcow version 1 file",
+      {
+        offset: 0,
+      },
+    );
+  }
+  const safe = (at: number, field: string) => {
+    const value = view.getBigUint64(at);
+    if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new Qcow2Error(
+        "TOO_LARGE",
+        `Cannot read qcow image: header field ${field} = ${
+          hex(value)
+        } is larger than 2^53 - 1`,
+        {
+          offset: at,
+        },
+      );
+    }
+    return Number(value);
+  };
+  const backingFileOffset = safe(8, "backing_file_offset");
+  const backingFileSize = view.getUint32(16);
+  const size = safe(24, "size");
+  const clusterBits = bytes[32];
+  const l2Bits = bytes[33];
+  const cryptMethod = view.getUint32(36);
+  const l1TableOffset = safe(40, "l1_table_offset");
+  if (clusterBits < 9 || clusterBits > 16) {
+    throw bad(
+      "cluster_bits",
+      32,
+      clusterBits,
+      "is outside 9..16 (cluster sizes 512 B to 64 KiB)",
+    );
+  }
+  if (l2Bits < 6 || l2Bits > 13) {
+    throw bad(
+      "l2_bits",
+      33,
+      l2Bits,
+      "is outside 6..13 (L2 tables of 512 B to 64 KiB)",
+    );
+  }
+  if (cryptMethod > 1) {
+    throw bad("crypt_method", 36, cryptMethod, "is unknown (0 none, 1 AES)");
+  }
+  const span = 2 ** (clusterBits + l2Bits);
+  const l1Size = Math.ceil(size / span);
+  if (l1Size * 8 > 32 * 1024 * 1024) {
+    throw new Qcow2Error(
+      "TOO_LARGE",
+      `Cannot read qcow image: the virtual size ${size} needs an L1 table above 32 MiB`,
+      {
+        offset: 24,
+      },
+    );
+  }
+  if (l1TableOffset % 8 !== 0) {
+    throw bad(
+      "l1_table_offset",
+      40,
+      l1TableOffset,
+      "is not aligned to 8 bytes",
+    );
+  }
+  let backingFile: string | undefined;
+  if (backingFileOffset !== 0) {
+    if (backingFileSize > 1023) {
+      throw bad(
+        "backing_file_size",
+        16,
+        backingFileSize,
+        "is too long for a backing file name (at most 1023 bytes)",
+      );
+    }
+    if (backingFileOffset + backingFileSize > bytes.length) {
+      throw new Qcow2Error(
+        "TRUNCATED",
+        "Cannot read qcow image: the file ends inside the backing file name",
+        {
+          offset: backingFileOffset,
+        },
+      );
+    }
+    backingFile = new TextDecoder().decode(
+      bytes.subarray(backingFileOffset, backingFileOffset + backingFileSize),
+    );
+  }
+  return {
+    version: 1,
+    backingFileOffset,
+    backingFileSize,
+    backingFile,
+    mtime: view.getUint32(20),
+    size,
+    clusterBits,
+    clusterSize: 2 ** clusterBits,
+    l2Bits,
+    cryptMethod,
+    l1TableOffset,
+    l1Size,
+  };
+}
+
+/**
+ * Reads and parses the header of a qcow version 1 image, with its backing
+ * file name.
+ *
+ * @param source The image file.
+ * @returns The header.
+ */
+export async function readQcowHeader(source: ByteSource): Promise<QcowHeader> {
+  const start = new Uint8Array(Math.min(source.size, HEADER_LENGTH));
+  await source.readAt(0, start);
+  const header = parseQcowHeader(start);
+  if (header.backingFileOffset === 0) return header;
+  const end = Math.min(
+    source.size,
+    header.backingFileOffset + header.backingFileSize,
+  );
+  return parseQcowHeader(
+    await readExact(source, 0, Math.max(end, HEADER_LENGTH), "header"),
+  );
+}
+
+/** What {@linkcode openQcow1} needs beyond the file. */
+export interface QcowOpenOptions {
+  /** Decompressors (zlib is used). */
+  codecs?: Codecs;
+  /** Opens the backing file by the name the image stores. */
+  openBacking?: (name: string) => Promise<DiskImage>;
+  /** Closes the files opened for this image. */
+  close?: () => void;
+}
+
+/**
+ * Opens a qcow version 1 image.
+ *
+ * @param source The image file.
+ * @param options Codecs and how to open the backing file.
+ * @returns The image.
+ */
+export async function openQcow1(
+  source: ByteSource,
+  options: QcowOpenOptions = {},
+): Promise<QcowImage> {
+  const header = await readQcowHeader(source);
+  if (header.cryptMethod !== 0) {
+    throw new Qcow2Error(
+      "ENCRYPTED",
+      "Cannot read qcow image: it is AES-encrypted, which is not supported; decrypt it with 'qemu-img convert' first",
+      { offset: 36 },
+    );
+  }
+  if (header.l1TableOffset + header.l1Size * 8 > source.size) {
+    throw new Qcow2Error(
+      "TRUNCATED",
+      `Cannot read qcow image: the L1 table at ${
+        hex(header.l1TableOffset)
+      } (${header.l1Size} entries) runs past the end of the file (${source.size} bytes)`,
+      { offset: header.l1TableOffset },
+    );
+  }
+  const l1 = await readExact(
+    source,
+    header.l1TableOffset,
+    header.l1Size * 8,
+    "L1 table",
+  );
+  const backing = header.backingFile !== undefined && options.openBacking
+    ? await options.openBacking(header.backingFile)
+    : undefined;
+  return new QcowImage(header, source, l1, backing, options);
+}
+
+/** An open qcow version 1 image. */
+export class QcowImage implements DiskImage {
+  /** The parsed header. */
+  readonly header: QcowHeader;
+  /** The image file. */
+  readonly source: ByteSource;
+  /** Virtual disk size in bytes (rounded down to 512, as QEMU does). */
+  readonly size: number;
+  /** Cluster size in bytes. */
+  readonly clusterSize: number;
+  /** The backing image, when one is followed. */
+  readonly backing?: DiskImage;
+  #l1: DataView;
+  #cache = new L2Cache(64);
+  #codecs: Codecs;
+  #close?: () => void;
+
+  /** @internal Use `openImage`. */
+  constructor(
+    header: QcowHeader,
+    source: ByteSource,
+    l1: Uint8Array,
+    backing: DiskImage | undefined,
+    options: QcowOpenOptions,
+  ) {
+    this.header = header;
+    this.source = source;
+    this.size = Math.floor(header.size / 512) * 512;
+    this.clusterSize = header.clusterSize;
+    this.backing = backing;
+    this.#l1 = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
+    this.#codecs = options.codecs ?? webCodecs;
+    this.#close = options.close;
+  }
+
+  /** The extents of `[start, end)` through the backing chain. */
+  async *extents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
+    for await (const e of this.ownExtents(start, end)) {
+      if (e.kind === "unallocated") {
+        yield* backingExtents(this.backing, e.start, e.start + e.length);
+      } else yield e;
+    }
+  }
+
+  /** The extents of this image alone, merged like qcow2's. */
+  async *ownExtents(
+    start = 0,
+    end: number = this.size,
+  ): AsyncGenerator<Extent> {
+    checkRange(start, end - start, this.size);
+    if (start >= end) return;
+    const cs = this.clusterSize;
+    const bits = this.header.clusterBits;
+    const l2Entries = 2 ** this.header.l2Bits;
+    const span = cs * l2Entries;
+    let run: Extent | undefined;
+    const clip = (e: Extent): Extent => {
+      const s = Math.max(e.start, start);
+      const t = Math.min(e.start + e.length, end);
+      const out: Extent = { ...e, start: s, length: t - s };
+      if (e.kind === "data") out.hostOffset = e.hostOffset! + (s - e.start);
+      return out;
+    };
+    const add = function* (kind: ExtentKind, g: number, host = 0, length = 0) {
+      if (
+        run && run.kind === kind && kind !== "compressed" &&
+        run.start + run.length === g &&
+        (kind !== "data" || run.hostOffset! + run.length === host)
+      ) {
+        run.length += cs;
+        return;
+      }
+      if (run) yield clip(run);
+      run = { start: g, length: cs, kind, depth: 0 };
+      if (kind === "data") run.hostOffset = host;
+      if (kind === "compressed") {
+        run.hostOffset = host;
+        run.compressedLength = length;
+      }
+    };
+    for (
+      let l1Index = Math.floor(start / span);
+      l1Index * span < end;
+      l1Index++
+    ) {
+      const l2Offset = l1Index < this.header.l1Size
+        ? this.#safe(
+          this.#l1.getBigUint64(l1Index * 8),
+          this.header.l1TableOffset + l1Index * 8,
+        )
+        : 0;
+      const spanStart = l1Index * span;
+      if (l2Offset === 0) {
+        if (
+          run && run.kind === "unallocated" &&
+          run.start + run.length === spanStart
+        ) {
+          run.length += span;
+        } else {
+          if (run) yield clip(run);
+          run = {
+            start: spanStart,
+            length: span,
+            kind: "unallocated",
+            depth: 0,
+          };
+        }
+        continue;
+      }
+      const table = await this.#table(l2Offset, l1Index);
+      const view = new DataView(
+        table.buffer,
+        table.byteOffset,
+        table.byteLength,
+      );
+      const first = spanStart < start
+        ? Math.floor((start - spanStart) / cs)
+        : 0;
+      const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
+      for (let i = first; i < last; i++) {
+        const g = spanStart + i * cs;
+        const raw = view.getBigUint64(i * 8);
+        if (raw >> 63n) {
+          const shift = BigInt(63 - bits);
+          const length = Number((raw >> shift) & BigInt(cs - 1));
+          const host = raw & ((1n << shift) - 1n);
+          yield* add(
+            "compressed",
+            g,
+            this.#safe(host, l2Offset + i * 8),
+            length,
+          );
+        } else if (raw === 0n) {
+          yield* add("unallocated", g);
+        } else {
+          yield* add("data", g, this.#safe(raw, l2Offset + i * 8));
+        }
+      }
+    }
+    if (run) {
+      const last = clip(run);
+      if (last.length > 0) yield last;
+    }
+  }
+
+  /** Fills `buffer` with the guest bytes at `position`. */
+  async read(position: number, buffer: Uint8Array): Promise<void> {
+    const jobs: Promise<void>[] = [];
+    for await (const e of this.ownExtents(position, position + buffer.length)) {
+      const into = buffer.subarray(
+        e.start - position,
+        e.start - position + e.length,
+      );
+      if (e.kind === "data") {
+        jobs.push(this.#readData(e.hostOffset!, into, e.start));
+      } else if (e.kind === "compressed") {
+        const within = e.start % this.clusterSize;
+        jobs.push(
+          this.#readCompressed(e).then((c) =>
+            into.set(c.subarray(within, within + e.length))
+          ),
+        );
+      } else {
+        jobs.push(readBacking(this.backing, e.start, into));
+      }
+    }
+    await Promise.all(jobs);
+  }
+
+  /** Closes the files opened for this image. */
+  close(): void {
+    this.#close?.();
+    this.#close = undefined;
+  }
+
+  #safe(value: bigint, at: number): number {
+    if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+      throw new Qcow2Error(
+        "BAD_TABLE_ENTRY",
+        `Cannot read qcow image: table entry at ${hex(at)} points to ${
+          hex(value)
+        }, past any file`,
+        {
+          offset: at,
+        },
+      );
+    }
+    return Number(value);
+  }
+
+  #table(offset: number, l1Index: number): Promise<Uint8Array> {
+    const bytes = 8 * 2 ** this.header.l2Bits;
+    return this.#cache.get(offset, async () => {
+      const table = new Uint8Array(bytes);
+      if (
+        offset >= this.source.size ||
+        await this.source.readAt(offset, table) < bytes
+      ) {
+        throw new Qcow2Error(
+          "BAD_TABLE_ENTRY",
+          `Cannot read qcow image: L2 table at ${
+            hex(offset)
+          } (L1 index ${l1Index}) runs past the end of the file (${this.source.size} bytes)`,
+          { offset: this.header.l1TableOffset + l1Index * 8 },
+        );
+      }
+      return table;
+    });
+  }
+
+  async #readData(
+    host: number,
+    into: Uint8Array,
+    guest: number,
+  ): Promise<void> {
+    if (host >= this.source.size) {
+      throw new Qcow2Error(
+        "BAD_TABLE_ENTRY",
+        `Cannot read qcow image: the data of guest offset ${
+          hex(guest)
+        } lies at ${
+          hex(host)
+        }, past the end of the file (${this.source.size} bytes)`,
+        { offset: host },
+      );
+    }
+    const n = await this.source.readAt(host, into);
+    into.fill(0, n);
+  }
+
+  async #readCompressed(e: Extent): Promise<Uint8Array> {
+    const host = e.hostOffset!;
+    const where = `the compressed cluster at guest offset ${
+      hex(e.start - (e.start % this.clusterSize))
+    } (file offset ${hex(host)})`;
+    if (host >= this.source.size) {
+      throw new Qcow2Error(
+        "BAD_TABLE_ENTRY",
+        `Cannot read qcow image: ${where} lies past the end of the file`,
+        {
+          offset: host,
+        },
+      );
+    }
+    const input = new Uint8Array(
+      Math.min(e.compressedLength!, this.source.size - host),
+    );
+    await this.source.readAt(host, input);
+    return decompressCluster(
+      this.#codecs,
+      "zlib",
+      input,
+      this.clusterSize,
+      where,
+    );
+  }
+}

@@ -1,0 +1,208 @@
+/**
+ * The internal snapshot table of a qcow2 image.
+ *
+ * @module
+ */
+
+import { hex, Qcow2Error } from "./errors.ts";
+import type { Qcow2Header } from "./header.ts";
+import { type ByteSource, readExact } from "./io.ts";
+
+/** One internal snapshot. */
+export interface Snapshot {
+  /** The snapshot's unique ID string (QEMU numbers them "1", "2", ...). */
+  id: string;
+  /** The snapshot's name (tag). */
+  name: string;
+  /** File offset of the snapshot's L1 table. */
+  l1TableOffset: number;
+  /** Entries in the snapshot's L1 table. */
+  l1Size: number;
+  /** Size of the saved VM state in bytes (0 for a disk-only snapshot). */
+  vmStateSize: number;
+  /** Wall-clock time the snapshot was taken: seconds since the epoch. */
+  dateSec: number;
+  /** Nanoseconds part of the wall-clock time. */
+  dateNsec: number;
+  /** Guest clock at the snapshot, in nanoseconds. */
+  vmClockNsec: number;
+  /** Virtual disk size at the snapshot. */
+  diskSize: number;
+  /** Instruction count at the snapshot, when recorded (record/replay). */
+  icount?: number;
+  /** Extra data past the fields this library knows, kept raw. */
+  unknownExtraData: Uint8Array;
+}
+
+/** Most extra data QEMU accepts per entry. */
+const MAX_EXTRA = 1024;
+/** Largest snapshot table QEMU reads (64 MiB). */
+const MAX_TABLE_BYTES = 64 * 1024 * 1024;
+/** Largest snapshot L1 table (32 MiB), as for the active one. */
+const MAX_L1_BYTES = 32 * 1024 * 1024;
+
+/**
+ * Reads and validates the snapshot table named by the header.
+ *
+ * @param source The image file.
+ * @param header Its parsed header.
+ * @returns The snapshots in table order.
+ * @throws {Qcow2Error} `BAD_HEADER` for a table that is too large or runs past
+ * the end of the file, `BAD_TABLE_ENTRY` for an invalid entry.
+ */
+export async function readSnapshots(
+  source: ByteSource,
+  header: Qcow2Header,
+): Promise<Snapshot[]> {
+  const snapshots: Snapshot[] = [];
+  let offset = header.snapshotsOffset;
+  const fail = (
+    code: "BAD_HEADER" | "BAD_TABLE_ENTRY",
+    i: number,
+    why: string,
+  ) =>
+    new Qcow2Error(
+      code,
+      `Cannot read qcow2 image: snapshot table entry ${i} at ${
+        hex(offset)
+      } ${why}`,
+      { offset },
+    );
+  for (let i = 0; i < header.nbSnapshots; i++) {
+    if (offset - header.snapshotsOffset + 40 > MAX_TABLE_BYTES) {
+      throw fail(
+        "BAD_HEADER",
+        i,
+        "lies beyond the 64 MiB a snapshot table may take",
+      );
+    }
+    if (offset + 40 > source.size) {
+      throw fail(
+        "BAD_HEADER",
+        i,
+        `runs past the end of the file (${source.size} bytes)`,
+      );
+    }
+    const fixed = await readExact(source, offset, 40, "snapshot table entry");
+    const v = new DataView(fixed.buffer);
+    const l1Offset = v.getBigUint64(0);
+    const l1Size = v.getUint32(8);
+    const idSize = v.getUint16(12);
+    const nameSize = v.getUint16(14);
+    const extraSize = v.getUint32(36);
+    if (extraSize > MAX_EXTRA) {
+      throw fail(
+        "BAD_TABLE_ENTRY",
+        i,
+        `has ${extraSize} bytes of extra data; at most ${MAX_EXTRA} are allowed`,
+      );
+    }
+    const rest = extraSize + idSize + nameSize;
+    const entryEnd = offset + 40 + rest;
+    if (entryEnd - header.snapshotsOffset > MAX_TABLE_BYTES) {
+      throw fail(
+        "BAD_HEADER",
+        i,
+        "makes the snapshot table larger than 64 MiB",
+      );
+    }
+    if (entryEnd > source.size) {
+      throw fail(
+        "BAD_HEADER",
+        i,
+        `runs past the end of the file (${source.size} bytes)`,
+      );
+    }
+    const tail = await readExact(
+      source,
+      offset + 40,
+      rest,
+      "snapshot table entry",
+    );
+    const extra = new DataView(tail.buffer, 0, extraSize);
+    const text = new TextDecoder();
+    const cs = header.clusterSize;
+    if (
+      l1Offset % BigInt(cs) !== 0n || l1Offset > BigInt(Number.MAX_SAFE_INTEGER)
+    ) {
+      throw fail(
+        "BAD_TABLE_ENTRY",
+        i,
+        `has an invalid L1 table offset ${hex(l1Offset)}`,
+      );
+    }
+    if (l1Size > MAX_L1_BYTES / 8) {
+      throw fail(
+        "BAD_TABLE_ENTRY",
+        i,
+        `has an L1 table of ${l1Size} entries, above the 32 MiB limit`,
+      );
+    }
+    const u64 = (at: number, field: string) => {
+      const value = extra.getBigUint64(at);
+      if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw fail(
+          "BAD_TABLE_ENTRY",
+          i,
+          `has ${field} ${hex(value)}, larger than 2^53 - 1`,
+        );
+      }
+      return Number(value);
+    };
+    const vmClock = v.getBigUint64(24);
+    const snapshot: Snapshot = {
+      id: text.decode(tail.subarray(extraSize, extraSize + idSize)),
+      name: text.decode(
+        tail.subarray(extraSize + idSize, extraSize + idSize + nameSize),
+      ),
+      l1TableOffset: Number(l1Offset),
+      l1Size,
+      vmStateSize: extraSize >= 8 ? u64(0, "a VM state size") : v.getUint32(32),
+      dateSec: v.getUint32(16),
+      dateNsec: v.getUint32(20),
+      vmClockNsec: vmClock > BigInt(Number.MAX_SAFE_INTEGER)
+        ? Number.MAX_SAFE_INTEGER
+        : Number(vmClock),
+      diskSize: extraSize >= 16 ? u64(8, "a disk size") : header.size,
+      unknownExtraData: tail.slice(Math.min(extraSize, 24), extraSize),
+    };
+    if (extraSize >= 24 && extra.getBigUint64(16) !== 0xffffffffffffffffn) {
+      snapshot.icount = u64(16, "an icount");
+    }
+    snapshots.push(snapshot);
+    offset = entryEnd + ((8 - (entryEnd % 8)) % 8);
+  }
+  return snapshots;
+}
+
+/**
+ * Finds a snapshot by ID or name, as `qemu-img convert -l` does: an ID match
+ * first, then a name match.
+ *
+ * @param snapshots The table.
+ * @param wanted An ID or a name; `snapshot.id=X` and `snapshot.name=X` pick
+ * one kind of match.
+ * @returns The snapshot.
+ * @throws {Qcow2Error} `NO_SUCH_SNAPSHOT` when none matches.
+ */
+export function findSnapshot(snapshots: Snapshot[], wanted: string): Snapshot {
+  const byId = wanted.startsWith("snapshot.id=") ? wanted.slice(12) : undefined;
+  const byName = wanted.startsWith("snapshot.name=")
+    ? wanted.slice(14)
+    : undefined;
+  const found = byId !== undefined
+    ? snapshots.find((s) => s.id === byId)
+    : byName !== undefined
+    ? snapshots.find((s) => s.name === byName)
+    : snapshots.find((s) => s.id === wanted) ??
+      snapshots.find((s) => s.name === wanted);
+  if (!found) {
+    const list = snapshots.map((s) => `${s.id} '${s.name}'`).join(", ") ||
+      "none";
+    throw new Qcow2Error(
+      "NO_SUCH_SNAPSHOT",
+      `Cannot find snapshot '${wanted}' in the image (it has: ${list})`,
+    );
+  }
+  return found;
+}
