@@ -126,6 +126,7 @@ Deno.test("a virtual size that is not a cluster multiple", async () => {
     length: 4608,
     kind: "data",
     hostOffset: 4 * CS,
+    depth: 0,
   });
 });
 
