@@ -369,13 +369,13 @@ export function formatInfo(info: ImageInfo): string {
       lines.push(`    lazy refcounts: ${d["lazy-refcounts"]}`);
     }
     lines.push(`    refcount bits: ${d["refcount-bits"]}`);
-    if (d.corrupt !== undefined) lines.push(`    corrupt: ${d.corrupt}`);
-    if (d["extended-l2"] !== undefined) {
-      lines.push(`    extended l2: ${d["extended-l2"]}`);
-    }
     if (d["data-file"] !== undefined) {
       lines.push(`    data file: ${d["data-file"]}`);
       lines.push(`    data file raw: ${d["data-file-raw"]}`);
+    }
+    if (d.corrupt !== undefined) lines.push(`    corrupt: ${d.corrupt}`);
+    if (d["extended-l2"] !== undefined) {
+      lines.push(`    extended l2: ${d["extended-l2"]}`);
     }
   }
   if (info["dirty-flag"]) lines.push("dirty flag: yes");

@@ -77,7 +77,7 @@ export type SynthCluster =
   | { kind: "data"; bytes: Uint8Array }
   | { kind: "zero"; allocated?: boolean }
   | { kind: "compressed"; bytes: Uint8Array }
-  | { kind: "raw"; entry: bigint };
+  | { kind: "raw"; entry: bigint; bitmap?: bigint };
 
 /**
  * An image with 64 KiB-or-other clusters: header in cluster 0, refcount table
@@ -90,7 +90,9 @@ export function synthImage(
 ): Uint8Array {
   const bits = header.clusterBits ?? 16;
   const cs = 1 << bits;
-  const l2Entries = cs / 8;
+  const extended = ((header.incompatible ?? 0n) & 16n) !== 0n;
+  const entryBytes = extended ? 16 : 8;
+  const l2Entries = cs / entryBytes;
   const size = header.size ?? 1n << 20n;
   const l1Size = header.l1Size ??
     Math.max(1, Math.ceil(Number(size) / (cs * l2Entries)));
@@ -101,6 +103,7 @@ export function synthImage(
   const l2At = new Map(l1Indexes.map((i, n) => [i, l2Base + n * cs]));
   let next = l2Base + l1Indexes.length * cs;
   const entries = new Map<number, bigint>();
+  const bitmaps = new Map<number, bigint>();
   const dataChunks: [number, Uint8Array][] = [];
   for (const [g, c] of clusters) {
     if (c.kind === "data") {
@@ -114,6 +117,7 @@ export function synthImage(
       } else entries.set(g, 1n);
     } else if (c.kind === "raw") {
       entries.set(g, c.entry);
+      if (c.bitmap !== undefined) bitmaps.set(g, c.bitmap);
     }
   }
   // Compressed data packed after the data clusters.
@@ -138,7 +142,18 @@ export function synthImage(
   }
   for (const [g, e] of entries) {
     const l2 = l2At.get(Math.floor(g / l2Entries))!;
-    v.setBigUint64(l2 + (g % l2Entries) * 8, e);
+    v.setBigUint64(l2 + (g % l2Entries) * entryBytes, e);
+    if (extended) {
+      // Word 2: zero bits 32..63, allocation bits 0..31 (data: all allocated).
+      const c = clusters.get(g)!;
+      const bitmap = bitmaps.get(g) ??
+        (c.kind === "data"
+          ? 0xffffffffn
+          : c.kind === "zero"
+          ? 0xffffffffn << 32n
+          : 0n);
+      v.setBigUint64(l2 + (g % l2Entries) * entryBytes + 8, bitmap);
+    }
   }
   for (const [at, bytes] of dataChunks) out.set(bytes, at);
   return out;

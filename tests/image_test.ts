@@ -250,3 +250,69 @@ Deno.test("the L2 cache stays bounded", async () => {
     );
   }
 });
+
+Deno.test("extended L2 entries: each subcluster is data, zero or unallocated", async () => {
+  const sub = CS / 32;
+  const host = 0x40000n; // the first data cluster, after header, refcount, L1, L2
+  const clusters = new Map<number, SynthCluster>([
+    [0, { kind: "data", bytes: random }],
+    // Subclusters 0-3 allocated, 4-7 zero, the rest unallocated.
+    [1, {
+      kind: "raw",
+      entry: (1n << 63n) | (host + 0x10000n),
+      bitmap: (0xf0n << 32n) | 0x0fn,
+    }],
+    [2, { kind: "data", bytes: text }],
+    // No host cluster: zero subclusters only.
+    [3, { kind: "raw", entry: 0n, bitmap: 0xffff0000n << 32n }],
+  ]);
+  const bytes = synthImage(
+    { size: 4n * BigInt(CS), incompatible: 16n },
+    clusters,
+  );
+  // Cluster 1's host space is the second data cluster: fill it.
+  bytes.set(prng(CS, 11), Number(host) + CS);
+  const { out, extents } = await readAll(bytes);
+  assertEquals(out.subarray(0, CS), random);
+  assertEquals(
+    out.subarray(CS, CS + 4 * sub),
+    prng(CS, 11).subarray(0, 4 * sub),
+  );
+  assertEquals(
+    out.subarray(CS + 4 * sub, 2 * CS),
+    new Uint8Array(CS - 4 * sub),
+  );
+  assertEquals(out.subarray(3 * CS), new Uint8Array(CS));
+  assertEquals(extents.map((e) => [e.start, e.length, e.kind]), [
+    [0, CS + 4 * sub, "data"], // host-contiguous with cluster 0: merged
+    [CS + 4 * sub, 4 * sub, "zero"],
+    [CS + 8 * sub, 24 * sub, "unallocated"],
+    [2 * CS, CS, "data"],
+    [3 * CS, 16 * sub, "unallocated"],
+    [3 * CS + 16 * sub, 16 * sub, "zero"],
+  ]);
+});
+
+Deno.test("extended L2 entries: invalid bitmaps fail when read", async () => {
+  for (
+    const [entry, bitmap, message] of [
+      [(1n << 63n) | 0x50000n, (1n << 32n) | 1n, /both allocated and zero/],
+      [0n, 1n, /allocated subclusters in an unallocated cluster/],
+    ] as const
+  ) {
+    const clusters = new Map<number, SynthCluster>([[0, {
+      kind: "raw",
+      entry,
+      bitmap,
+    }]]);
+    const image = await openImage(
+      synthImage({ size: BigInt(CS), incompatible: 16n }, clusters),
+    );
+    const e = await assertRejects(
+      () => image.read(0, new Uint8Array(CS)),
+      Qcow2Error,
+    );
+    assertEquals(e.code, "BAD_TABLE_ENTRY");
+    assertEquals(message.test(e.message), true, e.message);
+  }
+});
