@@ -37,7 +37,7 @@ import {
 import type { DiskImage } from "./src/disk.ts";
 import type { Qcow2Image } from "./src/image.ts";
 import {
-  fileSource,
+  fileHandleSource,
   type ImageInput,
   type SeekableWriter,
   toByteSource,
@@ -50,6 +50,7 @@ import { openDisk, type OpenedFile, type OpenOptions } from "./src/open.ts";
 import type { QcowImage } from "./src/qcow1.ts";
 import { fileSink, type RawSink, streamSink } from "./src/sink.ts";
 import { nodeCodecs } from "./native/zlib.ts";
+import { open } from "node:fs/promises";
 
 export {
   Qcow2Error,
@@ -73,6 +74,8 @@ export type {
 export {
   type ByteSource,
   bytesSource,
+  fileHandleSource,
+  type FileHandleLike,
   fileSource,
   type ImageInput,
   type SeekableReader,
@@ -138,30 +141,31 @@ export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
 }
 
 /**
- * Opens a file by path with `Deno.open`: the default way `openImage` opens
- * the backing and data files an image names, when it is given a path.
+ * Opens a file by path for positional reads (`node:fs/promises`, which Deno,
+ * Node and Bun provide): the default way `openImage` opens an image given by
+ * path, and the backing and data files it names.
  *
  * @param path The file's path.
  * @returns The open file, as a source that can be closed.
  *
  * @example Confining backing files to one directory
  * ```ts ignore
- * import { denoOpenFile, openImage } from "jsr:@qcow2/qcow2";
+ * import { openImage, openPath } from "jsr:@qcow2/qcow2";
  *
  * const image = await openImage("vm/disk.qcow2", {
  *   openFile: (path, request) => {
  *     if (!path.startsWith("vm/")) throw new Error(`${request.kind} outside vm/`);
- *     return denoOpenFile(path);
+ *     return openPath(path);
  *   },
  * });
  * ```
  */
-export async function denoOpenFile(path: string): Promise<OpenedFile> {
-  const file = await Deno.open(path);
+export async function openPath(path: string): Promise<OpenedFile> {
+  const handle = await open(path, "r");
   try {
-    return { ...(await fileSource(file)), close: () => file.close() };
+    return { ...(await fileHandleSource(handle)), close: () => void handle.close() };
   } catch (e) {
-    file.close();
+    await handle.close();
     throw e;
   }
 }
@@ -173,7 +177,7 @@ export async function denoOpenFile(path: string): Promise<OpenedFile> {
  *
  * Given a path, it opens the file and, unless `options.openFile` says
  * otherwise, the backing and data files it names with
- * {@linkcode denoOpenFile}, resolved against its directory as QEMU resolves
+ * {@linkcode openPath}, resolved against its directory as QEMU resolves
  * them; `close()` closes them all. Given an open file or bytes, backing and
  * data files are opened only through `options.openFile` (with
  * `options.path` to resolve their names).
@@ -204,10 +208,10 @@ export async function openImage(
   if (typeof input !== "string") {
     return openDisk(await toByteSource(input), { ...options, codecs });
   }
-  const file = await denoOpenFile(input);
+  const file = await openPath(input);
   try {
     const image = await openDisk(file, {
-      openFile: denoOpenFile,
+      openFile: openPath,
       path: input,
       ...options,
       codecs,

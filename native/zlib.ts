@@ -9,33 +9,25 @@
 import * as zlib from "node:zlib";
 import { type Codecs, zstdFrameLength } from "../src/codecs.ts";
 
-type Callback = (error: Error | null, result: Uint8Array) => void;
-
-function promisify(
-  run: (input: Uint8Array, options: object, callback: Callback) => void,
+/** Runs a synchronous decompressor, turning a throw into a rejection. */
+function settled(
+  run: (input: Uint8Array, options: { maxOutputLength: number }) => Uint8Array,
 ): (input: Uint8Array, maxOutput: number) => Promise<Uint8Array> {
-  return (input, maxOutput) =>
-    new Promise((resolve, reject) =>
-      run(input, { maxOutputLength: maxOutput }, (error, result) => {
-        if (error) reject(error);
-        else resolve(result);
-      })
-    );
-}
-
-const inflateRaw = promisify(zlib.inflateRaw as never);
-// zstd runs synchronously: measured faster here than the async variant,
-// whose thread hand-off costs more than a 64 KiB frame takes to decode.
-const zstdDecompress = typeof zlib.zstdDecompressSync === "function"
-  ? (input: Uint8Array, maxOutput: number): Promise<Uint8Array> => {
+  return (input, maxOutput) => {
     try {
-      return Promise.resolve(
-        zlib.zstdDecompressSync(input, { maxOutputLength: maxOutput }),
-      );
+      return Promise.resolve(run(input, { maxOutputLength: maxOutput }));
     } catch (e) {
       return Promise.reject(e);
     }
-  }
+  };
+}
+
+// Both run synchronously: in Deno the async variants decompress on the main
+// thread anyway, through Node's stream machinery, and cost more (measured:
+// 64 KiB zlib clusters about 130 us sync against 210 us async).
+const inflateRaw = settled(zlib.inflateRawSync);
+const zstdDecompress = typeof zlib.zstdDecompressSync === "function"
+  ? settled(zlib.zstdDecompressSync)
   : undefined;
 
 /**

@@ -86,13 +86,16 @@ export async function convertImage(
   let bytesWritten = 0;
   let done = 0;
 
-  // Reads run ahead, up to `parallel` at once; writes happen in order.
-  const queue: { start: number; data: Promise<Uint8Array> }[] = [];
+  // Reads run ahead, up to `parallel` at once; writes happen in order. The
+  // chunk buffers are reused, so memory stays at `parallel` chunks.
+  const free: Uint8Array[] = [];
+  const queue: { start: number; buffer: Uint8Array; data: Promise<Uint8Array> }[] = [];
   const drain = async (keep: number) => {
     while (queue.length > keep) {
-      const { start, data } = queue.shift()!;
+      const { start, buffer, data } = queue.shift()!;
       const bytes = await data;
       bytesWritten += await writeNonZero(sink, start, bytes, sparse);
+      free.push(buffer);
       done = start + bytes.length;
       onProgress?.({ done, total });
       signal?.throwIfAborted();
@@ -100,11 +103,11 @@ export async function convertImage(
   };
   const readAhead = async (start: number, length: number) => {
     for (let p = start; p < start + length; p += chunk) {
-      const n = Math.min(chunk, start + length - p);
-      const buffer = new Uint8Array(n);
-      const data = image.read(p, buffer).then(() => buffer);
+      const buffer = free.pop() ?? new Uint8Array(chunk);
+      const view = buffer.subarray(0, Math.min(chunk, start + length - p));
+      const data = image.read(p, view).then(() => view);
       data.catch(() => {}); // observed when drained
-      queue.push({ start: p, data });
+      queue.push({ start: p, buffer, data });
       await drain(parallel - 1);
     }
   };

@@ -129,6 +129,54 @@ export async function fileSource(file: SeekableReader): Promise<ByteSource> {
 }
 
 /**
+ * The subset of a Node `fs/promises` `FileHandle` needed to read: positional
+ * `read` and `stat`. Deno, Node and Bun all provide it.
+ */
+export interface FileHandleLike {
+  /** Reads `length` bytes at file `position` into `buffer` at `offset`. */
+  read(
+    buffer: Uint8Array,
+    offset: number,
+    length: number,
+    position: number,
+  ): Promise<{ bytesRead: number }>;
+  /** The file's metadata; only `size` is used. */
+  stat(): Promise<{ size: number | bigint }>;
+}
+
+/**
+ * A {@linkcode ByteSource} over a Node-style `FileHandle`. Reads are
+ * positional (`pread`), so concurrent calls run in parallel.
+ *
+ * @param handle An open `FileHandle` (from `node:fs/promises` `open`).
+ * @returns A source that reads from `handle`.
+ *
+ * @example Reading with a Node `FileHandle`
+ * ```ts ignore
+ * import { open } from "node:fs/promises";
+ * import { fileHandleSource, openImage } from "jsr:@qcow2/qcow2";
+ *
+ * const handle = await open("disk.qcow2");
+ * const image = await openImage(await fileHandleSource(handle));
+ * ```
+ */
+export async function fileHandleSource(handle: FileHandleLike): Promise<ByteSource> {
+  const size = Number((await handle.stat()).size);
+  return {
+    size,
+    async readAt(position: number, buffer: Uint8Array): Promise<number> {
+      let done = 0;
+      while (done < buffer.length) {
+        const { bytesRead } = await handle.read(buffer, done, buffer.length - done, position + done);
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done;
+    },
+  };
+}
+
+/**
  * Reads exactly `length` bytes at `position`, or fails with `TRUNCATED`
  * naming `what` was being read.
  */

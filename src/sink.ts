@@ -5,7 +5,7 @@
  * @module
  */
 
-import { SEEK_START, type SeekableWriter } from "./io.ts";
+import { SEEK_END, SEEK_START, type SeekableWriter } from "./io.ts";
 
 /**
  * A destination for raw guest bytes, written in increasing offset order. What
@@ -26,8 +26,10 @@ export interface RawSink {
  * @returns The sink.
  */
 export async function fileSink(file: SeekableWriter): Promise<RawSink> {
-  await file.truncate(0);
-  let pos = 0;
+  // Truncating a file that has data makes its close flush (ext4): skip it
+  // when the file is already empty.
+  if (await file.seek(0, SEEK_END) !== 0) await file.truncate(0);
+  let pos = -1;
   return {
     async writeAt(position: number, bytes: Uint8Array): Promise<void> {
       if (position !== pos) await file.seek(position, SEEK_START);

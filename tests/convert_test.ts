@@ -28,9 +28,9 @@ class MemoryFile {
     return Promise.resolve(p.length);
   }
   seek(offset: number, whence: number): Promise<number> {
-    assertEquals(whence, 0);
-    this.pos = offset;
-    return Promise.resolve(offset);
+    assert(whence === 0 || whence === 2, `whence ${whence}`);
+    this.pos = whence === 0 ? offset : this.bytes.length + offset;
+    return Promise.resolve(this.pos);
   }
   truncate(len = 0): Promise<void> {
     this.resize(len);

@@ -13,7 +13,7 @@ import {
 } from "@std/assert";
 import {
   convert,
-  denoOpenFile,
+  openPath,
   openImage,
   type OpenOptions,
   Qcow2Error,
@@ -161,7 +161,7 @@ Deno.test("the openFile hook decides how named files are opened", async () => {
   const image = await openImage(DIR + "chain_top.qcow2", {
     openFile: (path, request) => {
       asked.push(`${request.kind} ${request.name} -> ${path}`);
-      return denoOpenFile(path);
+      return openPath(path);
     },
   });
   image.close();
