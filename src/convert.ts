@@ -89,7 +89,11 @@ export async function convertImage(
   // Reads run ahead, up to `parallel` at once; writes happen in order. The
   // chunk buffers are reused, so memory stays at `parallel` chunks.
   const free: Uint8Array[] = [];
-  const queue: { start: number; buffer: Uint8Array; data: Promise<Uint8Array> }[] = [];
+  const queue: {
+    start: number;
+    buffer: Uint8Array;
+    data: Promise<Uint8Array>;
+  }[] = [];
   const drain = async (keep: number) => {
     while (queue.length > keep) {
       const { start, buffer, data } = queue.shift()!;

@@ -525,13 +525,14 @@ export async function readHeader(source: ByteSource): Promise<Qcow2Header> {
 }
 
 /**
- * Names of the incompatible feature bits in `mask` that this library does not
- * know, using the image's feature name table where it has one.
+ * Throws `UNSUPPORTED_FEATURE` if the header sets incompatible feature bits
+ * this library does not know, naming them from the image's feature name table
+ * where it has one (as QEMU does).
  *
  * @param header A parsed header.
- * @returns A description such as `"bit 61, bit 62"`, or `""` when none.
  */
-export function unknownFeatureNames(header: Qcow2Header): string {
+export function checkKnownFeatures(header: Qcow2Header): void {
+  if (header.unknownIncompatibleFeatures === 0n) return;
   const names: string[] = [];
   for (let b = 0n; b < 64n; b++) {
     if ((header.unknownIncompatibleFeatures & (1n << b)) === 0n) continue;
@@ -540,7 +541,13 @@ export function unknownFeatureNames(header: Qcow2Header): string {
     );
     names.push(named ? `${named.name} (bit ${b})` : `bit ${b}`);
   }
-  return names.join(", ");
+  throw new Qcow2Error(
+    "UNSUPPORTED_FEATURE",
+    `Cannot read qcow2 image: it uses incompatible features this version does not know: ${
+      names.join(", ")
+    } (mask ${hex(header.unknownIncompatibleFeatures)})`,
+    { offset: F.incompatibleFeatures },
+  );
 }
 
 /** Converts a 64-bit field to a number, refusing what a number cannot hold. */

@@ -5,15 +5,16 @@
  * @module
  */
 
-import { type Codecs, decompressCluster, webCodecs } from "./codecs.ts";
+import { readCompressedInto, readData } from "./cluster_reads.ts";
+import { type Codecs, webCodecs } from "./codecs.ts";
 import {
   backingExtents,
   checkRange,
   type DiskImage,
   type Extent,
-  type ExtentKind,
   readBacking,
 } from "./disk.ts";
+import { ExtentRuns } from "./extent_runs.ts";
 import { hex, Qcow2Error } from "./errors.ts";
 import type { Qcow2Header } from "./header.ts";
 import type { ByteSource } from "./io.ts";
@@ -141,51 +142,7 @@ export class Qcow2Image implements DiskImage {
     const l2Entries = cs / this.#entryBytes;
     const l1Span = cs * l2Entries;
 
-    // The extent being grown, not yet emitted.
-    let kind: ExtentKind | undefined;
-    let runStart = 0;
-    let runEnd = 0;
-    let runHost = 0;
-    const pending: Extent[] = [];
-    const emit = () => {
-      if (kind === undefined) return;
-      const s = Math.max(runStart, start);
-      const e = Math.min(runEnd, end);
-      if (s < e) {
-        const extent: Extent = { start: s, length: e - s, kind, depth: 0 };
-        if (kind === "data") extent.hostOffset = runHost + (s - runStart);
-        pending.push(extent);
-      }
-      kind = undefined;
-    };
-    const add = (k: ExtentKind, from: number, to: number, host = 0) => {
-      if (
-        kind === k && runEnd === from &&
-        (k !== "data" || runHost + (from - runStart) === host)
-      ) {
-        runEnd = to;
-        return;
-      }
-      emit();
-      kind = k;
-      runStart = from;
-      runEnd = to;
-      runHost = host;
-    };
-    const compressed = (g: number, entry: { host: number; length: number }) => {
-      emit();
-      const s = Math.max(g, start);
-      const e = Math.min(g + cs, end);
-      pending.push({
-        start: s,
-        length: e - s,
-        kind: "compressed",
-        hostOffset: entry.host,
-        compressedLength: entry.length,
-        depth: 0,
-      });
-    };
-
+    const runs = new ExtentRuns(start, end);
     for (
       let l1Index = Math.floor(start / l1Span);
       l1Index * l1Span < end;
@@ -194,7 +151,7 @@ export class Qcow2Image implements DiskImage {
       const spanStart = l1Index * l1Span;
       const l2Offset = this.#l1Entry(l1Index);
       if (l2Offset === 0) {
-        add("unallocated", spanStart, spanStart + l1Span);
+        runs.add("unallocated", spanStart, spanStart + l1Span);
       } else {
         const table = await this.#l2Table(l2Offset, l1Index);
         const view = new DataView(
@@ -209,35 +166,27 @@ export class Qcow2Image implements DiskImage {
         for (let i = first; i < last; i++) {
           const g = spanStart + i * cs;
           const entry = this.#decode(view, i, l2Offset, g);
-          if (entry.kind === "compressed") compressed(g, entry);
-          else if (entry.kind !== "subclusters") {
-            add(entry.kind, g, g + cs, entry.host);
+          if (entry.kind === "compressed") {
+            runs.addCompressed(g, g + cs, entry.host, entry.length);
+          } else if (entry.kind !== "subclusters") {
+            runs.add(entry.kind, g, g + cs, entry.host);
           } else {
             // 32 subclusters: allocated (data), zero, or falling through.
             const sub = cs / 32;
             for (let j = 0; j < 32; j++) {
               const bit = 1 << j;
+              const from = g + j * sub;
               if (entry.alloc & bit) {
-                add(
-                  "data",
-                  g + j * sub,
-                  g + (j + 1) * sub,
-                  entry.host + j * sub,
-                );
-              } else if (entry.zero & bit) {
-                add("zero", g + j * sub, g + (j + 1) * sub);
-              } else add("unallocated", g + j * sub, g + (j + 1) * sub);
+                runs.add("data", from, from + sub, entry.host + j * sub);
+              } else if (entry.zero & bit) runs.add("zero", from, from + sub);
+              else runs.add("unallocated", from, from + sub);
             }
           }
         }
       }
-      if (pending.length > 0) {
-        yield* pending;
-        pending.length = 0;
-      }
+      yield* runs.take();
     }
-    emit();
-    yield* pending;
+    yield* runs.finish();
   }
 
   /**
@@ -258,14 +207,20 @@ export class Qcow2Image implements DiskImage {
         e.start - position + e.length,
       );
       if (e.kind === "data") {
-        jobs.push(this.#readHost(e.hostOffset!, into, e.start));
-      } else if (e.kind === "compressed") {
-        const within = e.start % this.clusterSize;
+        const file = this.#data;
         jobs.push(
-          this.#readCompressed(e).then((c) =>
-            into.set(c.subarray(within, within + e.length))
-          ),
+          readData(file, e.hostOffset!, into, e.start, "qcow2", this.#external),
         );
+      } else if (e.kind === "compressed") {
+        jobs.push(readCompressedInto(
+          this.source,
+          e,
+          into,
+          this.clusterSize,
+          this.#codecs,
+          this.header.compressionType,
+          "qcow2",
+        ));
       } else if (e.kind === "unallocated" && this.backing) {
         jobs.push(readBacking(this.backing, e.start, into));
       } else {
@@ -381,52 +336,6 @@ export class Qcow2Image implements DiskImage {
       }
       return table;
     });
-  }
-
-  /** Reads data clusters; bytes past the end of the file read as zeros. */
-  async #readHost(
-    host: number,
-    into: Uint8Array,
-    guest: number,
-  ): Promise<void> {
-    const file = this.#data;
-    if (host >= file.size && !this.#external) {
-      throw new Qcow2Error(
-        "BAD_TABLE_ENTRY",
-        `Cannot read qcow2 image: the data of guest offset ${
-          hex(guest)
-        } lies at ${hex(host)}, past the end of the file (${file.size} bytes)`,
-        { offset: host },
-      );
-    }
-    // An external data file may be shorter than the disk: QEMU reads zeros.
-    const n = host >= file.size ? 0 : await file.readAt(host, into);
-    if (n < into.length) into.fill(0, n);
-  }
-
-  async #readCompressed(e: Extent): Promise<Uint8Array> {
-    const host = e.hostOffset!;
-    const where = `the compressed cluster at guest offset ${
-      hex(e.start - (e.start % this.clusterSize))
-    } (file offset ${hex(host)})`;
-    if (host >= this.source.size) {
-      throw new Qcow2Error(
-        "BAD_TABLE_ENTRY",
-        `Cannot read qcow2 image: ${where} lies past the end of the file (${this.source.size} bytes)`,
-        { offset: host },
-      );
-    }
-    const input = new Uint8Array(
-      Math.min(e.compressedLength!, this.source.size - host),
-    );
-    await this.source.readAt(host, input);
-    return decompressCluster(
-      this.#codecs,
-      this.header.compressionType,
-      input,
-      this.clusterSize,
-      where,
-    );
   }
 }
 

@@ -5,11 +5,11 @@
  * @module
  */
 
-import { hex, Qcow2Error } from "./errors.ts";
+import { hex } from "./errors.ts";
 import {
+  checkKnownFeatures,
   INCOMPATIBLE_FEATURES,
   type Qcow2Header,
-  unknownFeatureNames,
 } from "./header.ts";
 import type { QcowHeader } from "./qcow1.ts";
 import type { Snapshot } from "./snapshots.ts";
@@ -141,15 +141,7 @@ export function imageInfo(
   filename: string,
   extras: InfoExtras = {},
 ): ImageInfo {
-  if (header.unknownIncompatibleFeatures !== 0n) {
-    throw new Qcow2Error(
-      "UNSUPPORTED_FEATURE",
-      `Cannot read qcow2 image: it uses incompatible features this version does not know: ${
-        unknownFeatureNames(header)
-      } (mask ${hex(header.unknownIncompatibleFeatures)})`,
-      { offset: 72 },
-    );
-  }
+  checkKnownFeatures(header);
   const v3 = header.version === 3;
   const data: Qcow2SpecificInfo = {
     compat: v3 ? "1.1" : "0.10",

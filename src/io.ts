@@ -160,14 +160,21 @@ export interface FileHandleLike {
  * const image = await openImage(await fileHandleSource(handle));
  * ```
  */
-export async function fileHandleSource(handle: FileHandleLike): Promise<ByteSource> {
+export async function fileHandleSource(
+  handle: FileHandleLike,
+): Promise<ByteSource> {
   const size = Number((await handle.stat()).size);
   return {
     size,
     async readAt(position: number, buffer: Uint8Array): Promise<number> {
       let done = 0;
       while (done < buffer.length) {
-        const { bytesRead } = await handle.read(buffer, done, buffer.length - done, position + done);
+        const { bytesRead } = await handle.read(
+          buffer,
+          done,
+          buffer.length - done,
+          position + done,
+        );
         if (bytesRead === 0) break;
         done += bytesRead;
       }

@@ -9,14 +9,14 @@ import type { Codecs } from "./codecs.ts";
 import type { DiskImage } from "./disk.ts";
 import { hex, Qcow2Error } from "./errors.ts";
 import {
+  checkKnownFeatures,
   QCOW2_MAGIC,
   type Qcow2Header,
   readHeader,
-  unknownFeatureNames,
 } from "./header.ts";
 import { Qcow2Image } from "./image.ts";
 import { type ByteSource, readExact } from "./io.ts";
-import { openQcow1, QcowImage } from "./qcow1.ts";
+import { openQcow1, type QcowImage } from "./qcow1.ts";
 import { RawImage } from "./raw.ts";
 import { findSnapshot, readSnapshots, type Snapshot } from "./snapshots.ts";
 
@@ -350,15 +350,7 @@ async function openNamed(
  * @param header A parsed header.
  */
 export function checkSupported(header: Qcow2Header): void {
-  if (header.unknownIncompatibleFeatures !== 0n) {
-    throw new Qcow2Error(
-      "UNSUPPORTED_FEATURE",
-      `Cannot read qcow2 image: it uses incompatible features this version does not know: ${
-        unknownFeatureNames(header)
-      } (mask ${hex(header.unknownIncompatibleFeatures)})`,
-      { offset: 72 },
-    );
-  }
+  checkKnownFeatures(header);
   if (header.cryptMethod !== 0) {
     throw new Qcow2Error(
       "ENCRYPTED",

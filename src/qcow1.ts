@@ -6,15 +6,16 @@
  * @module
  */
 
-import { type Codecs, decompressCluster, webCodecs } from "./codecs.ts";
+import { readCompressedInto, readData } from "./cluster_reads.ts";
+import { type Codecs, webCodecs } from "./codecs.ts";
 import {
   backingExtents,
   checkRange,
   type DiskImage,
   type Extent,
-  type ExtentKind,
   readBacking,
 } from "./disk.ts";
+import { ExtentRuns } from "./extent_runs.ts";
 import { hex, Qcow2Error } from "./errors.ts";
 import { QCOW2_MAGIC } from "./header.ts";
 import { type ByteSource, readExact } from "./io.ts";
@@ -311,58 +312,21 @@ export class QcowImage implements DiskImage {
     const bits = this.header.clusterBits;
     const l2Entries = 2 ** this.header.l2Bits;
     const span = cs * l2Entries;
-    let run: Extent | undefined;
-    const clip = (e: Extent): Extent => {
-      const s = Math.max(e.start, start);
-      const t = Math.min(e.start + e.length, end);
-      const out: Extent = { ...e, start: s, length: t - s };
-      if (e.kind === "data") out.hostOffset = e.hostOffset! + (s - e.start);
-      return out;
-    };
-    const add = function* (kind: ExtentKind, g: number, host = 0, length = 0) {
-      if (
-        run && run.kind === kind && kind !== "compressed" &&
-        run.start + run.length === g &&
-        (kind !== "data" || run.hostOffset! + run.length === host)
-      ) {
-        run.length += cs;
-        return;
-      }
-      if (run) yield clip(run);
-      run = { start: g, length: cs, kind, depth: 0 };
-      if (kind === "data") run.hostOffset = host;
-      if (kind === "compressed") {
-        run.hostOffset = host;
-        run.compressedLength = length;
-      }
-    };
+    const runs = new ExtentRuns(start, end);
     for (
       let l1Index = Math.floor(start / span);
       l1Index * span < end;
       l1Index++
     ) {
+      const spanStart = l1Index * span;
       const l2Offset = l1Index < this.header.l1Size
         ? this.#safe(
           this.#l1.getBigUint64(l1Index * 8),
           this.header.l1TableOffset + l1Index * 8,
         )
         : 0;
-      const spanStart = l1Index * span;
       if (l2Offset === 0) {
-        if (
-          run && run.kind === "unallocated" &&
-          run.start + run.length === spanStart
-        ) {
-          run.length += span;
-        } else {
-          if (run) yield clip(run);
-          run = {
-            start: spanStart,
-            length: span,
-            kind: "unallocated",
-            depth: 0,
-          };
-        }
+        runs.add("unallocated", spanStart, spanStart + span);
         continue;
       }
       const table = await this.#table(l2Offset, l1Index);
@@ -379,26 +343,21 @@ export class QcowImage implements DiskImage {
         const g = spanStart + i * cs;
         const raw = view.getBigUint64(i * 8);
         if (raw >> 63n) {
+          // Compressed: the byte count above bit 63 - cluster_bits, the
+          // offset below it.
           const shift = BigInt(63 - bits);
           const length = Number((raw >> shift) & BigInt(cs - 1));
-          const host = raw & ((1n << shift) - 1n);
-          yield* add(
-            "compressed",
-            g,
-            this.#safe(host, l2Offset + i * 8),
-            length,
-          );
+          const host = this.#safe(raw & ((1n << shift) - 1n), l2Offset + i * 8);
+          runs.addCompressed(g, g + cs, host, length);
         } else if (raw === 0n) {
-          yield* add("unallocated", g);
+          runs.add("unallocated", g, g + cs);
         } else {
-          yield* add("data", g, this.#safe(raw, l2Offset + i * 8));
+          runs.add("data", g, g + cs, this.#safe(raw, l2Offset + i * 8));
         }
       }
+      yield* runs.take();
     }
-    if (run) {
-      const last = clip(run);
-      if (last.length > 0) yield last;
-    }
+    yield* runs.finish();
   }
 
   /** Fills `buffer` with the guest bytes at `position`. */
@@ -410,12 +369,17 @@ export class QcowImage implements DiskImage {
         e.start - position + e.length,
       );
       if (e.kind === "data") {
-        jobs.push(this.#readData(e.hostOffset!, into, e.start));
+        jobs.push(readData(this.source, e.hostOffset!, into, e.start, "qcow"));
       } else if (e.kind === "compressed") {
-        const within = e.start % this.clusterSize;
         jobs.push(
-          this.#readCompressed(e).then((c) =>
-            into.set(c.subarray(within, within + e.length))
+          readCompressedInto(
+            this.source,
+            e,
+            into,
+            this.clusterSize,
+            this.#codecs,
+            "zlib",
+            "qcow",
           ),
         );
       } else {
@@ -464,52 +428,5 @@ export class QcowImage implements DiskImage {
       }
       return table;
     });
-  }
-
-  async #readData(
-    host: number,
-    into: Uint8Array,
-    guest: number,
-  ): Promise<void> {
-    if (host >= this.source.size) {
-      throw new Qcow2Error(
-        "BAD_TABLE_ENTRY",
-        `Cannot read qcow image: the data of guest offset ${
-          hex(guest)
-        } lies at ${
-          hex(host)
-        }, past the end of the file (${this.source.size} bytes)`,
-        { offset: host },
-      );
-    }
-    const n = await this.source.readAt(host, into);
-    into.fill(0, n);
-  }
-
-  async #readCompressed(e: Extent): Promise<Uint8Array> {
-    const host = e.hostOffset!;
-    const where = `the compressed cluster at guest offset ${
-      hex(e.start - (e.start % this.clusterSize))
-    } (file offset ${hex(host)})`;
-    if (host >= this.source.size) {
-      throw new Qcow2Error(
-        "BAD_TABLE_ENTRY",
-        `Cannot read qcow image: ${where} lies past the end of the file`,
-        {
-          offset: host,
-        },
-      );
-    }
-    const input = new Uint8Array(
-      Math.min(e.compressedLength!, this.source.size - host),
-    );
-    await this.source.readAt(host, input);
-    return decompressCluster(
-      this.#codecs,
-      "zlib",
-      input,
-      this.clusterSize,
-      where,
-    );
   }
 }

@@ -61,3 +61,21 @@ export function hex(buffer: ArrayBuffer): string {
 export async function tempDir(): Promise<string> {
   return await Deno.makeTempDir({ prefix: "qcow2-test-" });
 }
+
+const CLI = new URL("../cli.ts", import.meta.url).pathname;
+
+/** Runs the CLI as users do: `deno run --no-prompt FLAGS cli.ts ARGS`. */
+export async function cli(flags: string[], args: string[]) {
+  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "--no-prompt", ...flags, CLI, ...args],
+    stdout: "piped",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  return {
+    code,
+    stdout: new TextDecoder().decode(stdout),
+    stderr: new TextDecoder().decode(stderr),
+    bytes: stdout,
+  };
+}

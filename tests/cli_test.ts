@@ -8,25 +8,7 @@ import {
   assertMatch,
   assertStringIncludes,
 } from "@std/assert";
-import { expected, fixture, sha256File, tempDir } from "./_reference.ts";
-
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-
-async function cli(flags: string[], args: string[], cwd?: string) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...flags, CLI, ...args],
-    cwd,
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  return {
-    code,
-    stdout: new TextDecoder().decode(stdout),
-    stderr: new TextDecoder().decode(stderr),
-    bytes: stdout,
-  };
-}
+import { cli, expected, fixture, sha256File, tempDir } from "./_reference.ts";
 
 Deno.test("cli convert runs with read of SRC and write of DST only", async () => {
   const dir = await tempDir();

@@ -13,13 +13,13 @@ import {
 } from "@std/assert";
 import {
   convert,
-  openPath,
   openImage,
   type OpenOptions,
+  openPath,
   Qcow2Error,
   type Qcow2Image,
 } from "../mod.ts";
-import { hasQemu, run, sha256File, tempDir } from "./_reference.ts";
+import { cli, hasQemu, run, sha256File, tempDir } from "./_reference.ts";
 import { synthImage } from "./_synth.ts";
 
 const DIR = new URL("./fixtures/layouts/", import.meta.url).pathname;
@@ -235,22 +235,6 @@ Deno.test("a backing loop and a missing backing file are errors that name the fi
     await Deno.remove(dir, { recursive: true });
   }
 });
-
-const CLI = new URL("../cli.ts", import.meta.url).pathname;
-
-async function cli(flags: string[], args: string[]) {
-  const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "--no-prompt", ...flags, CLI, ...args],
-    stdout: "piped",
-    stderr: "piped",
-    env: { NO_COLOR: "1" },
-  }).output();
-  return {
-    code,
-    stdout: new TextDecoder().decode(stdout),
-    stderr: new TextDecoder().decode(stderr),
-  };
-}
 
 Deno.test("cli converts a chain with read access to its layers only", async () => {
   const dir = await tempDir();
