@@ -74,8 +74,8 @@ export type {
 export {
   type ByteSource,
   bytesSource,
-  fileHandleSource,
   type FileHandleLike,
+  fileHandleSource,
   fileSource,
   type ImageInput,
   type SeekableReader,
@@ -163,7 +163,10 @@ export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
 export async function openPath(path: string): Promise<OpenedFile> {
   const handle = await open(path, "r");
   try {
-    return { ...(await fileHandleSource(handle)), close: () => void handle.close() };
+    return {
+      ...(await fileHandleSource(handle)),
+      close: () => void handle.close(),
+    };
   } catch (e) {
     await handle.close();
     throw e;
