@@ -56,10 +56,14 @@ const HEADER_LENGTH = 48;
  *
  * @param bytes The start of the file (at least 48 bytes, plus the backing
  * name if it follows).
+ * @param name The backing file name's bytes, if read separately.
  * @returns The header.
  * @throws {Qcow2Error} For anything QEMU would refuse.
  */
-export function parseQcowHeader(bytes: Uint8Array): QcowHeader {
+export function parseQcowHeader(
+  bytes: Uint8Array,
+  name?: Uint8Array,
+): QcowHeader {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const bad = (
     field: string,
@@ -157,17 +161,16 @@ export function parseQcowHeader(bytes: Uint8Array): QcowHeader {
         "is too long for a backing file name (at most 1023 bytes)",
       );
     }
-    if (backingFileOffset + backingFileSize > bytes.length) {
+    const end = backingFileOffset + backingFileSize;
+    if (name === undefined && end > bytes.length) {
       throw new Qcow2Error(
         "TRUNCATED",
         "Cannot read qcow image: the file ends inside the backing file name",
-        {
-          offset: backingFileOffset,
-        },
+        { offset: backingFileOffset },
       );
     }
     backingFile = new TextDecoder().decode(
-      bytes.subarray(backingFileOffset, backingFileOffset + backingFileSize),
+      name ?? bytes.subarray(backingFileOffset, end),
     );
   }
   return {
@@ -193,17 +196,25 @@ export function parseQcowHeader(bytes: Uint8Array): QcowHeader {
  * @param source The image file.
  * @returns The header.
  */
-export async function readQcowHeader(source: ByteSource): Promise<QcowHeader> {
+export async function readQcowHeader(
+  source: ByteSource,
+): Promise<QcowHeader> {
   const start = new Uint8Array(Math.min(source.size, HEADER_LENGTH));
   await source.readAt(0, start);
-  const header = parseQcowHeader(start);
+  const header = parseQcowHeader(start, new Uint8Array(0));
   if (header.backingFileOffset === 0) return header;
-  const end = Math.min(
-    source.size,
-    header.backingFileOffset + header.backingFileSize,
-  );
+  // The name may lie anywhere in the file: read just it.
+  const { backingFileOffset: at, backingFileSize: length } = header;
+  if (at + length > source.size) {
+    throw new Qcow2Error(
+      "TRUNCATED",
+      "Cannot read qcow image: the file ends inside the backing file name",
+      { offset: at },
+    );
+  }
   return parseQcowHeader(
-    await readExact(source, 0, Math.max(end, HEADER_LENGTH), "header"),
+    start,
+    await readExact(source, at, length, "backing file name"),
   );
 }
 

@@ -35,8 +35,12 @@ export const hasQemu: boolean = await (async () => {
 })();
 
 /** Runs a command, failing with its stderr if it fails. */
-export async function run(cmd: string, args: string[]): Promise<string> {
-  const { success, stdout, stderr } = await new Deno.Command(cmd, { args })
+export async function run(
+  cmd: string,
+  args: string[],
+  cwd?: string,
+): Promise<string> {
+  const { success, stdout, stderr } = await new Deno.Command(cmd, { args, cwd })
     .output();
   const err = new TextDecoder().decode(stderr);
   if (!success) throw new Error(`${cmd} ${args.join(" ")} failed: ${err}`);

@@ -33,6 +33,10 @@ interface Layout {
   snapshots?: Record<string, string>;
 }
 
+/** qemu-img, run in the fixtures' directory: QEMU 7.2 resolves a relative
+ * data file name against the current directory. */
+const qemu = (args: string[]) => run("qemu-img", args, DIR);
+
 const layouts: Record<string, Layout> = JSON.parse(
   await Deno.readTextFile(`${DIR}expected.json`),
 );
@@ -73,7 +77,7 @@ for (const [name, want] of Object.entries(layouts)) {
       const digest = await sha256File(out);
       assertEquals(digest, want.sha256);
       if (hasQemu) {
-        await run("qemu-img", [
+        await qemu([
           "convert",
           "-O",
           "raw",
@@ -96,7 +100,7 @@ for (const [name, want] of Object.entries(layouts)) {
         const s = await convertTo(DIR + name, dir, { snapshot });
         assertEquals(await sha256File(s.out), sha, `snapshot ${snapshot}`);
         if (hasQemu) {
-          await run("qemu-img", [
+          await qemu([
             "convert",
             "-O",
             "raw",
@@ -293,7 +297,7 @@ for (const [name, want] of Object.entries(layouts)) {
     );
     const theirs = hasQemu
       ? (JSON.parse(
-        await run("qemu-img", [
+        await qemu([
           "info",
           "--output=json",
           "--backing-chain",
@@ -315,7 +319,7 @@ for (const [name, want] of Object.entries(layouts)) {
       ]);
       assertEquals(
         text.stdout,
-        await run("qemu-img", ["info", "--backing-chain", DIR + name]),
+        await qemu(["info", "--backing-chain", DIR + name]),
       );
     }
   });
