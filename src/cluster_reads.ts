@@ -26,7 +26,7 @@ export async function readData(
 ): Promise<void> {
   if (host >= file.size && !pastEndIsZero) {
     throw new Qcow2Error(
-      "BAD_TABLE_ENTRY",
+      "OFFSET_PAST_END",
       `Cannot read ${format} image: the data of guest offset ${
         hex(guest)
       } lies at ${hex(host)}, past the end of the file (${file.size} bytes)`,
@@ -52,7 +52,7 @@ export async function readCompressed(
   } (file offset ${hex(host)})`;
   if (host >= file.size) {
     throw new Qcow2Error(
-      "BAD_TABLE_ENTRY",
+      "OFFSET_PAST_END",
       `Cannot read ${format} image: ${where} lies past the end of the file (${file.size} bytes)`,
       { offset: host },
     );

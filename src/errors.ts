@@ -32,8 +32,16 @@ export type Qcow2ErrorCode =
   | "EXTERNAL_DATA_FILE"
   /** No internal snapshot has the requested ID or name. */
   | "NO_SUCH_SNAPSHOT"
-  /** An L1 or L2 table entry is invalid (unaligned, reserved bits, out of bounds). */
+  /** An L1 or L2 table entry is invalid for the image (see the message). */
   | "BAD_TABLE_ENTRY"
+  /** A table entry points at an offset that is not aligned to a cluster. */
+  | "UNALIGNED_OFFSET"
+  /** A table entry points past the end of the file. */
+  | "OFFSET_PAST_END"
+  /** A data cluster lies on the image's own metadata (header, tables). */
+  | "METADATA_OVERLAP"
+  /** An extended L2 entry has an impossible subcluster bitmap. */
+  | "BAD_SUBCLUSTER_BITMAP"
   /** A compressed cluster could not be decompressed to exactly one cluster. */
   | "BAD_COMPRESSED_DATA"
   /** A value is larger than this library can handle safely. */

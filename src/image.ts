@@ -15,7 +15,8 @@ import {
   readBacking,
 } from "./disk.ts";
 import { ExtentRuns } from "./extent_runs.ts";
-import { hex, Qcow2Error } from "./errors.ts";
+import { hex, Qcow2Error, type Qcow2ErrorCode } from "./errors.ts";
+import { MetadataMap } from "./metadata.ts";
 import type { Qcow2Header } from "./header.ts";
 import type { ByteSource } from "./io.ts";
 import { L2Cache } from "./l2_cache.ts";
@@ -78,6 +79,7 @@ export class Qcow2Image implements DiskImage {
   #data: ByteSource;
   #external: boolean;
   #close?: () => void;
+  #metadata: MetadataMap;
 
   /** @internal Use `openImage`. */
   constructor(parts: Qcow2Parts) {
@@ -103,6 +105,7 @@ export class Qcow2Image implements DiskImage {
     this.#external = parts.dataFile !== undefined;
     this.#data = parts.dataFile ?? parts.source;
     this.#close = parts.close;
+    this.#metadata = new MetadataMap(header, parts.l1, parts.snapshots);
   }
 
   /**
@@ -243,9 +246,9 @@ export class Qcow2Image implements DiskImage {
     const lo = view.getUint32(at + 4);
     const where = () =>
       `(L2 table at ${hex(l2Offset)}, index ${i}, guest offset ${hex(g)})`;
-    const bad = (why: string) =>
+    const bad = (why: string, code: Qcow2ErrorCode = "BAD_TABLE_ENTRY") =>
       new Qcow2Error(
-        "BAD_TABLE_ENTRY",
+        code,
         `Cannot read qcow2 image: ${why} ${where()}`,
         {
           offset: l2Offset + at,
@@ -265,7 +268,18 @@ export class Qcow2Image implements DiskImage {
     }
     const host = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
     if (host % this.clusterSize !== 0) {
-      throw bad(`cluster offset ${hex(host)} is not aligned to a cluster`);
+      throw bad(
+        `cluster offset ${hex(host)} is not aligned to a cluster`,
+        "UNALIGNED_OFFSET",
+      );
+    }
+    if (host !== 0 && !this.#external && this.#metadata.has(host)) {
+      throw bad(
+        `cluster offset ${hex(host)} lies on the image's metadata (${
+          this.#metadata.what(host)
+        })`,
+        "METADATA_OVERLAP",
+      );
     }
     // With an external data file, offset 0 is a real place (guest cluster 0
     // maps there): the copied flag tells it from an unallocated entry.
@@ -278,11 +292,13 @@ export class Qcow2Image implements DiskImage {
           `invalid subcluster bitmap ${hex(zero)}:${
             hex(alloc)
           }: a subcluster is both allocated and zero`,
+          "BAD_SUBCLUSTER_BITMAP",
         );
       }
       if (!allocated && alloc !== 0) {
         throw bad(
           `invalid subcluster bitmap: allocated subclusters in an unallocated cluster`,
+          "BAD_SUBCLUSTER_BITMAP",
         );
       }
       if (alloc === 0xffffffff) return { kind: "data", host };
@@ -309,7 +325,7 @@ export class Qcow2Image implements DiskImage {
     const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
     if (offset % this.clusterSize !== 0) {
       throw new Qcow2Error(
-        "BAD_TABLE_ENTRY",
+        "UNALIGNED_OFFSET",
         `Cannot read qcow2 image: L2 table offset ${
           hex(offset)
         } is not aligned to a cluster (L1 index ${index})`,
@@ -327,7 +343,7 @@ export class Qcow2Image implements DiskImage {
         await this.source.readAt(offset, table) < table.length
       ) {
         throw new Qcow2Error(
-          "BAD_TABLE_ENTRY",
+          "OFFSET_PAST_END",
           `Cannot read qcow2 image: L2 table at ${
             hex(offset)
           } (L1 index ${l1Index}) runs past the end of the file (${this.source.size} bytes)`,

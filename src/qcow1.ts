@@ -430,7 +430,7 @@ export class QcowImage implements DiskImage {
         await this.source.readAt(offset, table) < bytes
       ) {
         throw new Qcow2Error(
-          "BAD_TABLE_ENTRY",
+          "OFFSET_PAST_END",
           `Cannot read qcow image: L2 table at ${
             hex(offset)
           } (L1 index ${l1Index}) runs past the end of the file (${this.source.size} bytes)`,

@@ -135,28 +135,59 @@ Deno.test("the virtual size is rounded down to 512 as QEMU does", async () => {
   assertEquals(image.size, 512);
 });
 
-const corrupt: [string, SynthCluster, RegExp][] = [
-  ["unaligned data cluster", { kind: "raw", entry: 0x50200n }, /not aligned/],
+// Layout of synthImage: header 0, refcount table 0x10000, L1 0x20000, the
+// L2 table 0x30000, data from 0x40000.
+const corrupt: [string, SynthCluster, string, RegExp][] = [
+  [
+    "unaligned data cluster",
+    { kind: "raw", entry: 0x50200n },
+    "UNALIGNED_OFFSET",
+    /not aligned/,
+  ],
   [
     "data cluster past EOF",
     { kind: "raw", entry: 0x7000000n },
+    "OFFSET_PAST_END",
     /past the end of the file/,
   ],
-  ["compressed cluster past EOF", {
-    kind: "raw",
-    entry: (1n << 62n) | 0x7000000n,
-  }, /past the end/],
+  [
+    "compressed cluster past EOF",
+    { kind: "raw", entry: (1n << 62n) | 0x7000000n },
+    "OFFSET_PAST_END",
+    /past the end/,
+  ],
   [
     "garbage compressed data",
     { kind: "compressed", bytes: prng(3000, 9) },
+    "BAD_COMPRESSED_DATA",
     /corrupt|decompresses/,
   ],
-  ["compressed data one byte short", {
-    kind: "compressed",
-    bytes: deflate(text.subarray(1)),
-  }, /instead of one cluster/],
+  [
+    "compressed data one byte short",
+    { kind: "compressed", bytes: deflate(text.subarray(1)) },
+    "BAD_COMPRESSED_DATA",
+    /instead of one cluster/,
+  ],
+  [
+    "data on the refcount table",
+    { kind: "raw", entry: 0x10000n },
+    "METADATA_OVERLAP",
+    /refcount table/,
+  ],
+  [
+    "data on the L1 table",
+    { kind: "raw", entry: 0x20000n },
+    "METADATA_OVERLAP",
+    /L1 table/,
+  ],
+  [
+    "data on an L2 table",
+    { kind: "raw", entry: 0x30000n | (1n << 63n) },
+    "METADATA_OVERLAP",
+    /an L2 table/,
+  ],
 ];
-for (const [name, cluster, message] of corrupt) {
+for (const [name, cluster, code, message] of corrupt) {
   Deno.test(`a bad L2 entry fails when read: ${name}`, async () => {
     const clusters = new Map<number, SynthCluster>([[1, cluster]]);
     const bytes = synthImage({ size: 2n * BigInt(CS) }, clusters);
@@ -167,6 +198,7 @@ for (const [name, cluster, message] of corrupt) {
       () => image.read(CS, new Uint8Array(CS)),
       Qcow2Error,
     );
+    assertEquals(e.code, code, e.message);
     assertEquals(message.test(e.message), true, e.message);
   });
 }
@@ -312,7 +344,7 @@ Deno.test("extended L2 entries: invalid bitmaps fail when read", async () => {
       () => image.read(0, new Uint8Array(CS)),
       Qcow2Error,
     );
-    assertEquals(e.code, "BAD_TABLE_ENTRY");
+    assertEquals(e.code, "BAD_SUBCLUSTER_BITMAP");
     assertEquals(message.test(e.message), true, e.message);
   }
 });
