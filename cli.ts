@@ -22,6 +22,7 @@ import {
   type ImageInfo,
   imageInfo,
   openImage,
+  openPath,
   probeFormat,
   Qcow2Error,
   qcowInfo,
@@ -31,6 +32,7 @@ import {
   readSnapshots,
   resolveName,
 } from "./mod.ts";
+import { openOutput, requireRead } from "./native/output.ts";
 
 const NAME = "qcow2";
 
@@ -274,9 +276,18 @@ async function convertCommand(args: string[]): Promise<number> {
   if (files.length !== 2) throw new UsageError("convert takes SRC and DST");
   const [srcPath, dstPath] = files;
 
+  // Every file the conversion reads: DST must be none of them. Permissions
+  // are checked first, so Deno never stops to prompt.
+  const inputs = [srcPath];
+  await requireRead(srcPath);
   const image = await openImage(srcPath, {
     snapshot: flags.l,
     ignoreBackingFile: flags.top,
+    openFile: async (path) => {
+      await requireRead(path);
+      inputs.push(path);
+      return await openPath(path);
+    },
   });
   const controller = new AbortController();
   const onSignal = () => controller.abort(new Error("interrupted"));
@@ -294,61 +305,21 @@ async function convertCommand(args: string[]): Promise<number> {
       await convert(image, Deno.stdout.writable, options);
       return 0;
     }
-    // Open without truncating, so the source is safe if DST is the same file.
-    using dst = await Deno.open(dstPath, { write: true, create: true });
-    if (await sameFile(srcPath, dst, dstPath)) {
-      throw new Qcow2Error(
-        "BAD_ARGUMENT",
-        `refusing to convert '${srcPath}' onto itself ('${dstPath}' is the same file)`,
-      );
-    }
+    const output = await openOutput(dstPath, inputs);
     try {
-      await convert(image, dst, options);
+      await convert(image, output.file, options);
     } catch (e) {
       // Leave nothing partial under the destination's name.
-      await Deno.remove(dstPath).catch(() => {});
+      await output.discard();
       throw e;
     }
+    await output.commit();
     return 0;
   } finally {
     image.close();
     Deno.removeSignalListener("SIGINT", onSignal);
     if (progress) Deno.stderr.writeSync(new TextEncoder().encode("\n"));
   }
-}
-
-/**
- * Whether two open files are one. Compares device and inode where the
- * permissions allow a stat of DST (it needs read access), else the resolved
- * paths.
- */
-async function sameFile(
-  srcPath: string,
-  dst: Deno.FsFile,
-  dstPath: string,
-): Promise<boolean> {
-  try {
-    const [a, b] = await Promise.all([Deno.stat(srcPath), dst.stat()]);
-    if (a.ino !== null && b.ino !== null) {
-      return a.dev === b.dev && a.ino === b.ino;
-    }
-  } catch {
-    // No read permission on DST: fall back to paths.
-  }
-  const real = await Deno.realPath(srcPath).catch(() => srcPath);
-  return resolve(dstPath) === resolve(real) ||
-    resolve(dstPath) === resolve(srcPath);
-}
-
-function resolve(path: string): string {
-  const abs = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
-  const parts: string[] = [];
-  for (const part of abs.split("/")) {
-    if (part === "" || part === ".") continue;
-    if (part === "..") parts.pop();
-    else parts.push(part);
-  }
-  return "/" + parts.join("/");
 }
 
 function showProgress({ done, total }: ConvertProgress) {

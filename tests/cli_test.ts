@@ -135,7 +135,7 @@ Deno.test("cli convert refuses to overwrite its source", async () => {
         dst,
       ]);
       assertEquals(r.code, 1);
-      assertStringIncludes(r.stderr, "onto itself");
+      assertStringIncludes(r.stderr, "same file as the input");
     }
     assertEquals(await sha256File(src), before);
   } finally {
@@ -178,3 +178,45 @@ async function firstL2Entry(bytes: Uint8Array) {
   }
   return await Promise.reject(new Error("no allocated cluster"));
 }
+
+Deno.test("cli convert writes beside DST and renames: a failure leaves the old DST", async () => {
+  const dir = await tempDir();
+  try {
+    const bytes = await Deno.readFile(fixture("v3_64k.qcow2"));
+    const { entryOffset } = await firstL2Entry(bytes);
+    const good = fixture("v3_64k.qcow2");
+    const bad = `${dir}/bad.qcow2`;
+    const v = new DataView(bytes.buffer);
+    // The last allocated entry points past the end: the failure comes late.
+    let last = entryOffset;
+    for (let at = entryOffset; at < entryOffset + 65536; at += 8) {
+      if (v.getBigUint64(at) !== 0n) last = at;
+    }
+    v.setBigUint64(last, (1n << 63n) | 0x7fff0000n);
+    await Deno.writeFile(bad, bytes);
+    const dst = `${dir}/out.raw`;
+    await Deno.writeTextFile(dst, "precious");
+    // With write access to the directory, output goes to a temporary file.
+    const r = await cli(
+      [`--allow-read=${good},${dir}`, `--allow-write=${dir}`],
+      ["convert", bad, dst],
+    );
+    assertEquals(r.code, 1, r.stderr);
+    assertEquals(await Deno.readTextFile(dst), "precious");
+    const left = [];
+    for await (const e of Deno.readDir(dir)) left.push(e.name);
+    assertEquals(left.sort(), ["bad.qcow2", "out.raw"]);
+    const ok = await cli([
+      `--allow-read=${good},${dir}`,
+      `--allow-write=${dir}`,
+    ], [
+      "convert",
+      good,
+      dst,
+    ]);
+    assertEquals(ok.code, 0, ok.stderr);
+    assertEquals(await sha256File(dst), expected["v3_64k.qcow2"].sha256);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

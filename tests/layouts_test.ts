@@ -324,3 +324,25 @@ for (const [name, want] of Object.entries(layouts)) {
     }
   });
 }
+
+Deno.test("cli convert refuses to write over a file of the backing chain", async () => {
+  const dir = await tempDir();
+  try {
+    for (
+      const name of ["chain_top.qcow2", "chain_mid.qcow2", "chain_base.qcow2"]
+    ) {
+      await Deno.copyFile(DIR + name, `${dir}/${name}`);
+    }
+    const before = await sha256File(`${dir}/chain_base.qcow2`);
+    const r = await cli([`--allow-read=${dir}`, `--allow-write=${dir}`], [
+      "convert",
+      `${dir}/chain_top.qcow2`,
+      `${dir}/./chain_base.qcow2`,
+    ]);
+    assertEquals(r.code, 1);
+    assertStringIncludes(r.stderr, "same file as the input");
+    assertEquals(await sha256File(`${dir}/chain_base.qcow2`), before);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

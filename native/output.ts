@@ -1,0 +1,131 @@
+/**
+ * A safe destination file for the CLI (Deno): written beside the destination
+ * and renamed over it only when the conversion succeeded, never one of the
+ * inputs, and never a permission prompt.
+ *
+ * @module
+ */
+
+import { Qcow2Error } from "../src/errors.ts";
+
+/** An output file being written, to be committed or discarded. */
+export interface OutputFile {
+  /** The file to write. */
+  file: Deno.FsFile;
+  /** Whether `file` is a temporary file beside the destination. */
+  temporary: boolean;
+  /** Closes the file and puts it under the destination's name. */
+  commit(): Promise<void>;
+  /** Closes the file and removes what was written. */
+  discard(): Promise<void>;
+}
+
+/**
+ * Opens the output for `dst`. With read and write access to the
+ * destination's directory (Deno's rename needs both), output goes to a
+ * temporary file there and is renamed over `dst` on commit, so a failure
+ * leaves a previous `dst` untouched. With write
+ * access to `dst` alone, `dst` is written in place and removed on failure.
+ *
+ * @param dst The destination path.
+ * @param inputs Every file the conversion reads: `dst` must be none of them.
+ * @returns The output.
+ * @throws {Deno.errors.NotCapable} Without write access (no prompt is shown).
+ * @throws {Qcow2Error} `BAD_ARGUMENT` if `dst` is one of the inputs.
+ */
+export async function openOutput(
+  dst: string,
+  inputs: string[],
+): Promise<OutputFile> {
+  await refuseInputs(dst, inputs);
+  const slash = dst.lastIndexOf("/");
+  const dir = slash < 0 ? "." : dst.slice(0, slash) || "/";
+  const base = dst.slice(slash + 1);
+  const temp = `${dir}/.${base}.${crypto.randomUUID().slice(0, 8)}.partial`;
+  // Deno's rename needs read access to the temporary file as well.
+  if (await granted("write", temp) && await granted("read", temp)) {
+    const file = await Deno.open(temp, { write: true, createNew: true });
+    return {
+      file,
+      temporary: true,
+      async commit() {
+        file.close();
+        await Deno.rename(temp, dst);
+      },
+      async discard() {
+        file.close();
+        await Deno.remove(temp).catch(() => {});
+      },
+    };
+  }
+  if (!(await granted("write", dst))) {
+    throw new Deno.errors.NotCapable(`Requires write access to "${dst}"`);
+  }
+  const file = await Deno.open(dst, { write: true, create: true });
+  return {
+    file,
+    temporary: false,
+    commit() {
+      file.close();
+      return Promise.resolve();
+    },
+    async discard() {
+      file.close();
+      await Deno.remove(dst).catch(() => {});
+    },
+  };
+}
+
+/** Whether a permission is granted now (never prompts). */
+export async function granted(
+  name: "read" | "write",
+  path: string,
+): Promise<boolean> {
+  return (await Deno.permissions.query({ name, path })).state === "granted";
+}
+
+/**
+ * Throws unless read access to `path` is granted, naming the flag, so that
+ * Deno never stops to prompt.
+ */
+export async function requireRead(path: string): Promise<void> {
+  if (!(await granted("read", path))) {
+    throw new Deno.errors.NotCapable(`Requires read access to "${path}"`);
+  }
+}
+
+/** Refuses a destination that is one of the inputs, whatever the path. */
+async function refuseInputs(dst: string, inputs: string[]): Promise<void> {
+  const fail = (input: string) =>
+    new Qcow2Error(
+      "BAD_ARGUMENT",
+      `refusing to write '${dst}': it is the same file as the input '${input}'`,
+    );
+  // With read access to DST, compare device and inode (links, symlinks).
+  const target = await granted("read", dst)
+    ? await Deno.stat(dst).catch(() => undefined)
+    : undefined;
+  for (const input of inputs) {
+    const stat = await Deno.stat(input).catch(() => undefined);
+    if (target && stat && target.ino !== null && stat.ino !== null) {
+      if (target.dev === stat.dev && target.ino === stat.ino) throw fail(input);
+      continue;
+    }
+    const real = await Deno.realPath(input).catch(() => input);
+    if (absolute(dst) === absolute(real) || absolute(dst) === absolute(input)) {
+      throw fail(input);
+    }
+  }
+}
+
+/** An absolute path with `.` and `..` folded. */
+function absolute(path: string): string {
+  const abs = path.startsWith("/") ? path : `${Deno.cwd()}/${path}`;
+  const parts: string[] = [];
+  for (const part of abs.split("/")) {
+    if (part === "" || part === ".") continue;
+    if (part === "..") parts.pop();
+    else parts.push(part);
+  }
+  return "/" + parts.join("/");
+}
