@@ -197,6 +197,7 @@ async function describe(
   top: boolean,
   format?: string,
 ): Promise<{ report: ImageInfo; next?: { path: string; format?: string } }> {
+  await requireRead(path);
   using file = await Deno.open(path);
   const source = await fileSource(file);
   const blocks = (await file.stat()).blocks;

@@ -254,6 +254,11 @@ export class Qcow2Image implements DiskImage {
           offset: l2Offset + at,
         },
       );
+    const pastAnyFile = (offset: bigint) =>
+      bad(
+        `cluster offset ${hex(offset)} lies past the end of the file`,
+        "OFFSET_PAST_END",
+      );
     if (hi & 0x40000000) {
       if (this.#external) {
         throw bad("compressed cluster in an image with an external data file");
@@ -262,9 +267,27 @@ export class Qcow2Image implements DiskImage {
       // 512-byte sectors, up to bit 61.
       const bits = this.header.clusterBits;
       const shift = 38 - bits; // x - 32
-      const host = (hi & ((1 << shift) - 1)) * TWO_32 + (lo >>> 0);
+      const high = hi & ((1 << shift) - 1);
+      if (high >= 0x200000) {
+        throw pastAnyFile(BigInt(high) << 32n | BigInt(lo >>> 0));
+      }
+      const host = high * TWO_32 + (lo >>> 0);
       const sectors = ((hi >>> shift) & ((1 << (bits - 8)) - 1)) + 1;
+      if (this.#metadata.has(host - (host % this.clusterSize))) {
+        throw bad(
+          `compressed data at ${hex(host)} lies on the image's metadata (${
+            this.#metadata.what(host - (host % this.clusterSize))
+          })`,
+          "METADATA_OVERLAP",
+        );
+      }
       return { kind: "compressed", host, length: sectors * 512 - (host % 512) };
+    }
+    // Offsets of 2^53 and above lie past any file (and past exact numbers).
+    if (hi & 0x00e00000) {
+      throw pastAnyFile(
+        BigInt(hi & 0x00ffffff) << 32n | BigInt((lo & 0xfffffe00) >>> 0),
+      );
     }
     const host = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
     if (host % this.clusterSize !== 0) {
@@ -322,6 +345,15 @@ export class Qcow2Image implements DiskImage {
     if (index >= this.#l1Entries) return 0;
     const hi = this.#l1.getUint32(index * 8);
     const lo = this.#l1.getUint32(index * 8 + 4);
+    if (hi & 0x00e00000) {
+      throw new Qcow2Error(
+        "OFFSET_PAST_END",
+        `Cannot read qcow2 image: L2 table offset ${
+          hex(BigInt(hi & 0x00ffffff) << 32n | BigInt((lo & 0xfffffe00) >>> 0))
+        } lies past the end of the file (L1 index ${index})`,
+        { offset: this.header.l1TableOffset + index * 8 },
+      );
+    }
     const offset = (hi & 0x00ffffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
     if (offset % this.clusterSize !== 0) {
       throw new Qcow2Error(

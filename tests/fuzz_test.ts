@@ -5,7 +5,13 @@
  * (and `FUZZ_SEED=n`) runs more on demand.
  */
 import { assert } from "@std/assert";
-import { convert, openImage, Qcow2Error, webCodecs } from "../mod.ts";
+import {
+  bytesSource,
+  convert,
+  openImage,
+  Qcow2Error,
+  webCodecs,
+} from "../mod.ts";
 import { fixture } from "./_reference.ts";
 
 const CASES = Number(Deno.env.get("FUZZ_CASES") ?? 300);
@@ -96,6 +102,19 @@ function tables(
 
 const MUTATIONS: Mutation[] = [
   (b, r) => {
+    // Name a backing file (the image itself, or another name for it).
+    const name = new TextEncoder().encode(
+      r.pick(["fuzz.qcow2", "./fuzz.qcow2", "x/../fuzz.qcow2", "other"]),
+    );
+    if (b.length < 512) return "too short for a backing name";
+    const at = 512 - 64;
+    b.set(name, at);
+    const v = new DataView(b.buffer);
+    v.setBigUint64(8, BigInt(at));
+    v.setUint32(16, name.length);
+    return `backing file ${new TextDecoder().decode(name)}`;
+  },
+  (b, r) => {
     const [at, size] = r.pick(FIELDS);
     const value = r.pick(EDGES);
     const v = new DataView(b.buffer);
@@ -175,8 +194,11 @@ Deno.test(`fuzz: ${CASES} mutated fixtures end quickly in success or Qcow2Error`
       );
     });
     const run = async () => {
+      // Every file the image names is the image itself: chains loop.
       const image = await openImage(bytes, {
         codecs: c % 2 ? webCodecs : undefined,
+        path: "fuzz.qcow2",
+        openFile: () => Promise.resolve(bytesSource(bytes)),
       });
       // Read a bounded amount: the whole disk when small, else its extents and
       // a few spots.
