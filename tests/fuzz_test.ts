@@ -206,7 +206,7 @@ Deno.test(`fuzz: ${CASES} mutated fixtures end quickly in success or Qcow2Error`
         await convert(image, new WritableStream({ write() {} }));
       } else {
         let n = 0;
-        for await (const e of image.extents()) if (++n > 100000) break;
+        for await (const _ of image.extents()) if (++n > 100000) break;
         for (
           const at of [
             0,
