@@ -101,3 +101,18 @@ export async function* backingExtents(
     yield { start: from, length: end - from, kind: "unallocated", depth: 0 };
   }
 }
+
+/**
+ * A layer's own extents with each `unallocated` run described by the layers
+ * below it: the extents of the whole chain.
+ */
+export async function* throughBacking(
+  own: AsyncGenerator<Extent>,
+  backing: DiskImage | undefined,
+): AsyncGenerator<Extent> {
+  for await (const e of own) {
+    if (e.kind === "unallocated") {
+      yield* backingExtents(backing, e.start, e.start + e.length);
+    } else yield e;
+  }
+}

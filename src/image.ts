@@ -8,11 +8,11 @@
 import { readCompressedInto, readData } from "./cluster_reads.ts";
 import { type Codecs, webCodecs } from "./codecs.ts";
 import {
-  backingExtents,
   checkRange,
   type DiskImage,
   type Extent,
   readBacking,
+  throughBacking,
 } from "./disk.ts";
 import { ExtentRuns } from "./extent_runs.ts";
 import { hex, Qcow2Error, type Qcow2ErrorCode } from "./errors.ts";
@@ -116,14 +116,12 @@ export class Qcow2Image implements DiskImage {
    * @param start First guest byte (default 0).
    * @param end Guest byte after the last (default the virtual size).
    * @returns The extents, clipped to the range.
-   * @throws {Qcow2Error} `BAD_TABLE_ENTRY` for an invalid L1 or L2 entry.
+   * @throws {Qcow2Error} For an invalid L1 or L2 entry (`UNALIGNED_OFFSET`,
+   * `OFFSET_PAST_END`, `METADATA_OVERLAP`, `BAD_SUBCLUSTER_BITMAP`,
+   * `BAD_TABLE_ENTRY`).
    */
   async *extents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
-    for await (const e of this.ownExtents(start, end)) {
-      if (e.kind === "unallocated") {
-        yield* backingExtents(this.backing, e.start, e.start + e.length);
-      } else yield e;
-    }
+    yield* throughBacking(this.ownExtents(start, end), this.backing);
   }
 
   /**

@@ -9,11 +9,11 @@
 import { readCompressedInto, readData } from "./cluster_reads.ts";
 import { type Codecs, webCodecs } from "./codecs.ts";
 import {
-  backingExtents,
   checkRange,
   type DiskImage,
   type Extent,
   readBacking,
+  throughBacking,
 } from "./disk.ts";
 import { ExtentRuns } from "./extent_runs.ts";
 import { hex, Qcow2Error } from "./errors.ts";
@@ -305,11 +305,7 @@ export class QcowImage implements DiskImage {
 
   /** The extents of `[start, end)` through the backing chain. */
   async *extents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
-    for await (const e of this.ownExtents(start, end)) {
-      if (e.kind === "unallocated") {
-        yield* backingExtents(this.backing, e.start, e.start + e.length);
-      } else yield e;
-    }
+    yield* throughBacking(this.ownExtents(start, end), this.backing);
   }
 
   /** The extents of this image alone, merged like qcow2's. */
