@@ -37,6 +37,7 @@ import {
 import type { DiskImage } from "./src/disk.ts";
 import type { Qcow2Image } from "./src/image.ts";
 import {
+  type FileHandleLike,
   fileHandleSource,
   type ImageInput,
   type SeekableWriter,
@@ -50,7 +51,10 @@ import { openDisk, type OpenedFile, type OpenOptions } from "./src/open.ts";
 import type { QcowImage } from "./src/qcow1.ts";
 import { fileSink, type RawSink, streamSink } from "./src/sink.ts";
 import { nodeCodecs } from "./native/zlib.ts";
-import { open } from "node:fs/promises";
+import { openDenoFile } from "./native/deno_file.ts";
+import { importNode } from "./native/node_builtin.ts";
+import { workerCodecs } from "./native/worker_codecs.ts";
+import type { Codecs } from "./src/codecs.ts";
 
 export {
   Qcow2Error,
@@ -100,6 +104,11 @@ export {
 } from "./src/qcow1.ts";
 export { findSnapshot, readSnapshots, type Snapshot } from "./src/snapshots.ts";
 export type { Codecs, Decompressor } from "./src/codecs.ts";
+export {
+  type WorkerCodecs,
+  workerCodecs,
+  type WorkerCodecsOptions,
+} from "./native/worker_codecs.ts";
 export { webCodecs } from "./src/codecs.ts";
 export type {
   ConvertOptions,
@@ -141,9 +150,10 @@ export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
 }
 
 /**
- * Opens a file by path for positional reads (`node:fs/promises`, which Deno,
- * Node and Bun provide): the default way `openImage` opens an image given by
- * path, and the backing and data files it names.
+ * Opens a file by path for positional reads: in Deno with `Deno.open` and
+ * synchronous reads (the fastest Deno has), elsewhere with
+ * `node:fs/promises` (Node and Bun). It is the default way `openImage`
+ * opens an image given by path, and the backing and data files it names.
  *
  * @param path The file's path.
  * @returns The open file, as a source that can be closed.
@@ -161,6 +171,12 @@ export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
  * ```
  */
 export async function openPath(path: string): Promise<OpenedFile> {
+  if (typeof Deno !== "undefined" && typeof Deno.open === "function") {
+    return await openDenoFile(path);
+  }
+  const { open } = await importNode<{
+    open(path: string, flags: string): Promise<FileHandleLike & Closable>;
+  }>("fs/promises");
   const handle = await open(path, "r");
   try {
     return {
@@ -173,10 +189,32 @@ export async function openPath(path: string): Promise<OpenedFile> {
   }
 }
 
+/** A Node `FileHandle`'s `close`. */
+interface Closable {
+  close(): Promise<void>;
+}
+
+/**
+ * The decompressors for an image `openImage` opens by path: in Deno, a pool
+ * of workers (one per core) that stops when the image is closed; elsewhere
+ * `node:zlib` on the calling thread.
+ */
+function pathCodecs(): Codecs & { close?(): void } {
+  const threads = typeof navigator === "object"
+    ? navigator.hardwareConcurrency ?? 1
+    : 1;
+  return typeof Deno !== "undefined" && typeof Worker === "function" &&
+      threads > 1
+    ? workerCodecs()
+    : nodeCodecs;
+}
+
 /**
  * Opens a qcow2 (or legacy qcow) image for random-access reads of guest
  * bytes, through its backing chain. Compressed clusters use `node:zlib`
- * (zlib and zstd) unless `options.codecs` says otherwise.
+ * (zlib and zstd) unless `options.codecs` says otherwise; for an image given
+ * by path in Deno, on a pool of worker threads (one per core), started on
+ * the first compressed cluster and stopped by `close()`.
  *
  * Given a path, it opens the file and, unless `options.openFile` says
  * otherwise, the backing and data files it names with
@@ -212,21 +250,24 @@ export async function openImage(
     return openDisk(await toByteSource(input), { ...options, codecs });
   }
   const file = await openPath(input);
+  const pool: Codecs & { close?(): void } = options.codecs ?? pathCodecs();
   try {
     const image = await openDisk(file, {
       openFile: openPath,
       path: input,
       ...options,
-      codecs,
+      codecs: pool,
     });
     const closeLayers = image.close.bind(image);
     image.close = () => {
       closeLayers();
       file.close!();
+      if (pool !== options.codecs) pool.close?.();
     };
     return image;
   } catch (e) {
     file.close!();
+    if (pool !== options.codecs) pool.close?.();
     throw e;
   }
 }

@@ -62,26 +62,127 @@ export async function readCompressed(
   return decompressCluster(codecs, type, input, clusterSize, where);
 }
 
+/** A `compressed` extent and where its bytes go. */
+export interface CompressedRead {
+  /** The extent (part or all of one compressed cluster). */
+  extent: Extent;
+  /** Its guest bytes: `extent.length` long. */
+  into: Uint8Array;
+}
+
+/** Largest span of the file one read covers for compressed clusters. */
+const GROUP_SPAN = 4 * 1024 * 1024;
+/** Largest gap between compressed clusters that one read spans over. */
+const GROUP_GAP = 64 * 1024;
+
 /**
- * Fills `into` (the bytes of `e`, a `compressed` extent) from its cluster.
+ * Scratch buffers for compressed bytes, reused across reads so that
+ * converting a compressed image does not allocate per cluster.
  */
-export async function readCompressedInto(
+const scratch: Uint8Array[] = [];
+
+function takeScratch(length: number): Uint8Array {
+  const i = scratch.findIndex((b) => b.length >= length);
+  if (i >= 0) return scratch.splice(i, 1)[0].subarray(0, length);
+  return new Uint8Array(Math.max(length, 1024 * 1024)).subarray(0, length);
+}
+
+function giveScratch(buffer: Uint8Array): void {
+  if (scratch.length < 16) {
+    scratch.push(new Uint8Array(buffer.buffer, 0, buffer.buffer.byteLength));
+  }
+}
+
+/**
+ * Fills the guest bytes of many `compressed` extents: clusters that lie
+ * near each other in the file are read together, with one read, then each
+ * is decompressed (a whole cluster straight into its place). Bounds are
+ * checked per cluster, as {@linkcode readCompressed} checks them.
+ */
+export async function readCompressedRuns(
   file: ByteSource,
-  e: Extent,
-  into: Uint8Array,
+  reads: CompressedRead[],
   clusterSize: number,
   codecs: Codecs,
   type: CompressionType,
   format: string,
 ): Promise<void> {
-  const cluster = await readCompressed(
-    file,
-    e,
-    clusterSize,
+  if (reads.length === 0) return;
+  const within = reads.filter((r) => r.extent.hostOffset! < file.size);
+  if (within.length < reads.length) {
+    // The same error as a single read gives.
+    const e = reads.find((r) => r.extent.hostOffset! >= file.size)!;
+    await readCompressed(file, e.extent, clusterSize, codecs, type, format);
+  }
+  within.sort((a, b) => a.extent.hostOffset! - b.extent.hostOffset!);
+  const jobs: Promise<void>[] = [];
+  let i = 0;
+  while (i < within.length) {
+    const from = within[i].extent.hostOffset!;
+    let to = from;
+    let j = i;
+    for (; j < within.length; j++) {
+      const e = within[j].extent;
+      const end = Math.min(e.hostOffset! + e.compressedLength!, file.size);
+      if (
+        j > i &&
+        (e.hostOffset! > to + GROUP_GAP ||
+          Math.max(to, end) - from > GROUP_SPAN)
+      ) break;
+      to = Math.max(to, end);
+    }
+    const group = within.slice(i, j);
+    i = j;
+    const bytes = takeScratch(to - from);
+    const got = await file.readAt(from, bytes);
+    bytes.fill(0, got);
+    // Every decompression settles before the scratch buffer is reused.
+    jobs.push(
+      Promise.allSettled(group.map(({ extent: e, into }) =>
+        decompressInto(
+          bytes.subarray(
+            e.hostOffset! - from,
+            Math.min(e.hostOffset! + e.compressedLength!, file.size) - from,
+          ),
+          e,
+          into,
+          clusterSize,
+          codecs,
+          type,
+        )
+      )).then((results) => {
+        giveScratch(bytes);
+        const failed = results.find((r) => r.status === "rejected");
+        if (failed) throw (failed as PromiseRejectedResult).reason;
+      }),
+    );
+  }
+  const settled = await Promise.allSettled(jobs);
+  const failed = settled.find((r) => r.status === "rejected");
+  if (failed) throw (failed as PromiseRejectedResult).reason;
+}
+
+async function decompressInto(
+  input: Uint8Array,
+  e: Extent,
+  into: Uint8Array,
+  clusterSize: number,
+  codecs: Codecs,
+  type: CompressionType,
+): Promise<void> {
+  const where = `the compressed cluster at guest offset ${
+    hex(e.start - (e.start % clusterSize))
+  } (file offset ${hex(e.hostOffset!)})`;
+  const whole = e.length === clusterSize && e.start % clusterSize === 0;
+  const cluster = await decompressCluster(
     codecs,
     type,
-    format,
+    input,
+    clusterSize,
+    where,
+    whole ? into : undefined,
   );
-  const within = e.start % clusterSize;
-  into.set(cluster.subarray(within, within + e.length));
+  if (cluster === into) return;
+  const at = e.start % clusterSize;
+  into.set(cluster.subarray(at, at + e.length));
 }

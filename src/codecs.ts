@@ -15,10 +15,15 @@ import { inflateRaw } from "./inflate.ts";
  * implementation ignores them. It resolves to the decompressed bytes, which
  * the caller checks are exactly one cluster: an implementation may stop once
  * it has produced `maxOutput + 1` bytes. It rejects on corrupt input.
+ *
+ * When the caller passes `into` (exactly `maxOutput` bytes), an
+ * implementation may decompress straight into it and resolve to `into`
+ * itself, saving an allocation and a copy; it may also ignore it.
  */
 export type Decompressor = (
   input: Uint8Array,
   maxOutput: number,
+  into?: Uint8Array,
 ) => Promise<Uint8Array>;
 
 /**
@@ -136,6 +141,7 @@ export async function decompressCluster(
   input: Uint8Array,
   clusterSize: number,
   where: string,
+  into?: Uint8Array,
 ): Promise<Uint8Array> {
   const codec = codecs[type];
   if (!codec) {
@@ -146,7 +152,7 @@ export async function decompressCluster(
   }
   let out: Uint8Array;
   try {
-    out = await codec(input, clusterSize);
+    out = await codec(input, clusterSize, into);
   } catch (e) {
     if (e instanceof Qcow2Error) throw e;
     throw new Qcow2Error(

@@ -86,33 +86,32 @@ export async function convertImage(
   let bytesWritten = 0;
   let done = 0;
 
-  // Reads run ahead, up to `parallel` at once; writes happen in order. The
-  // chunk buffers are reused, so memory stays at `parallel` chunks.
+  // Chunks go through read (and decompression), then write, in order; up
+  // to `parallel` chunks are somewhere in between, so reads of later chunks
+  // overlap the writes of earlier ones. The chunk buffers are reused, so
+  // memory stays at `parallel` chunks.
   const free: Uint8Array[] = [];
-  const queue: {
-    start: number;
-    buffer: Uint8Array;
-    data: Promise<Uint8Array>;
-  }[] = [];
-  const drain = async (keep: number) => {
-    while (queue.length > keep) {
-      const { start, buffer, data } = queue.shift()!;
-      const bytes = await data;
-      bytesWritten += await writeNonZero(sink, start, bytes, sparse);
-      free.push(buffer);
-      done = start + bytes.length;
-      onProgress?.({ done, total });
-      signal?.throwIfAborted();
-    }
-  };
+  const pending: Promise<void>[] = [];
+  let lastWrite: Promise<void> = Promise.resolve();
   const readAhead = async (start: number, length: number) => {
     for (let p = start; p < start + length; p += chunk) {
+      while (pending.length >= parallel) await pending.shift();
+      signal?.throwIfAborted();
       const buffer = free.pop() ?? new Uint8Array(chunk);
       const view = buffer.subarray(0, Math.min(chunk, start + length - p));
-      const data = image.read(p, view).then(() => view);
-      data.catch(() => {}); // observed when drained
-      queue.push({ start: p, buffer, data });
-      await drain(parallel - 1);
+      const previous = lastWrite;
+      // Its own read settles first, whatever happens to earlier chunks.
+      const written = image.read(p, view).then(() => previous).then(
+        async () => {
+          bytesWritten += await writeNonZero(sink, p, view, sparse);
+          free.push(buffer);
+          done = p + view.length;
+          onProgress?.({ done, total });
+        },
+      );
+      written.catch(() => {}); // observed when awaited
+      lastWrite = written;
+      pending.push(written);
     }
   };
 
@@ -132,10 +131,12 @@ export async function convertImage(
       if (hasData) runEnd = e.start + e.length;
     }
     if (runEnd > runStart) await readAhead(runStart, runEnd - runStart);
-    await drain(0);
+    while (pending.length > 0) await pending.shift();
+    signal?.throwIfAborted();
   } finally {
-    // Let reads still in flight settle before the caller closes the file.
-    await Promise.allSettled(queue.map((q) => q.data));
+    // Let reads and writes still in flight settle before the caller closes
+    // the files.
+    await Promise.allSettled(pending);
   }
   await sink.finish(total);
   onProgress?.({ done: total, total });

@@ -6,7 +6,11 @@
  * @module
  */
 
-import { readCompressedInto, readData } from "./cluster_reads.ts";
+import {
+  type CompressedRead,
+  readCompressedRuns,
+  readData,
+} from "./cluster_reads.ts";
 import { type Codecs, webCodecs } from "./codecs.ts";
 import {
   checkRange,
@@ -370,6 +374,7 @@ export class QcowImage implements DiskImage {
   /** Fills `buffer` with the guest bytes at `position`. */
   async read(position: number, buffer: Uint8Array): Promise<void> {
     const jobs: Promise<void>[] = [];
+    const compressed: CompressedRead[] = [];
     for await (const e of this.ownExtents(position, position + buffer.length)) {
       const into = buffer.subarray(
         e.start - position,
@@ -378,21 +383,19 @@ export class QcowImage implements DiskImage {
       if (e.kind === "data") {
         jobs.push(readData(this.source, e.hostOffset!, into, e.start, "qcow"));
       } else if (e.kind === "compressed") {
-        jobs.push(
-          readCompressedInto(
-            this.source,
-            e,
-            into,
-            this.clusterSize,
-            this.#codecs,
-            "zlib",
-            "qcow",
-          ),
-        );
+        compressed.push({ extent: e, into });
       } else {
         jobs.push(readBacking(this.backing, e.start, into));
       }
     }
+    jobs.push(readCompressedRuns(
+      this.source,
+      compressed,
+      this.clusterSize,
+      this.#codecs,
+      "zlib",
+      "qcow",
+    ));
     await Promise.all(jobs);
   }
 

@@ -1,0 +1,35 @@
+/**
+ * Loading Node's built-in modules only when they are needed.
+ *
+ * A `node:` specifier anywhere in Deno's module graph, even in a dynamic
+ * `import()` that never runs, makes Deno start its Node compatibility layer
+ * at launch: about 45 ms and 10 MiB (measured with Deno 2.9 on this
+ * project's 2-core machine). A specifier built at run time is not in the
+ * graph, so the cost is paid on first use only.
+ *
+ * @module
+ */
+
+/**
+ * Imports `node:NAME` without naming it in the module graph.
+ *
+ * @param name The built-in's name without `node:`, such as `zlib`.
+ * @returns The module.
+ */
+export function importNode<T>(name: string): Promise<T> {
+  return import(`node:${name}`);
+}
+
+/** The parts of `node:zlib` this package uses. */
+export interface NodeZlib {
+  /** One-shot raw inflate. */
+  inflateRawSync(
+    input: Uint8Array,
+    options: { maxOutputLength: number; chunkSize: number },
+  ): Uint8Array;
+  /** One-shot zstd decompression (Deno 2.4+, Node 22.15+). */
+  zstdDecompressSync?(
+    input: Uint8Array,
+    options: { maxOutputLength: number; chunkSize: number },
+  ): Uint8Array;
+}

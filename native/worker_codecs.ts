@@ -1,0 +1,280 @@
+/**
+ * Decompression on other threads: a pool of workers that each run
+ * `node:zlib`, behind the same {@linkcode Codecs} interface as the in-thread
+ * decompressors. Requests made together travel as one batch through memory
+ * shared with the worker (two batch slots per worker, so a worker always has
+ * its next batch), and each cluster is copied once, into the buffer the
+ * caller passed as `into`. Nothing is allocated per batch.
+ *
+ * Workers start on the first compressed cluster (an image without any costs
+ * nothing) and stop after a moment idle, or at `close()`.
+ *
+ * @module
+ */
+
+import {
+  type Codecs,
+  type Decompressor,
+  zstdFrameLength,
+} from "../src/codecs.ts";
+import {
+  workerMain,
+  type WorkerReply,
+  type WorkerRequest,
+} from "./decompress_worker.ts";
+
+/** Options for {@linkcode workerCodecs}. */
+export interface WorkerCodecsOptions {
+  /** Workers to run (default: the count of logical cores, at most 8). */
+  workers?: number;
+  /** Milliseconds idle after which the workers stop (default 500). */
+  idleMs?: number;
+}
+
+/** Decompressors that run on worker threads, and a way to stop them. */
+export interface WorkerCodecs extends Codecs {
+  /** Stops the workers; a later request starts them again. */
+  close(): void;
+}
+
+interface Pending {
+  input: Uint8Array;
+  into?: Uint8Array;
+  resolve(out: Uint8Array): void;
+  reject(e: unknown): void;
+}
+
+interface Batch {
+  type: "zlib" | "zstd";
+  clusterSize: number;
+  items: Pending[];
+}
+
+interface Slot {
+  worker: Worker;
+  /** Shared input and output memory, one per batch in flight. */
+  arenas: { input: Uint8Array; output: Uint8Array }[];
+  free: number[];
+}
+
+/** Decompressed bytes a batch slot holds (at least one cluster). */
+const ARENA_BYTES = 1024 * 1024;
+/** Batch slots per worker. */
+const SLOTS = 2;
+
+/**
+ * Decompressors that run on a pool of workers (Deno; the workers use
+ * `node:zlib`).
+ *
+ * @param options Pool size and idle time.
+ * @returns Codecs for `openImage`, with `close()`.
+ *
+ * @example Converting with decompression on every core
+ * ```ts ignore
+ * import { convert, workerCodecs } from "jsr:@qcow2/qcow2";
+ *
+ * const codecs = workerCodecs();
+ * try {
+ *   using out = await Deno.open("disk.raw", { write: true, create: true });
+ *   await convert("disk.qcow2", out, { codecs });
+ * } finally {
+ *   codecs.close();
+ * }
+ * ```
+ */
+export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
+  const size = Math.max(
+    1,
+    Math.min(8, options.workers ?? navigator.hardwareConcurrency ?? 2),
+  );
+  const idleMs = options.idleMs ?? 500;
+  let slots: Slot[] = [];
+  const inFlight = new Map<
+    number,
+    { batch: Batch; slot: Slot; arena: number }
+  >();
+  const ready: Batch[] = [];
+  let nextId = 1;
+  let open: Batch | undefined; // gathering requests
+  let openBytes = 0;
+  let flushTimer: ReturnType<typeof setTimeout> | undefined;
+  let idleTimer: ReturnType<typeof setTimeout> | undefined;
+
+  /** Clusters per batch, and the bytes an arena needs for a batch. */
+  const capacity = (cs: number) => Math.max(1, Math.floor(ARENA_BYTES / cs));
+  const outputBytes = (cs: number) => capacity(cs) * cs + 1;
+  const inputBytes = (cs: number) => capacity(cs) * cs + 2 * cs + 1024;
+
+  /** Gives `slot` arenas for batches of `cs`-byte clusters (and smaller). */
+  const layArenas = (slot: Slot, cs: number) => {
+    const shared = Array.from({ length: SLOTS }, () => ({
+      input: new SharedArrayBuffer(inputBytes(cs)),
+      output: new SharedArrayBuffer(outputBytes(cs)),
+    }));
+    slot.arenas = shared.map((a) => ({
+      input: new Uint8Array(a.input),
+      output: new Uint8Array(a.output),
+    }));
+    slot.free = shared.map((_, i) => i);
+    slot.worker.postMessage({ arenas: shared } satisfies WorkerRequest);
+  };
+
+  let script: string | undefined;
+  const start = () => {
+    // From a blob: URL, a worker needs no permission to read its script.
+    script ??= URL.createObjectURL(
+      new Blob([`(${workerMain.toString()})();`], {
+        type: "text/javascript",
+      }),
+    );
+    for (let i = 0; i < size; i++) {
+      const worker = new Worker(script, { type: "module" });
+      const slot: Slot = { worker, arenas: [], free: [] };
+      layArenas(slot, ARENA_BYTES);
+      worker.onmessage = ({ data }: MessageEvent<WorkerReply>) => answer(data);
+      worker.onerror = (event) => {
+        event.preventDefault();
+        stop(new Error(`decompression worker failed: ${event.message}`));
+      };
+      slots.push(slot);
+    }
+  };
+
+  const answer = ({ id, results }: WorkerReply) => {
+    const job = inFlight.get(id);
+    if (!job) return;
+    inFlight.delete(id);
+    const { batch, slot, arena } = job;
+    const output = slot.arenas[arena].output;
+    const cs = batch.clusterSize;
+    batch.items.forEach((item, i) => {
+      const r = results[i];
+      if (typeof r === "string") return item.reject(new Error(r));
+      if (r !== cs) return item.resolve(new Uint8Array(r)); // caller rejects
+      const cluster = output.subarray(i * cs, (i + 1) * cs);
+      if (item.into) {
+        item.into.set(cluster);
+        item.resolve(item.into);
+      } else item.resolve(cluster.slice());
+    });
+    slot.free.push(arena);
+    pump();
+  };
+
+  /** Sends ready batches to workers with a free slot. */
+  const pump = () => {
+    while (ready.length > 0) {
+      const batch = ready[0];
+      if (slots.length === 0) start();
+      const slot = slots.reduce((a, b) =>
+        b.free.length > a.free.length ? b : a
+      );
+      if (slot.free.length === 0) return;
+      if (slot.arenas[0].output.length < outputBytes(batch.clusterSize)) {
+        // Clusters larger than the arenas (2 MiB): lay larger ones, once
+        // nothing is in flight on this worker.
+        if (slot.free.length < SLOTS) return;
+        layArenas(slot, batch.clusterSize);
+      }
+      const arena = slot.free.pop()!;
+      ready.shift();
+      const { input } = slot.arenas[arena];
+      const bounds = [0];
+      for (const item of batch.items) {
+        const at = bounds[bounds.length - 1];
+        input.set(item.input, at);
+        bounds.push(at + item.input.length);
+      }
+      const id = nextId++;
+      inFlight.set(id, { batch, slot, arena });
+      slot.worker.postMessage(
+        {
+          id,
+          arena,
+          type: batch.type,
+          clusterSize: batch.clusterSize,
+          bounds,
+        } satisfies WorkerRequest,
+      );
+    }
+    if (inFlight.size === 0 && !open) armIdle();
+    else clearTimeout(idleTimer);
+  };
+
+  const armIdle = () => {
+    clearTimeout(idleTimer);
+    idleTimer = setTimeout(() => stop(), idleMs);
+    // The idle timer alone must not keep a process alive.
+    (globalThis as { Deno?: { unrefTimer(id: unknown): void } }).Deno
+      ?.unrefTimer(idleTimer);
+  };
+
+  const flush = () => {
+    clearTimeout(flushTimer);
+    flushTimer = undefined;
+    if (open) ready.push(open);
+    open = undefined;
+    openBytes = 0;
+    pump();
+  };
+
+  const request =
+    (type: "zlib" | "zstd"): Decompressor => (input, maxOutput, into) =>
+      new Promise<Uint8Array>((resolve, reject) => {
+        // Bytes after a zstd frame make node:zlib fail: cut them here.
+        if (type === "zstd") input = input.subarray(0, zstdFrameLength(input));
+        const limit = inputBytes(maxOutput);
+        if (input.length > 2 * maxOutput + 1024) {
+          // No valid compressed cluster is that long: let the caller see it.
+          return reject(
+            new Error("compressed data longer than twice a cluster"),
+          );
+        }
+        if (
+          open &&
+          (open.type !== type || open.clusterSize !== maxOutput ||
+            open.items.length >= capacity(maxOutput) ||
+            openBytes + input.length > limit)
+        ) flush();
+        open ??= { type, clusterSize: maxOutput, items: [] };
+        open.items.push({
+          input,
+          into: into?.length === maxOutput ? into : undefined,
+          resolve,
+          reject,
+        });
+        openBytes += input.length;
+        if (open.items.length >= capacity(maxOutput)) flush();
+        else flushTimer ??= setTimeout(flush, 0);
+      });
+
+  /** Stops the workers, failing whatever is pending with `reason`. */
+  const stop = (reason?: Error) => {
+    clearTimeout(idleTimer);
+    for (const slot of slots) slot.worker.terminate();
+    slots = [];
+    const failed = reason ?? new Error("decompression workers were stopped");
+    for (const { batch } of inFlight.values()) {
+      for (const item of batch.items) item.reject(failed);
+    }
+    inFlight.clear();
+    if (reason) {
+      clearTimeout(flushTimer);
+      flushTimer = undefined;
+      for (const batch of [...ready, ...(open ? [open] : [])]) {
+        for (const item of batch.items) item.reject(failed);
+      }
+      ready.length = 0;
+      open = undefined;
+      openBytes = 0;
+    }
+  };
+
+  const close = () => {
+    stop(new Error("decompression workers were closed"));
+    if (script) URL.revokeObjectURL(script);
+    script = undefined;
+  };
+
+  return { zlib: request("zlib"), zstd: request("zstd"), close };
+}

@@ -1,0 +1,154 @@
+/**
+ * The worker pool decompresses exactly as the in-thread codecs do: same
+ * bytes, same errors, and it never keeps a process alive.
+ */
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import { createHash } from "node:crypto";
+import {
+  type Codecs,
+  convert,
+  nodeCodecs,
+  Qcow2Error,
+  workerCodecs,
+} from "@qcow2/qcow2";
+import { deflateRawSync } from "node:zlib";
+
+const fixture = (name: string) =>
+  new URL(`./fixtures/${name}`, import.meta.url).pathname;
+const expected = JSON.parse(
+  await Deno.readTextFile(fixture("expected.json")),
+) as Record<string, { sha256: string }>;
+
+async function digestWith(name: string, codecs: Codecs): Promise<string> {
+  const hash = createHash("sha256");
+  const sink = new WritableStream<Uint8Array>({
+    write: (c) => void hash.update(c),
+  });
+  await convert(fixture(name), sink, { codecs });
+  return hash.digest("hex");
+}
+
+for (
+  const name of [
+    "zlib.qcow2",
+    "zstd.qcow2",
+    "zlib_4k.qcow2",
+    "c512.qcow2",
+    "c2m.qcow2",
+    "odd_size_zlib.qcow2",
+    "e2image.qcow2",
+  ]
+) {
+  Deno.test(`worker codecs convert ${name} to the expected bytes`, async () => {
+    const codecs = workerCodecs({ workers: 2 });
+    try {
+      assertEquals(await digestWith(name, codecs), expected[name].sha256);
+    } finally {
+      codecs.close();
+    }
+  });
+}
+
+Deno.test("worker codecs decompress into the given buffer", async () => {
+  const data = new Uint8Array(65536).map((_, i) => (i * 7) % 251);
+  const codecs = workerCodecs({ workers: 1 });
+  try {
+    const into = new Uint8Array(65536);
+    const out = await codecs.zlib!(deflateRawSync(data), 65536, into);
+    assert(out === into);
+    assertEquals(into, data);
+    // Without `into`, a copy of its own.
+    assertEquals(await codecs.zlib!(deflateRawSync(data), 65536), data);
+  } finally {
+    codecs.close();
+  }
+});
+
+Deno.test("worker codecs report corrupt and wrong-sized data like node:zlib", async () => {
+  const codecs = workerCodecs({ workers: 1 });
+  try {
+    // Garbage: an error, as the in-thread codec gives.
+    await assertRejects(() =>
+      codecs.zlib!(new Uint8Array([0xff, 0xff, 0xff, 1, 2, 3]), 65536)
+    );
+    await assertRejects(() =>
+      nodeCodecs.zlib!(new Uint8Array([0xff, 0xff, 0xff, 1, 2, 3]), 65536)
+    );
+    // Short output: resolved with its true length, for the caller to refuse.
+    const short = await codecs.zlib!(
+      deflateRawSync(new Uint8Array(100)),
+      65536,
+    );
+    assertEquals(short.length, 100);
+    // Longer than a cluster: never more than maxOutput + 1 bytes reported.
+    const long = await codecs.zlib!(
+      deflateRawSync(new Uint8Array(70000)),
+      65536,
+    );
+    assert(long.length !== 65536);
+    // A zstd frame cut short is a Qcow2Error from the framing check.
+    await assertRejects(
+      () => codecs.zstd!(new Uint8Array([0x28, 0xb5, 0x2f, 0xfd]), 65536),
+      Qcow2Error,
+    );
+  } finally {
+    codecs.close();
+  }
+});
+
+Deno.test("worker codecs: many clusters at once, mixed sizes, in order", async () => {
+  const codecs = workerCodecs({ workers: 2 });
+  try {
+    const sizes = [512, 4096, 65536, 2 * 1024 * 1024];
+    const jobs: Promise<void>[] = [];
+    for (let i = 0; i < 200; i++) {
+      const cs = sizes[i % sizes.length];
+      const data = new Uint8Array(cs).fill(i & 0xff);
+      data[cs - 1] = 7;
+      jobs.push(
+        codecs.zlib!(deflateRawSync(data), cs).then((out) =>
+          assertEquals(out, data)
+        ),
+      );
+    }
+    await Promise.all(jobs);
+  } finally {
+    codecs.close();
+  }
+});
+
+Deno.test("close() rejects what is pending; the pool restarts on demand", async () => {
+  const codecs = workerCodecs({ workers: 1 });
+  const data = deflateRawSync(new Uint8Array(65536));
+  const pending = codecs.zlib!(data, 65536);
+  codecs.close();
+  await assertRejects(() => pending, Error, "closed");
+  assertEquals((await codecs.zlib!(data, 65536)).length, 65536);
+  codecs.close();
+});
+
+Deno.test("an idle pool stops by itself and does not keep a process alive", async () => {
+  const script = `
+    import { workerCodecs } from ${
+    JSON.stringify(
+      new URL("../native/worker_codecs.ts", import.meta.url).href,
+    )
+  };
+    import { deflateRawSync } from "node:zlib";
+    const codecs = workerCodecs({ idleMs: 50 });
+    const out = await codecs.zlib(deflateRawSync(new Uint8Array(4096)), 4096);
+    console.log(out.length);
+    // no close(): the process must still end
+  `;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["eval", script],
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const began = performance.now();
+  const out = await child.output();
+  assertEquals(new TextDecoder().decode(out.stderr), "");
+  assertEquals(new TextDecoder().decode(out.stdout).trim(), "4096");
+  assert(out.success);
+  assert(performance.now() - began < 10_000);
+});
