@@ -81,6 +81,10 @@ export {
   type SeekableReader,
   type SeekableWriter,
 } from "./src/io.ts";
+export {
+  fileHandleWriter,
+  type WritableFileHandleLike,
+} from "./src/file_handle_writer.ts";
 export type { DiskImage, Extent, ExtentKind } from "./src/disk.ts";
 export type { Qcow2Image } from "./src/image.ts";
 export {
