@@ -1,6 +1,7 @@
 /**
  * The library under Node.js (and Bun, when installed): `mod.ts` bundled to
- * one ESM file by `deno bundle` (node:* imports left to the runtime), then
+ * one ESM file as `deno task bundle` does (node:* imports left to the
+ * runtime), then
  * `tests/node/convert.mjs` run on committed fixtures, through
  * `node:fs/promises` FileHandles.
  *
@@ -12,8 +13,10 @@
  */
 import { assert, assertEquals } from "@std/assert";
 import { expected, fixture, tempDir } from "./_reference.ts";
+import denoJson from "../deno.json" with { type: "json" };
 
 const SKIP_NODE = Deno.env.get("QCOW2_SKIP_NODE") === "1";
+const ROOT = new URL("../", import.meta.url).pathname;
 const MOD = new URL("../mod.ts", import.meta.url).pathname;
 const SCRIPT = new URL("./node/convert.mjs", import.meta.url).pathname;
 const layouts: Record<string, { sha256: string }> = JSON.parse(
@@ -62,11 +65,17 @@ async function probe(exe: string) {
   };
 }
 
-/** Bundles mod.ts into `dir`, checking node:* stays external. */
+/**
+ * Bundles mod.ts into `dir` as `deno task bundle` does, checking node:*
+ * stays external.
+ */
 async function bundle(dir: string): Promise<string> {
   const out = `${dir}/qcow2.mjs`;
+  const task = denoJson.tasks.bundle.split(" ");
+  assertEquals(task[0], "deno");
   const r = await new Deno.Command(Deno.execPath(), {
-    args: ["bundle", "--quiet", "--platform", "deno", "-o", out, MOD],
+    args: task.slice(1).map((a) => a === "dist/qcow2.mjs" ? out : a),
+    cwd: ROOT,
     stdout: "piped",
     stderr: "piped",
   }).output();
