@@ -23,7 +23,9 @@
  * ```
  *
  * Objects shaped like `Deno.FsFile` (`read`, `seek`, and for output `write`
- * and `truncate`) pass as they are; other runtimes pass a small adapter or a
+ * and `truncate`) pass as they are. In Node.js and Bun, `node:fs/promises`
+ * `FileHandle`s go through {@linkcode fileHandleSource} and
+ * {@linkcode fileHandleWriter}; any other storage through a
  * {@linkcode ByteSource}.
  *
  * @module
