@@ -6,7 +6,14 @@
  *
  * ```sh
  * deno run --allow-read=disk.qcow2 jsr:@qcow2/qcow2/cli info disk.qcow2
- * deno run --allow-read=disk.qcow2 --allow-write=disk.raw jsr:@qcow2/qcow2/cli convert disk.qcow2 disk.raw
+ * deno run --allow-read=disk.qcow2 --allow-write=disk.raw jsr:@qcow2/qcow2/cli convert -p disk.qcow2 disk.raw
+ * ```
+ *
+ * Or install it as a `qcow2` command, or compile it to one binary:
+ *
+ * ```sh
+ * deno install --global --name qcow2 --allow-read --allow-write jsr:@qcow2/qcow2/cli
+ * deno compile --allow-read --allow-write --output qcow2 jsr:@qcow2/qcow2/cli
  * ```
  *
  * @module

@@ -24,6 +24,8 @@ import { Qcow2Error, type Qcow2ErrorCode } from "../src/errors.ts";
  */
 export class InFile extends Error {
   /**
+   * Wraps `cause`, met while working on `path`.
+   *
    * @param path The file being worked on.
    * @param cause What went wrong.
    */

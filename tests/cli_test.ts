@@ -413,7 +413,10 @@ async function cliOnTerminal(flags: string[], shell: string) {
     stdout: "piped",
     stderr: "inherit",
     env: { NO_COLOR: "1" },
-  }).output();
+  }).output().catch((e) => {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new Error("These tests need util-linux 'script' (a pseudo-terminal)");
+  });
   return { code, screen: new TextDecoder().decode(stdout) };
 }
 
