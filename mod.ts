@@ -23,7 +23,9 @@
  * ```
  *
  * Objects shaped like `Deno.FsFile` (`read`, `seek`, and for output `write`
- * and `truncate`) pass as they are; other runtimes pass a small adapter or a
+ * and `truncate`) pass as they are. In Node.js and Bun, `node:fs/promises`
+ * `FileHandle`s go through {@linkcode fileHandleSource} and
+ * {@linkcode fileHandleWriter}; any other storage through a
  * {@linkcode ByteSource}.
  *
  * @module
@@ -85,6 +87,10 @@ export {
   type SeekableReader,
   type SeekableWriter,
 } from "./src/io.ts";
+export {
+  fileHandleWriter,
+  type WritableFileHandleLike,
+} from "./src/file_handle_writer.ts";
 export type { DiskImage, Extent, ExtentKind } from "./src/disk.ts";
 export type { Qcow2Image } from "./src/image.ts";
 export {

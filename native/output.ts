@@ -41,16 +41,33 @@ export async function openOutput(
   const slash = dst.lastIndexOf("/");
   const dir = slash < 0 ? "." : dst.slice(0, slash) || "/";
   const base = dst.slice(slash + 1);
+  if (
+    base === "" || base === "." || base === ".." ||
+    (await granted("read", dst) &&
+      (await Deno.stat(dst).catch(() => undefined))?.isDirectory)
+  ) {
+    throw new Qcow2Error(
+      "BAD_ARGUMENT",
+      `Cannot write '${dst}': it is a directory; give DST a file name, such as '${
+        dst.replace(/\/*$/, "")
+      }/disk.raw'`,
+    );
+  }
   const temp = `${dir}/.${base}.${crypto.randomUUID().slice(0, 8)}.partial`;
   // Deno's rename needs read access to the temporary file as well.
   if (await granted("write", temp) && await granted("read", temp)) {
-    const file = await Deno.open(temp, { write: true, createNew: true });
+    const file = await create(dst, dir, temp, { createNew: true });
     return {
       file,
       temporary: true,
       async commit() {
         file.close();
-        await Deno.rename(temp, dst);
+        try {
+          await Deno.rename(temp, dst);
+        } catch (e) {
+          await Deno.remove(temp).catch(() => {});
+          throw e;
+        }
       },
       async discard() {
         file.close();
@@ -61,7 +78,7 @@ export async function openOutput(
   if (!(await granted("write", dst))) {
     throw new Deno.errors.NotCapable(`Requires write access to "${dst}"`);
   }
-  const file = await Deno.open(dst, { write: true, create: true });
+  const file = await create(dst, dir, dst, { create: true });
   return {
     file,
     temporary: false,
@@ -74,6 +91,30 @@ export async function openOutput(
       await Deno.remove(dst).catch(() => {});
     },
   };
+}
+
+/**
+ * Opens `path` for writing (the destination or its temporary file), or
+ * fails with a message about the destination, not the temporary name.
+ */
+async function create(
+  dst: string,
+  dir: string,
+  path: string,
+  options: Deno.OpenOptions,
+): Promise<Deno.FsFile> {
+  try {
+    return await Deno.open(path, { write: true, ...options });
+  } catch (e) {
+    const why = e instanceof Deno.errors.NotFound
+      ? `its directory '${dir}' does not exist; create it first`
+      : e instanceof Deno.errors.PermissionDenied
+      ? `the system denies writing in '${dir}': check its owner and mode`
+      : e instanceof Deno.errors.IsADirectory
+      ? "it is a directory; give DST a file name"
+      : (e as Error)?.message ?? String(e);
+    throw new Error(`Cannot write '${dst}': ${why}`, { cause: e });
+  }
 }
 
 /** Whether a permission is granted now (never prompts). */

@@ -263,3 +263,384 @@ Deno.test("cli convert interrupted by Ctrl-C leaves the old DST and no partial f
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cli convert --json prints a summary on stdout and nothing else", async () => {
+  const dir = await tempDir();
+  try {
+    const layouts = fixture("layouts/");
+    const src = `${layouts}chain_top.qcow2`;
+    const dst = `${dir}/out.raw`;
+    const r = await cli([`--allow-read=${layouts}`, `--allow-write=${dst}`], [
+      "convert",
+      "--json",
+      src,
+      dst,
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(r.stderr, "");
+    const summary = JSON.parse(r.stdout);
+    assertEquals(Object.keys(summary), [
+      "source",
+      "destination",
+      "format",
+      "virtual-size",
+      "bytes-written",
+      "bytes-skipped",
+      "sparse-size",
+      "snapshot",
+      "top-only",
+      "files-read",
+      "duration-ms",
+    ]);
+    assertEquals(summary.source, src);
+    assertEquals(summary.destination, dst);
+    assertEquals(summary.format, "raw");
+    assertEquals(summary["virtual-size"], 4 * 1024 * 1024);
+    assertEquals(
+      summary["bytes-written"] + summary["bytes-skipped"],
+      summary["virtual-size"],
+    );
+    assert(summary["bytes-written"] > 0);
+    assertEquals(summary["sparse-size"], 4096);
+    assertEquals(summary.snapshot, null);
+    assertEquals(summary["top-only"], false);
+    assertEquals(summary["files-read"], [
+      src,
+      `${layouts}chain_mid.qcow2`,
+      `${layouts}chain_base.qcow2`,
+    ]);
+    assert(Number.isInteger(summary["duration-ms"]));
+    // The summary tells what was written: the file is the same as qemu-img's.
+    const layoutDigests = JSON.parse(
+      await Deno.readTextFile(`${layouts}expected.json`),
+    );
+    assertEquals(
+      await sha256File(dst),
+      layoutDigests["chain_top.qcow2"].sha256,
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli convert -q prints nothing, even with -p; errors still do", async () => {
+  const dir = await tempDir();
+  try {
+    const src = fixture("zlib.qcow2");
+    const dst = `${dir}/out.raw`;
+    for (const flags of [["-q"], ["--quiet"], ["-q", "-p"], ["-pq"]]) {
+      const r = await cli([`--allow-read=${src}`, `--allow-write=${dst}`], [
+        "convert",
+        ...flags,
+        src,
+        dst,
+      ]);
+      assertEquals(r.code, 0, r.stderr);
+      assertEquals([r.stdout, r.stderr], ["", ""], flags.join(" "));
+      assertEquals(await sha256File(dst), expected["zlib.qcow2"].sha256);
+    }
+    const bad = await cli([`--allow-read=${dir}`, `--allow-write=${dst}`], [
+      "convert",
+      "-q",
+      `${dir}/missing.qcow2`,
+      dst,
+    ]);
+    assertEquals(bad.code, 1);
+    assertStringIncludes(bad.stderr, "does not exist");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli info -q prints nothing and tells by its exit status", async () => {
+  const dir = await tempDir();
+  try {
+    const good = await cli([`--allow-read=${fixture("")}`], [
+      "info",
+      "-q",
+      fixture("v3_64k.qcow2"),
+    ]);
+    assertEquals([good.code, good.stdout, good.stderr], [0, "", ""]);
+    const notImage = `${dir}/plain.txt`;
+    await Deno.writeTextFile(notImage, "hello\n");
+    const bad = await cli([`--allow-read=${dir}`], ["info", "-q", notImage]);
+    assertEquals(bad.code, 1);
+    assertEquals(bad.stdout, "");
+    assertStringIncludes(bad.stderr, "qcow2 magic");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli -p draws nothing when stderr is not a terminal", async () => {
+  const dir = await tempDir();
+  try {
+    const src = fixture("zlib.qcow2");
+    const dst = `${dir}/out.raw`;
+    const r = await cli([`--allow-read=${src}`, `--allow-write=${dst}`], [
+      "convert",
+      "-p",
+      src,
+      dst,
+    ]);
+    assertEquals([r.code, r.stdout, r.stderr], [0, "", ""]);
+    const piped = await cli([`--allow-read=${src}`], [
+      "convert",
+      "-p",
+      src,
+      "-",
+    ]);
+    assertEquals(piped.code, 0);
+    assertEquals(piped.stderr, "");
+    assertEquals(piped.bytes.length, expected["zlib.qcow2"].virtualSize);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+/**
+ * Runs the CLI on a pseudo-terminal with util-linux `script` (Linux only):
+ * `shell` is a `sh` command line after `deno run --no-prompt FLAGS cli.ts`.
+ * Resolves to the exit status and what the terminal showed.
+ */
+async function cliOnTerminal(flags: string[], shell: string) {
+  const cliPath = new URL("../cli.ts", import.meta.url).pathname;
+  const command = [Deno.execPath(), "run", "--no-prompt", ...flags, cliPath]
+    .map((word) => `'${word}'`).join(" ");
+  const { code, stdout } = await new Deno.Command("script", {
+    args: ["-qec", `${command} ${shell}`, "/dev/null"],
+    stdin: "null",
+    stdout: "piped",
+    stderr: "inherit",
+    env: { NO_COLOR: "1" },
+  }).output().catch((e) => {
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
+    throw new Error("These tests need util-linux 'script' (a pseudo-terminal)");
+  });
+  return { code, screen: new TextDecoder().decode(stdout) };
+}
+
+const onLinux = Deno.build.os === "linux";
+
+Deno.test({
+  name:
+    "cli -p on a terminal: a bar redrawn with \\r, ended at 100% with a newline",
+  ignore: !onLinux,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      const src = fixture("zlib.qcow2");
+      const dst = `${dir}/out.raw`;
+      const flags = [`--allow-read=${src}`, `--allow-write=${dst}`];
+      const r = await cliOnTerminal(flags, `convert -p '${src}' '${dst}'`);
+      assertEquals(r.code, 0, r.screen);
+      // The terminal turns "\n" into "\r\n".
+      const draws = r.screen.replace(/\r\n$/, "").split("\r").slice(1);
+      assert(draws.length >= 1, JSON.stringify(r.screen));
+      assert(r.screen.endsWith("\r\n"), JSON.stringify(r.screen));
+      for (const draw of draws) {
+        assertMatch(draw, /^\[[#-]+\] +\d+\.\d%  +[\d.]+ [KMG]?i?B \/ /);
+        assertEquals(draw.length, draws[0].length);
+      }
+      const last = draws.at(-1)!;
+      assertMatch(last, /^\[#+\] 100\.0% +2\.0 MiB \/ +2\.0 MiB .* in 0:\d\d/);
+      assertEquals(await sha256File(dst), expected["zlib.qcow2"].sha256);
+      // -q wins over -p; without -p nothing is drawn either.
+      for (const quiet of ["-q -p", ""]) {
+        const q = await cliOnTerminal(
+          flags,
+          `convert ${quiet} '${src}' '${dst}'`,
+        );
+        assertEquals([q.code, q.screen], [0, ""], quiet);
+      }
+      // Stderr redirected away from the terminal: nothing.
+      const away = await cliOnTerminal(
+        flags,
+        `convert -p '${src}' '${dst}' 2>/dev/null`,
+      );
+      assertEquals([away.code, away.screen], [0, ""]);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "cli convert SRC - refuses to write the image to a terminal",
+  ignore: !onLinux,
+  fn: async () => {
+    const src = fixture("zlib.qcow2");
+    const r = await cliOnTerminal(
+      [`--allow-read=${src}`],
+      `convert '${src}' -`,
+    );
+    assertEquals(r.code, 2, r.screen);
+    assertStringIncludes(
+      r.screen,
+      "refusing to write a raw disk image to a terminal",
+    );
+    assertStringIncludes(r.screen, "> disk.raw");
+  },
+});
+
+Deno.test("cli convert SRC - stops quietly when the reader goes away", async () => {
+  const src = fixture("sparse_4t.qcow2");
+  // -S 0 to stdout streams 4 TiB: the reader leaves after the first chunk.
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--no-prompt",
+      `--allow-read=${src}`,
+      new URL("../cli.ts", import.meta.url).pathname,
+      "convert",
+      "-S",
+      "0",
+      src,
+      "-",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const stderr = new Response(child.stderr).text();
+  const reader = child.stdout.getReader();
+  await reader.read();
+  await reader.cancel();
+  assertEquals((await child.status).code, 141);
+  assertEquals(await stderr, "");
+});
+
+Deno.test("cli --json and -q: usage errors where they cannot apply", async () => {
+  const src = fixture("v3_64k.qcow2");
+  for (
+    const [args, says] of [
+      [["convert", "--json", src, "-"], "DST '-'"],
+      [["convert", "-q", "--json", src, "out.raw"], "choose one"],
+      [["info", "-q", "--json", src], "choose one"],
+    ] as const
+  ) {
+    const r = await cli([`--allow-read=${src}`], [...args]);
+    assertEquals(r.code, 2, r.stderr);
+    assertStringIncludes(r.stderr, says);
+    assertStringIncludes(r.stderr, `Try 'qcow2 ${args[0]} --help'.`);
+  }
+});
+
+Deno.test("cli errors say what is wrong and what to do", async () => {
+  const dir = await tempDir();
+  try {
+    const good = fixture("v3_64k.qcow2");
+    await Deno.writeTextFile(`${dir}/plain.txt`, "hello\n");
+    await Deno.mkdir(`${dir}/sub`);
+    await Deno.copyFile(
+      fixture("layouts/chain_top.qcow2"),
+      `${dir}/top.qcow2`,
+    );
+    const all = [`--allow-read=${dir},${good}`, `--allow-write=${dir}`];
+    const cases: [string[], string[], number, string][] = [
+      [
+        all,
+        ["info", `${dir}/nope.qcow2`],
+        1,
+        `'${dir}/nope.qcow2' does not exist`,
+      ],
+      [
+        all,
+        ["convert", `${dir}/nope.qcow2`, `${dir}/o.raw`],
+        1,
+        `'${dir}/nope.qcow2' does not exist`,
+      ],
+      [
+        all,
+        ["convert", `${dir}/sub`, `${dir}/o.raw`],
+        1,
+        `${dir}/sub: it is a directory, not an image file`,
+      ],
+      [
+        all,
+        ["convert", good, `${dir}/sub`],
+        1,
+        `Cannot write '${dir}/sub': it is a directory; give DST a file name, such as '${dir}/sub/disk.raw'`,
+      ],
+      [
+        all,
+        ["convert", good, `${dir}/none/o.raw`],
+        1,
+        `Cannot write '${dir}/none/o.raw': its directory '${dir}/none' does not exist; create it first`,
+      ],
+      [
+        all,
+        ["convert", `${dir}/plain.txt`, `${dir}/o.raw`],
+        1,
+        `${dir}/plain.txt: Cannot read qcow2 image: the file does not start with the qcow2 magic 'QFI\\xfb'; if it is a raw image, it needs no conversion`,
+      ],
+      [
+        all,
+        ["convert", `${dir}/top.qcow2`, `${dir}/o.raw`],
+        1,
+        `Cannot open backing file '${dir}/chain_mid.qcow2' (named by '${dir}/top.qcow2'): '${dir}/chain_mid.qcow2' does not exist; --top converts the top layer alone`,
+      ],
+      [
+        all,
+        ["info", "--backing-chain", `${dir}/top.qcow2`],
+        1,
+        `Cannot open backing file '${dir}/chain_mid.qcow2' (named by '${dir}/top.qcow2'): '${dir}/chain_mid.qcow2' does not exist`,
+      ],
+      [
+        [`--allow-read=${good}`],
+        ["convert", good, `${dir}/o.raw`],
+        1,
+        `no permission for '${dir}/o.raw': run deno with --allow-write=${dir}/o.raw`,
+      ],
+      [
+        [],
+        ["convert", "-S", "4x", good, "o.raw"],
+        2,
+        "-S takes a byte count such as 4096, 64k or 1M, not '4x'",
+      ],
+      [
+        [],
+        ["convert", "--frob", good, "o.raw"],
+        2,
+        "unknown option '--frob'\nTry 'qcow2 convert --help'.",
+      ],
+      [[], ["convert", good], 2, "convert takes SRC and DST (1 given)"],
+      [
+        [],
+        ["frob"],
+        2,
+        "unknown command 'frob'; the commands are 'info' and 'convert'\nTry 'qcow2 --help'.",
+      ],
+    ];
+    for (const [flags, args, code, message] of cases) {
+      const r = await cli(flags, args);
+      assertEquals(r.code, code, `${args.join(" ")}: ${r.stderr}`);
+      assertStringIncludes(r.stderr, `qcow2: ${message}`);
+      assertEquals(r.stdout, "");
+      const lines = r.stderr.trim().split("\n").length;
+      assertEquals(lines, code === 2 ? 2 : 1, r.stderr);
+    }
+    // Nothing was left behind by the failed conversions.
+    const left: string[] = [];
+    for await (const e of Deno.readDir(dir)) left.push(e.name);
+    assertEquals(left.sort(), ["plain.txt", "sub", "top.qcow2"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli --help lists every flag of each command", async () => {
+  const top = await cli([], ["--help"]);
+  for (const word of ["info", "convert", "-q", "--json", "-p", "--version"]) {
+    assertStringIncludes(top.stdout, word);
+  }
+  const convertHelp = await cli([], ["convert", "--help"]);
+  for (
+    const flag of ["-O", "-S", "-l", "--top", "-p", "-q, --quiet", "--json"]
+  ) {
+    assertStringIncludes(convertHelp.stdout, flag);
+  }
+  const infoHelp = await cli([], ["info", "-h"]);
+  for (const flag of ["--json", "--backing-chain", "-q, --quiet"]) {
+    assertStringIncludes(infoHelp.stdout, flag);
+  }
+});

@@ -1,0 +1,162 @@
+/**
+ * The CLI's error messages (Deno): one line that says what is wrong and,
+ * where it can, what to do, for the errors a user meets (a missing
+ * permission, a missing file, a file that is not an image, a damaged image).
+ *
+ * @module
+ */
+
+import { Qcow2Error, type Qcow2ErrorCode } from "../src/errors.ts";
+
+/**
+ * An error met while working on one file, so that the message can name the
+ * file when the error itself does not.
+ *
+ * @example Naming the image in the message
+ * ```ts
+ * import { explain, InFile } from "./explain.ts";
+ * import { Qcow2Error } from "../src/errors.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const e = new InFile("a.txt", new Qcow2Error("BAD_MAGIC", "Cannot read qcow2 image: no magic"));
+ * assertEquals(explain(e).startsWith("a.txt: Cannot read qcow2 image: no magic"), true);
+ * ```
+ */
+export class InFile extends Error {
+  /**
+   * Wraps `cause`, met while working on `path`.
+   *
+   * @param path The file being worked on.
+   * @param cause What went wrong.
+   */
+  constructor(readonly path: string, cause: unknown) {
+    super(messageOf(cause), { cause });
+  }
+}
+
+const DAMAGED = "the image is damaged; 'qemu-img check' reports what is wrong";
+
+/** What to do, after the library's own message, by error code. */
+const HINTS: Partial<Record<Qcow2ErrorCode, string>> = {
+  BAD_MAGIC: "if it is a raw image, it needs no conversion",
+  BAD_TABLE_ENTRY: DAMAGED,
+  UNALIGNED_OFFSET: DAMAGED,
+  OFFSET_PAST_END: DAMAGED,
+  METADATA_OVERLAP: DAMAGED,
+  BAD_SUBCLUSTER_BITMAP: DAMAGED,
+  BAD_COMPRESSED_DATA: DAMAGED,
+  TRUNCATED: "the file is cut short (an incomplete copy or download?)",
+};
+
+/**
+ * One line that says what went wrong and, where it can, what to do.
+ *
+ * @param e What was thrown.
+ * @param command The command that was running, for command-specific hints.
+ * @returns The message, without the program name.
+ *
+ * @example A missing permission names the flag
+ * ```ts
+ * import { explain } from "./explain.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const e = new Deno.errors.NotCapable('Requires read access to "disk.qcow2"');
+ * assertEquals(explain(e), "no permission for 'disk.qcow2': run deno with --allow-read=disk.qcow2");
+ * ```
+ */
+export function explain(e: unknown, command?: string): string {
+  if (e instanceof InFile) {
+    const inner = explain(e.cause, command);
+    return inner.includes(e.path) ? inner : `${e.path}: ${inner}`;
+  }
+  // A permission error may sit under a Qcow2Error about a backing file.
+  const denied = causes(e).find(isNotCapable);
+  if (denied) {
+    const message = messageOf(denied);
+    const path = /"([^"]+)"/.exec(message)?.[1];
+    const flag = /write access/.test(message)
+      ? "--allow-write"
+      : "--allow-read";
+    return path
+      ? `${
+        context(e, denied)
+      }no permission for '${path}': run deno with ${flag}=${path}`
+      : message;
+  }
+  const os = causes(e).find((c) => systemError(c) !== undefined);
+  if (os && (os === e || e instanceof Qcow2Error)) {
+    const backing = command === "convert" && e instanceof Qcow2Error &&
+        e.code === "BACKING_FILE"
+      ? "; --top converts the top layer alone"
+      : "";
+    return `${context(e, os)}${systemError(os)}${backing}`;
+  }
+  // (A backing file that is not an image is no raw image to keep.)
+  const layer = /\(in (backing|data) file /.test(messageOf(e));
+  if (
+    e instanceof Qcow2Error && HINTS[e.code] &&
+    !(layer && e.code === "BAD_MAGIC")
+  ) {
+    return `${messageOf(e)}; ${HINTS[e.code]}`;
+  }
+  return messageOf(e);
+}
+
+/** `e` and its causes, outermost first. */
+function causes(e: unknown): unknown[] {
+  const chain = [e];
+  while (chain.length < 16) {
+    const last = chain[chain.length - 1];
+    if (!(last instanceof Error) || last.cause === undefined) break;
+    chain.push(last.cause);
+  }
+  return chain;
+}
+
+/**
+ * What `outer` says before `inner`'s message ("Cannot open backing file 'x'
+ * (named by 'y'): "), or nothing when `outer` is `inner`.
+ */
+function context(outer: unknown, inner: unknown): string {
+  if (outer === inner) return "";
+  const message = messageOf(outer);
+  const at = message.lastIndexOf(`: ${messageOf(inner)}`);
+  return at > 0 ? message.slice(0, at + 2) : "";
+}
+
+function isNotCapable(e: unknown): boolean {
+  return e instanceof Deno.errors.NotCapable;
+}
+
+/**
+ * A file-system error, from `Deno.*` or `node:fs`, said plainly with the
+ * path; undefined for any other error.
+ */
+function systemError(e: unknown): string | undefined {
+  if (!(e instanceof Error)) return undefined;
+  const code = (e as { code?: unknown }).code;
+  const path = (e as { path?: unknown }).path ??
+    /'([^']+)'/.exec(e.message)?.[1];
+  const file = typeof path === "string" ? `'${path}'` : "it";
+  if (e instanceof Deno.errors.NotFound || code === "ENOENT") {
+    return `${file} does not exist`;
+  }
+  if (e instanceof Deno.errors.IsADirectory || code === "EISDIR") {
+    return `${file} is a directory, not an image file`;
+  }
+  if (e instanceof Deno.errors.NotADirectory || code === "ENOTDIR") {
+    return `${file} is not in a directory (a part of its path is a file)`;
+  }
+  if (
+    e instanceof Deno.errors.PermissionDenied || code === "EACCES" ||
+    code === "EPERM"
+  ) {
+    return `the system denies access to ${file}: check its owner and mode`;
+  }
+  return undefined;
+}
+
+/** The first line of an error's message. */
+function messageOf(e: unknown): string {
+  return e instanceof Error ? e.message.split("\n")[0] : String(e);
+}

@@ -1,0 +1,175 @@
+/**
+ * The library under Node.js (and Bun, when installed): `mod.ts` bundled to
+ * one ESM file as `deno task bundle` does (node:* imports left to the
+ * runtime), then
+ * `tests/node/convert.mjs` run on committed fixtures, through
+ * `node:fs/promises` FileHandles.
+ *
+ * Without Node.js the Node test fails (Deno's own `node` shim, which Deno
+ * puts on a subprocess's PATH when there is no `node`, does not count); set
+ * QCOW2_SKIP_NODE=1 to skip it (reported as ignored). The Bun test runs when
+ * `bun` is on the PATH or QCOW2_BUN names it, and is reported as ignored
+ * otherwise.
+ */
+import { assert, assertEquals } from "@std/assert";
+import { expected, fixture, tempDir } from "./_reference.ts";
+import denoJson from "../deno.json" with { type: "json" };
+
+const SKIP_NODE = Deno.env.get("QCOW2_SKIP_NODE") === "1";
+const ROOT = new URL("../", import.meta.url).pathname;
+const MOD = new URL("../mod.ts", import.meta.url).pathname;
+const SCRIPT = new URL("./node/convert.mjs", import.meta.url).pathname;
+const layouts: Record<string, { sha256: string }> = JSON.parse(
+  await Deno.readTextFile(fixture("layouts/expected.json")),
+);
+
+const NO_NODE =
+  "Node.js ('node') is not on the PATH: install it, or set QCOW2_SKIP_NODE=1 to skip the Node.js tests";
+
+/** Runs `exe ARGS`; undefined if `exe` is not installed. */
+async function exec(exe: string, args: string[]) {
+  try {
+    const out = await new Deno.Command(exe, {
+      args,
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    return {
+      code: out.code,
+      stdout: new TextDecoder().decode(out.stdout),
+      stderr: new TextDecoder().decode(out.stderr),
+    };
+  } catch (e) {
+    if (e instanceof Deno.errors.NotFound) return undefined;
+    throw e;
+  }
+}
+
+/** The runtime's version and whether its node:zlib has zstd. */
+async function probe(exe: string) {
+  const r = await exec(exe, [
+    "-e",
+    "const z = require('node:zlib'); process.stdout.write(JSON.stringify({" +
+    "deno: typeof Deno, bun: typeof Bun, node: process.version," +
+    "version: typeof Bun === 'object' ? Bun.version : process.version," +
+    "zstd: typeof z.zstdDecompressSync === 'function' }))",
+  ]);
+  if (!r) return undefined;
+  assertEquals(r.code, 0, r.stderr);
+  return JSON.parse(r.stdout) as {
+    deno: string;
+    bun: string;
+    node: string;
+    version: string;
+    zstd: boolean;
+  };
+}
+
+/**
+ * Bundles mod.ts into `dir` as `deno task bundle` does, checking node:*
+ * stays external.
+ */
+async function bundle(dir: string): Promise<string> {
+  const out = `${dir}/qcow2.mjs`;
+  const task = denoJson.tasks.bundle.split(" ");
+  assertEquals(task[0], "deno");
+  const r = await new Deno.Command(Deno.execPath(), {
+    args: task.slice(1).map((a) => a === "dist/qcow2.mjs" ? out : a),
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  assert(r.success, new TextDecoder().decode(r.stderr));
+  const text = await Deno.readTextFile(out);
+  assert(/from "node:zlib"/.test(text), "node:zlib should stay an import");
+  assert(!/\bDeno\./.test(text), "the bundle should not touch Deno.*");
+  return out;
+}
+
+/** Converts the fixtures with `exe` running `convert.mjs` on `mod`. */
+async function convertFixtures(
+  t: Deno.TestContext,
+  exe: string,
+  mod: string,
+  dir: string,
+  zstd: boolean,
+) {
+  const run = async (mode: "handle" | "path", name: string) => {
+    const r = await exec(exe, [SCRIPT, mod, mode, fixture(name), `${dir}/out`]);
+    if (!r) throw new Error(`${exe} is not installed`);
+    return { code: r.code, result: JSON.parse(r.stdout || "null"), r };
+  };
+  for (const name of ["v3_64k.qcow2", "zlib.qcow2", "odd_size_zlib.qcow2"]) {
+    await t.step(`${name} through FileHandles`, async () => {
+      const { code, result, r } = await run("handle", name);
+      assertEquals(code, 0, r.stdout + r.stderr);
+      assertEquals(result.file, expected[name].sha256);
+      assertEquals(result.stream, expected[name].sha256);
+      assertEquals(result.virtualSize, expected[name].virtualSize);
+    });
+  }
+  await t.step("a backing chain opened by path (openPath)", async () => {
+    const { code, result, r } = await run("path", "layouts/chain_top.qcow2");
+    assertEquals(code, 0, r.stdout + r.stderr);
+    assertEquals(result.file, layouts["chain_top.qcow2"].sha256);
+    assertEquals(result.stream, layouts["chain_top.qcow2"].sha256);
+  });
+  await t.step(
+    `zstd.qcow2 (node:zlib ${zstd ? "has" : "lacks"} zstd here)`,
+    async () => {
+      const { code, result, r } = await run("handle", "zstd.qcow2");
+      if (zstd) {
+        assertEquals(code, 0, r.stdout + r.stderr);
+        assertEquals(result.file, expected["zstd.qcow2"].sha256);
+      } else {
+        assertEquals(code, 1, r.stdout + r.stderr);
+        assertEquals(result.error.qcow2Error, true);
+        assertEquals(result.error.code, "UNSUPPORTED_COMPRESSION");
+        assert(/zstd/.test(result.error.message), result.error.message);
+      }
+    },
+  );
+}
+
+Deno.test({
+  name: "node: the bundled library converts fixtures under Node.js",
+  ignore: SKIP_NODE,
+  fn: async (t) => {
+    const node = await probe("node");
+    if (!node) throw new Error(NO_NODE);
+    // Deno's `node` shim has `Deno`; the real Node.js has not.
+    if (node.deno !== "undefined") {
+      throw new Error(`${NO_NODE} (found Deno's shim)`);
+    }
+    const dir = await tempDir();
+    try {
+      await t.step(`Node.js ${node.node}`, async (t) => {
+        await convertFixtures(t, "node", await bundle(dir), dir, node.zstd);
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+const BUN = Deno.env.get("QCOW2_BUN") ?? "bun";
+const bun = await probe(BUN).catch(() => undefined);
+
+Deno.test({
+  name: "bun: the bundled library and mod.ts itself convert fixtures under Bun",
+  ignore: bun?.bun !== "object",
+  fn: async (t) => {
+    const dir = await tempDir();
+    try {
+      await t.step(`Bun ${bun!.version}: the bundle`, async (t) => {
+        await convertFixtures(t, BUN, await bundle(dir), dir, bun!.zstd);
+      });
+      // Bun runs TypeScript, so the published sources run as they are.
+      await t.step(`Bun ${bun!.version}: mod.ts`, async (t) => {
+        await convertFixtures(t, BUN, MOD, dir, bun!.zstd);
+      });
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
