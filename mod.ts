@@ -55,8 +55,6 @@ import { fileSink, type RawSink, streamSink } from "./src/sink.ts";
 import { nodeCodecs } from "./native/zlib.ts";
 import { openDenoFile } from "./native/deno_file.ts";
 import { importNode } from "./native/node_builtin.ts";
-import { workerCodecs } from "./native/worker_codecs.ts";
-import type { Codecs } from "./src/codecs.ts";
 
 export {
   Qcow2Error,
@@ -201,26 +199,10 @@ interface Closable {
 }
 
 /**
- * The decompressors for an image `openImage` opens by path: in Deno, a pool
- * of workers (one per core) that stops when the image is closed; elsewhere
- * `node:zlib` on the calling thread.
- */
-function pathCodecs(): Codecs & { close?(): void } {
-  const threads = typeof navigator === "object"
-    ? navigator.hardwareConcurrency ?? 1
-    : 1;
-  return typeof Deno !== "undefined" && typeof Worker === "function" &&
-      threads > 1
-    ? workerCodecs()
-    : nodeCodecs;
-}
-
-/**
  * Opens a qcow2 (or legacy qcow) image for random-access reads of guest
  * bytes, through its backing chain. Compressed clusters use `node:zlib`
- * (zlib and zstd) unless `options.codecs` says otherwise; for an image given
- * by path in Deno, on a pool of worker threads (one per core), started on
- * the first compressed cluster and stopped by `close()`.
+ * (zlib and zstd) on the calling thread unless `options.codecs` says
+ * otherwise ({@linkcode workerCodecs} spreads them over worker threads).
  *
  * Given a path, it opens the file and, unless `options.openFile` says
  * otherwise, the backing and data files it names with
@@ -256,24 +238,21 @@ export async function openImage(
     return openDisk(await toByteSource(input), { ...options, codecs });
   }
   const file = await openPath(input);
-  const pool: Codecs & { close?(): void } = options.codecs ?? pathCodecs();
   try {
     const image = await openDisk(file, {
       openFile: openPath,
       path: input,
       ...options,
-      codecs: pool,
+      codecs,
     });
     const closeLayers = image.close.bind(image);
     image.close = () => {
       closeLayers();
       file.close!();
-      if (pool !== options.codecs) pool.close?.();
     };
     return image;
   } catch (e) {
     file.close!();
-    if (pool !== options.codecs) pool.close?.();
     throw e;
   }
 }

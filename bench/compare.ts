@@ -1,55 +1,58 @@
 /**
  * Whole-process comparison of `cli.ts convert` with `qemu-img convert -O raw`
- * on a generated image of realistic mixed content.
+ * on the inputs of issue 4, generated here:
+ *
+ * | input | how it is made |
+ * |---|---|
+ * | `ext4` | a 3 GiB ext4 file system (`mkfs.ext4 -d`) holding about 0.8 GiB of files copied from `/usr`, as an uncompressed qcow2 |
+ * | `ext4-zlib` | the same, `qemu-img convert -c` |
+ * | `ext4-zstd` | the same, `-c -o compression_type=zstd` |
+ * | `random` | 1 GiB of pseudo-random data, uncompressed |
+ * | `sparse-1t` | 1 TiB virtual, 64 MiB written in 1 MiB pieces 16 GiB apart (`qemu-io`) |
  *
  * ```sh
- * deno run -A bench/compare.ts [--size-gib N] [--runs N] [--dir DIR] [--keep]
+ * deno run -A bench/compare.ts [--runs N] [--only NAME,...] [--dir DIR] [--keep]
  * ```
  *
- * It writes a raw disk (default 1 GiB) with a deterministic generator, turns
- * it into a plain qcow2 and a zlib-compressed qcow2 with `qemu-img convert`,
- * marks some zero runs as qcow2 zero clusters with `qemu-io`, then for each
- * input alternates our converter and qemu-img (one warm-up each, then
- * `--runs` pairs), timing each child process and taking its peak RSS from
- * `/usr/bin/time`. The warm-up outputs are checked byte for byte against
- * the generated raw disk (SHA-256), and their allocated blocks reported.
+ * For each input it alternates our converter and qemu-img (one warm-up
+ * pair, then `--runs` pairs), removing the output and running `sync` before
+ * each run, outside the timed part; it times each child process and takes
+ * its peak RSS from `/usr/bin/time`. The warm-up outputs are checked byte for
+ * byte (SHA-256) against each other and against the source, and their
+ * allocated blocks compared. It prints a Markdown table of medians, the
+ * median of the per-pair ratios ours/qemu-img, and peak RSS.
  *
  * @module
  */
 
 import { createHash } from "node:crypto";
 import { parseArgs } from "@std/cli/parse-args";
-import { type ExtentKind, openImage } from "../mod.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
-const CLUSTER = 64 * KiB;
 
 const flags = parseArgs(Deno.args, {
-  string: ["size-gib", "runs", "dir"],
+  string: ["runs", "dir", "only"],
   boolean: ["keep", "help"],
   alias: { h: "help" },
-  default: { "size-gib": "1", runs: "5" },
+  default: { runs: "5" },
 });
 if (flags.help) {
   console.log(
-    "Usage: deno run -A bench/compare.ts [--size-gib N] [--runs N] [--dir DIR] [--keep]",
+    "Usage: deno run -A bench/compare.ts [--runs N] [--only ext4,ext4-zlib,ext4-zstd,random,sparse-1t] [--dir DIR] [--keep]",
   );
   Deno.exit(0);
 }
-const sizeGiB = Number(flags["size-gib"]);
 const runs = Number(flags.runs);
-if (!(sizeGiB > 0) || !Number.isInteger(runs) || runs < 1) {
-  console.error("--size-gib must be > 0 and --runs an integer >= 1");
+if (!Number.isInteger(runs) || runs < 1) {
+  console.error("--runs must be an integer >= 1");
   Deno.exit(2);
 }
-const size = Math.round(sizeGiB * GiB / CLUSTER) * CLUSTER;
+const only = flags.only?.split(",");
 const cliPath = new URL("../cli.ts", import.meta.url).pathname;
 const repoRoot = new URL("..", import.meta.url).pathname;
 const timeBin = await exists("/usr/bin/time") ? "/usr/bin/time" : undefined;
-
-// ------------------------------------------------------------ environment
 
 console.log(`date:     ${new Date().toISOString()}`);
 console.log(`deno:     ${await firstLine(Deno.execPath(), ["--version"])}`);
@@ -58,366 +61,301 @@ console.log(
   `cpu:      ${await cpuModel()}, ${navigator.hardwareConcurrency} cores`,
 );
 console.log(
-  `image:    ${
-    formatMiB(size)
-  } MiB virtual, 64 KiB clusters; ${runs} pairs per input after 1 warm-up pair; peak RSS ${
+  `runs:     ${runs} pairs per input after 1 warm-up pair; peak RSS ${
     timeBin ? "from /usr/bin/time -f %M" : "not measured (no /usr/bin/time)"
   }`,
 );
 
-/** The temporary directory; made at the end of this file, once every class and constant is initialized. */
+/** The temporary directory; made at the end of this file. */
 let dir = "";
 
+/** One input: its qcow2 file and the SHA-256 its raw form must have. */
+interface Input {
+  name: string;
+  path: string;
+  /** SHA-256 of the raw form, or "" for the 1 TiB image (checked by parts). */
+  digest: string;
+  virtualSize: number;
+}
+
+/** The 1 TiB input's writes: 1 MiB of byte `i + 1` at `i` * 16 GiB. */
+const SPARSE_WRITES = 64;
+
 async function main(): Promise<void> {
-  // ----------------------------------------------------------- the input
-  const raw = `${dir}/source.raw`;
-  let began = performance.now();
-  const { digest: sourceDigest, zeroRuns, share } = await generateRaw(
-    raw,
-    size,
-  );
-  console.log(
-    `generated ${raw} in ${secs(began)} s: ${
-      Object.entries(share).map(([k, v]) =>
-        `${k} ${(v / size * 100).toFixed(1)}%`
-      )
-        .join(", ")
-    }`,
-  );
+  const inputs: Input[] = [];
+  const want = (name: string) => !only || only.includes(name);
 
-  const inputs = [
-    { name: "plain", path: `${dir}/plain.qcow2`, args: [] as string[] },
-    { name: "zlib", path: `${dir}/zlib.qcow2`, args: ["-c"] },
-  ];
-  for (const input of inputs) {
-    began = performance.now();
-    await run("qemu-img", [
-      "convert",
-      "-f",
-      "raw",
-      "-O",
-      "qcow2",
-      ...input.args,
-      raw,
-      input.path,
-    ]);
-    await markZeroClusters(input.path, zeroRuns);
-    const mix = await composition(input.path);
-    const fileSize = (await Deno.stat(input.path)).size;
+  if (want("ext4") || want("ext4-zlib") || want("ext4-zstd")) {
+    const raw = `${dir}/ext4.raw`;
+    let began = performance.now();
+    const copied = await makeExt4(raw, 3 * GiB, 800 * MiB);
+    const digest = await sha256File(raw);
     console.log(
-      `made ${input.name}.qcow2 in ${secs(began)} s: ${
-        formatMiB(fileSize)
-      } MiB file; ${
-        Object.entries(mix).map(([k, v]) => `${k} ${formatMiB(v)} MiB`).join(
-          ", ",
-        )
-      }`,
+      `made ext4.raw in ${secs(began)} s: ${copied.files} files, ${
+        formatMiB(copied.bytes)
+      } MiB of file data, ${formatMiB(await allocated(raw))} MiB allocated`,
     );
-  }
-  if (!flags.keep) await Deno.remove(raw);
-
-  // ---------------------------------------------------------- the runs
-  const rows: string[][] = [];
-  for (const input of inputs) {
-    const ours = `${dir}/out-ours.raw`;
-    const theirs = `${dir}/out-qemu.raw`;
-    const oursCmd = [
-      Deno.execPath(),
-      "run",
-      `--allow-read=${input.path}`,
-      `--allow-write=${ours}`,
-      cliPath,
-      "convert",
-      input.path,
-      ours,
-    ];
-    const qemuCmd = [
-      "qemu-img",
-      "convert",
-      "-f",
-      "qcow2",
-      "-O",
-      "raw",
-      input.path,
-      theirs,
-    ];
-
-    // Warm-up pair; its outputs are the ones verified.
-    await timed(oursCmd, ours);
-    await timed(qemuCmd, theirs);
-    const [dOurs, dQemu] = [await sha256File(ours), await sha256File(theirs)];
-    const identical = dOurs === dQemu && dOurs === sourceDigest;
-    const allocOurs = await allocated(ours);
-    const allocQemu = await allocated(theirs);
-    const lenOk = (await Deno.stat(ours)).size === size &&
-      (await Deno.stat(theirs)).size === size;
-    if (!identical || !lenOk) {
+    for (
+      const [name, args] of [
+        ["ext4", []],
+        ["ext4-zlib", ["-c"]],
+        ["ext4-zstd", ["-c", "-o", "compression_type=zstd"]],
+      ] as [string, string[]][]
+    ) {
+      if (!want(name)) continue;
+      began = performance.now();
+      const path = `${dir}/${name}.qcow2`;
+      await run("qemu-img", [
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "qcow2",
+        ...args,
+        raw,
+        path,
+      ]);
       console.log(
-        `${input.name}: OUTPUTS DIFFER: ours ${dOurs}, qemu-img ${dQemu}, source ${sourceDigest}`,
+        `made ${name}.qcow2 in ${secs(began)} s: ${
+          formatMiB((await Deno.stat(path)).size)
+        } MiB file`,
       );
+      inputs.push({ name, path, digest, virtualSize: 3 * GiB });
     }
-
-    const tOurs: number[] = [];
-    const tQemu: number[] = [];
-    const rssOurs: number[] = [];
-    const rssQemu: number[] = [];
-    for (let i = 0; i < runs; i++) {
-      const a = await timed(oursCmd, ours);
-      const b = await timed(qemuCmd, theirs);
-      tOurs.push(a.seconds);
-      tQemu.push(b.seconds);
-      if (a.rssKiB !== undefined) rssOurs.push(a.rssKiB);
-      if (b.rssKiB !== undefined) rssQemu.push(b.rssKiB);
-    }
-    await Deno.remove(ours).catch(() => {});
-    await Deno.remove(theirs).catch(() => {});
-    const ratios = tOurs.map((t, i) => t / tQemu[i]);
-    console.log(
-      `${input.name}: ours     ${tOurs.map((t) => t.toFixed(2)).join(" ")} s`,
-    );
-    console.log(
-      `${input.name}: qemu-img ${tQemu.map((t) => t.toFixed(2)).join(" ")} s`,
-    );
-    const rss = (xs: number[]) =>
-      xs.length ? (Math.max(...xs) / KiB).toFixed(0) : "n/a";
-    rows.push([
-      `${input.name}.qcow2`,
-      median(tOurs).toFixed(2),
-      median(tQemu).toFixed(2),
-      median(ratios).toFixed(2),
-      `${rss(rssOurs)} / ${rss(rssQemu)}`,
-      `${formatMiB(allocOurs)} / ${formatMiB(allocQemu)}`,
-      identical && lenOk ? "yes" : "NO",
-    ]);
+    if (!flags.keep) await Deno.remove(raw);
   }
 
+  if (want("random")) {
+    const raw = `${dir}/random.raw`;
+    const path = `${dir}/random.qcow2`;
+    const began = performance.now();
+    const digest = await makeRandom(raw, 1 * GiB);
+    await run("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, path]);
+    if (!flags.keep) await Deno.remove(raw);
+    console.log(`made random.qcow2 in ${secs(began)} s`);
+    inputs.push({ name: "random", path, digest, virtualSize: 1 * GiB });
+  }
+
+  if (want("sparse-1t")) {
+    const path = `${dir}/sparse-1t.qcow2`;
+    const began = performance.now();
+    await run("qemu-img", ["create", "-q", "-f", "qcow2", path, "1T"]);
+    const commands: string[] = [];
+    for (let i = 0; i < SPARSE_WRITES; i++) {
+      commands.push("-c", `write -q -P ${i + 1} ${i * 16}G 1M`);
+    }
+    await run("qemu-io", ["-f", "qcow2", ...commands, path]);
+    console.log(`made sparse-1t.qcow2 in ${secs(began)} s`);
+    // Hashing 1 TiB of holes would take hours: its raw form is checked by
+    // its written parts and its allocated size instead.
+    inputs.push({
+      name: "sparse-1t",
+      path,
+      digest: "",
+      virtualSize: 1024 * GiB,
+    });
+  }
+
+  const rows: string[][] = [];
+  for (const input of inputs) rows.push(await compare(input));
   console.log();
   printTable([
     "input",
     "ours s (median)",
     "qemu-img s (median)",
-    "ours/qemu (median of pairs)",
-    "peak RSS MiB ours / qemu",
-    "allocated MiB ours / qemu",
+    "ours/qemu-img (median of pairs)",
+    "peak RSS MiB ours / qemu-img",
+    "allocated MiB ours / qemu-img",
     "identical",
   ], rows);
 }
 
-// ---------------------------------------------------------- generation
-
-/** A small deterministic generator for layout decisions (xorshift32). */
-class Rng {
-  #s: number;
-  constructor(seed: number) {
-    this.#s = seed >>> 0 || 1;
-  }
-  next(): number {
-    let s = this.#s;
-    s ^= s << 13;
-    s ^= s >>> 17;
-    s ^= s << 5;
-    this.#s = s >>> 0;
-    return this.#s;
-  }
-  /** Uniform in [0, 1). */
-  float(): number {
-    return this.next() / 2 ** 32;
-  }
-}
-
-type SegmentKind = "random" | "text" | "mixed" | "zero" | "hole";
-/** Share of segments of each kind; lengths do not depend on kind. */
-const WEIGHTS: [SegmentKind, number][] = [
-  ["random", 0.58], // compressed media, binaries, encrypted data
-  ["text", 0.14], // logs, source, configuration: compressible
-  ["mixed", 0.06], // 4 KiB blocks, half random and half zero
-  ["zero", 0.08], // zeros written out (allocated in the raw file)
-  ["hole", 0.14], // never written (a hole in the raw file)
-];
-
-/** 4 MiB of text-like bytes that segments of kind "text" copy from. */
-function textPool(): Uint8Array {
-  const rng = new Rng(12345);
-  const syllables = [
-    "ka",
-    "ne",
-    "ri",
-    "to",
-    "su",
-    "ma",
-    "lo",
-    "de",
-    "vi",
-    "an",
-    "or",
-    "el",
-    "qu",
-    "ix",
-    "em",
-    "ba",
-    "ru",
-    "ti",
-    "so",
-    "ge",
-    "pa",
-    "zu",
-    "li",
-    "mo",
+/** Times both tools on one input; returns its table row. */
+async function compare(input: Input): Promise<string[]> {
+  const ours = `${dir}/out-ours.raw`;
+  const theirs = `${dir}/out-qemu.raw`;
+  const oursCmd = [
+    Deno.execPath(),
+    "run",
+    `--allow-read=${input.path}`,
+    `--allow-write=${ours}`,
+    cliPath,
+    "convert",
+    input.path,
+    ours,
   ];
-  const vocabulary: string[] = [];
-  for (let i = 0; i < 2000; i++) {
-    let w = "";
-    const n = 1 + (rng.next() % 4);
-    for (let j = 0; j < n; j++) w += syllables[rng.next() % syllables.length];
-    vocabulary.push(w);
+  const qemuCmd = [
+    "qemu-img",
+    "convert",
+    "-f",
+    "qcow2",
+    "-O",
+    "raw",
+    input.path,
+    theirs,
+  ];
+
+  // Warm-up pair; its outputs are the ones verified.
+  await timed(oursCmd, ours);
+  await timed(qemuCmd, theirs);
+  const [dOurs, dQemu] = input.digest === ""
+    ? [await checkSparse(ours), await checkSparse(theirs)]
+    : [await sha256File(ours), await sha256File(theirs)];
+  const lengths = [
+    (await Deno.stat(ours)).size,
+    (await Deno.stat(theirs)).size,
+  ];
+  const identical = dOurs === dQemu &&
+    dOurs === (input.digest || "written parts and holes as expected") &&
+    lengths.every((n) => n === input.virtualSize);
+  if (!identical) {
+    console.log(
+      `${input.name}: OUTPUTS DIFFER: ours ${dOurs}, qemu-img ${dQemu}, source ${input.digest}, lengths ${lengths}`,
+    );
   }
-  const enc = new TextEncoder();
-  const out = new Uint8Array(4 * MiB);
-  let p = 0;
-  let line = 0;
-  while (p < out.length) {
-    let s = `${String(line++).padStart(7, "0")} [${
-      ["INFO", "WARN", "DEBUG", "ERROR"][rng.next() % 4]
-    }] `;
-    const words = 4 + (rng.next() % 12);
-    for (let i = 0; i < words; i++) {
-      // Zipf-like: low indexes are much more common.
-      const r = rng.float();
-      s += vocabulary[Math.floor(r * r * r * vocabulary.length)] + " ";
-      if (rng.next() % 9 === 0) s += `${rng.next() % 65536} `;
-    }
-    const bytes = enc.encode(s + "\n");
-    out.set(bytes.subarray(0, out.length - p), p);
-    p += bytes.length;
+  const allocOurs = await allocated(ours);
+  const allocQemu = await allocated(theirs);
+
+  const tOurs: number[] = [];
+  const tQemu: number[] = [];
+  const rssOurs: number[] = [];
+  const rssQemu: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const a = await timed(oursCmd, ours);
+    const b = await timed(qemuCmd, theirs);
+    tOurs.push(a.seconds);
+    tQemu.push(b.seconds);
+    if (a.rssKiB !== undefined) rssOurs.push(a.rssKiB);
+    if (b.rssKiB !== undefined) rssQemu.push(b.rssKiB);
   }
-  return out;
+  await Deno.remove(ours).catch(() => {});
+  await Deno.remove(theirs).catch(() => {});
+  const ratios = tOurs.map((t, i) => t / tQemu[i]);
+  console.log(
+    `${input.name}: ours     ${tOurs.map((t) => t.toFixed(2)).join(" ")} s`,
+  );
+  console.log(
+    `${input.name}: qemu-img ${tQemu.map((t) => t.toFixed(2)).join(" ")} s`,
+  );
+  const rss = (xs: number[]) =>
+    xs.length ? (Math.max(...xs) / KiB).toFixed(0) : "n/a";
+  return [
+    input.name,
+    median(tOurs).toFixed(2),
+    median(tQemu).toFixed(2),
+    median(ratios).toFixed(2),
+    `${rss(rssOurs)} / ${rss(rssQemu)}`,
+    `${formatMiB(allocOurs)} / ${formatMiB(allocQemu)}`,
+    identical ? "yes" : "NO",
+  ];
 }
 
 /**
- * Writes the raw disk of `total` bytes: segments of 4 KiB to 4 MiB
- * (log-uniform) of each kind in turn. Returns its SHA-256, the zero
- * segments (for zero clusters later), and bytes per kind.
+ * Checks the raw form of the 1 TiB input without reading its holes: each
+ * written MiB holds its byte, and nothing else is allocated.
  */
-async function generateRaw(path: string, total: number) {
-  const rng = new Rng(0x5eed);
-  const pool = textPool();
-  const hash = createHash("sha256");
-  const maxSegment = 4 * MiB;
-  const buffer = new Uint8Array(maxSegment);
-  const words = new Uint32Array(buffer.buffer);
-  const zeros = new Uint8Array(maxSegment);
-  let s = 0x9e3779b9; // state of the data generator (xorshift32)
-  const fillRandom = (from: number, to: number) => {
-    // Whole 32-bit words: from and to are multiples of 4 KiB.
-    for (let i = from >>> 2, end = to >>> 2; i < end; i++) {
-      s ^= s << 13;
-      s ^= s >>> 17;
-      s ^= s << 5;
-      words[i] = s;
+async function checkSparse(path: string): Promise<string> {
+  using file = await Deno.open(path);
+  const buffer = new Uint8Array(MiB);
+  for (let i = 0; i < SPARSE_WRITES; i++) {
+    await file.seek(i * 16 * GiB, Deno.SeekMode.Start);
+    let n = 0;
+    while (n < buffer.length) {
+      const got = await file.read(buffer.subarray(n));
+      if (got === null) break;
+      n += got;
+    }
+    if (n !== MiB || buffer.some((b) => b !== i + 1)) {
+      return `wrong bytes at ${i * 16} GiB`;
+    }
+  }
+  const extra = await allocated(path) - SPARSE_WRITES * MiB;
+  return extra > MiB
+    ? `${formatMiB(extra)} MiB allocated beyond the writes`
+    : "written parts and holes as expected";
+}
+
+// ---------------------------------------------------------- generation
+
+/**
+ * Makes an ext4 image of `size` bytes holding up to `limit` bytes of files
+ * copied from /usr (in sorted order, files of at most 16 MiB), with
+ * `mkfs.ext4 -d`. Returns what was copied.
+ */
+async function makeExt4(
+  path: string,
+  size: number,
+  limit: number,
+): Promise<{ files: number; bytes: number }> {
+  const stage = `${dir}/stage`;
+  let bytes = 0;
+  let files = 0;
+  const walk = async (from: string): Promise<void> => {
+    const entries: Deno.DirEntry[] = [];
+    try {
+      for await (const e of Deno.readDir(from)) entries.push(e);
+    } catch {
+      return; // unreadable directory
+    }
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const e of entries) {
+      if (bytes >= limit) return;
+      const src = `${from}/${e.name}`;
+      if (e.isDirectory) await walk(src);
+      else if (e.isFile) {
+        const { size } = await Deno.stat(src);
+        if (size > 16 * MiB || bytes + size > limit) continue;
+        const dst = `${stage}${src}`;
+        await Deno.mkdir(dst.slice(0, dst.lastIndexOf("/")), {
+          recursive: true,
+        });
+        try {
+          await Deno.copyFile(src, dst);
+        } catch {
+          continue; // unreadable file
+        }
+        bytes += size;
+        files++;
+      }
     }
   };
-  const share: Record<SegmentKind, number> = {
-    random: 0,
-    text: 0,
-    mixed: 0,
-    zero: 0,
-    hole: 0,
-  };
-  const zeroRuns: [number, number][] = [];
+  for (const root of ["/usr/share", "/usr/lib", "/usr/bin"]) await walk(root);
+  await run("mkfs.ext4", [
+    "-q",
+    "-F",
+    "-b",
+    "4096",
+    "-d",
+    stage,
+    path,
+    String(size / KiB) + "k",
+  ]);
+  await Deno.remove(stage, { recursive: true });
+  return { files, bytes };
+}
+
+/** Writes `size` bytes of xorshift output to `path`; returns the SHA-256. */
+async function makeRandom(path: string, size: number): Promise<string> {
+  const hash = createHash("sha256");
+  const buffer = new Uint8Array(4 * MiB);
+  const words = new Uint32Array(buffer.buffer);
+  let s = 0x9e3779b9;
   using file = await Deno.open(path, {
     write: true,
     create: true,
     truncate: true,
   });
-  let pos = 0;
-  while (pos < total) {
-    const blocks = Math.floor(
-      Math.exp(rng.float() * Math.log(maxSegment / (4 * KiB))),
-    );
-    const length = Math.min(total - pos, blocks * 4 * KiB);
-    let r = rng.float();
-    let kind: SegmentKind = "random";
-    for (const [k, w] of WEIGHTS) {
-      if ((r -= w) < 0) {
-        kind = k;
-        break;
-      }
+  for (let done = 0; done < size; done += buffer.length) {
+    for (let i = 0; i < words.length; i++) {
+      s ^= s << 13;
+      s ^= s >>> 17;
+      s ^= s << 5;
+      words[i] = s;
     }
-    share[kind] += length;
-    const data = buffer.subarray(0, length);
-    if (kind === "hole" || kind === "zero") {
-      hash.update(zeros.subarray(0, length));
-      if (kind === "zero") {
-        zeroRuns.push([pos, length]);
-        await file.seek(pos, Deno.SeekMode.Start);
-        await writeAll(file, zeros.subarray(0, length));
-      }
-    } else {
-      if (kind === "random") fillRandom(0, length);
-      else if (kind === "text") {
-        let from = rng.next() % (pool.length - length + 1);
-        from -= from % 4096;
-        data.set(pool.subarray(from, from + length));
-        // Stamp each 4 KiB block so no two blocks are equal.
-        for (let b = 0; b < length; b += 4096) {
-          data.set(new TextEncoder().encode(`@${pos + b}@`), b);
-        }
-      } else {
-        for (let b = 0; b < length; b += 4096) {
-          if (rng.next() & 1) fillRandom(b, b + 4096);
-          else data.fill(0, b, b + 4096);
-        }
-      }
-      hash.update(data);
-      await file.seek(pos, Deno.SeekMode.Start);
-      await writeAll(file, data);
-    }
-    pos += length;
+    hash.update(buffer);
+    await writeAll(file, buffer);
   }
-  await file.truncate(total);
-  return { digest: hash.digest("hex"), zeroRuns, share };
-}
-
-/**
- * Turns the cluster-aligned interior of each zero segment into qcow2 zero
- * clusters with qemu-io: alternately plain (`write -z` on an unallocated
- * range) and allocated (data written first, then `write -z` without unmap).
- * The guest content stays zeros.
- */
-async function markZeroClusters(
-  path: string,
-  zeroRuns: [number, number][],
-): Promise<void> {
-  const commands: string[] = [];
-  zeroRuns.forEach(([start, length], i) => {
-    const from = Math.ceil(start / CLUSTER) * CLUSTER;
-    const to = Math.floor((start + length) / CLUSTER) * CLUSTER;
-    if (to <= from) return;
-    if (i % 2 === 1) {
-      commands.push("-c", `write -q -P 0x55 ${from} ${to - from}`);
-    }
-    commands.push("-c", `write -q -z ${from} ${to - from}`);
-  });
-  // qemu-io takes many -c; split to stay far below any argument limit.
-  for (let i = 0; i < commands.length; i += 400) {
-    await run("qemu-io", ["-f", "qcow2", ...commands.slice(i, i + 400), path]);
-  }
-}
-
-/** Bytes of each extent kind, as this library sees the image. */
-async function composition(
-  path: string,
-): Promise<Partial<Record<ExtentKind, number>>> {
-  const image = await openImage(path);
-  const out: Partial<Record<ExtentKind, number>> = {};
-  try {
-    for await (const e of image.extents()) {
-      out[e.kind] = (out[e.kind] ?? 0) + e.length;
-    }
-  } finally {
-    image.close();
-  }
-  return out;
+  return hash.digest("hex");
 }
 
 // ------------------------------------------------------------- running

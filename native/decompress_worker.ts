@@ -11,6 +11,11 @@
  * @module
  */
 
+import type {
+  ClusterDecompressor,
+  clusterDecompressor,
+} from "./zlib_handle.ts";
+
 /** The shared memory of one batch slot. */
 export interface Arena {
   /** Compressed clusters, one after another. */
@@ -43,109 +48,13 @@ export interface WorkerReply {
   results: (number | string)[];
 }
 
-/** The worker's whole program. It must not refer to anything outside. */
-export function workerMain(): void {
-  type Zlib = {
-    inflateRawSync(input: Uint8Array, options: object): Uint8Array;
-    zstdDecompressSync?(input: Uint8Array, options: object): Uint8Array;
-    createInflateRaw(): unknown;
-    createZstdDecompress?(): unknown;
-    constants: { Z_FINISH: number; ZSTD_e_end: number };
-  };
-  type Handle = {
-    writeSync(
-      flush: number,
-      input: Uint8Array,
-      inOffset: number,
-      inLength: number,
-      output: Uint8Array,
-      outOffset: number,
-      outLength: number,
-    ): void;
-    reset(): void;
-    onerror: (message: string) => void;
-  };
-  type Stream = { _handle?: Handle; _writeState?: Uint32Array };
-
-  /**
-   * A reusable decompression handle: `node:zlib`'s binding under its stream
-   * classes, driven as its synchronous one-shot functions drive it. Making
-   * a stream per cluster costs more than a reused handle (measured: 12% of
-   * a 64 KiB cluster's time). Where the binding is missing or misbehaves,
-   * the one-shot functions take over.
-   */
-  class Reusable {
-    #handle?: Handle;
-    #state?: Uint32Array;
-    #error?: string;
-    constructor(readonly make: () => Stream, readonly finish: number) {}
-
-    /** Decompresses into `out` (`length` + 1 bytes); the count, if known. */
-    run(input: Uint8Array, out: Uint8Array, length: number) {
-      try {
-        if (!this.#handle) {
-          const stream = this.make();
-          if (!stream._handle || !stream._writeState) return undefined;
-          this.#handle = stream._handle;
-          this.#state = stream._writeState;
-          this.#handle.onerror = (message) => this.#error = message;
-        }
-        this.#error = undefined;
-        this.#handle.writeSync(
-          this.finish,
-          input,
-          0,
-          input.length,
-          out,
-          0,
-          length + 1,
-        );
-        const produced = length + 1 - this.#state![0];
-        if (this.#error !== undefined) {
-          this.#handle = undefined;
-          return undefined;
-        }
-        this.#handle.reset();
-        return produced;
-      } catch {
-        this.#handle = undefined;
-        return undefined;
-      }
-    }
-  }
-
-  let zlib: Zlib;
-  let inflater: Reusable;
-  let zstd: Reusable | undefined;
+/**
+ * The worker's whole program, given {@linkcode clusterDecompressor} (as
+ * source text, like itself). It must not refer to anything outside.
+ */
+export function workerMain(makeDecompressor: typeof clusterDecompressor): void {
+  let decompress: ClusterDecompressor;
   let arenas: { input: Uint8Array; output: Uint8Array }[] = [];
-
-  /** Decompresses one cluster into `out`; returns the count produced. */
-  const decompress = (
-    type: "zlib" | "zstd",
-    input: Uint8Array,
-    out: Uint8Array,
-    clusterSize: number,
-  ): number => {
-    if (type === "zstd" && !zstd) {
-      throw new Error("this runtime's node:zlib has no zstd");
-    }
-    const fast = (type === "zlib" ? inflater : zstd!).run(
-      input,
-      out,
-      clusterSize,
-    );
-    if (fast !== undefined) return fast;
-    // The one-shot functions: slower, and their errors say what is wrong.
-    const options = {
-      maxOutputLength: clusterSize,
-      chunkSize: Math.max(clusterSize, 64),
-    };
-    const result = type === "zlib"
-      ? zlib.inflateRawSync(input, options)
-      : zlib.zstdDecompressSync!(input, options);
-    out.set(result.subarray(0, clusterSize + 1));
-    return result.length;
-  };
 
   const scope = globalThis as unknown as {
     onmessage: ((event: MessageEvent<WorkerRequest>) => void) | null;
@@ -156,17 +65,7 @@ export function workerMain(): void {
     // Built at run time: a node: specifier in the module graph would start
     // Node compatibility in the main thread too (see node_builtin.ts).
     const name = "zlib";
-    zlib = await import(`node:${name}`);
-    inflater = new Reusable(
-      () => zlib.createInflateRaw() as Stream,
-      zlib.constants.Z_FINISH,
-    );
-    if (typeof zlib.createZstdDecompress === "function") {
-      zstd = new Reusable(
-        () => zlib.createZstdDecompress!() as Stream,
-        zlib.constants.ZSTD_e_end,
-      );
-    }
+    decompress = makeDecompressor(await import(`node:${name}`));
   };
 
   scope.onmessage = async ({ data }) => {

@@ -19,17 +19,3 @@
 export function importNode<T>(name: string): Promise<T> {
   return import(`node:${name}`);
 }
-
-/** The parts of `node:zlib` this package uses. */
-export interface NodeZlib {
-  /** One-shot raw inflate. */
-  inflateRawSync(
-    input: Uint8Array,
-    options: { maxOutputLength: number; chunkSize: number },
-  ): Uint8Array;
-  /** One-shot zstd decompression (Deno 2.4+, Node 22.15+). */
-  zstdDecompressSync?(
-    input: Uint8Array,
-    options: { maxOutputLength: number; chunkSize: number },
-  ): Uint8Array;
-}

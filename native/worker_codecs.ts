@@ -9,6 +9,12 @@
  * Workers start on the first compressed cluster (an image without any costs
  * nothing) and stop after a moment idle, or at `close()`.
  *
+ * It is not the default: on the 2-core machine this project is measured on,
+ * converting a 3 GiB ext4 image took the same time with two workers as with
+ * `node:zlib` on the main thread (about 1.8 s zlib, 1.5 s zstd), and 50 MiB
+ * more memory, since the main thread's reading and writing was the limit.
+ * Machines with more cores may gain; pass it as `codecs` to `openImage`.
+ *
  * @module
  */
 
@@ -22,6 +28,8 @@ import {
   type WorkerReply,
   type WorkerRequest,
 } from "./decompress_worker.ts";
+import { nodeCodecs } from "./zlib.ts";
+import { clusterDecompressor } from "./zlib_handle.ts";
 
 /** Options for {@linkcode workerCodecs}. */
 export interface WorkerCodecsOptions {
@@ -29,6 +37,11 @@ export interface WorkerCodecsOptions {
   workers?: number;
   /** Milliseconds idle after which the workers stop (default 500). */
   idleMs?: number;
+  /**
+   * Where requests go if a worker cannot start or fails: the in-thread
+   * `node:zlib` codecs by default.
+   */
+  fallback?: Codecs;
 }
 
 /** Decompressors that run on worker threads, and a way to stop them. */
@@ -88,6 +101,9 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
     Math.min(8, options.workers ?? navigator.hardwareConcurrency ?? 2),
   );
   const idleMs = options.idleMs ?? 500;
+  const fallback = options.fallback ?? nodeCodecs;
+  /** Set once a worker failed: from then on, requests go to `fallback`. */
+  let broken = false;
   let slots: Slot[] = [];
   const inFlight = new Map<
     number,
@@ -123,18 +139,18 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
   const start = () => {
     // From a blob: URL, a worker needs no permission to read its script.
     script ??= URL.createObjectURL(
-      new Blob([`(${workerMain.toString()})();`], {
+      new Blob([`(${workerMain})(${clusterDecompressor});`], {
         type: "text/javascript",
       }),
     );
     for (let i = 0; i < size; i++) {
       const worker = new Worker(script, { type: "module" });
       const slot: Slot = { worker, arenas: [], free: [] };
-      layArenas(slot, ARENA_BYTES);
+      layArenas(slot, 64 * 1024); // QEMU's default cluster size
       worker.onmessage = ({ data }: MessageEvent<WorkerReply>) => answer(data);
       worker.onerror = (event) => {
         event.preventDefault();
-        stop(new Error(`decompression worker failed: ${event.message}`));
+        fallBack();
       };
       slots.push(slot);
     }
@@ -170,9 +186,13 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
         b.free.length > a.free.length ? b : a
       );
       if (slot.free.length === 0) return;
-      if (slot.arenas[0].output.length < outputBytes(batch.clusterSize)) {
-        // Clusters larger than the arenas (2 MiB): lay larger ones, once
-        // nothing is in flight on this worker.
+      const cs = batch.clusterSize;
+      if (
+        slot.arenas[0].output.length < outputBytes(cs) ||
+        slot.arenas[0].input.length < inputBytes(cs)
+      ) {
+        // Clusters larger than the arenas were laid for: lay larger ones,
+        // once nothing is in flight on this worker.
         if (slot.free.length < SLOTS) return;
         layArenas(slot, batch.clusterSize);
       }
@@ -223,6 +243,9 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
       new Promise<Uint8Array>((resolve, reject) => {
         // Bytes after a zstd frame make node:zlib fail: cut them here.
         if (type === "zstd") input = input.subarray(0, zstdFrameLength(input));
+        if (broken) {
+          return runFallback(type, maxOutput, { input, into, resolve, reject });
+        }
         const limit = inputBytes(maxOutput);
         if (input.length > 2 * maxOutput + 1024) {
           // No valid compressed cluster is that long: let the caller see it.
@@ -247,6 +270,37 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
         if (open.items.length >= capacity(maxOutput)) flush();
         else flushTimer ??= setTimeout(flush, 0);
       });
+
+  /** Runs one request on the fallback codecs. */
+  const runFallback = (type: "zlib" | "zstd", cs: number, item: Pending) => {
+    const codec = fallback[type];
+    if (!codec) {
+      return item.reject(new Error(`no ${type} decompressor to fall back on`));
+    }
+    codec(item.input, cs, item.into).then(item.resolve, item.reject);
+  };
+
+  /** After a worker failed: stops them all and reruns what was pending. */
+  const fallBack = () => {
+    broken = true;
+    clearTimeout(flushTimer);
+    flushTimer = undefined;
+    const batches = [
+      ...[...inFlight.values()].map((job) => job.batch),
+      ...ready,
+      ...(open ? [open] : []),
+    ];
+    inFlight.clear();
+    ready.length = 0;
+    open = undefined;
+    openBytes = 0;
+    stop();
+    for (const batch of batches) {
+      for (const item of batch.items) {
+        runFallback(batch.type, batch.clusterSize, item);
+      }
+    }
+  };
 
   /** Stops the workers, failing whatever is pending with `reason`. */
   const stop = (reason?: Error) => {

@@ -11,27 +11,44 @@
 
 import { type Codecs, zstdFrameLength } from "../src/codecs.ts";
 import { Qcow2Error } from "../src/errors.ts";
-import { importNode, type NodeZlib } from "./node_builtin.ts";
+import { importNode } from "./node_builtin.ts";
+import {
+  type ClusterDecompressor,
+  clusterDecompressor,
+  type ZlibModule,
+} from "./zlib_handle.ts";
 
-let loading: Promise<NodeZlib> | undefined;
-const load = () => loading ??= importNode<NodeZlib>("zlib");
+let loading: Promise<ClusterDecompressor> | undefined;
+const load = () =>
+  loading ??= importNode<ZlibModule>("zlib").then(clusterDecompressor);
 
-/**
- * Options for one cluster: at most `maxOutput` bytes, in one output chunk
- * (node:zlib's default 16 KiB chunks cost about 40% more on 64 KiB clusters).
- */
-const once = (maxOutput: number) => ({
-  maxOutputLength: maxOutput,
-  chunkSize: Math.max(maxOutput, 64),
-});
+/** Output space for one cluster and one byte more, reused. */
+let scratch = new Uint8Array(0);
+
+/** Decompresses one cluster on this thread, into `into` when given. */
+async function decompress(
+  type: "zlib" | "zstd",
+  input: Uint8Array,
+  maxOutput: number,
+  into?: Uint8Array,
+): Promise<Uint8Array> {
+  const run = await load();
+  if (scratch.length < maxOutput + 1) scratch = new Uint8Array(maxOutput + 1);
+  const n = run(type, input, scratch, maxOutput);
+  if (n === maxOutput && into?.length === maxOutput) {
+    into.set(scratch.subarray(0, n));
+    return into;
+  }
+  return scratch.slice(0, n); // the caller refuses a wrong length
+}
 
 /**
  * Decompressors backed by `node:zlib`: raw deflate everywhere, zstd where the
  * runtime's `node:zlib` has it (Deno 2.4+, Node 22.15+; elsewhere a zstd
  * image fails with `UNSUPPORTED_COMPRESSION`). zstd input is cut at the end
- * of its frame first, since trailing padding makes `node:zlib` fail. Both
- * run synchronously: in Deno the async variants decompress on the main
- * thread anyway, through Node's stream machinery, and cost more.
+ * of its frame first, since trailing padding makes `node:zlib` fail. They
+ * run synchronously on the calling thread, with one reused handle (see
+ * `zlib_handle.ts`).
  *
  * @example Using the native codecs explicitly
  * ```ts
@@ -42,19 +59,20 @@ const once = (maxOutput: number) => ({
  * ```
  */
 export const nodeCodecs: Codecs = {
-  zlib: async (input, maxOutput) =>
-    (await load()).inflateRawSync(input, once(maxOutput)),
-  zstd: async (input, maxOutput) => {
-    const zlib = await load();
+  zlib: (input, maxOutput, into) => decompress("zlib", input, maxOutput, into),
+  zstd: async (input, maxOutput, into) => {
+    const zlib = await importNode<ZlibModule>("zlib");
     if (typeof zlib.zstdDecompressSync !== "function") {
       throw new Qcow2Error(
         "UNSUPPORTED_COMPRESSION",
         "Cannot read qcow2 image: it uses zstd compression and this runtime's node:zlib has no zstd (Node.js 22.15 or later has it); pass a zstd decompressor in the 'codecs' option",
       );
     }
-    return zlib.zstdDecompressSync(
+    return decompress(
+      "zstd",
       input.subarray(0, zstdFrameLength(input)),
-      once(maxOutput),
+      maxOutput,
+      into,
     );
   },
 };

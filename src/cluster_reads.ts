@@ -170,9 +170,10 @@ async function decompressInto(
   codecs: Codecs,
   type: CompressionType,
 ): Promise<void> {
-  const where = `the compressed cluster at guest offset ${
-    hex(e.start - (e.start % clusterSize))
-  } (file offset ${hex(e.hostOffset!)})`;
+  const where = () =>
+    `the compressed cluster at guest offset ${
+      hex(e.start - (e.start % clusterSize))
+    } (file offset ${hex(e.hostOffset!)})`;
   const whole = e.length === clusterSize && e.start % clusterSize === 0;
   const cluster = await decompressCluster(
     codecs,

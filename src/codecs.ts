@@ -132,7 +132,8 @@ export const webCodecs: Codecs = {
  * @param type The image's compression type.
  * @param input The compressed bytes (with any trailing bytes).
  * @param clusterSize The cluster size.
- * @param where A description of the cluster, for error messages.
+ * @param where A description of the cluster, for error messages (a
+ *   function, so that it is built only when there is an error).
  * @returns The cluster's bytes.
  */
 export async function decompressCluster(
@@ -140,7 +141,7 @@ export async function decompressCluster(
   type: CompressionType,
   input: Uint8Array,
   clusterSize: number,
-  where: string,
+  where: string | (() => string),
   into?: Uint8Array,
 ): Promise<Uint8Array> {
   const codec = codecs[type];
@@ -157,19 +158,25 @@ export async function decompressCluster(
     if (e instanceof Qcow2Error) throw e;
     throw new Qcow2Error(
       "BAD_COMPRESSED_DATA",
-      `Cannot read qcow2 image: the ${type} data of ${where} is corrupt (${
-        (e as Error)?.message ?? e
-      })`,
+      `Cannot read qcow2 image: the ${type} data of ${
+        describe(where)
+      } is corrupt (${(e as Error)?.message ?? e})`,
       { cause: e },
     );
   }
   if (out.length !== clusterSize) {
     throw new Qcow2Error(
       "BAD_COMPRESSED_DATA",
-      `Cannot read qcow2 image: the ${type} data of ${where} decompresses to ${
+      `Cannot read qcow2 image: the ${type} data of ${
+        describe(where)
+      } decompresses to ${
         out.length > clusterSize ? "more" : out.length
       } bytes instead of one cluster (${clusterSize})`,
     );
   }
   return out;
+}
+
+function describe(where: string | (() => string)): string {
+  return typeof where === "string" ? where : where();
 }

