@@ -59,6 +59,14 @@ export interface SeekableWriter {
   seek(offset: number, whence: number): Promise<number>;
   /** Sets the file length. */
   truncate(len?: number): Promise<void>;
+  /**
+   * Writes from `p` synchronously, returning the count written. Optional:
+   * where present (as on `Deno.FsFile`) with `seekSync`, output is written
+   * synchronously, which is faster.
+   */
+  writeSync?(p: Uint8Array): number;
+  /** Moves the file position synchronously (see `writeSync`). */
+  seekSync?(offset: number, whence: number): number;
 }
 
 /**
