@@ -57,6 +57,7 @@ export function clusterDecompressor(zlib: ZlibModule): ClusterDecompressor {
       outLength: number,
     ): void;
     reset(): void;
+    close?(): void;
     onerror: (message: string) => void;
   };
   type Stream = { _handle?: Handle; _writeState?: Uint32Array };
@@ -66,6 +67,14 @@ export function clusterDecompressor(zlib: ZlibModule): ClusterDecompressor {
     let handle: Handle | undefined;
     let state: Uint32Array | undefined;
     let error: string | undefined;
+    const drop = () => {
+      try {
+        handle?.close?.();
+      } catch {
+        // already closed
+      }
+      handle = undefined;
+    };
     return (input: Uint8Array, out: Uint8Array, length: number) => {
       try {
         if (!handle) {
@@ -79,13 +88,13 @@ export function clusterDecompressor(zlib: ZlibModule): ClusterDecompressor {
         handle.writeSync(finish, input, 0, input.length, out, 0, length + 1);
         const produced = length + 1 - state![0];
         if (error !== undefined) {
-          handle = undefined;
+          drop();
           return undefined;
         }
         handle.reset();
         return produced;
       } catch {
-        handle = undefined;
+        drop();
         return undefined;
       }
     };

@@ -189,6 +189,11 @@ Deno.test("in-thread codecs decompress into the given buffer too", async () => {
   const out = await nodeCodecs.zlib!(deflateRawSync(data), 65536, into);
   assert(out === into);
   assertEquals(into, data);
+  // After corrupt data, the next cluster still decompresses.
+  await assertRejects(() =>
+    nodeCodecs.zlib!(new Uint8Array([0xff, 0xff, 0xff, 1, 2, 3]), 65536)
+  );
+  assertEquals(await nodeCodecs.zlib!(deflateRawSync(data), 65536), data);
   // A short result is its own copy, for the caller to refuse.
   const short = await nodeCodecs.zlib!(
     deflateRawSync(data.subarray(0, 10)),
