@@ -76,6 +76,7 @@ export type {
   UnknownExtension,
 } from "./src/extensions.ts";
 export {
+  blobSource,
   type ByteSource,
   bytesSource,
   type FileHandleLike,
@@ -137,7 +138,7 @@ export { nodeCodecs };
 /**
  * Reads and validates the header of a qcow2 image.
  *
- * @param input A `Deno.FsFile`-shaped file, bytes in memory, or a {@linkcode ByteSource}.
+ * @param input A `Deno.FsFile`-shaped file, bytes in memory, a `Blob`, or a {@linkcode ByteSource}.
  * @returns The header: every field, named feature bits, and extensions.
  * @throws {Qcow2Error} If the file is not a valid qcow2 image.
  *
@@ -207,11 +208,11 @@ interface Closable {
  * Given a path, it opens the file and, unless `options.openFile` says
  * otherwise, the backing and data files it names with
  * {@linkcode openPath}, resolved against its directory as QEMU resolves
- * them; `close()` closes them all. Given an open file or bytes, backing and
+ * them; `close()` closes them all. Given an open file, bytes or a `Blob`, backing and
  * data files are opened only through `options.openFile` (with
  * `options.path` to resolve their names).
  *
- * @param input A path, a `Deno.FsFile`-shaped file, bytes in memory, or a {@linkcode ByteSource}.
+ * @param input A path, a `Deno.FsFile`-shaped file, bytes in memory, a `Blob`, or a {@linkcode ByteSource}.
  * @param options Codecs, cache size, snapshot, and how to open named files.
  * @returns The open image.
  * @throws {Qcow2Error} If the image or a file it needs is invalid, missing or
@@ -263,7 +264,7 @@ export async function openImage(
  * `sparseSize` bytes are never written, and the final length is set with
  * `truncate`. To a `WritableStream` every byte is written.
  *
- * @param src The image: a path, a `Deno.FsFile`-shaped file, bytes, a {@linkcode ByteSource}, or an open image.
+ * @param src The image: a path, a `Deno.FsFile`-shaped file, bytes, a `Blob`, a {@linkcode ByteSource}, or an open image.
  * @param dst A `Deno.FsFile`-shaped file open for writing (emptied first), or a `WritableStream`.
  * @param options Sparseness, progress, abort, and the options of {@linkcode openImage}.
  * @returns Bytes written, bytes skipped as holes, and the time taken.

@@ -113,6 +113,21 @@ export function zstdFrameLength(input: Uint8Array): number {
  * cannot serve: Deno's and Chromium's fail when bytes follow the end of the
  * stream, as they do in qcow2, where compressed clusters are packed back to
  * back.)
+ *
+ * @example Inflating a deflate-raw stream that has bytes after its end
+ * ```ts
+ * import { webCodecs } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const cluster = new TextEncoder().encode("hello ".repeat(100));
+ * const stream = new Blob([cluster]).stream()
+ *   .pipeThrough(new CompressionStream("deflate-raw"));
+ * const packed = new Uint8Array(await new Response(stream).arrayBuffer());
+ * const padded = new Uint8Array(packed.length + 7); // as in an image
+ * padded.set(packed);
+ * assertEquals(await webCodecs.zlib!(padded, cluster.length), cluster);
+ * assertEquals(webCodecs.zstd, undefined); // pass your own for zstd
+ * ```
  */
 export const webCodecs: Codecs = {
   zlib: (input, maxOutput) => {

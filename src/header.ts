@@ -9,7 +9,19 @@ import { hex, Qcow2Error } from "./errors.ts";
 import { type ByteSource, readExact } from "./io.ts";
 import { type HeaderExtensions, parseExtensions } from "./extensions.ts";
 
-/** The four bytes every qcow2 image starts with: `QFI\xfb`. */
+/**
+ * The four bytes every qcow2 (and qcow) image starts with: `QFI\xfb`, read
+ * big-endian.
+ *
+ * @example Checking the first bytes of a file
+ * ```ts
+ * import { QCOW2_MAGIC } from "@qcow2/qcow2";
+ * import { assert } from "@std/assert";
+ *
+ * const start = new Uint8Array([0x51, 0x46, 0x49, 0xfb]);
+ * assert(new DataView(start.buffer).getUint32(0) === QCOW2_MAGIC);
+ * ```
+ */
 export const QCOW2_MAGIC = 0x514649fb;
 
 /** Offset and size of each fixed header field, named once. */

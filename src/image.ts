@@ -59,6 +59,20 @@ export interface Qcow2Parts {
 /**
  * An open qcow2 image: header, virtual size, snapshots, extents through its
  * backing chain, and guest reads. Obtain one with `openImage`.
+ *
+ * @example Extents and snapshots of an open image
+ * ```ts
+ * import { openImage, type Qcow2Image } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const image = await openImage(bytes) as Qcow2Image;
+ * assertEquals(image.clusterSize, 65536);
+ * assertEquals(image.snapshots.map((s) => s.name), ["first", "second"]);
+ * const kinds = new Set<string>();
+ * for await (const extent of image.extents()) kinds.add(extent.kind);
+ * assertEquals([...kinds].sort(), ["data", "unallocated", "zero"]);
+ * ```
  */
 export class Qcow2Image implements DiskImage {
   /** The parsed header. */

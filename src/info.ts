@@ -135,6 +135,24 @@ export interface InfoExtras {
  * snapshots, the resolved backing file name.
  * @returns The report.
  * @throws {Qcow2Error} `UNSUPPORTED_FEATURE` for unknown incompatible bits.
+ *
+ * @example The report of an image with snapshots
+ * ```ts
+ * import { bytesSource, imageInfo, readHeader, readSnapshots } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const source = bytesSource(bytes);
+ * const header = await readHeader(source);
+ * const info = imageInfo(header, "snap.qcow2", {
+ *   snapshots: await readSnapshots(source, header),
+ * });
+ * assertEquals(info["virtual-size"], 4 * 1024 * 1024);
+ * assertEquals(info["cluster-size"], 65536);
+ * assertEquals(info["format-specific"]?.data["compression-type"], "zlib");
+ * assertEquals(info["qcow2-header"]?.["compatible-features"], []);
+ * assertEquals(info.snapshots?.map((s) => s.name), ["first", "second"]);
+ * ```
  */
 export function imageInfo(
   header: Qcow2Header,
@@ -189,6 +207,17 @@ export function imageInfo(
  * @param filename The name to report.
  * @param extras The size on disk and the resolved backing file name.
  * @returns The report.
+ *
+ * @example The report of a qcow image
+ * ```ts
+ * import { bytesSource, qcowInfo, readQcowHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1.qcow", import.meta.url));
+ * const info = qcowInfo(await readQcowHeader(bytesSource(bytes)), "v1.qcow");
+ * assertEquals(info.format, "qcow");
+ * assertEquals(info["cluster-size"], 4096);
+ * ```
  */
 export function qcowInfo(
   header: QcowHeader,
@@ -217,6 +246,19 @@ export function qcowInfo(
  * @param filename The name to report.
  * @param extras The size on disk.
  * @returns The report.
+ *
+ * @example The report of a raw backing file
+ * ```ts
+ * import { rawInfo } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(rawInfo(1048576, "base.raw"), {
+ *   "virtual-size": 1048576,
+ *   filename: "base.raw",
+ *   format: "raw",
+ *   "dirty-flag": false,
+ * });
+ * ```
  */
 export function rawInfo(
   size: number,
@@ -303,6 +345,17 @@ function headerInfo(header: Qcow2Header): Qcow2HeaderInfo {
  *
  * @param bytes A byte count.
  * @returns The text.
+ *
+ * @example Sizes as qemu-img prints them
+ * ```ts
+ * import { formatSize } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(formatSize(512), "512 B");
+ * assertEquals(formatSize(456 * 1024), "456 KiB");
+ * assertEquals(formatSize(1000 * 1024), "0.977 MiB");
+ * assertEquals(formatSize(4 * 1024 ** 4), "4 TiB");
+ * ```
  */
 export function formatSize(bytes: number): string {
   const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
@@ -316,6 +369,17 @@ export function formatSize(bytes: number): string {
  *
  * @param info A report from {@linkcode imageInfo}.
  * @returns Lines of text, ending with a newline.
+ *
+ * @example The text of `info` for an image
+ * ```ts
+ * import { bytesSource, formatInfo, imageInfo, readHeader } from "@qcow2/qcow2";
+ * import { assertStringIncludes } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const text = formatInfo(imageInfo(await readHeader(bytesSource(bytes)), "v3_64k.qcow2"));
+ * assertStringIncludes(text, "virtual size: 4 MiB (4194304 bytes)\n");
+ * assertStringIncludes(text, "cluster_size: 65536\n");
+ * ```
  */
 export function formatInfo(info: ImageInfo): string {
   const lines = [

@@ -98,6 +98,50 @@ export function bytesSource(bytes: Uint8Array): ByteSource {
 }
 
 /**
+ * A {@linkcode ByteSource} over a `Blob`, such as a `File` a user picked in a
+ * browser. Each read slices the blob and reads only that slice
+ * (`blob.slice(a, b).arrayBuffer()`), so the image is never loaded whole,
+ * and concurrent reads are independent.
+ *
+ * @param blob The whole file.
+ * @returns A source that reads from `blob`.
+ *
+ * @example Reading part of a Blob
+ * ```ts
+ * import { blobSource } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const source = blobSource(new Blob([new Uint8Array([1, 2, 3, 4, 5])]));
+ * assertEquals(source.size, 5);
+ * const buffer = new Uint8Array(4);
+ * assertEquals(await source.readAt(3, buffer), 2); // the blob ends
+ * assertEquals(buffer.subarray(0, 2), new Uint8Array([4, 5]));
+ * ```
+ *
+ * @example Opening the file a user picked in a browser
+ * ```ts ignore
+ * import { blobSource, openImage } from "jsr:@qcow2/qcow2/web";
+ *
+ * const picker = document.querySelector<HTMLInputElement>("input[type=file]")!;
+ * const image = await openImage(blobSource(picker.files![0]));
+ * console.log(image.size);
+ * ```
+ */
+export function blobSource(blob: Blob): ByteSource {
+  return {
+    size: blob.size,
+    async readAt(position: number, buffer: Uint8Array): Promise<number> {
+      if (position >= blob.size || buffer.length === 0) return 0;
+      const part = new Uint8Array(
+        await blob.slice(position, position + buffer.length).arrayBuffer(),
+      );
+      buffer.set(part);
+      return part.length;
+    },
+  };
+}
+
+/**
  * A {@linkcode ByteSource} over an object shaped like `Deno.FsFile`. Calls are
  * serialized, since `seek` then `read` must not interleave.
  *
@@ -216,16 +260,18 @@ export async function readExact(
 }
 
 /** Anything an image can be read from. */
-export type ImageInput = ByteSource | SeekableReader | Uint8Array;
+export type ImageInput = ByteSource | SeekableReader | Uint8Array | Blob;
 
 /**
  * Turns any {@linkcode ImageInput} into a {@linkcode ByteSource}.
  *
- * @param input Bytes in memory, a `Deno.FsFile`-shaped file, or a source.
+ * @param input Bytes in memory, a `Blob`, a `Deno.FsFile`-shaped file, or a
+ * source.
  * @returns A source over the same bytes.
  */
 export function toByteSource(input: ImageInput): Promise<ByteSource> {
   if (input instanceof Uint8Array) return Promise.resolve(bytesSource(input));
   if ("readAt" in input) return Promise.resolve(input);
-  return fileSource(input);
+  if ("seek" in input) return fileSource(input);
+  return Promise.resolve(blobSource(input));
 }

@@ -84,6 +84,16 @@ const DEFAULT_MAX_DEPTH = 64;
  *
  * @param start At least the first 8 bytes of the file.
  * @returns The format.
+ *
+ * @example Telling qcow2 from raw
+ * ```ts
+ * import { probeFormat } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(probeFormat(new Uint8Array([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3])), "qcow2");
+ * assertEquals(probeFormat(new Uint8Array([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 1])), "qcow");
+ * assertEquals(probeFormat(new Uint8Array(512)), "raw");
+ * ```
  */
 export function probeFormat(start: Uint8Array): ImageFormat {
   if (start.length < 8) return "raw";
@@ -92,7 +102,23 @@ export function probeFormat(start: Uint8Array): ImageFormat {
   return v.getUint32(4) === 1 ? "qcow" : "qcow2";
 }
 
-/** Joins a relative name to the directory of `from`, as QEMU's path_combine. */
+/**
+ * Joins a relative name to the directory of `from`, as QEMU's path_combine.
+ *
+ * @param from Where the naming image lives, if known.
+ * @param name The name the image stores.
+ * @returns The name to open.
+ *
+ * @example Relative names follow the image, absolute ones do not
+ * ```ts
+ * import { resolveName } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(resolveName("vm/top.qcow2", "base.qcow2"), "vm/base.qcow2");
+ * assertEquals(resolveName("vm/top.qcow2", "/images/base.qcow2"), "/images/base.qcow2");
+ * assertEquals(resolveName(undefined, "base.qcow2"), "base.qcow2");
+ * ```
+ */
 export function resolveName(from: string | undefined, name: string): string {
   if (
     from === undefined || name.startsWith("/") ||

@@ -63,6 +63,18 @@ const HEADER_LENGTH = 48;
  * @param name The backing file name's bytes, if read separately.
  * @returns The header.
  * @throws {Qcow2Error} For anything QEMU would refuse.
+ *
+ * @example Parsing the header of a qcow version 1 image
+ * ```ts
+ * import { parseQcowHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1.qcow", import.meta.url));
+ * const header = parseQcowHeader(bytes.subarray(0, 48));
+ * assertEquals(header.version, 1);
+ * assertEquals(header.size, 2 * 1024 * 1024);
+ * assertEquals(header.clusterSize, 4096);
+ * ```
  */
 export function parseQcowHeader(
   bytes: Uint8Array,
@@ -199,6 +211,17 @@ export function parseQcowHeader(
  *
  * @param source The image file.
  * @returns The header.
+ * @throws {Qcow2Error} For anything QEMU would refuse.
+ *
+ * @example Reading the header of a qcow image from a Blob
+ * ```ts
+ * import { blobSource, readQcowHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1_over.qcow", import.meta.url));
+ * const header = await readQcowHeader(blobSource(new Blob([bytes])));
+ * assertEquals(header.backingFile, "v1.qcow");
+ * ```
  */
 export async function readQcowHeader(
   source: ByteSource,
@@ -272,7 +295,21 @@ export async function openQcow1(
   return new QcowImage(header, source, l1, backing, options);
 }
 
-/** An open qcow version 1 image. */
+/**
+ * An open qcow version 1 image. Obtain one with `openImage`.
+ *
+ * @example Reading a compressed qcow image
+ * ```ts
+ * import { openImage, type QcowImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1_comp.qcow", import.meta.url));
+ * const image = await openImage(bytes) as QcowImage;
+ * assertEquals(image.header.version, 1);
+ * const first = new Uint8Array(512);
+ * await image.read(0, first);
+ * ```
+ */
 export class QcowImage implements DiskImage {
   /** The parsed header. */
   readonly header: QcowHeader;

@@ -49,6 +49,17 @@ const MAX_L1_BYTES = 32 * 1024 * 1024;
  * @returns The snapshots in table order.
  * @throws {Qcow2Error} `BAD_HEADER` for a table that is too large or runs past
  * the end of the file, `BAD_TABLE_ENTRY` for an invalid entry.
+ *
+ * @example Listing the snapshots of an image
+ * ```ts
+ * import { bytesSource, readHeader, readSnapshots } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const source = bytesSource(bytes);
+ * const snapshots = await readSnapshots(source, await readHeader(source));
+ * assertEquals(snapshots.map((s) => `${s.id} ${s.name}`), ["1 first", "2 second"]);
+ * ```
  */
 export async function readSnapshots(
   source: ByteSource,
@@ -184,6 +195,17 @@ export async function readSnapshots(
  * one kind of match.
  * @returns The snapshot.
  * @throws {Qcow2Error} `NO_SUCH_SNAPSHOT` when none matches.
+ *
+ * @example Finding a snapshot by ID or name
+ * ```ts
+ * import { findSnapshot, type Snapshot } from "@qcow2/qcow2";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ *
+ * const table = [{ id: "1", name: "2" }, { id: "2", name: "base" }] as Snapshot[];
+ * assertEquals(findSnapshot(table, "2").name, "base"); // IDs first
+ * assertEquals(findSnapshot(table, "snapshot.name=2").id, "1");
+ * assertThrows(() => findSnapshot(table, "nope"));
+ * ```
  */
 export function findSnapshot(snapshots: Snapshot[], wanted: string): Snapshot {
   const byId = wanted.startsWith("snapshot.id=") ? wanted.slice(12) : undefined;

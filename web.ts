@@ -1,0 +1,264 @@
+/**
+ * Read, inspect and convert QEMU qcow2 disk images in a browser, or in any
+ * JavaScript runtime without `node:` modules: the same API as the main entry
+ * (`jsr:@qcow2/qcow2`), built only on web-standard APIs.
+ *
+ * ```ts ignore
+ * import { convert, imageInfo, openImage } from "jsr:@qcow2/qcow2/web";
+ *
+ * const picker = document.querySelector<HTMLInputElement>("input[type=file]")!;
+ * const file = picker.files![0]; // a File is a Blob: read slice by slice
+ *
+ * const image = await openImage(file);
+ * if ("snapshots" in image) {
+ *   const info = imageInfo(image.header, file.name, { snapshots: image.snapshots });
+ *   console.log(info["virtual-size"], info["cluster-size"], info.snapshots);
+ * }
+ * for await (const extent of image.extents()) {
+ *   console.log(extent.start, extent.length, extent.kind);
+ * }
+ *
+ * // The raw image in memory (as large as the virtual disk).
+ * const chunks: Uint8Array[] = [];
+ * await convert(image, new WritableStream({ write: (c) => void chunks.push(c.slice()) }));
+ * const raw = new Blob(chunks);
+ * ```
+ *
+ * How it differs from the main entry:
+ *
+ * - Images come as a `Blob` or `File`, a `Uint8Array`, or a
+ *   {@linkcode ByteSource}; there are no paths, so `openPath` is absent, and
+ *   backing and data files are opened only through the `openFile` option
+ *   (map the names an image asks for to files the user picked).
+ * - Compressed clusters are decompressed by {@linkcode webCodecs}: zlib (the
+ *   default qcow2 compression) by a pure TypeScript inflate. Browsers have no
+ *   zstd decompressor, so an image with `compression_type=zstd` fails with
+ *   `UNSUPPORTED_COMPRESSION` when a compressed cluster is read, unless you
+ *   pass one as `codecs.zstd` (see {@linkcode Decompressor}). Headers, info
+ *   and extents of such an image read fine.
+ * - `nodeCodecs` (from `node:zlib`) is absent.
+ *
+ * @module
+ */
+
+import {
+  convertImage,
+  type ConvertOptions,
+  type ConvertSummary,
+} from "./src/convert.ts";
+import type { DiskImage } from "./src/disk.ts";
+import type { Qcow2Image } from "./src/image.ts";
+import {
+  type ImageInput,
+  type SeekableWriter,
+  toByteSource,
+} from "./src/io.ts";
+import {
+  type Qcow2Header,
+  readHeader as readHeaderFrom,
+} from "./src/header.ts";
+import { openDisk, type OpenOptions } from "./src/open.ts";
+import type { QcowImage } from "./src/qcow1.ts";
+import { fileSink, type RawSink, streamSink } from "./src/sink.ts";
+import { webCodecs } from "./src/codecs.ts";
+
+export {
+  Qcow2Error,
+  type Qcow2ErrorCode,
+  type Qcow2ErrorOptions,
+} from "./src/errors.ts";
+export {
+  type CompressionType,
+  parseHeader,
+  QCOW2_MAGIC,
+  type Qcow2Features,
+  type Qcow2Header,
+} from "./src/header.ts";
+export type {
+  BitmapsExtension,
+  EncryptionExtension,
+  FeatureName,
+  HeaderExtensions,
+  UnknownExtension,
+} from "./src/extensions.ts";
+export {
+  blobSource,
+  type ByteSource,
+  bytesSource,
+  type FileHandleLike,
+  fileHandleSource,
+  fileSource,
+  type ImageInput,
+  type SeekableReader,
+  type SeekableWriter,
+} from "./src/io.ts";
+export {
+  fileHandleWriter,
+  type WritableFileHandleLike,
+} from "./src/file_handle_writer.ts";
+export type { DiskImage, Extent, ExtentKind } from "./src/disk.ts";
+export type { Qcow2Image } from "./src/image.ts";
+export {
+  type ImageFormat,
+  type OpenedFile,
+  type OpenFile,
+  type OpenOptions,
+  type OpenRequest,
+  probeFormat,
+  resolveName,
+} from "./src/open.ts";
+export {
+  parseQcowHeader,
+  type QcowHeader,
+  type QcowImage,
+  readQcowHeader,
+} from "./src/qcow1.ts";
+export { findSnapshot, readSnapshots, type Snapshot } from "./src/snapshots.ts";
+export type { Codecs, Decompressor } from "./src/codecs.ts";
+export { webCodecs };
+export type {
+  ConvertOptions,
+  ConvertProgress,
+  ConvertSummary,
+} from "./src/convert.ts";
+export type { RawSink } from "./src/sink.ts";
+export {
+  formatInfo,
+  formatSize,
+  type ImageInfo,
+  imageInfo,
+  type InfoExtras,
+  type Qcow2HeaderInfo,
+  type Qcow2SpecificInfo,
+  qcowInfo,
+  rawInfo,
+  type SnapshotInfo,
+} from "./src/info.ts";
+
+/**
+ * Reads and validates the header of a qcow2 image.
+ *
+ * @param input A `Blob` or `File`, bytes in memory, a {@linkcode ByteSource},
+ * or a `Deno.FsFile`-shaped file.
+ * @returns The header: every field, named feature bits, and extensions.
+ * @throws {Qcow2Error} If the file is not a valid qcow2 image.
+ *
+ * @example Reading the header of a File
+ * ```ts
+ * import { readHeader } from "@qcow2/qcow2/web";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const header = await readHeader(new File([bytes], "v3_64k.qcow2"));
+ * assertEquals(header.version, 3);
+ * assertEquals(header.clusterSize, 65536);
+ * assertEquals(header.compressionType, "zlib");
+ * ```
+ */
+export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
+  return readHeaderFrom(await toByteSource(input));
+}
+
+/**
+ * Opens a qcow2 (or legacy qcow) image for random-access reads of guest
+ * bytes, through its backing chain. Compressed clusters use
+ * {@linkcode webCodecs} (zlib only) unless `options.codecs` says otherwise.
+ *
+ * Backing and data files are opened only through `options.openFile` (with
+ * `options.path` to resolve their names); without it, an image that names
+ * one fails with `BACKING_FILE` or `EXTERNAL_DATA_FILE`, unless
+ * `options.ignoreBackingFile` reads its top layer alone.
+ *
+ * @param input A `Blob` or `File`, bytes in memory, a {@linkcode ByteSource},
+ * or a `Deno.FsFile`-shaped file.
+ * @param options Codecs, cache size, snapshot, and how to open named files.
+ * @returns The open image.
+ * @throws {Qcow2Error} If the image or a file it needs is invalid, missing or
+ * unsupported.
+ *
+ * @example Reading guest bytes and extents of a Blob
+ * ```ts
+ * import { openImage } from "@qcow2/qcow2/web";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const image = await openImage(new Blob([bytes]));
+ * assertEquals(image.size, 4 * 1024 * 1024);
+ * const sector = new Uint8Array(512);
+ * await image.read(0, sector);
+ * let covered = 0;
+ * for await (const extent of image.extents()) covered += extent.length;
+ * assertEquals(covered, image.size);
+ * ```
+ *
+ * @example Backing files the user picked, matched by name
+ * ```ts ignore
+ * import { blobSource, openImage } from "jsr:@qcow2/qcow2/web";
+ *
+ * const picker = document.querySelector<HTMLInputElement>("input[type=file]")!;
+ * const files = [...picker.files!]; // the overlay and its backing files
+ * const byName = (name: string) => files.find((f) => f.name === name.split("/").pop());
+ * const image = await openImage(byName("overlay.qcow2")!, {
+ *   openFile: async (_path, request) => {
+ *     const file = byName(request.name);
+ *     if (!file) throw new Error(`pick '${request.name}' too`);
+ *     return blobSource(file);
+ *   },
+ * });
+ * ```
+ */
+export async function openImage(
+  input: ImageInput,
+  options: OpenOptions = {},
+): Promise<Qcow2Image | QcowImage> {
+  return await openDisk(await toByteSource(input), {
+    ...options,
+    codecs: options.codecs ?? webCodecs,
+  });
+}
+
+/**
+ * Converts a qcow2 image to a raw disk image. To a `WritableStream` every
+ * byte is written, holes as zeros. To a seekable writer (`write`, `seek`,
+ * `truncate`) the output is sparse: clusters that read as zeros and all-zero
+ * blocks of `sparseSize` bytes are never written.
+ *
+ * @param src The image: a `Blob` or `File`, bytes, a {@linkcode ByteSource},
+ * a `Deno.FsFile`-shaped file, or an image from {@linkcode openImage} (left
+ * open).
+ * @param dst A `WritableStream`, or a `Deno.FsFile`-shaped file open for
+ * writing (emptied first).
+ * @param options Sparseness, progress, abort, and the options of
+ * {@linkcode openImage}.
+ * @returns Bytes written, bytes skipped as holes, and the time taken.
+ * @throws {Qcow2Error} If the image is invalid; the signal's reason if aborted.
+ *
+ * @example Converting a Blob to a raw Blob
+ * ```ts
+ * import { convert } from "@qcow2/qcow2/web";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/zlib.qcow2", import.meta.url));
+ * const chunks: Uint8Array<ArrayBuffer>[] = [];
+ * const sink = new WritableStream<Uint8Array>({ write: (c) => void chunks.push(c.slice()) });
+ * const summary = await convert(new Blob([bytes]), sink);
+ * const raw = new Blob(chunks, { type: "application/octet-stream" });
+ * assertEquals(raw.size, summary.virtualSize);
+ * ```
+ */
+export async function convert(
+  src: ImageInput | DiskImage,
+  dst: SeekableWriter | WritableStream<Uint8Array>,
+  options: ConvertOptions & OpenOptions = {},
+): Promise<ConvertSummary> {
+  const opened = !("extents" in src);
+  const image = opened ? await openImage(src, options) : src;
+  try {
+    const sink: RawSink = dst instanceof WritableStream
+      ? streamSink(dst)
+      : await fileSink(dst);
+    return await convertImage(image, sink, options);
+  } finally {
+    if (opened) image.close();
+  }
+}
