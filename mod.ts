@@ -174,6 +174,22 @@ export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
  *   },
  * });
  * ```
+ *
+ * @example Following a backing chain one layer down, and no further
+ * ```ts
+ * import { type OpenFile, openImage, openPath, Qcow2Error } from "@qcow2/qcow2";
+ * import { assertEquals, assertRejects, assertStringIncludes } from "@std/assert";
+ *
+ * const path = new URL("./tests/fixtures/layouts/chain_top.qcow2", import.meta.url).pathname;
+ * const file = await openPath(path);
+ * assertEquals(file.size, 524288);
+ * file.close?.();
+ * const openFile: OpenFile = (name, request) =>
+ *   request.from === path ? openPath(name) : Promise.reject(new Error("refused"));
+ * const error = await assertRejects(() => openImage(path, { openFile }), Qcow2Error);
+ * assertEquals(error.code, "BACKING_FILE");
+ * assertStringIncludes(error.message, "chain_base.qcow2"); // named by chain_mid.qcow2
+ * ```
  */
 export async function openPath(path: string): Promise<OpenedFile> {
   if (typeof Deno !== "undefined" && typeof Deno.open === "function") {

@@ -31,7 +31,27 @@ import {
 import { nodeCodecs } from "./zlib.ts";
 import { clusterDecompressor } from "./zlib_handle.ts";
 
-/** Options for {@linkcode workerCodecs}. */
+/**
+ * Options for {@linkcode workerCodecs}.
+ *
+ * @example One worker for a zstd image, stopped soon after it is idle
+ * ```ts
+ * import { nodeCodecs, openImage, workerCodecs, type WorkerCodecsOptions } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const options: WorkerCodecsOptions = { workers: 1, idleMs: 100, fallback: nodeCodecs };
+ * const codecs = workerCodecs(options);
+ * try {
+ *   const bytes = await Deno.readFile(new URL("../tests/fixtures/zstd.qcow2", import.meta.url));
+ *   const image = await openImage(bytes, { codecs });
+ *   const cluster = new Uint8Array(65536);
+ *   await image.read(0, cluster);
+ *   assertEquals(new TextDecoder().decode(cluster.subarray(0, 8)), "varied-0");
+ * } finally {
+ *   codecs.close();
+ * }
+ * ```
+ */
 export interface WorkerCodecsOptions {
   /** Workers to run (default: the count of logical cores, at most 8). */
   workers?: number;
@@ -44,7 +64,27 @@ export interface WorkerCodecsOptions {
   fallback?: Codecs;
 }
 
-/** Decompressors that run on worker threads, and a way to stop them. */
+/**
+ * Decompressors that run on worker threads, and a way to stop them.
+ *
+ * @example Decompressing one cluster on a worker, before and after `close()`
+ * ```ts
+ * import { type WorkerCodecs, workerCodecs } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const cluster = new Uint8Array(65536).map((_, i) => i % 251);
+ * const stream = new Blob([cluster]).stream().pipeThrough(new CompressionStream("deflate-raw"));
+ * const packed = new Uint8Array(await new Response(stream).arrayBuffer());
+ * const codecs: WorkerCodecs = workerCodecs({ workers: 1 });
+ * try {
+ *   assertEquals(await codecs.zlib!(packed, cluster.length), cluster);
+ *   codecs.close(); // stops the worker; the next request starts it again
+ *   assertEquals(await codecs.zlib!(packed, cluster.length), cluster);
+ * } finally {
+ *   codecs.close();
+ * }
+ * ```
+ */
 export interface WorkerCodecs extends Codecs {
   /** Stops the workers; a later request starts them again. */
   close(): void;
@@ -93,6 +133,27 @@ const SLOTS = 2;
  * } finally {
  *   codecs.close();
  * }
+ * ```
+ *
+ * @example Converting a compressed image with two workers
+ * ```ts
+ * import { convert, workerCodecs } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const raw = new Uint8Array(2 * 1024 * 1024);
+ * let at = 0;
+ * const sink = new WritableStream<Uint8Array>({ write: (c) => { raw.set(c, at); at += c.length; } });
+ * const codecs = workerCodecs({ workers: 2 });
+ * try {
+ *   await convert(bytes, sink, { codecs });
+ * } finally {
+ *   codecs.close();
+ * }
+ * assertEquals(at, raw.length);
+ * const text = (offset: number) => new TextDecoder().decode(raw.subarray(offset, offset + 20));
+ * assertEquals(text(0), "varied-0 line 000000"); // the first compressed cluster
+ * assertEquals(text(0x60000), "varied-5 line 000000"); // and a later one
  * ```
  */
 export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {

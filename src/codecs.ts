@@ -19,6 +19,22 @@ import { inflateRaw } from "./inflate.ts";
  * When the caller passes `into` (exactly `maxOutput` bytes), an
  * implementation may decompress straight into it and resolve to `into`
  * itself, saving an allocation and a copy; it may also ignore it.
+ *
+ * @example Counting the clusters a read decompresses
+ * ```ts
+ * import { type Decompressor, openImage, webCodecs } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * let clusters = 0;
+ * const counting: Decompressor = (input, maxOutput, into) => {
+ *   clusters++;
+ *   return webCodecs.zlib!(input, maxOutput, into);
+ * };
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const image = await openImage(bytes, { codecs: { zlib: counting } });
+ * await image.read(0, new Uint8Array(2 * 65536)); // a compressed cluster, then a plain one
+ * assertEquals(clusters, 1);
+ * ```
  */
 export type Decompressor = (
   input: Uint8Array,
@@ -29,6 +45,21 @@ export type Decompressor = (
 /**
  * The decompressors an image reader uses, by compression type. A runtime
  * with faster native codecs passes its own (see `nodeCodecs` in `mod.ts`).
+ *
+ * @example The portable codecs, with zstd added
+ * ```ts
+ * import { type Codecs, nodeCodecs, openImage, Qcow2Error, webCodecs } from "@qcow2/qcow2";
+ * import { assertEquals, assertRejects } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/zstd.qcow2", import.meta.url));
+ * const cluster = new Uint8Array(65536);
+ * const portable = await openImage(bytes, { codecs: webCodecs });
+ * const error = await assertRejects(() => portable.read(0, cluster), Qcow2Error);
+ * assertEquals(error.code, "UNSUPPORTED_COMPRESSION");
+ * const codecs: Codecs = { ...webCodecs, zstd: nodeCodecs.zstd };
+ * await (await openImage(bytes, { codecs })).read(0, cluster);
+ * assertEquals(new TextDecoder().decode(cluster.subarray(0, 8)), "varied-0");
+ * ```
  */
 export interface Codecs {
   /** Raw deflate (qcow2 compression type 0, "zlib"). */

@@ -9,7 +9,21 @@ import { Qcow2Error } from "./errors.ts";
 import type { DiskImage } from "./disk.ts";
 import type { RawSink } from "./sink.ts";
 
-/** Progress of a conversion, reported after each chunk. */
+/**
+ * Progress of a conversion, reported after each chunk.
+ *
+ * @example Following a conversion to its end
+ * ```ts
+ * import { convert, type ConvertProgress } from "@qcow2/qcow2";
+ * import { assert, assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const seen: ConvertProgress[] = [];
+ * await convert(bytes, new WritableStream(), { onProgress: (p) => seen.push(p) });
+ * assert(seen.every((p, i) => i === 0 || p.done >= seen[i - 1].done));
+ * assertEquals(seen.at(-1), { done: 2 * 1024 * 1024, total: 2 * 1024 * 1024 });
+ * ```
+ */
 export interface ConvertProgress {
   /** Guest bytes processed so far. */
   done: number;
@@ -17,7 +31,23 @@ export interface ConvertProgress {
   total: number;
 }
 
-/** Options for converting an image to raw. */
+/**
+ * Options for converting an image to raw.
+ *
+ * @example Fully allocated output, and a conversion cancelled
+ * ```ts
+ * import { convert } from "@qcow2/qcow2";
+ * import { assertEquals, assertRejects } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const sparse = await convert(bytes, new WritableStream()); // all-zero 4 KiB blocks are holes
+ * assertEquals(sparse.bytesWritten, 65536);
+ * const full = await convert(bytes, new WritableStream(), { sparseSize: 0, chunkSize: 65536 });
+ * assertEquals(full.bytesWritten, full.virtualSize); // zeros written too
+ * const signal = AbortSignal.abort(new Error("cancelled"));
+ * await assertRejects(() => convert(bytes, new WritableStream(), { signal }), Error, "cancelled");
+ * ```
+ */
 export interface ConvertOptions {
   /**
    * A run of zero bytes at least this long, aligned to it, is left as a hole
@@ -35,7 +65,25 @@ export interface ConvertOptions {
   parallel?: number;
 }
 
-/** What a conversion did. */
+/**
+ * What a conversion did.
+ *
+ * @example Converting an image into memory
+ * ```ts
+ * import { convert, type ConvertSummary } from "@qcow2/qcow2";
+ * import { assert, assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const chunks: Uint8Array[] = [];
+ * const sink = new WritableStream<Uint8Array>({ write: (c) => void chunks.push(c.slice()) });
+ * const summary: ConvertSummary = await convert(bytes, sink);
+ * assertEquals(summary.virtualSize, 2 * 1024 * 1024);
+ * assertEquals(chunks.reduce((n, c) => n + c.length, 0), summary.virtualSize);
+ * assertEquals(summary.bytesWritten, 512000); // bytes of 4 KiB blocks that are not all zero
+ * assertEquals(summary.bytesWritten + summary.bytesSkipped, summary.virtualSize);
+ * assert(summary.durationMs >= 0);
+ * ```
+ */
 export interface ConvertSummary {
   /** The virtual size: the length of the raw output. */
   virtualSize: number;

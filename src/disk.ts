@@ -5,13 +5,45 @@
  * @module
  */
 
-/** What a run of guest bytes is backed by. */
+/**
+ * What a run of guest bytes is backed by.
+ *
+ * @example How much of a compressed image is compressed
+ * ```ts
+ * import { type ExtentKind, openImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const image = await openImage(bytes);
+ * const bytesOf: Record<ExtentKind, number> = { data: 0, zero: 0, unallocated: 0, compressed: 0 };
+ * for await (const extent of image.extents()) bytesOf[extent.kind] += extent.length;
+ * assertEquals(bytesOf.compressed, 9 * 65536);
+ * assertEquals(bytesOf.data, 65536); // the random cluster: it did not compress
+ * assertEquals(bytesOf.unallocated, image.size - 10 * 65536);
+ * ```
+ */
 export type ExtentKind = "data" | "zero" | "unallocated" | "compressed";
 
 /**
  * A run of guest bytes that share one kind. `data` runs are contiguous in
  * their file too; each `compressed` run lies inside one cluster.
  * `unallocated` runs read as zeros: no layer of the chain holds them.
+ *
+ * @example The first extents of an image
+ * ```ts
+ * import { type Extent, openImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const image = await openImage(bytes);
+ * const extents: Extent[] = [];
+ * for await (const extent of image.extents(0, 3 * 65536)) extents.push(extent);
+ * assertEquals(extents, [
+ *   { start: 0, length: 65536, kind: "data", depth: 0, hostOffset: 0x50000 },
+ *   { start: 65536, length: 65536, kind: "zero", depth: 0 },
+ *   { start: 131072, length: 65536, kind: "unallocated", depth: 0 },
+ * ]);
+ * ```
  */
 export interface Extent {
   /** Guest offset of the first byte. */
@@ -32,7 +64,32 @@ export interface Extent {
   depth: number;
 }
 
-/** A virtual disk: what every image format offers to readers and `convert`. */
+/**
+ * A virtual disk: what every image format offers to readers and `convert`.
+ *
+ * @example Converting a disk of your own
+ * ```ts
+ * import { convert, type DiskImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const data = new Uint8Array(1024 * 1024);
+ * data.fill(0xaa, 0, 4096);
+ * const disk: DiskImage = {
+ *   size: data.length,
+ *   async *extents(start = 0, end = data.length) {
+ *     yield { start, length: end - start, kind: "data", depth: 0 };
+ *   },
+ *   read(position, buffer) {
+ *     buffer.set(data.subarray(position, position + buffer.length));
+ *     return Promise.resolve();
+ *   },
+ *   close() {},
+ * };
+ * const summary = await convert(disk, new WritableStream());
+ * assertEquals(summary.virtualSize, 1024 * 1024);
+ * assertEquals(summary.bytesWritten, 4096); // all-zero blocks count as holes
+ * ```
+ */
 export interface DiskImage {
   /** Virtual disk size in bytes. */
   readonly size: number;

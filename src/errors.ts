@@ -8,6 +8,22 @@
 /**
  * Stable machine-readable reasons for a {@linkcode Qcow2Error}. Match on
  * these, never on the message text.
+ *
+ * @example Telling a missing backing file from a broken image
+ * ```ts
+ * import { openImage, Qcow2Error, type Qcow2ErrorCode } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/chain_top.qcow2", import.meta.url));
+ * let code: Qcow2ErrorCode | undefined;
+ * try {
+ *   await openImage(bytes); // it names a backing file; no openFile says how to open it
+ * } catch (e) {
+ *   if (!(e instanceof Qcow2Error)) throw e;
+ *   code = e.code;
+ * }
+ * assertEquals(code, "BACKING_FILE");
+ * ```
  */
 export type Qcow2ErrorCode =
   /** The file does not start with the qcow2 magic `QFI\xfb`. */
@@ -51,7 +67,21 @@ export type Qcow2ErrorCode =
   /** A caller-supplied argument is out of range. */
   | "BAD_ARGUMENT";
 
-/** Options for {@linkcode Qcow2Error}. */
+/**
+ * Options for {@linkcode Qcow2Error}.
+ *
+ * @example Raising a Qcow2Error from your own checks
+ * ```ts
+ * import { Qcow2Error, type Qcow2ErrorOptions } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const cause = new RangeError("entry 3 is out of range");
+ * const options: Qcow2ErrorOptions = { cause, offset: 0x30018 };
+ * const error = new Qcow2Error("BAD_TABLE_ENTRY", "L2 entry 3 is invalid", options);
+ * assertEquals(error.offset, 0x30018);
+ * assertEquals(error.cause, cause);
+ * ```
+ */
 export interface Qcow2ErrorOptions extends ErrorOptions {
   /** Byte offset in the image file that the problem concerns, if any. */
   offset?: number;

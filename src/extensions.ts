@@ -17,7 +17,21 @@ export const EXTENSION_TYPES = {
   externalDataFile: 0x44415441,
 } as const;
 
-/** One entry of the feature name table extension. */
+/**
+ * One entry of the feature name table extension.
+ *
+ * @example The feature names QEMU writes into a version 3 image
+ * ```ts
+ * import { readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const { featureNames } = (await readHeader(bytes)).extensions;
+ * assertEquals(featureNames[0], { type: "incompatible", bit: 0, name: "dirty bit" });
+ * const lazy = featureNames.find((f) => f.type === "compatible" && f.bit === 0);
+ * assertEquals(lazy?.name, "lazy refcounts");
+ * ```
+ */
 export interface FeatureName {
   /** Which feature field the bit belongs to. */
   type: "incompatible" | "compatible" | "autoclear";
@@ -27,7 +41,30 @@ export interface FeatureName {
   name: string;
 }
 
-/** The bitmaps extension: where the persistent dirty bitmaps are described. */
+/**
+ * The bitmaps extension: where the persistent dirty bitmaps are described.
+ *
+ * @example Reading the bitmaps extension of a header
+ * ```ts
+ * import { parseHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * // An image without bitmaps, given one bitmap's extension in place of its
+ * // feature name table (as `qemu-img bitmap --add` would record one).
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/empty.qcow2", import.meta.url));
+ * const ext = new DataView(new ArrayBuffer(40)); // extension, then end marker
+ * ext.setUint32(0, 0x23852875); // the bitmaps extension's type
+ * ext.setUint32(4, 24); // its length
+ * ext.setUint32(8, 1); // one bitmap
+ * ext.setBigUint64(16, 40n); // bitmap directory size
+ * ext.setBigUint64(24, 0x50000n); // bitmap directory offset
+ * bytes.set(new Uint8Array(ext.buffer), 112); // where the header ends
+ * bytes[95] |= 1; // autoclear bit 0: the bitmaps are consistent
+ * const header = parseHeader(bytes);
+ * assertEquals(header.features.bitmaps, true);
+ * assertEquals(header.extensions.bitmaps, { count: 1, directorySize: 40, directoryOffset: 0x50000 });
+ * ```
+ */
 export interface BitmapsExtension {
   /** Number of bitmaps, 1 to 65535. */
   count: number;
@@ -37,7 +74,29 @@ export interface BitmapsExtension {
   directoryOffset: number;
 }
 
-/** The full disk encryption extension: where the LUKS header lies. */
+/**
+ * The full disk encryption extension: where the LUKS header lies.
+ *
+ * @example A LUKS-encrypted header parses; the image does not open
+ * ```ts
+ * import { openImage, parseHeader, Qcow2Error } from "@qcow2/qcow2";
+ * import { assertEquals, assertRejects } from "@std/assert";
+ *
+ * // A plain image made to look LUKS-encrypted: crypt_method 2, and the
+ * // extension that says where the LUKS header lies.
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/empty.qcow2", import.meta.url));
+ * const view = new DataView(bytes.buffer);
+ * view.setUint32(32, 2); // crypt_method: LUKS
+ * view.setUint32(112, 0x0537be77); // the full disk encryption extension's type
+ * view.setUint32(116, 16); // its length
+ * view.setBigUint64(120, 0x30000n); // LUKS header offset
+ * view.setBigUint64(128, 0x100000n); // LUKS header length
+ * view.setBigUint64(136, 0n); // end of the extensions
+ * assertEquals(parseHeader(bytes).extensions.encryption, { offset: 0x30000, length: 0x100000 });
+ * const error = await assertRejects(() => openImage(bytes), Qcow2Error);
+ * assertEquals(error.code, "ENCRYPTED");
+ * ```
+ */
 export interface EncryptionExtension {
   /** File offset of the LUKS header area. */
   offset: number;
@@ -45,7 +104,25 @@ export interface EncryptionExtension {
   length: number;
 }
 
-/** An extension this library does not interpret, kept as raw bytes. */
+/**
+ * An extension this library does not interpret, kept as raw bytes.
+ *
+ * @example An extension from a newer writer is kept, not refused
+ * ```ts
+ * import { imageInfo, parseHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/empty.qcow2", import.meta.url));
+ * bytes.set([
+ *   0x0b, 0xad, 0xca, 0xfe, 0, 0, 0, 3, // type 0x0badcafe, 3 bytes long
+ *   1, 2, 3, 0, 0, 0, 0, 0, // its data, padded to 8 bytes
+ *   0, 0, 0, 0, 0, 0, 0, 0, // end of the extensions
+ * ], 112); // where the header ends
+ * const header = parseHeader(bytes);
+ * assertEquals(header.extensions.unknown, [{ type: 0x0badcafe, data: new Uint8Array([1, 2, 3]) }]);
+ * assertEquals(imageInfo(header, "x.qcow2")["qcow2-header"]?.["unknown-extensions"], ["0xbadcafe"]);
+ * ```
+ */
 export interface UnknownExtension {
   /** The extension's type code. */
   type: number;
@@ -53,7 +130,22 @@ export interface UnknownExtension {
   data: Uint8Array;
 }
 
-/** All header extensions of an image. */
+/**
+ * All header extensions of an image.
+ *
+ * @example The extensions of an image with an external data file
+ * ```ts
+ * import { readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/ext_data.qcow2", import.meta.url));
+ * const { extensions } = await readHeader(bytes);
+ * assertEquals(extensions.externalDataFile, "ext_data.data");
+ * assertEquals(extensions.backingFormat, undefined); // no backing file
+ * assertEquals(extensions.featureNames.length, 8);
+ * assertEquals(extensions.unknown, []);
+ * ```
+ */
 export interface HeaderExtensions {
   /** Format of the backing file (`"qcow2"`, `"raw"`, ...), if named. */
   backingFormat?: string;

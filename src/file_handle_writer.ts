@@ -15,6 +15,32 @@ const SEEK_CURRENT = 1;
  * The subset of a Node `fs/promises` `FileHandle` needed to write:
  * positional `write`, `truncate` and `stat`. Deno, Node and Bun all provide
  * it.
+ *
+ * @example A handle of your own, into memory
+ * ```ts
+ * import { convert, fileHandleWriter, type WritableFileHandleLike } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const disk = new Uint8Array(8 * 1024 * 1024); // room enough
+ * let size = 0;
+ * const handle: WritableFileHandleLike = {
+ *   write(buffer, offset, length, position) {
+ *     disk.set(buffer.subarray(offset, offset + length), position);
+ *     size = Math.max(size, position + length);
+ *     return Promise.resolve({ bytesWritten: length });
+ *   },
+ *   truncate(len = 0) {
+ *     disk.fill(0, len);
+ *     size = len;
+ *     return Promise.resolve();
+ *   },
+ *   stat: () => Promise.resolve({ size }),
+ * };
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const summary = await convert(bytes, fileHandleWriter(handle));
+ * assertEquals(size, summary.virtualSize);
+ * assertEquals(disk[0], 0xa5); // the active state's first cluster
+ * ```
  */
 export interface WritableFileHandleLike {
   /** Writes `length` bytes of `buffer` from `offset` at file `position`. */

@@ -70,10 +70,38 @@ export const INCOMPATIBLE_FEATURES: Readonly<Record<string, number>> = {
 /** Mask of every known incompatible feature bit. */
 const KNOWN_INCOMPATIBLE = 0x1fn;
 
-/** The compression types a qcow2 v3 header can name. */
+/**
+ * The compression types a qcow2 v3 header can name.
+ *
+ * @example Finding out which decompressor an image needs
+ * ```ts
+ * import { type CompressionType, readHeader } from "@qcow2/qcow2";
+ * import { assert, assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/zstd.qcow2", import.meta.url));
+ * const header = await readHeader(bytes);
+ * const type: CompressionType = header.compressionType;
+ * assertEquals(type, "zstd");
+ * assert(header.features.compressionType); // incompatible bit 3 marks it
+ * ```
+ */
 export type CompressionType = "zlib" | "zstd";
 
-/** Named feature bits of a header. */
+/**
+ * Named feature bits of a header.
+ *
+ * @example Checking the feature bits of an image with lazy refcounts
+ * ```ts
+ * import { readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/lazy.qcow2", import.meta.url));
+ * const { features, compatibleFeatures } = await readHeader(bytes);
+ * assertEquals(features.lazyRefcounts, true);
+ * assertEquals(features.dirty, false); // it was closed cleanly
+ * assertEquals(compatibleFeatures, 1n); // the raw bits behind it
+ * ```
+ */
 export interface Qcow2Features {
   /** Incompatible bit 0: refcounts may be stale (lazy refcounts in use). */
   dirty: boolean;
@@ -93,7 +121,24 @@ export interface Qcow2Features {
   rawExternalData: boolean;
 }
 
-/** Every field of a qcow2 header, with v2 images given the v3 defaults. */
+/**
+ * Every field of a qcow2 header, with v2 images given the v3 defaults.
+ *
+ * @example The header of an overlay in a backing chain
+ * ```ts
+ * import { readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/chain_top.qcow2", import.meta.url));
+ * const header = await readHeader(bytes);
+ * assertEquals(header.version, 3);
+ * assertEquals(header.size, 4 * 1024 * 1024);
+ * assertEquals(header.clusterSize, 2 ** header.clusterBits);
+ * assertEquals(header.refcountBits, 16);
+ * assertEquals(header.backingFile, "chain_mid.qcow2");
+ * assertEquals(header.extensions.backingFormat, "qcow2");
+ * ```
+ */
 export interface Qcow2Header {
   /** Always {@linkcode QCOW2_MAGIC}. */
   magic: number;

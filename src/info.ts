@@ -14,7 +14,28 @@ import {
 import type { QcowHeader } from "./qcow1.ts";
 import type { Snapshot } from "./snapshots.ts";
 
-/** The `format-specific.data` object of `qemu-img info` for qcow2. */
+/**
+ * The `format-specific.data` object of `qemu-img info` for qcow2.
+ *
+ * @example What `qemu-img info` says of an image with a raw data file
+ * ```ts
+ * import { imageInfo, readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/ext_raw.qcow2", import.meta.url));
+ * const data = imageInfo(await readHeader(bytes), "ext_raw.qcow2")["format-specific"]?.data;
+ * assertEquals(data, {
+ *   compat: "1.1",
+ *   "compression-type": "zlib",
+ *   "refcount-bits": 16,
+ *   "lazy-refcounts": false,
+ *   corrupt: false,
+ *   "extended-l2": false,
+ *   "data-file": "ext_raw.data",
+ *   "data-file-raw": true,
+ * });
+ * ```
+ */
 export interface Qcow2SpecificInfo {
   /** `"0.10"` for version 2, `"1.1"` for version 3. */
   compat: "0.10" | "1.1";
@@ -34,7 +55,23 @@ export interface Qcow2SpecificInfo {
   "data-file-raw"?: boolean;
 }
 
-/** Header details that `qemu-img info` does not show; our own keys. */
+/**
+ * Header details that `qemu-img info` does not show; our own keys.
+ *
+ * @example Feature bits by name, and where the tables lie
+ * ```ts
+ * import { imageInfo, readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/ext_raw.qcow2", import.meta.url));
+ * const header = imageInfo(await readHeader(bytes), "ext_raw.qcow2")["qcow2-header"]!;
+ * assertEquals(header["incompatible-features"], ["external data file"]);
+ * assertEquals(header["autoclear-features"], ["raw external data"]);
+ * assertEquals(header["compatible-features"], []);
+ * assertEquals(header["l1-table-offset"], 0x30000);
+ * assertEquals(header["refcount-table-offset"], 0x10000);
+ * ```
+ */
 export interface Qcow2HeaderInfo {
   /** Header version, 2 or 3. */
   version: number;
@@ -64,7 +101,30 @@ export interface Qcow2HeaderInfo {
   "unknown-extensions": string[];
 }
 
-/** One snapshot as `qemu-img info --output=json` lists it. */
+/**
+ * One snapshot as `qemu-img info --output=json` lists it.
+ *
+ * @example The snapshot list of an image
+ * ```ts
+ * import { bytesSource, imageInfo, readHeader, readSnapshots } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const source = bytesSource(bytes);
+ * const header = await readHeader(source);
+ * const info = imageInfo(header, "snap.qcow2", { snapshots: await readSnapshots(source, header) });
+ * assertEquals(info.snapshots?.[1], {
+ *   id: "2",
+ *   name: "second",
+ *   "vm-state-size": 0,
+ *   "date-sec": 1700003600,
+ *   "date-nsec": 250000000,
+ *   "vm-clock-sec": 0,
+ *   "vm-clock-nsec": 0,
+ *   icount: 0,
+ * });
+ * ```
+ */
 export interface SnapshotInfo {
   /** The snapshot's ID. */
   id: string;
@@ -84,7 +144,24 @@ export interface SnapshotInfo {
   icount?: number;
 }
 
-/** The report of `info --json`: `qemu-img info` keys, plus `qcow2-header`. */
+/**
+ * The report of `info --json`: `qemu-img info` keys, plus `qcow2-header`.
+ *
+ * @example The same report as `qemu-img info --output=json`
+ * ```ts
+ * import { type ImageInfo, imageInfo, readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const dir = new URL("../tests/fixtures/layouts/", import.meta.url);
+ * const header = await readHeader(await Deno.readFile(new URL("chain_top.qcow2", dir)));
+ * const info: ImageInfo = imageInfo(header, "chain_top.qcow2", { fullBackingFilename: "chain_mid.qcow2" });
+ * // What qemu-img printed for this image, less its file name and size on disk.
+ * const expected = JSON.parse(await Deno.readTextFile(new URL("expected.json", dir)));
+ * const { filename, "qcow2-header": ours, ...asQemu } = info;
+ * assertEquals(asQemu, expected["chain_top.qcow2"].info);
+ * assertEquals([filename, ours?.version], ["chain_top.qcow2", 3]);
+ * ```
+ */
 export interface ImageInfo {
   /** The image's file name, as given. */
   filename: string;
@@ -114,7 +191,25 @@ export interface ImageInfo {
   "qcow2-header"?: Qcow2HeaderInfo;
 }
 
-/** Optional facts for {@linkcode imageInfo} that the header does not hold. */
+/**
+ * Optional facts for {@linkcode imageInfo} that the header does not hold.
+ *
+ * @example The size on disk and the backing file's path
+ * ```ts
+ * import { formatInfo, imageInfo, type InfoExtras, readHeader, resolveName } from "@qcow2/qcow2";
+ * import { assertStringIncludes } from "@std/assert";
+ *
+ * const url = new URL("../tests/fixtures/layouts/over_raw.qcow2", import.meta.url);
+ * const header = await readHeader(await Deno.readFile(url));
+ * const extras: InfoExtras = {
+ *   actualSize: 512 * 1024, // from the file system: (await Deno.stat(path)).blocks * 512
+ *   fullBackingFilename: resolveName("images/over_raw.qcow2", header.backingFile!),
+ * };
+ * const text = formatInfo(imageInfo(header, "images/over_raw.qcow2", extras));
+ * assertStringIncludes(text, "disk size: 512 KiB\n");
+ * assertStringIncludes(text, "backing file: rawbase.raw (actual path: images/rawbase.raw)\n");
+ * ```
+ */
 export interface InfoExtras {
   /** Bytes the file occupies on disk. */
   actualSize?: number;

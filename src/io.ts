@@ -40,6 +40,31 @@ export const SEEK_END = 2;
 /**
  * The subset of `Deno.FsFile` needed to read: `read` and `seek`. A
  * `Deno.FsFile` passes as it is.
+ *
+ * @example A reader of your own, over bytes in memory
+ * ```ts
+ * import { openImage, type SeekableReader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * let position = 0;
+ * const reader: SeekableReader = {
+ *   read(p) {
+ *     const part = bytes.subarray(position, position + p.length);
+ *     p.set(part);
+ *     position += part.length;
+ *     return Promise.resolve(part.length > 0 ? part.length : null);
+ *   },
+ *   seek(offset, whence) { // whence as Deno.SeekMode: 0 start, 1 current, 2 end
+ *     position = [0, position, bytes.length][whence] + offset;
+ *     return Promise.resolve(position);
+ *   },
+ * };
+ * const image = await openImage(reader);
+ * const sector = new Uint8Array(512);
+ * await image.read(0, sector);
+ * assertEquals(sector[0], 0x55);
+ * ```
  */
 export interface SeekableReader {
   /** Reads into `p`, resolving to the count read or `null` at end of file. */
@@ -51,6 +76,38 @@ export interface SeekableReader {
 /**
  * The subset of `Deno.FsFile` needed to write: `write`, `seek` and
  * `truncate`. A `Deno.FsFile` opened for writing passes as it is.
+ *
+ * @example A writer of your own, into memory: holes are sought over
+ * ```ts
+ * import { convert, type SeekableWriter } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const disk = new Uint8Array(8 * 1024 * 1024); // room enough
+ * let length = 0;
+ * let position = 0;
+ * const writer: SeekableWriter = {
+ *   write(p) {
+ *     disk.set(p, position);
+ *     position += p.length;
+ *     length = Math.max(length, position);
+ *     return Promise.resolve(p.length);
+ *   },
+ *   seek(offset, whence) { // whence as Deno.SeekMode: 0 start, 1 current, 2 end
+ *     position = [0, position, length][whence] + offset;
+ *     return Promise.resolve(position);
+ *   },
+ *   truncate(len = 0) {
+ *     disk.fill(0, len);
+ *     length = len;
+ *     return Promise.resolve();
+ *   },
+ * };
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const summary = await convert(bytes, writer);
+ * assertEquals(length, 4 * 1024 * 1024); // set by truncate at the end
+ * assertEquals(summary.bytesWritten, 65536); // the one cluster of data
+ * assertEquals(disk[0], 0x55);
+ * ```
  */
 export interface SeekableWriter {
   /** Writes from `p`, resolving to the count written. */
@@ -156,6 +213,21 @@ export function blobSource(blob: Blob): ByteSource {
  * const source = await fileSource(file);
  * console.log(source.size);
  * ```
+ *
+ * @example Reads at any position, made one at a time
+ * ```ts
+ * import { fileSource, readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * using file = await Deno.open(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const source = await fileSource(file);
+ * assertEquals(source.size, 458752);
+ * const header = await readHeader(source);
+ * const [a, b] = [new Uint8Array(4), new Uint8Array(4)];
+ * // Both start at once; the second waits for the first's seek and read.
+ * await Promise.all([source.readAt(0, a), source.readAt(header.l1TableOffset, b)]);
+ * assertEquals(a, new Uint8Array([0x51, 0x46, 0x49, 0xfb])); // QFI\xfb
+ * ```
  */
 export async function fileSource(file: SeekableReader): Promise<ByteSource> {
   const size = await file.seek(0, SEEK_END);
@@ -183,6 +255,24 @@ export async function fileSource(file: SeekableReader): Promise<ByteSource> {
 /**
  * The subset of a Node `fs/promises` `FileHandle` needed to read: positional
  * `read` and `stat`. Deno, Node and Bun all provide it.
+ *
+ * @example A handle of your own, over bytes in memory
+ * ```ts
+ * import { fileHandleSource, type FileHandleLike, openImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const handle: FileHandleLike = {
+ *   read(buffer, offset, length, position) {
+ *     const part = bytes.subarray(position, position + length);
+ *     buffer.set(part, offset);
+ *     return Promise.resolve({ bytesRead: part.length });
+ *   },
+ *   stat: () => Promise.resolve({ size: bytes.length }),
+ * };
+ * const image = await openImage(await fileHandleSource(handle));
+ * assertEquals(image.size, 4 * 1024 * 1024);
+ * ```
  */
 export interface FileHandleLike {
   /** Reads `length` bytes at file `position` into `buffer` at `offset`. */
@@ -210,6 +300,23 @@ export interface FileHandleLike {
  *
  * const handle = await open("disk.qcow2");
  * const image = await openImage(await fileHandleSource(handle));
+ * ```
+ *
+ * @example Reading the header of a fixture through `node:fs/promises`
+ * ```ts
+ * import { open } from "node:fs/promises";
+ * import { fileHandleSource, readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const handle = await open(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * try {
+ *   const source = await fileHandleSource(handle);
+ *   assertEquals(source.size, (await handle.stat()).size);
+ *   const header = await readHeader(source);
+ *   assertEquals(header.nbSnapshots, 2);
+ * } finally {
+ *   await handle.close();
+ * }
  * ```
  */
 export async function fileHandleSource(
@@ -259,7 +366,23 @@ export async function readExact(
   return buffer;
 }
 
-/** Anything an image can be read from. */
+/**
+ * Anything an image can be read from.
+ *
+ * @example The same image in each of its forms
+ * ```ts
+ * import { bytesSource, type ImageInput, readHeader } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const url = new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url);
+ * const bytes = await Deno.readFile(url);
+ * using file = await Deno.open(url);
+ * const inputs: ImageInput[] = [bytes, new Blob([bytes]), bytesSource(bytes), file];
+ * for (const input of inputs) {
+ *   assertEquals((await readHeader(input)).size, 4 * 1024 * 1024);
+ * }
+ * ```
+ */
 export type ImageInput = ByteSource | SeekableReader | Uint8Array | Blob;
 
 /**

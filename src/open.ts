@@ -20,13 +20,53 @@ import { openQcow1, type QcowImage } from "./qcow1.ts";
 import { RawImage } from "./raw.ts";
 import { findSnapshot, readSnapshots, type Snapshot } from "./snapshots.ts";
 
-/** A file opened by an {@linkcode OpenFile} hook. */
+/**
+ * A file opened by an {@linkcode OpenFile} hook.
+ *
+ * @example Files opened for a backing chain are closed with the image
+ * ```ts
+ * import { bytesSource, openImage, type OpenedFile } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const dir = new URL("../tests/fixtures/layouts/", import.meta.url);
+ * let open = 0;
+ * const openFile = async (path: string): Promise<OpenedFile> => {
+ *   const bytes = await Deno.readFile(new URL(path, dir));
+ *   open++;
+ *   return { ...bytesSource(bytes), close: () => open-- };
+ * };
+ * const image = await openImage(await Deno.readFile(new URL("chain_top.qcow2", dir)), { openFile });
+ * assertEquals(open, 2); // chain_mid.qcow2 and chain_base.qcow2
+ * image.close();
+ * assertEquals(open, 0);
+ * ```
+ */
 export interface OpenedFile extends ByteSource {
   /** Releases the file; called when the image that opened it is closed. */
   close?(): void;
 }
 
-/** What an image asks an {@linkcode OpenFile} hook to open. */
+/**
+ * What an image asks an {@linkcode OpenFile} hook to open.
+ *
+ * @example The request for an external data file
+ * ```ts
+ * import { bytesSource, openImage, type OpenRequest } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const dir = new URL("../tests/fixtures/layouts/", import.meta.url);
+ * const requests: OpenRequest[] = [];
+ * const image = await openImage(await Deno.readFile(new URL("ext_data.qcow2", dir)), {
+ *   path: "ext_data.qcow2",
+ *   openFile: async (path, request) => {
+ *     requests.push(request);
+ *     return bytesSource(await Deno.readFile(new URL(path, dir)));
+ *   },
+ * });
+ * assertEquals(requests, [{ kind: "data-file", name: "ext_data.data", from: "ext_data.qcow2" }]);
+ * image.close();
+ * ```
+ */
 export interface OpenRequest {
   /** Why: a backing file, or an external data file. */
   kind: "backing" | "data-file";
@@ -40,13 +80,53 @@ export interface OpenRequest {
  * Opens a file that an image names, given its path resolved against the
  * naming image's directory. Throw to refuse: a program that must not follow
  * backing files can confine or forbid them here.
+ *
+ * @example Serving a backing chain from memory
+ * ```ts
+ * import { bytesSource, openImage, type OpenFile } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const files = new Map<string, Uint8Array>();
+ * for (const name of ["chain_top.qcow2", "chain_mid.qcow2", "chain_base.qcow2"]) {
+ *   files.set(name, await Deno.readFile(new URL(`../tests/fixtures/layouts/${name}`, import.meta.url)));
+ * }
+ * const openFile: OpenFile = (path) => {
+ *   const bytes = files.get(path);
+ *   if (!bytes) throw new Error(`${path} is not in memory`);
+ *   return Promise.resolve(bytesSource(bytes));
+ * };
+ * const image = await openImage(files.get("chain_top.qcow2")!, { openFile });
+ * const depths = new Set<number>();
+ * for await (const extent of image.extents()) depths.add(extent.depth);
+ * assertEquals([...depths].sort(), [0, 1, 2]); // data from every layer
+ * ```
  */
 export type OpenFile = (
   path: string,
   request: OpenRequest,
 ) => Promise<OpenedFile>;
 
-/** Options for opening an image. */
+/**
+ * Options for opening an image.
+ *
+ * @example Reading a snapshot, and a top layer alone
+ * ```ts
+ * import { openImage, type OpenOptions } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const dir = new URL("../tests/fixtures/layouts/", import.meta.url);
+ * const byte = async (name: string, at: number, options: OpenOptions) => {
+ *   const image = await openImage(await Deno.readFile(new URL(name, dir)), options);
+ *   const buffer = new Uint8Array(1);
+ *   await image.read(at, buffer);
+ *   return buffer[0];
+ * };
+ * assertEquals(await byte("snap.qcow2", 0, {}), 0xa5); // the active state
+ * assertEquals(await byte("snap.qcow2", 0, { snapshot: "first" }), 0xa1);
+ * // The backing file holds 0x11 here; the top layer alone reads zeros.
+ * assertEquals(await byte("chain_top.qcow2", 200 * 1024, { ignoreBackingFile: true }), 0);
+ * ```
+ */
 export interface OpenOptions {
   /** Decompressors to use; `mod.ts` defaults to `node:zlib`'s. */
   codecs?: Codecs;
@@ -73,7 +153,22 @@ export interface OpenOptions {
   maxChainDepth?: number;
 }
 
-/** The disk image formats this library reads. */
+/**
+ * The disk image formats this library reads.
+ *
+ * @example Probing the format of three files
+ * ```ts
+ * import { type ImageFormat, probeFormat } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const formats: ImageFormat[] = [];
+ * for (const name of ["v1.qcow", "over_raw.qcow2", "rawbase.raw"]) {
+ *   const bytes = await Deno.readFile(new URL(`../tests/fixtures/layouts/${name}`, import.meta.url));
+ *   formats.push(probeFormat(bytes.subarray(0, 8)));
+ * }
+ * assertEquals(formats, ["qcow", "qcow2", "raw"]);
+ * ```
+ */
 export type ImageFormat = "qcow2" | "qcow" | "raw";
 
 const DEFAULT_MAX_DEPTH = 64;

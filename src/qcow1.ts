@@ -25,7 +25,24 @@ import { QCOW2_MAGIC } from "./header.ts";
 import { type ByteSource, readExact } from "./io.ts";
 import { L2Cache } from "./l2_cache.ts";
 
-/** The header of a qcow version 1 image. */
+/**
+ * The header of a qcow version 1 image.
+ *
+ * @example The header of an open qcow image
+ * ```ts
+ * import { openImage, type QcowHeader, type QcowImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1.qcow", import.meta.url));
+ * const image = await openImage(bytes) as QcowImage;
+ * const header: QcowHeader = image.header;
+ * assertEquals(header.version, 1);
+ * assertEquals(header.clusterSize, 2 ** header.clusterBits);
+ * assertEquals(header.l2Bits, 9); // 512 entries per L2 table
+ * assertEquals(header.cryptMethod, 0);
+ * assertEquals(header.backingFile, undefined);
+ * ```
+ */
 export interface QcowHeader {
   /** Always 1. */
   version: 1;

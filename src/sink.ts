@@ -10,6 +10,39 @@ import { SEEK_END, SEEK_START, type SeekableWriter } from "./io.ts";
 /**
  * A destination for raw guest bytes, written in increasing offset order. What
  * is never written reads as zeros once {@linkcode RawSink.finish} has run.
+ *
+ * `convert` builds one over its output (a file or a stream); no exported
+ * function takes one. The example drives a sink by hand, as `convert` does.
+ *
+ * @example A sink into memory, fed with the data extents of an image
+ * ```ts
+ * import { openImage, type RawSink } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const raw = new Uint8Array(8 * 1024 * 1024); // room enough, zero-filled
+ * let size = 0;
+ * const sink: RawSink = {
+ *   writeAt(position, bytes) {
+ *     raw.set(bytes, position);
+ *     return Promise.resolve();
+ *   },
+ *   finish(length) {
+ *     size = length;
+ *     return Promise.resolve();
+ *   },
+ * };
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const image = await openImage(bytes);
+ * for await (const extent of image.extents()) {
+ *   if (extent.kind !== "data" && extent.kind !== "compressed") continue;
+ *   const buffer = new Uint8Array(extent.length);
+ *   await image.read(extent.start, buffer);
+ *   await sink.writeAt(extent.start, buffer);
+ * }
+ * await sink.finish(image.size);
+ * assertEquals(size, 4 * 1024 * 1024);
+ * assertEquals([raw[0], raw[0xff00], raw[0x10000]], [0x55, 0x66, 0]);
+ * ```
  */
 export interface RawSink {
   /** Writes `bytes` at guest offset `position` (never before an earlier write's end). */

@@ -8,7 +8,23 @@ import { hex, Qcow2Error } from "./errors.ts";
 import type { Qcow2Header } from "./header.ts";
 import { type ByteSource, readExact } from "./io.ts";
 
-/** One internal snapshot. */
+/**
+ * One internal snapshot.
+ *
+ * @example The snapshots of an open image
+ * ```ts
+ * import { openImage, type Qcow2Image, type Snapshot } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const image = await openImage(bytes) as Qcow2Image;
+ * const [first, second]: readonly Snapshot[] = image.snapshots;
+ * assertEquals([first.id, first.name], ["1", "first"]);
+ * assertEquals(second.dateSec - first.dateSec, 3600); // taken an hour apart
+ * assertEquals(first.diskSize, image.size);
+ * assertEquals(first.vmStateSize, 0); // disk-only: no saved VM state
+ * ```
+ */
 export interface Snapshot {
   /** The snapshot's unique ID string (QEMU numbers them "1", "2", ...). */
   id: string;
