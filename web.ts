@@ -42,6 +42,7 @@
  */
 
 import {
+  CONVERT_L2_CACHE_BYTES,
   convertImage,
   type ConvertOptions,
   type ConvertSummary,
@@ -252,11 +253,13 @@ export async function convert(
   options: ConvertOptions & OpenOptions = {},
 ): Promise<ConvertSummary> {
   const opened = !("extents" in src);
-  const image = opened ? await openImage(src, options) : src;
+  const image = opened
+    ? await openImage(src, { l2CacheBytes: CONVERT_L2_CACHE_BYTES, ...options })
+    : src;
   try {
-    const sink: RawSink = dst instanceof WritableStream
-      ? streamSink(dst)
-      : await fileSink(dst);
+    // (`"seek" in dst` rather than `instanceof WritableStream`: in Deno the
+    // latter loads the streams implementation, about 2 ms.)
+    const sink: RawSink = "seek" in dst ? await fileSink(dst) : streamSink(dst);
     return await convertImage(image, sink, options);
   } finally {
     if (opened) image.close();

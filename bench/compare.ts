@@ -12,7 +12,12 @@
  *
  * ```sh
  * deno run -A bench/compare.ts [--runs N] [--only NAME,...] [--dir DIR] [--keep]
+ * deno run -A bench/compare.ts --reuse DIR [--runs N] [--only NAME,...]
  * ```
+ *
+ * `--keep` keeps the inputs (and the raw files they were made from) in a
+ * new directory under `--dir`; `--reuse DIR` times those again without
+ * making them anew.
  *
  * For each input it alternates our converter and qemu-img (one warm-up
  * pair, then `--runs` pairs), removing the output and running `sync` before
@@ -33,14 +38,14 @@ const MiB = 1024 * KiB;
 const GiB = 1024 * MiB;
 
 const flags = parseArgs(Deno.args, {
-  string: ["runs", "dir", "only"],
+  string: ["runs", "dir", "only", "reuse"],
   boolean: ["keep", "help"],
   alias: { h: "help" },
   default: { runs: "5" },
 });
 if (flags.help) {
   console.log(
-    "Usage: deno run -A bench/compare.ts [--runs N] [--only ext4,ext4-zlib,ext4-zstd,random,sparse-1t] [--dir DIR] [--keep]",
+    "Usage: deno run -A bench/compare.ts [--runs N] [--only ext4,ext4-zlib,ext4-zstd,random,sparse-1t] [--dir DIR] [--keep | --reuse DIR]",
   );
   Deno.exit(0);
 }
@@ -50,6 +55,18 @@ if (!Number.isInteger(runs) || runs < 1) {
   Deno.exit(2);
 }
 const only = flags.only?.split(",");
+/** Whether the inputs outlive the run. */
+const keep = flags.keep || flags.reuse !== undefined;
+/** Whether `path` is an input of an earlier `--keep` run to time again. */
+const reusing = (path: string): boolean => {
+  if (flags.reuse === undefined) return false;
+  try {
+    Deno.statSync(path);
+    return true;
+  } catch {
+    return false;
+  }
+};
 const cliPath = new URL("../cli.ts", import.meta.url).pathname;
 const repoRoot = new URL("..", import.meta.url).pathname;
 const timeBin = await exists("/usr/bin/time") ? "/usr/bin/time" : undefined;
@@ -88,13 +105,15 @@ async function main(): Promise<void> {
   if (want("ext4") || want("ext4-zlib") || want("ext4-zstd")) {
     const raw = `${dir}/ext4.raw`;
     let began = performance.now();
-    const copied = await makeExt4(raw, 3 * GiB, 800 * MiB);
+    if (!reusing(raw)) {
+      const copied = await makeExt4(raw, 3 * GiB, 800 * MiB);
+      console.log(
+        `made ext4.raw in ${secs(began)} s: ${copied.files} files, ${
+          formatMiB(copied.bytes)
+        } MiB of file data, ${formatMiB(await allocated(raw))} MiB allocated`,
+      );
+    }
     const digest = await sha256File(raw);
-    console.log(
-      `made ext4.raw in ${secs(began)} s: ${copied.files} files, ${
-        formatMiB(copied.bytes)
-      } MiB of file data, ${formatMiB(await allocated(raw))} MiB allocated`,
-    );
     for (
       const [name, args] of [
         ["ext4", []],
@@ -105,6 +124,10 @@ async function main(): Promise<void> {
       if (!want(name)) continue;
       began = performance.now();
       const path = `${dir}/${name}.qcow2`;
+      if (reusing(path)) {
+        inputs.push({ name, path, digest, virtualSize: 3 * GiB });
+        continue;
+      }
       await run("qemu-img", [
         "convert",
         "-f",
@@ -122,30 +145,36 @@ async function main(): Promise<void> {
       );
       inputs.push({ name, path, digest, virtualSize: 3 * GiB });
     }
-    if (!flags.keep) await Deno.remove(raw);
+    if (!keep) await Deno.remove(raw);
   }
 
   if (want("random")) {
     const raw = `${dir}/random.raw`;
     const path = `${dir}/random.qcow2`;
     const began = performance.now();
-    const digest = await makeRandom(raw, 1 * GiB);
-    await run("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, path]);
-    if (!flags.keep) await Deno.remove(raw);
-    console.log(`made random.qcow2 in ${secs(began)} s`);
+    let digest: string;
+    if (reusing(raw) && reusing(path)) digest = await sha256File(raw);
+    else {
+      digest = await makeRandom(raw, 1 * GiB);
+      await run("qemu-img", ["convert", "-f", "raw", "-O", "qcow2", raw, path]);
+      if (!keep) await Deno.remove(raw);
+      console.log(`made random.qcow2 in ${secs(began)} s`);
+    }
     inputs.push({ name: "random", path, digest, virtualSize: 1 * GiB });
   }
 
   if (want("sparse-1t")) {
     const path = `${dir}/sparse-1t.qcow2`;
     const began = performance.now();
-    await run("qemu-img", ["create", "-q", "-f", "qcow2", path, "1T"]);
-    const commands: string[] = [];
-    for (let i = 0; i < SPARSE_WRITES; i++) {
-      commands.push("-c", `write -q -P ${i + 1} ${i * 16}G 1M`);
+    if (!reusing(path)) {
+      await run("qemu-img", ["create", "-q", "-f", "qcow2", path, "1T"]);
+      const commands: string[] = [];
+      for (let i = 0; i < SPARSE_WRITES; i++) {
+        commands.push("-c", `write -q -P ${i + 1} ${i * 16}G 1M`);
+      }
+      await run("qemu-io", ["-f", "qcow2", ...commands, path]);
+      console.log(`made sparse-1t.qcow2 in ${secs(began)} s`);
     }
-    await run("qemu-io", ["-f", "qcow2", ...commands, path]);
-    console.log(`made sparse-1t.qcow2 in ${secs(began)} s`);
     // Hashing 1 TiB of holes would take hours: its raw form is checked by
     // its written parts and its allocated size instead.
     inputs.push({
@@ -499,13 +528,15 @@ function printTable(head: string[], rows: string[][]): void {
 // --------------------------------------------------------------- start
 // Last, so that the classes and constants above are initialized.
 
-dir = await Deno.makeTempDir({
+dir = flags.reuse ?? await Deno.makeTempDir({
   dir: flags.dir ?? "/tmp",
   prefix: "qcow2-bench-",
 });
-console.log(`dir:      ${dir}${flags.keep ? " (kept)" : ""}\n`);
+console.log(
+  `dir:      ${dir}${flags.reuse ? " (reused)" : keep ? " (kept)" : ""}\n`,
+);
 try {
   await main();
 } finally {
-  if (!flags.keep) await Deno.remove(dir, { recursive: true });
+  if (!keep) await Deno.remove(dir, { recursive: true });
 }

@@ -102,6 +102,14 @@ const MAX_SPARSE = 16 * 1024 * 1024;
 const DEFAULT_CHUNK = 1024 * 1024;
 /** Bytes converted between turns given to the event loop. */
 const YIELD_EVERY = 128 * 1024 * 1024;
+/**
+ * Bytes of L2 tables to cache when an image is opened only to be converted:
+ * a conversion visits each table once, in order, so a few suffice, and a
+ * smaller cache touches less fresh memory.
+ */
+export const CONVERT_L2_CACHE_BYTES = 1024 * 1024;
+/** Microtask turns to wait for a chunk buffer before making another. */
+const SETTLE_TURNS = 256;
 
 /**
  * Writes the guest view of `image` to `sink` as a raw disk image.
@@ -156,6 +164,14 @@ export async function convertImage(
         await new Promise((resolve) => setTimeout(resolve, 0));
       }
       signal?.throwIfAborted();
+      // Synchronous files settle a chunk within a few turns of the
+      // microtask queue: wait that long for a buffer to come back before
+      // making another, so one buffer serves where reads and writes do not
+      // overlap (memory touched for the first time is slow: a page fault per
+      // 4 KiB). Asynchronous files still get `parallel` chunks in flight.
+      if (free.length === 0 && pending.length > 0) {
+        await settledWithin(lastWrite, SETTLE_TURNS);
+      }
       const buffer = free.pop() ?? new Uint8Array(chunk);
       const view = buffer.subarray(0, Math.min(chunk, start + length - p));
       const previous = lastWrite;
@@ -265,4 +281,18 @@ function isZero(
   }
   for (; i < to; i++) if (bytes[i] !== 0) return false;
   return true;
+}
+
+/**
+ * Resolves once `promise` has settled or `turns` turns of the microtask
+ * queue have passed, whichever is first; never rejects.
+ */
+async function settledWithin(
+  promise: Promise<unknown>,
+  turns: number,
+): Promise<void> {
+  let settled = false;
+  const done = () => settled = true;
+  promise.then(done, done);
+  for (let i = 0; i < turns && !settled; i++) await undefined;
 }

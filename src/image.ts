@@ -118,6 +118,7 @@ export class Qcow2Image implements DiskImage {
     this.#entryBytes = header.features.extendedL2 ? 16 : 8;
     this.#cache = new L2Cache(
       (parts.l2CacheBytes ?? DEFAULT_L2_CACHE_BYTES) / header.clusterSize,
+      header.clusterSize,
     );
     this.#codecs = parts.codecs ?? webCodecs;
     this.#external = parts.dataFile !== undefined;
@@ -172,58 +173,79 @@ export class Qcow2Image implements DiskImage {
       if (l2Offset === 0) {
         runs.add("unallocated", spanStart, spanStart + l1Span);
       } else {
-        const table = await this.#l2Table(l2Offset, l1Index);
-        const view = new DataView(
-          table.buffer,
-          table.byteOffset,
-          table.byteLength,
-        );
         const first = spanStart < start
           ? Math.floor((start - spanStart) / cs)
           : 0;
         const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
-        // Runs of all-zero entries (unallocated, no flags) are skipped in
-        // one scan of 32-bit words: a sparse image's L2 tables are mostly
-        // that. (Zero or not does not depend on byte order.)
-        const wpe = this.#entryBytes / 4;
-        const words = new Uint32Array(
-          table.buffer,
-          table.byteOffset,
-          table.byteLength >>> 2,
+        await this.#cache.use(
+          l2Offset,
+          this.#loadL2(l2Offset, l1Index),
+          (table) =>
+            this.#addEntries(runs, table, l2Offset, spanStart, first, last),
         );
-        for (let i = first; i < last; i++) {
-          const g = spanStart + i * cs;
-          let k = i * wpe;
-          const stop = last * wpe;
-          while (k < stop && words[k] === 0) k++;
-          const j = Math.floor(k / wpe);
-          if (j > i) {
-            runs.add("unallocated", g, spanStart + j * cs);
-            i = j - 1;
-            continue;
-          }
-          const entry = this.#decode(view, i, l2Offset, g);
-          if (entry.kind === "compressed") {
-            runs.addCompressed(g, g + cs, entry.host, entry.length);
-          } else if (entry.kind !== "subclusters") {
-            runs.add(entry.kind, g, g + cs, entry.host);
-          } else {
-            // 32 subclusters: allocated (data), zero, or falling through.
-            const sub = cs / 32;
-            for (let j = 0; j < 32; j++) {
-              const bit = 1 << j;
-              const from = g + j * sub;
-              if (entry.alloc & bit) {
-                runs.add("data", from, from + sub, entry.host + j * sub);
-              } else if (entry.zero & bit) runs.add("zero", from, from + sub);
-              else runs.add("unallocated", from, from + sub);
-            }
-          }
-        }
       }
       yield* runs.take();
     }
     yield* runs.finish();
+  }
+
+  /**
+   * Adds entries `[first, last)` of the L2 table at `l2Offset`, which maps
+   * the guest bytes from `spanStart`, to `runs`.
+   */
+  #addEntries(
+    runs: ExtentRuns,
+    table: Uint8Array,
+    l2Offset: number,
+    spanStart: number,
+    first: number,
+    last: number,
+  ): void {
+    const cs = this.clusterSize;
+    const view = new DataView(
+      table.buffer,
+      table.byteOffset,
+      table.byteLength,
+    );
+    // Runs of all-zero entries (unallocated, no flags) are skipped in
+    // one scan of 32-bit words: a sparse image's L2 tables are mostly
+    // that. (Zero or not does not depend on byte order.)
+    const wpe = this.#entryBytes / 4;
+    const words = new Uint32Array(
+      table.buffer,
+      table.byteOffset,
+      table.byteLength >>> 2,
+    );
+    for (let i = first; i < last; i++) {
+      const g = spanStart + i * cs;
+      let k = i * wpe;
+      const stop = last * wpe;
+      while (k < stop && words[k] === 0) k++;
+      const j = Math.floor(k / wpe);
+      if (j > i) {
+        runs.add("unallocated", g, spanStart + j * cs);
+        i = j - 1;
+        continue;
+      }
+      const entry = this.#decode(view, i, l2Offset, g);
+      if (entry.kind === "compressed") {
+        runs.addCompressed(g, g + cs, entry.host, entry.length);
+      } else if (entry.kind !== "subclusters") {
+        runs.add(entry.kind, g, g + cs, entry.host);
+      } else {
+        // 32 subclusters: allocated (data), zero, or falling through.
+        const sub = cs / 32;
+        for (let j = 0; j < 32; j++) {
+          const bit = 1 << j;
+          const from = g + j * sub;
+          if (entry.alloc & bit) {
+            runs.add("data", from, from + sub, entry.host + j * sub);
+          } else if (entry.zero & bit) {
+            runs.add("zero", from, from + sub);
+          } else runs.add("unallocated", from, from + sub);
+        }
+      }
+    }
   }
 
   /**
@@ -399,12 +421,15 @@ export class Qcow2Image implements DiskImage {
     return offset;
   }
 
-  #l2Table(offset: number, l1Index: number): Promise<Uint8Array> {
-    return this.#cache.get(offset, async () => {
-      const table = new Uint8Array(this.clusterSize);
+  /** Reads the L2 table at `offset` (named by L1 entry `l1Index`). */
+  #loadL2(
+    offset: number,
+    l1Index: number,
+  ): (into: Uint8Array) => Promise<void> {
+    return async (into) => {
       if (
         offset >= this.source.size ||
-        await this.source.readAt(offset, table) < table.length
+        await this.source.readAt(offset, into) < into.length
       ) {
         throw new Qcow2Error(
           "OFFSET_PAST_END",
@@ -414,8 +439,7 @@ export class Qcow2Image implements DiskImage {
           { offset: this.header.l1TableOffset + l1Index * 8 },
         );
       }
-      return table;
-    });
+    };
   }
 }
 

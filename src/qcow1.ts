@@ -339,7 +339,7 @@ export class QcowImage implements DiskImage {
   /** The backing image, when one is followed. */
   readonly backing?: DiskImage;
   #l1: DataView;
-  #cache = new L2Cache(64);
+  #cache: L2Cache;
   #codecs: Codecs;
   #close?: () => void;
 
@@ -357,6 +357,7 @@ export class QcowImage implements DiskImage {
     this.clusterSize = header.clusterSize;
     this.backing = backing;
     this.#l1 = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
+    this.#cache = new L2Cache(64, 8 * 2 ** header.l2Bits);
     this.#codecs = options.codecs ?? webCodecs;
     this.#close = options.close;
   }
@@ -394,32 +395,40 @@ export class QcowImage implements DiskImage {
         runs.add("unallocated", spanStart, spanStart + span);
         continue;
       }
-      const table = await this.#table(l2Offset, l1Index);
-      const view = new DataView(
-        table.buffer,
-        table.byteOffset,
-        table.byteLength,
-      );
       const first = spanStart < start
         ? Math.floor((start - spanStart) / cs)
         : 0;
       const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
-      for (let i = first; i < last; i++) {
-        const g = spanStart + i * cs;
-        const raw = view.getBigUint64(i * 8);
-        if (raw >> 63n) {
-          // Compressed: the byte count above bit 63 - cluster_bits, the
-          // offset below it.
-          const shift = BigInt(63 - bits);
-          const length = Number((raw >> shift) & BigInt(cs - 1));
-          const host = this.#safe(raw & ((1n << shift) - 1n), l2Offset + i * 8);
-          runs.addCompressed(g, g + cs, host, length);
-        } else if (raw === 0n) {
-          runs.add("unallocated", g, g + cs);
-        } else {
-          runs.add("data", g, g + cs, this.#safe(raw, l2Offset + i * 8));
-        }
-      }
+      await this.#cache.use(
+        l2Offset,
+        this.#loadTable(l2Offset, l1Index),
+        (table) => {
+          const view = new DataView(
+            table.buffer,
+            table.byteOffset,
+            table.byteLength,
+          );
+          for (let i = first; i < last; i++) {
+            const g = spanStart + i * cs;
+            const raw = view.getBigUint64(i * 8);
+            if (raw >> 63n) {
+              // Compressed: the byte count above bit 63 - cluster_bits, the
+              // offset below it.
+              const shift = BigInt(63 - bits);
+              const length = Number((raw >> shift) & BigInt(cs - 1));
+              const host = this.#safe(
+                raw & ((1n << shift) - 1n),
+                l2Offset + i * 8,
+              );
+              runs.addCompressed(g, g + cs, host, length);
+            } else if (raw === 0n) {
+              runs.add("unallocated", g, g + cs);
+            } else {
+              runs.add("data", g, g + cs, this.#safe(raw, l2Offset + i * 8));
+            }
+          }
+        },
+      );
       yield* runs.take();
     }
     yield* runs.finish();
@@ -474,13 +483,15 @@ export class QcowImage implements DiskImage {
     return Number(value);
   }
 
-  #table(offset: number, l1Index: number): Promise<Uint8Array> {
-    const bytes = 8 * 2 ** this.header.l2Bits;
-    return this.#cache.get(offset, async () => {
-      const table = new Uint8Array(bytes);
+  /** Reads the L2 table at `offset` (named by L1 entry `l1Index`). */
+  #loadTable(
+    offset: number,
+    l1Index: number,
+  ): (into: Uint8Array) => Promise<void> {
+    return async (into) => {
       if (
         offset >= this.source.size ||
-        await this.source.readAt(offset, table) < bytes
+        await this.source.readAt(offset, into) < into.length
       ) {
         throw new Qcow2Error(
           "OFFSET_PAST_END",
@@ -490,7 +501,6 @@ export class QcowImage implements DiskImage {
           { offset: this.header.l1TableOffset + l1Index * 8 },
         );
       }
-      return table;
-    });
+    };
   }
 }

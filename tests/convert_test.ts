@@ -1,5 +1,7 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import {
+  type ByteSource,
+  bytesSource,
   convert,
   type ConvertProgress,
   openImage,
@@ -174,4 +176,47 @@ Deno.test("convert accepts an open image", async () => {
   const dst = new MemoryFile();
   await convert(await openImage(image()), dst);
   assertEquals(dst.bytes, expected());
+});
+
+/** A MemoryFile that also records which buffers its writes came from. */
+class BufferRecorder extends MemoryFile {
+  buffers = new Set<ArrayBufferLike>();
+  override write(p: Uint8Array): Promise<number> {
+    this.buffers.add(p.buffer);
+    return super.write(p);
+  }
+}
+
+/** 32 clusters of data: 32 chunks of one cluster each. */
+function dataImage(): Uint8Array {
+  const clusters = new Map<number, SynthCluster>();
+  for (let i = 0; i < 32; i++) {
+    clusters.set(i, { kind: "data", bytes: prng(CS, 100 + i) });
+  }
+  return synthImage({ size: 32n * BigInt(CS) }, clusters);
+}
+
+Deno.test("convert reuses one chunk buffer when reads and writes settle at once", async () => {
+  const dst = new BufferRecorder();
+  await convert(dataImage(), dst, { chunkSize: CS });
+  assertEquals(dst.writes.length, 32);
+  assertEquals(dst.buffers.size, 1);
+});
+
+Deno.test("convert keeps several chunks in flight when reads take time", async () => {
+  const bytes = dataImage();
+  const memory = bytesSource(bytes);
+  const slow: ByteSource = {
+    size: memory.size,
+    readAt: (position, buffer) =>
+      new Promise((resolve, reject) =>
+        setTimeout(() => memory.readAt(position, buffer).then(resolve, reject))
+      ),
+  };
+  const dst = new BufferRecorder();
+  await convert(slow, dst, { chunkSize: CS, parallel: 4 });
+  const direct = new MemoryFile();
+  await convert(bytes, direct);
+  assertEquals(dst.bytes, direct.bytes);
+  assertEquals(dst.buffers.size, 4);
 });
