@@ -220,3 +220,23 @@ Deno.test("convert keeps several chunks in flight when reads take time", async (
   assertEquals(dst.bytes, direct.bytes);
   assertEquals(dst.buffers.size, 4);
 });
+
+Deno.test("convert gives timers a turn during a long synchronous conversion", async () => {
+  // 512 MiB of unallocated guest bytes written as zeros (-S 0), to a
+  // writer that settles at once: only convert's own yields let a timer run.
+  const bytes = synthImage({ size: 512n << 20n }, new Map());
+  const discard = {
+    write: (p: Uint8Array) => Promise.resolve(p.length),
+    seek: (offset: number) => Promise.resolve(offset),
+    truncate: () => Promise.resolve(),
+  };
+  let fired = 0;
+  const timer = setInterval(() => fired++, 0);
+  try {
+    const summary = await convert(bytes, discard, { sparseSize: 0 });
+    assertEquals(summary.bytesWritten, 512 << 20);
+  } finally {
+    clearInterval(timer);
+  }
+  assert(fired >= 2, `the timer ran ${fired} times`);
+});
