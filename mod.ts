@@ -52,7 +52,7 @@ import {
 } from "./src/header.ts";
 import { openDisk, type OpenedFile, type OpenOptions } from "./src/open.ts";
 import type { QcowImage } from "./src/qcow1.ts";
-import { fileSink, type RawSink, streamSink } from "./src/sink.ts";
+import { type RawSink, toRawSink } from "./src/sink.ts";
 import { nodeCodecs } from "./native/zlib.ts";
 import { openDenoFile } from "./native/deno_file.ts";
 import { importNode } from "./native/node_builtin.ts";
@@ -282,7 +282,7 @@ export async function openImage(
  * `truncate`. To a `WritableStream` every byte is written.
  *
  * @param src The image: a path, a `Deno.FsFile`-shaped file, bytes, a `Blob`, a {@linkcode ByteSource}, or an open image.
- * @param dst A `Deno.FsFile`-shaped file open for writing (emptied first), or a `WritableStream`.
+ * @param dst A `Deno.FsFile`-shaped file open for writing (emptied first), a `WritableStream`, or a {@linkcode RawSink} of your own.
  * @param options Sparseness, progress, abort, and the options of {@linkcode openImage}.
  * @returns Bytes written, bytes skipped as holes, and the time taken.
  * @throws {Qcow2Error} If the image is invalid; the signal's reason if aborted.
@@ -302,7 +302,7 @@ export async function openImage(
  */
 export async function convert(
   src: ImageInput | string | DiskImage,
-  dst: SeekableWriter | WritableStream<Uint8Array>,
+  dst: SeekableWriter | WritableStream<Uint8Array> | RawSink,
   options: ConvertOptions & OpenOptions = {},
 ): Promise<ConvertSummary> {
   const opened = typeof src === "string" || !("extents" in src);
@@ -310,10 +310,7 @@ export async function convert(
     ? await openImage(src, { l2CacheBytes: CONVERT_L2_CACHE_BYTES, ...options })
     : src;
   try {
-    // (`"seek" in dst` rather than `instanceof WritableStream`: in Deno the
-    // latter loads the streams implementation, about 2 ms.)
-    const sink: RawSink = "seek" in dst ? await fileSink(dst) : streamSink(dst);
-    return await convertImage(image, sink, options);
+    return await convertImage(image, await toRawSink(dst), options);
   } finally {
     if (opened) image.close();
   }

@@ -60,7 +60,7 @@ import {
 } from "./src/header.ts";
 import { openDisk, type OpenOptions } from "./src/open.ts";
 import type { QcowImage } from "./src/qcow1.ts";
-import { fileSink, type RawSink, streamSink } from "./src/sink.ts";
+import { type RawSink, toRawSink } from "./src/sink.ts";
 import { webCodecs } from "./src/codecs.ts";
 
 export {
@@ -227,8 +227,8 @@ export async function openImage(
  * @param src The image: a `Blob` or `File`, bytes, a {@linkcode ByteSource},
  * a `Deno.FsFile`-shaped file, or an image from {@linkcode openImage} (left
  * open).
- * @param dst A `WritableStream`, or a `Deno.FsFile`-shaped file open for
- * writing (emptied first).
+ * @param dst A `WritableStream`, a `Deno.FsFile`-shaped file open for
+ * writing (emptied first), or a {@linkcode RawSink} of your own.
  * @param options Sparseness, progress, abort, and the options of
  * {@linkcode openImage}.
  * @returns Bytes written, bytes skipped as holes, and the time taken.
@@ -249,7 +249,7 @@ export async function openImage(
  */
 export async function convert(
   src: ImageInput | DiskImage,
-  dst: SeekableWriter | WritableStream<Uint8Array>,
+  dst: SeekableWriter | WritableStream<Uint8Array> | RawSink,
   options: ConvertOptions & OpenOptions = {},
 ): Promise<ConvertSummary> {
   const opened = !("extents" in src);
@@ -257,10 +257,7 @@ export async function convert(
     ? await openImage(src, { l2CacheBytes: CONVERT_L2_CACHE_BYTES, ...options })
     : src;
   try {
-    // (`"seek" in dst` rather than `instanceof WritableStream`: in Deno the
-    // latter loads the streams implementation, about 2 ms.)
-    const sink: RawSink = "seek" in dst ? await fileSink(dst) : streamSink(dst);
-    return await convertImage(image, sink, options);
+    return await convertImage(image, await toRawSink(dst), options);
   } finally {
     if (opened) image.close();
   }

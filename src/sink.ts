@@ -11,12 +11,13 @@ import { SEEK_END, SEEK_START, type SeekableWriter } from "./io.ts";
  * A destination for raw guest bytes, written in increasing offset order. What
  * is never written reads as zeros once {@linkcode RawSink.finish} has run.
  *
- * `convert` builds one over its output (a file or a stream); no exported
- * function takes one. The example drives a sink by hand, as `convert` does.
+ * `convert` builds one over a file or a stream, and takes one of your own
+ * as it is: a sink can send the bytes anywhere, and learns where the holes
+ * are from the offsets it is given.
  *
- * @example A sink into memory, fed with the data extents of an image
+ * @example A sink of your own: the raw image in memory
  * ```ts
- * import { openImage, type RawSink } from "@qcow2/qcow2";
+ * import { convert, type RawSink } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
  * const raw = new Uint8Array(8 * 1024 * 1024); // room enough, zero-filled
@@ -32,23 +33,36 @@ import { SEEK_END, SEEK_START, type SeekableWriter } from "./io.ts";
  *   },
  * };
  * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
- * const image = await openImage(bytes);
- * for await (const extent of image.extents()) {
- *   if (extent.kind !== "data" && extent.kind !== "compressed") continue;
- *   const buffer = new Uint8Array(extent.length);
- *   await image.read(extent.start, buffer);
- *   await sink.writeAt(extent.start, buffer);
- * }
- * await sink.finish(image.size);
+ * await convert(bytes, sink);
  * assertEquals(size, 4 * 1024 * 1024);
  * assertEquals([raw[0], raw[0xff00], raw[0x10000]], [0x55, 0x66, 0]);
  * ```
  */
 export interface RawSink {
-  /** Writes `bytes` at guest offset `position` (never before an earlier write's end). */
+  /**
+   * Writes `bytes` at guest offset `position` (never before an earlier
+   * write's end). `bytes` may be reused once the promise settles: copy what
+   * you keep.
+   */
   writeAt(position: number, bytes: Uint8Array): Promise<void>;
   /** Ends the output at `size` bytes. */
   finish(size: number): Promise<void>;
+}
+
+/**
+ * The sink for a conversion's output: `dst` itself if it is a sink, else one
+ * over the file or the stream.
+ *
+ * @param dst A sink, a seekable file, or a stream.
+ * @returns The sink.
+ */
+export function toRawSink(
+  dst: RawSink | SeekableWriter | WritableStream<Uint8Array>,
+): Promise<RawSink> {
+  // (`in` tests rather than `instanceof WritableStream`: in Deno the latter
+  // loads the streams implementation, about 2 ms.)
+  if ("writeAt" in dst) return Promise.resolve(dst);
+  return "seek" in dst ? fileSink(dst) : Promise.resolve(streamSink(dst));
 }
 
 /**

@@ -6,6 +6,7 @@ import {
   type ConvertProgress,
   openImage,
   Qcow2Error,
+  type RawSink,
 } from "../mod.ts";
 import { prng, type SynthCluster, synthImage } from "./_synth.ts";
 
@@ -239,4 +240,33 @@ Deno.test("convert gives timers a turn during a long synchronous conversion", as
     clearInterval(timer);
   }
   assert(fired >= 2, `the timer ran ${fired} times`);
+});
+
+Deno.test("convert writes to a RawSink of one's own as it is", async () => {
+  const writes: [number, number][] = [];
+  const out = new Uint8Array(10 * CS + 512);
+  let finished = -1;
+  const sink: RawSink = {
+    writeAt(position, bytes) {
+      writes.push([position, bytes.length]);
+      out.set(bytes, position);
+      return Promise.resolve();
+    },
+    finish(size) {
+      finished = size;
+      return Promise.resolve();
+    },
+  };
+  const summary = await convert(image(), sink);
+  assertEquals(out, expected());
+  assertEquals(finished, 10 * CS + 512);
+  assertEquals(
+    writes.reduce((n, [, length]) => n + length, 0),
+    summary.bytesWritten,
+  );
+  // Offsets only grow, and the zero clusters were never written.
+  for (let i = 1; i < writes.length; i++) {
+    assert(writes[i][0] >= writes[i - 1][0] + writes[i - 1][1]);
+  }
+  assert(writes.every(([p]) => p < 2 * CS || p >= 10 * CS));
 });
