@@ -41,6 +41,7 @@ import {
 } from "./mod.ts";
 import { explain, InFile } from "./native/explain.ts";
 import { openOutput, requireRead } from "./native/output.ts";
+import { CONVERT_L2_CACHE_BYTES } from "./src/convert.ts";
 import { progressBar } from "./src/progress_bar.ts";
 
 const NAME = "qcow2";
@@ -389,9 +390,7 @@ async function convertCommand(args: string[]): Promise<number> {
   const image = await openImage(srcPath, {
     snapshot: flags.l,
     ignoreBackingFile: flags.top,
-    // A conversion visits each L2 table once: 1 MiB of them is plenty, and
-    // touches less fresh memory than the 4 MiB default.
-    l2CacheBytes: 1024 * 1024,
+    l2CacheBytes: CONVERT_L2_CACHE_BYTES,
     openFile: async (path) => {
       await requireRead(path);
       inputs.push(path);

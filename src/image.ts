@@ -23,7 +23,7 @@ import { hex, Qcow2Error, type Qcow2ErrorCode } from "./errors.ts";
 import { MetadataMap } from "./metadata.ts";
 import type { Qcow2Header } from "./header.ts";
 import type { ByteSource } from "./io.ts";
-import { L2Cache } from "./l2_cache.ts";
+import { L2Cache, l2TableLoader } from "./l2_cache.ts";
 import type { Snapshot } from "./snapshots.ts";
 
 /** Default bytes of L2 tables kept in memory. */
@@ -179,7 +179,13 @@ export class Qcow2Image implements DiskImage {
         const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
         await this.#cache.use(
           l2Offset,
-          this.#loadL2(l2Offset, l1Index),
+          l2TableLoader(
+            this.source,
+            l2Offset,
+            l1Index,
+            this.header.l1TableOffset,
+            "qcow2",
+          ),
           (table) =>
             this.#addEntries(runs, table, l2Offset, spanStart, first, last),
         );
@@ -419,27 +425,6 @@ export class Qcow2Image implements DiskImage {
       );
     }
     return offset;
-  }
-
-  /** Reads the L2 table at `offset` (named by L1 entry `l1Index`). */
-  #loadL2(
-    offset: number,
-    l1Index: number,
-  ): (into: Uint8Array) => Promise<void> {
-    return async (into) => {
-      if (
-        offset >= this.source.size ||
-        await this.source.readAt(offset, into) < into.length
-      ) {
-        throw new Qcow2Error(
-          "OFFSET_PAST_END",
-          `Cannot read qcow2 image: L2 table at ${
-            hex(offset)
-          } (L1 index ${l1Index}) runs past the end of the file (${this.source.size} bytes)`,
-          { offset: this.header.l1TableOffset + l1Index * 8 },
-        );
-      }
-    };
   }
 }
 

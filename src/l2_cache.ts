@@ -10,6 +10,9 @@
  * @module
  */
 
+import { hex, Qcow2Error } from "./errors.ts";
+import type { ByteSource } from "./io.ts";
+
 /** One cached table. */
 interface Slot {
   /** The table's bytes, once read. */
@@ -113,4 +116,39 @@ export class L2Cache {
       this.#spare.push(slot.buffer);
     }
   }
+}
+
+/**
+ * A `load` for {@linkcode L2Cache.use}: reads the L2 table at `offset` of
+ * `source`, named by L1 entry `l1Index` of the table at `l1TableOffset`, or
+ * fails with `OFFSET_PAST_END` if the file ends first.
+ *
+ * @param source The image file.
+ * @param offset The table's file offset.
+ * @param l1Index The L1 entry that points to it.
+ * @param l1TableOffset The L1 table's file offset (for the error).
+ * @param format The image format, for the message.
+ * @returns The loader.
+ */
+export function l2TableLoader(
+  source: ByteSource,
+  offset: number,
+  l1Index: number,
+  l1TableOffset: number,
+  format: "qcow2" | "qcow",
+): (into: Uint8Array) => Promise<void> {
+  return async (into) => {
+    if (
+      offset >= source.size ||
+      await source.readAt(offset, into) < into.length
+    ) {
+      throw new Qcow2Error(
+        "OFFSET_PAST_END",
+        `Cannot read ${format} image: L2 table at ${
+          hex(offset)
+        } (L1 index ${l1Index}) runs past the end of the file (${source.size} bytes)`,
+        { offset: l1TableOffset + l1Index * 8 },
+      );
+    }
+  };
 }

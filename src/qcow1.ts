@@ -23,7 +23,7 @@ import { ExtentRuns } from "./extent_runs.ts";
 import { hex, Qcow2Error } from "./errors.ts";
 import { QCOW2_MAGIC } from "./header.ts";
 import { type ByteSource, readExact } from "./io.ts";
-import { L2Cache } from "./l2_cache.ts";
+import { L2Cache, l2TableLoader } from "./l2_cache.ts";
 
 /**
  * The header of a qcow version 1 image.
@@ -401,7 +401,13 @@ export class QcowImage implements DiskImage {
       const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
       await this.#cache.use(
         l2Offset,
-        this.#loadTable(l2Offset, l1Index),
+        l2TableLoader(
+          this.source,
+          l2Offset,
+          l1Index,
+          this.header.l1TableOffset,
+          "qcow",
+        ),
         (table) => {
           const view = new DataView(
             table.buffer,
@@ -481,26 +487,5 @@ export class QcowImage implements DiskImage {
       );
     }
     return Number(value);
-  }
-
-  /** Reads the L2 table at `offset` (named by L1 entry `l1Index`). */
-  #loadTable(
-    offset: number,
-    l1Index: number,
-  ): (into: Uint8Array) => Promise<void> {
-    return async (into) => {
-      if (
-        offset >= this.source.size ||
-        await this.source.readAt(offset, into) < into.length
-      ) {
-        throw new Qcow2Error(
-          "OFFSET_PAST_END",
-          `Cannot read qcow image: L2 table at ${
-            hex(offset)
-          } (L1 index ${l1Index}) runs past the end of the file (${this.source.size} bytes)`,
-          { offset: this.header.l1TableOffset + l1Index * 8 },
-        );
-      }
-    };
   }
 }
