@@ -36,23 +36,23 @@ import {
   convertImage,
   type ConvertOptions,
   type ConvertSummary,
-} from "./src/convert.ts";
+} from "./src/ops/convert.ts";
 import type { DiskImage } from "./src/disk.ts";
-import type { Qcow2Image } from "./src/image.ts";
+import type { Qcow2Image } from "./src/qcow2/image.ts";
 import {
   type FileHandleLike,
   fileHandleSource,
   type ImageInput,
   type SeekableWriter,
   toByteSource,
-} from "./src/io.ts";
+} from "./src/io/source.ts";
 import {
   type Qcow2Header,
   readHeader as readHeaderFrom,
-} from "./src/header.ts";
+} from "./src/qcow2/header.ts";
 import { openDisk, type OpenedFile, type OpenOptions } from "./src/open.ts";
-import type { QcowImage } from "./src/qcow1.ts";
-import { type RawSink, toRawSink } from "./src/sink.ts";
+import type { QcowImage } from "./src/qcow/image.ts";
+import { type RawSink, toRawSink } from "./src/io/sink.ts";
 import { nodeCodecs } from "./native/zlib.ts";
 import { openDenoFile } from "./native/deno_file.ts";
 import { importNode } from "./native/node_builtin.ts";
@@ -68,14 +68,14 @@ export {
   QCOW2_MAGIC,
   type Qcow2Features,
   type Qcow2Header,
-} from "./src/header.ts";
+} from "./src/qcow2/header.ts";
 export type {
   BitmapsExtension,
   EncryptionExtension,
   FeatureName,
   HeaderExtensions,
   UnknownExtension,
-} from "./src/extensions.ts";
+} from "./src/qcow2/extensions.ts";
 export {
   blobSource,
   type ByteSource,
@@ -86,13 +86,13 @@ export {
   type ImageInput,
   type SeekableReader,
   type SeekableWriter,
-} from "./src/io.ts";
+} from "./src/io/source.ts";
 export {
   fileHandleWriter,
   type WritableFileHandleLike,
-} from "./src/file_handle_writer.ts";
+} from "./src/io/file_handle_writer.ts";
 export type { DiskImage, Extent, ExtentKind } from "./src/disk.ts";
-export type { Qcow2Image } from "./src/image.ts";
+export type { Qcow2Image } from "./src/qcow2/image.ts";
 export {
   type ImageFormat,
   type OpenedFile,
@@ -107,21 +107,25 @@ export {
   type QcowHeader,
   type QcowImage,
   readQcowHeader,
-} from "./src/qcow1.ts";
-export { findSnapshot, readSnapshots, type Snapshot } from "./src/snapshots.ts";
-export type { Codecs, Decompressor } from "./src/codecs.ts";
+} from "./src/qcow/image.ts";
+export {
+  findSnapshot,
+  readSnapshots,
+  type Snapshot,
+} from "./src/qcow2/snapshots.ts";
+export type { Codecs, Decompressor } from "./src/codecs/codecs.ts";
 export {
   type WorkerCodecs,
   workerCodecs,
   type WorkerCodecsOptions,
 } from "./native/worker_codecs.ts";
-export { webCodecs } from "./src/codecs.ts";
+export { webCodecs } from "./src/codecs/codecs.ts";
 export type {
   ConvertOptions,
   ConvertProgress,
   ConvertSummary,
-} from "./src/convert.ts";
-export type { RawSink } from "./src/sink.ts";
+} from "./src/ops/convert.ts";
+export type { RawSink } from "./src/io/sink.ts";
 export {
   formatInfo,
   formatSize,
@@ -133,7 +137,7 @@ export {
   qcowInfo,
   rawInfo,
   type SnapshotInfo,
-} from "./src/info.ts";
+} from "./src/ops/info.ts";
 export { nodeCodecs };
 
 /**

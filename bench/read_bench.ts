@@ -207,7 +207,7 @@ Deno.bench({
 
 // webCodecs used to wrap DecompressionStream("deflate-raw"), which rejects
 // the bytes that follow each stream when clusters are packed back to back;
-// it now uses the pure-TypeScript inflater (src/inflate.ts). If it throws
+// it now uses the pure-TypeScript inflater (src/codecs/inflate.ts). If it throws
 // on this image, the case is skipped (ignored) rather than failing the run.
 let webZlibOk = true;
 try {

@@ -9,7 +9,7 @@
  * @module
  */
 
-import type { ByteSource } from "../src/io.ts";
+import type { ByteSource } from "../src/io/source.ts";
 
 /** A {@linkcode ByteSource} that can be closed. */
 export interface ClosableSource extends ByteSource {

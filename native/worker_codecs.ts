@@ -22,7 +22,7 @@ import {
   type Codecs,
   type Decompressor,
   zstdFrameLength,
-} from "../src/codecs.ts";
+} from "../src/codecs/codecs.ts";
 import {
   workerMain,
   type WorkerReply,

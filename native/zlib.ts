@@ -9,7 +9,7 @@
  * @module
  */
 
-import { type Codecs, zstdFrameLength } from "../src/codecs.ts";
+import { type Codecs, zstdFrameLength } from "../src/codecs/codecs.ts";
 import { Qcow2Error } from "../src/errors.ts";
 import { importNode } from "./node_builtin.ts";
 import {

@@ -5,7 +5,7 @@
  * @module
  */
 
-import type { Codecs } from "./codecs.ts";
+import type { Codecs } from "./codecs/codecs.ts";
 import type { DiskImage } from "./disk.ts";
 import { hex, Qcow2Error } from "./errors.ts";
 import {
@@ -13,12 +13,16 @@ import {
   QCOW2_MAGIC,
   type Qcow2Header,
   readHeader,
-} from "./header.ts";
-import { Qcow2Image } from "./image.ts";
-import { type ByteSource, readExact } from "./io.ts";
-import { openQcow1, type QcowImage } from "./qcow1.ts";
+} from "./qcow2/header.ts";
+import { Qcow2Image } from "./qcow2/image.ts";
+import { type ByteSource, readExact } from "./io/source.ts";
+import { openQcow1, type QcowImage } from "./qcow/image.ts";
 import { RawImage } from "./raw.ts";
-import { findSnapshot, readSnapshots, type Snapshot } from "./snapshots.ts";
+import {
+  findSnapshot,
+  readSnapshots,
+  type Snapshot,
+} from "./qcow2/snapshots.ts";
 
 /**
  * A file opened by an {@linkcode OpenFile} hook.

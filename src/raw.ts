@@ -5,7 +5,7 @@
  */
 
 import { checkRange, type DiskImage, type Extent } from "./disk.ts";
-import type { ByteSource } from "./io.ts";
+import type { ByteSource } from "./io/source.ts";
 
 /** A raw file seen as a virtual disk of the file's size. */
 export class RawImage implements DiskImage {

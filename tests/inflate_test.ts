@@ -1,7 +1,7 @@
 import { assert, assertEquals, assertThrows } from "@std/assert";
 import zlib from "node:zlib";
 import { Qcow2Error } from "../mod.ts";
-import { inflateRaw } from "../src/inflate.ts";
+import { inflateRaw } from "../src/codecs/inflate.ts";
 
 const test = Deno.test;
 

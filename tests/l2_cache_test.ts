@@ -1,5 +1,5 @@
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { L2Cache } from "../src/l2_cache.ts";
+import { L2Cache } from "../src/qcow2/l2_cache.ts";
 
 const BYTES = 16;
 

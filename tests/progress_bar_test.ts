@@ -5,7 +5,7 @@ import {
   formatDuration,
   progressBar,
   renderProgress,
-} from "../src/progress_bar.ts";
+} from "../src/ops/progress_bar.ts";
 
 const GiB = 1024 ** 3;
 

@@ -10,20 +10,20 @@ import {
   type CompressedRead,
   readCompressedRuns,
   readData,
-} from "./cluster_reads.ts";
-import { type Codecs, webCodecs } from "./codecs.ts";
+} from "../qcow2/cluster_reads.ts";
+import { type Codecs, webCodecs } from "../codecs/codecs.ts";
 import {
   checkRange,
   type DiskImage,
   type Extent,
   readBacking,
   throughBacking,
-} from "./disk.ts";
-import { ExtentRuns } from "./extent_runs.ts";
-import { hex, Qcow2Error } from "./errors.ts";
-import { QCOW2_MAGIC } from "./header.ts";
-import { type ByteSource, readExact } from "./io.ts";
-import { L2Cache, l2TableLoader } from "./l2_cache.ts";
+} from "../disk.ts";
+import { ExtentRuns } from "../extent_runs.ts";
+import { hex, Qcow2Error } from "../errors.ts";
+import { QCOW2_MAGIC } from "../qcow2/header.ts";
+import { type ByteSource, readExact } from "../io/source.ts";
+import { L2Cache, l2TableLoader } from "../qcow2/l2_cache.ts";
 
 /**
  * The header of a qcow version 1 image.
@@ -33,7 +33,7 @@ import { L2Cache, l2TableLoader } from "./l2_cache.ts";
  * import { openImage, type QcowHeader, type QcowImage } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1.qcow", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/v1.qcow", import.meta.url));
  * const image = await openImage(bytes) as QcowImage;
  * const header: QcowHeader = image.header;
  * assertEquals(header.version, 1);
@@ -86,7 +86,7 @@ const HEADER_LENGTH = 48;
  * import { parseQcowHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1.qcow", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/v1.qcow", import.meta.url));
  * const header = parseQcowHeader(bytes.subarray(0, 48));
  * assertEquals(header.version, 1);
  * assertEquals(header.size, 2 * 1024 * 1024);
@@ -235,7 +235,7 @@ export function parseQcowHeader(
  * import { blobSource, readQcowHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1_over.qcow", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/v1_over.qcow", import.meta.url));
  * const header = await readQcowHeader(blobSource(new Blob([bytes])));
  * assertEquals(header.backingFile, "v1.qcow");
  * ```
@@ -320,7 +320,7 @@ export async function openQcow1(
  * import { openImage, type QcowImage } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1_comp.qcow", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/v1_comp.qcow", import.meta.url));
  * const image = await openImage(bytes) as QcowImage;
  * assertEquals(image.header.version, 1);
  * const first = new Uint8Array(512);

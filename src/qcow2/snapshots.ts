@@ -4,9 +4,9 @@
  * @module
  */
 
-import { hex, Qcow2Error } from "./errors.ts";
+import { hex, Qcow2Error } from "../errors.ts";
 import type { Qcow2Header } from "./header.ts";
-import { type ByteSource, readExact } from "./io.ts";
+import { type ByteSource, readExact } from "../io/source.ts";
 
 /**
  * One internal snapshot.
@@ -16,7 +16,7 @@ import { type ByteSource, readExact } from "./io.ts";
  * import { openImage, type Qcow2Image, type Snapshot } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/snap.qcow2", import.meta.url));
  * const image = await openImage(bytes) as Qcow2Image;
  * const [first, second]: readonly Snapshot[] = image.snapshots;
  * assertEquals([first.id, first.name], ["1", "first"]);
@@ -71,7 +71,7 @@ const MAX_L1_BYTES = 32 * 1024 * 1024;
  * import { bytesSource, readHeader, readSnapshots } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/snap.qcow2", import.meta.url));
  * const source = bytesSource(bytes);
  * const snapshots = await readSnapshots(source, await readHeader(source));
  * assertEquals(snapshots.map((s) => `${s.id} ${s.name}`), ["1 first", "2 second"]);

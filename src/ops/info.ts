@@ -5,14 +5,14 @@
  * @module
  */
 
-import { hex } from "./errors.ts";
+import { hex } from "../errors.ts";
 import {
   checkKnownFeatures,
   INCOMPATIBLE_FEATURES,
   type Qcow2Header,
-} from "./header.ts";
-import type { QcowHeader } from "./qcow1.ts";
-import type { Snapshot } from "./snapshots.ts";
+} from "../qcow2/header.ts";
+import type { QcowHeader } from "../qcow/image.ts";
+import type { Snapshot } from "../qcow2/snapshots.ts";
 
 /**
  * The `format-specific.data` object of `qemu-img info` for qcow2.
@@ -22,7 +22,7 @@ import type { Snapshot } from "./snapshots.ts";
  * import { imageInfo, readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/ext_raw.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/ext_raw.qcow2", import.meta.url));
  * const data = imageInfo(await readHeader(bytes), "ext_raw.qcow2")["format-specific"]?.data;
  * assertEquals(data, {
  *   compat: "1.1",
@@ -63,7 +63,7 @@ export interface Qcow2SpecificInfo {
  * import { imageInfo, readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/ext_raw.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/ext_raw.qcow2", import.meta.url));
  * const header = imageInfo(await readHeader(bytes), "ext_raw.qcow2")["qcow2-header"]!;
  * assertEquals(header["incompatible-features"], ["external data file"]);
  * assertEquals(header["autoclear-features"], ["raw external data"]);
@@ -109,7 +109,7 @@ export interface Qcow2HeaderInfo {
  * import { bytesSource, imageInfo, readHeader, readSnapshots } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/snap.qcow2", import.meta.url));
  * const source = bytesSource(bytes);
  * const header = await readHeader(source);
  * const info = imageInfo(header, "snap.qcow2", { snapshots: await readSnapshots(source, header) });
@@ -152,7 +152,7 @@ export interface SnapshotInfo {
  * import { type ImageInfo, imageInfo, readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const dir = new URL("../tests/fixtures/layouts/", import.meta.url);
+ * const dir = new URL("../../tests/fixtures/layouts/", import.meta.url);
  * const header = await readHeader(await Deno.readFile(new URL("chain_top.qcow2", dir)));
  * const info: ImageInfo = imageInfo(header, "chain_top.qcow2", { fullBackingFilename: "chain_mid.qcow2" });
  * // What qemu-img printed for this image, less its file name and size on disk.
@@ -199,7 +199,7 @@ export interface ImageInfo {
  * import { formatInfo, imageInfo, type InfoExtras, readHeader, resolveName } from "@qcow2/qcow2";
  * import { assertStringIncludes } from "@std/assert";
  *
- * const url = new URL("../tests/fixtures/layouts/over_raw.qcow2", import.meta.url);
+ * const url = new URL("../../tests/fixtures/layouts/over_raw.qcow2", import.meta.url);
  * const header = await readHeader(await Deno.readFile(url));
  * const extras: InfoExtras = {
  *   actualSize: 512 * 1024, // from the file system: (await Deno.stat(path)).blocks * 512
@@ -236,7 +236,7 @@ export interface InfoExtras {
  * import { bytesSource, imageInfo, readHeader, readSnapshots } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/snap.qcow2", import.meta.url));
  * const source = bytesSource(bytes);
  * const header = await readHeader(source);
  * const info = imageInfo(header, "snap.qcow2", {
@@ -308,7 +308,7 @@ export function imageInfo(
  * import { bytesSource, qcowInfo, readQcowHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/v1.qcow", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/v1.qcow", import.meta.url));
  * const info = qcowInfo(await readQcowHeader(bytesSource(bytes)), "v1.qcow");
  * assertEquals(info.format, "qcow");
  * assertEquals(info["cluster-size"], 4096);
@@ -470,7 +470,7 @@ export function formatSize(bytes: number): string {
  * import { bytesSource, formatInfo, imageInfo, readHeader } from "@qcow2/qcow2";
  * import { assertStringIncludes } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
  * const text = formatInfo(imageInfo(await readHeader(bytesSource(bytes)), "v3_64k.qcow2"));
  * assertStringIncludes(text, "virtual size: 4 MiB (4194304 bytes)\n");
  * assertStringIncludes(text, "cluster_size: 65536\n");

@@ -5,8 +5,8 @@
  * @module
  */
 
-import { Qcow2Error } from "./errors.ts";
-import type { CompressionType } from "./header.ts";
+import { Qcow2Error } from "../errors.ts";
+import type { CompressionType } from "../qcow2/header.ts";
 import { inflateRaw } from "./inflate.ts";
 
 /**
@@ -30,7 +30,7 @@ import { inflateRaw } from "./inflate.ts";
  *   clusters++;
  *   return webCodecs.zlib!(input, maxOutput, into);
  * };
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/zlib.qcow2", import.meta.url));
  * const image = await openImage(bytes, { codecs: { zlib: counting } });
  * await image.read(0, new Uint8Array(2 * 65536)); // a compressed cluster, then a plain one
  * assertEquals(clusters, 1);
@@ -51,7 +51,7 @@ export type Decompressor = (
  * import { type Codecs, nodeCodecs, openImage, Qcow2Error, webCodecs } from "@qcow2/qcow2";
  * import { assertEquals, assertRejects } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/zstd.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/zstd.qcow2", import.meta.url));
  * const cluster = new Uint8Array(65536);
  * const portable = await openImage(bytes, { codecs: webCodecs });
  * const error = await assertRejects(() => portable.read(0, cluster), Qcow2Error);

@@ -10,19 +10,19 @@ import {
   readCompressedRuns,
   readData,
 } from "./cluster_reads.ts";
-import { type Codecs, webCodecs } from "./codecs.ts";
+import { type Codecs, webCodecs } from "../codecs/codecs.ts";
 import {
   checkRange,
   type DiskImage,
   type Extent,
   readBacking,
   throughBacking,
-} from "./disk.ts";
-import { ExtentRuns } from "./extent_runs.ts";
-import { hex, Qcow2Error, type Qcow2ErrorCode } from "./errors.ts";
+} from "../disk.ts";
+import { ExtentRuns } from "../extent_runs.ts";
+import { hex, Qcow2Error, type Qcow2ErrorCode } from "../errors.ts";
 import { MetadataMap } from "./metadata.ts";
 import type { Qcow2Header } from "./header.ts";
-import type { ByteSource } from "./io.ts";
+import type { ByteSource } from "../io/source.ts";
 import { L2Cache, l2TableLoader } from "./l2_cache.ts";
 import type { Snapshot } from "./snapshots.ts";
 
@@ -65,7 +65,7 @@ export interface Qcow2Parts {
  * import { openImage, type Qcow2Image } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/snap.qcow2", import.meta.url));
  * const image = await openImage(bytes) as Qcow2Image;
  * assertEquals(image.clusterSize, 65536);
  * assertEquals(image.snapshots.map((s) => s.name), ["first", "second"]);

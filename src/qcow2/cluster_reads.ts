@@ -5,11 +5,11 @@
  * @module
  */
 
-import { type Codecs, decompressCluster } from "./codecs.ts";
-import type { Extent } from "./disk.ts";
-import { hex, Qcow2Error } from "./errors.ts";
+import { type Codecs, decompressCluster } from "../codecs/codecs.ts";
+import type { Extent } from "../disk.ts";
+import { hex, Qcow2Error } from "../errors.ts";
 import type { CompressionType } from "./header.ts";
-import type { ByteSource } from "./io.ts";
+import type { ByteSource } from "../io/source.ts";
 
 /**
  * Reads data at file offset `host` into `into`. Bytes past the end of the

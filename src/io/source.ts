@@ -5,7 +5,7 @@
  * @module
  */
 
-import { hex, Qcow2Error } from "./errors.ts";
+import { hex, Qcow2Error } from "../errors.ts";
 
 /**
  * A random-access, read-only view of bytes: the only way the core touches an
@@ -46,7 +46,7 @@ export const SEEK_END = 2;
  * import { openImage, type SeekableReader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
  * let position = 0;
  * const reader: SeekableReader = {
  *   read(p) {
@@ -102,7 +102,7 @@ export interface SeekableReader {
  *     return Promise.resolve();
  *   },
  * };
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
  * const summary = await convert(bytes, writer);
  * assertEquals(length, 4 * 1024 * 1024); // set by truncate at the end
  * assertEquals(summary.bytesWritten, 65536); // the one cluster of data
@@ -219,7 +219,7 @@ export function blobSource(blob: Blob): ByteSource {
  * import { fileSource, readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * using file = await Deno.open(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * using file = await Deno.open(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
  * const source = await fileSource(file);
  * assertEquals(source.size, 458752);
  * const header = await readHeader(source);
@@ -261,7 +261,7 @@ export async function fileSource(file: SeekableReader): Promise<ByteSource> {
  * import { fileHandleSource, type FileHandleLike, openImage } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
  * const handle: FileHandleLike = {
  *   read(buffer, offset, length, position) {
  *     const part = bytes.subarray(position, position + length);
@@ -308,7 +308,7 @@ export interface FileHandleLike {
  * import { fileHandleSource, readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const handle = await open(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const handle = await open(new URL("../../tests/fixtures/layouts/snap.qcow2", import.meta.url));
  * try {
  *   const source = await fileHandleSource(handle);
  *   assertEquals(source.size, (await handle.stat()).size);
@@ -374,7 +374,7 @@ export async function readExact(
  * import { bytesSource, type ImageInput, readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const url = new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url);
+ * const url = new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url);
  * const bytes = await Deno.readFile(url);
  * using file = await Deno.open(url);
  * const inputs: ImageInput[] = [bytes, new Blob([bytes]), bytesSource(bytes), file];

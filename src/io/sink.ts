@@ -5,7 +5,7 @@
  * @module
  */
 
-import { SEEK_END, SEEK_START, type SeekableWriter } from "./io.ts";
+import { SEEK_END, SEEK_START, type SeekableWriter } from "./source.ts";
 
 /**
  * A destination for raw guest bytes, written in increasing offset order. What
@@ -32,7 +32,7 @@ import { SEEK_END, SEEK_START, type SeekableWriter } from "./io.ts";
  *     return Promise.resolve();
  *   },
  * };
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
  * await convert(bytes, sink);
  * assertEquals(size, 4 * 1024 * 1024);
  * assertEquals([raw[0], raw[0xff00], raw[0x10000]], [0x55, 0x66, 0]);

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { Qcow2Error } from "./errors.ts";
+import { Qcow2Error } from "../errors.ts";
 
 /** Bits looked up at once in a Huffman fast table. */
 const FAST_BITS = 10;

@@ -6,7 +6,7 @@
  * @module
  */
 
-import { SEEK_END, SEEK_START, type SeekableWriter } from "./io.ts";
+import { SEEK_END, SEEK_START, type SeekableWriter } from "./source.ts";
 
 /** `Deno.SeekMode.Current`, for objects shaped like `Deno.FsFile`. */
 const SEEK_CURRENT = 1;
@@ -36,7 +36,7 @@ const SEEK_CURRENT = 1;
  *   },
  *   stat: () => Promise.resolve({ size }),
  * };
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/snap.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/snap.qcow2", import.meta.url));
  * const summary = await convert(bytes, fileHandleWriter(handle));
  * assertEquals(size, summary.virtualSize);
  * assertEquals(disk[0], 0xa5); // the active state's first cluster
@@ -75,7 +75,7 @@ export interface WritableFileHandleLike {
  * import { assertEquals } from "@std/assert";
  *
  * const dir = await mkdtemp(join(tmpdir(), "qcow2-"));
- * const input = await open(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const input = await open(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
  * const output = await open(join(dir, "disk.raw"), "w");
  * try {
  *   await convert(await fileHandleSource(input), fileHandleWriter(output));

@@ -5,8 +5,8 @@
  * @module
  */
 
-import { hex, Qcow2Error } from "./errors.ts";
-import { type ByteSource, readExact } from "./io.ts";
+import { hex, Qcow2Error } from "../errors.ts";
+import { type ByteSource, readExact } from "../io/source.ts";
 import { type HeaderExtensions, parseExtensions } from "./extensions.ts";
 
 /**
@@ -78,7 +78,7 @@ const KNOWN_INCOMPATIBLE = 0x1fn;
  * import { type CompressionType, readHeader } from "@qcow2/qcow2";
  * import { assert, assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/zstd.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/zstd.qcow2", import.meta.url));
  * const header = await readHeader(bytes);
  * const type: CompressionType = header.compressionType;
  * assertEquals(type, "zstd");
@@ -95,7 +95,7 @@ export type CompressionType = "zlib" | "zstd";
  * import { readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/lazy.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/lazy.qcow2", import.meta.url));
  * const { features, compatibleFeatures } = await readHeader(bytes);
  * assertEquals(features.lazyRefcounts, true);
  * assertEquals(features.dirty, false); // it was closed cleanly
@@ -129,7 +129,7 @@ export interface Qcow2Features {
  * import { readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/chain_top.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/chain_top.qcow2", import.meta.url));
  * const header = await readHeader(bytes);
  * assertEquals(header.version, 3);
  * assertEquals(header.size, 4 * 1024 * 1024);

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { hex, Qcow2Error } from "./errors.ts";
+import { hex, Qcow2Error } from "../errors.ts";
 
 /** Type codes of the header extensions the format defines. */
 export const EXTENSION_TYPES = {
@@ -25,7 +25,7 @@ export const EXTENSION_TYPES = {
  * import { readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
  * const { featureNames } = (await readHeader(bytes)).extensions;
  * assertEquals(featureNames[0], { type: "incompatible", bit: 0, name: "dirty bit" });
  * const lazy = featureNames.find((f) => f.type === "compatible" && f.bit === 0);
@@ -51,7 +51,7 @@ export interface FeatureName {
  *
  * // An image without bitmaps, given one bitmap's extension in place of its
  * // feature name table (as `qemu-img bitmap --add` would record one).
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/empty.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/empty.qcow2", import.meta.url));
  * const ext = new DataView(new ArrayBuffer(40)); // extension, then end marker
  * ext.setUint32(0, 0x23852875); // the bitmaps extension's type
  * ext.setUint32(4, 24); // its length
@@ -84,7 +84,7 @@ export interface BitmapsExtension {
  *
  * // A plain image made to look LUKS-encrypted: crypt_method 2, and the
  * // extension that says where the LUKS header lies.
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/empty.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/empty.qcow2", import.meta.url));
  * const view = new DataView(bytes.buffer);
  * view.setUint32(32, 2); // crypt_method: LUKS
  * view.setUint32(112, 0x0537be77); // the full disk encryption extension's type
@@ -112,7 +112,7 @@ export interface EncryptionExtension {
  * import { imageInfo, parseHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/empty.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/empty.qcow2", import.meta.url));
  * bytes.set([
  *   0x0b, 0xad, 0xca, 0xfe, 0, 0, 0, 3, // type 0x0badcafe, 3 bytes long
  *   1, 2, 3, 0, 0, 0, 0, 0, // its data, padded to 8 bytes
@@ -138,7 +138,7 @@ export interface UnknownExtension {
  * import { readHeader } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/layouts/ext_data.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/ext_data.qcow2", import.meta.url));
  * const { extensions } = await readHeader(bytes);
  * assertEquals(extensions.externalDataFile, "ext_data.data");
  * assertEquals(extensions.backingFormat, undefined); // no backing file

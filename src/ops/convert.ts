@@ -5,9 +5,9 @@
  * @module
  */
 
-import { Qcow2Error } from "./errors.ts";
-import type { DiskImage } from "./disk.ts";
-import type { RawSink } from "./sink.ts";
+import { Qcow2Error } from "../errors.ts";
+import type { DiskImage } from "../disk.ts";
+import type { RawSink } from "../io/sink.ts";
 
 /**
  * Progress of a conversion, reported after each chunk.
@@ -17,7 +17,7 @@ import type { RawSink } from "./sink.ts";
  * import { convert, type ConvertProgress } from "@qcow2/qcow2";
  * import { assert, assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/zlib.qcow2", import.meta.url));
  * const seen: ConvertProgress[] = [];
  * await convert(bytes, new WritableStream(), { onProgress: (p) => seen.push(p) });
  * assert(seen.every((p, i) => i === 0 || p.done >= seen[i - 1].done));
@@ -39,7 +39,7 @@ export interface ConvertProgress {
  * import { convert } from "@qcow2/qcow2";
  * import { assertEquals, assertRejects } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
  * const sparse = await convert(bytes, new WritableStream()); // all-zero 4 KiB blocks are holes
  * assertEquals(sparse.bytesWritten, 65536);
  * const full = await convert(bytes, new WritableStream(), { sparseSize: 0, chunkSize: 65536 });
@@ -73,7 +73,7 @@ export interface ConvertOptions {
  * import { convert, type ConvertSummary } from "@qcow2/qcow2";
  * import { assert, assertEquals } from "@std/assert";
  *
- * const bytes = await Deno.readFile(new URL("../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/zlib.qcow2", import.meta.url));
  * const chunks: Uint8Array[] = [];
  * const sink = new WritableStream<Uint8Array>({ write: (c) => void chunks.push(c.slice()) });
  * const summary: ConvertSummary = await convert(bytes, sink);

@@ -10,8 +10,8 @@
  * @module
  */
 
-import { hex, Qcow2Error } from "./errors.ts";
-import type { ByteSource } from "./io.ts";
+import { hex, Qcow2Error } from "../errors.ts";
+import type { ByteSource } from "../io/source.ts";
 
 /** One cached table. */
 interface Slot {

@@ -1,0 +1,169 @@
+/**
+ * `qcow2 convert`: an image to a raw disk image, like `qemu-img convert`.
+ *
+ * @module
+ */
+
+import {
+  convert,
+  type ConvertSummary,
+  openImage,
+  openPath,
+  Qcow2Error,
+} from "../mod.ts";
+import { InFile } from "../native/explain.ts";
+import { openOutput, requireRead } from "../native/output.ts";
+import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
+import { progressBar } from "../src/ops/progress_bar.ts";
+import { NAME, parse, parseBytes, UsageError } from "./_args.ts";
+import { terminalColumns, writeStderr } from "./_output.ts";
+
+/** One line for the command list of `qcow2 --help`. */
+export const summary = "convert an image to a raw disk image";
+
+/** The command's help text. */
+export const usage =
+  `Usage: ${NAME} convert [-O raw] [-S BYTES] [-l SNAPSHOT] [--top] [-p] [-q] [--json] SRC DST
+
+Convert a qcow2 (or legacy qcow) image to a sparse raw disk image, with its
+whole backing chain flattened in. DST '-' streams the raw bytes to standard
+output (every byte written, holes as zeros; not to a terminal). Like
+'qemu-img convert', it prints nothing when it succeeds.
+
+Options:
+  -O FORMAT       output format; only 'raw' (the default)
+  -S BYTES        leave aligned all-zero runs of this size as holes
+                  (default 4096, a multiple of 512; 0 writes every byte;
+                  suffixes k, M allowed)
+  -l SNAPSHOT     convert the disk as it was in an internal snapshot: an ID
+                  or a name, or snapshot.id=ID / snapshot.name=NAME
+  --top           convert the top layer alone (what it does not allocate
+                  reads as zeros; no backing file is opened)
+  -p              show a progress bar on standard error, if it is a terminal
+  -q, --quiet     print nothing but errors (overrides -p)
+  --json          when done, print a JSON summary on standard output: source,
+                  destination, virtual-size, bytes-written, bytes-skipped,
+                  duration-ms, files-read, ... (not with DST '-')
+  -h, --help      show this help
+
+Needs: --allow-read=SRC --allow-write=DST, and read access to each backing
+file and the external data file the image names. With read and write access
+to DST's directory instead, DST is replaced only once the conversion succeeded.
+`;
+
+/** Runs `qcow2 convert ARGS` and resolves to the exit status. */
+export async function main(args: string[]): Promise<number> {
+  const flags = parse("convert", args, {
+    boolean: ["p", "top", "json"],
+    string: ["O", "S", "l"],
+  });
+  if (flags.help) {
+    console.log(usage);
+    return 0;
+  }
+  const usageError = (message: string) => new UsageError(message, "convert");
+  const format = flags.O ?? "raw";
+  if (format !== "raw") {
+    throw usageError(
+      `output format '${format}' is not supported; only 'raw' is`,
+    );
+  }
+  const sparseSize = flags.S === undefined
+    ? 4096
+    : parseBytes(flags.S, "-S", "convert");
+  if (sparseSize % 512 !== 0 || sparseSize > 16 * 1024 * 1024) {
+    throw usageError(
+      `-S must be a multiple of 512 from 0 to 16M, not ${flags.S} (0 writes every byte)`,
+    );
+  }
+  const files = flags._.map(String);
+  if (files.length !== 2) {
+    throw usageError(`convert takes SRC and DST (${files.length} given)`);
+  }
+  const [srcPath, dstPath] = files;
+  if (flags.quiet && flags.json) {
+    throw usageError(
+      "-q prints nothing and --json prints a summary: choose one",
+    );
+  }
+  if (dstPath === "-" && flags.json) {
+    throw usageError(
+      "--json prints its summary on standard output, which DST '-' fills with the image; give DST a file name",
+    );
+  }
+  if (dstPath === "-" && Deno.stdout.isTerminal()) {
+    throw usageError(
+      "refusing to write a raw disk image to a terminal; redirect standard output to a file (> disk.raw) or a pipe",
+    );
+  }
+
+  // Every file the conversion reads: DST must be none of them. Permissions
+  // are checked first, so Deno never stops to prompt.
+  const inputs = [srcPath];
+  await requireRead(srcPath);
+  const image = await openImage(srcPath, {
+    snapshot: flags.l,
+    ignoreBackingFile: flags.top,
+    l2CacheBytes: CONVERT_L2_CACHE_BYTES,
+    openFile: async (path) => {
+      await requireRead(path);
+      inputs.push(path);
+      return await openPath(path);
+    },
+  }).catch((e) => Promise.reject(new InFile(srcPath, e)));
+  const controller = new AbortController();
+  const onSignal = () => controller.abort(new Error("interrupted"));
+  Deno.addSignalListener("SIGINT", onSignal);
+  const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
+    ? progressBar({ write: writeStderr, columns: terminalColumns() })
+    : undefined;
+  const options = {
+    sparseSize,
+    signal: controller.signal,
+    onProgress: bar?.update,
+  };
+  // An image error names SRC; an I/O error or Ctrl-C is said as it is.
+  const inSource = (e: unknown) =>
+    e instanceof Qcow2Error ? new InFile(srcPath, e) : e;
+  let summary: ConvertSummary;
+  try {
+    if (dstPath === "-") {
+      summary = await convert(image, Deno.stdout.writable, options)
+        .catch((e) => Promise.reject(inSource(e)));
+    } else {
+      const output = await openOutput(dstPath, inputs);
+      try {
+        summary = await convert(image, output.file, options);
+      } catch (e) {
+        // Leave nothing partial under the destination's name.
+        await output.discard();
+        throw inSource(e);
+      }
+      await output.commit();
+    }
+  } finally {
+    image.close();
+    Deno.removeSignalListener("SIGINT", onSignal);
+    bar?.end();
+  }
+  if (flags.json) {
+    console.log(JSON.stringify(
+      {
+        "source": srcPath,
+        "destination": dstPath,
+        "format": "raw",
+        "virtual-size": summary.virtualSize,
+        "bytes-written": summary.bytesWritten,
+        "bytes-skipped": summary.bytesSkipped,
+        "sparse-size": sparseSize,
+        "snapshot": flags.l ?? null,
+        "top-only": flags.top,
+        "files-read": inputs,
+        "duration-ms": Math.round(summary.durationMs),
+      },
+      null,
+      4,
+    ));
+  }
+  return 0;
+}

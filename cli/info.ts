@@ -1,0 +1,161 @@
+/**
+ * `qcow2 info`: what an image is, like `qemu-img info`.
+ *
+ * @module
+ */
+
+import {
+  fileSource,
+  formatInfo,
+  type ImageInfo,
+  imageInfo,
+  probeFormat,
+  Qcow2Error,
+  qcowInfo,
+  rawInfo,
+  readHeader,
+  readQcowHeader,
+  readSnapshots,
+  resolveName,
+} from "../mod.ts";
+import { InFile } from "../native/explain.ts";
+import { requireRead } from "../native/output.ts";
+import { NAME, parse, UsageError } from "./_args.ts";
+
+/** One line for the command list of `qcow2 --help`. */
+export const summary = "show what an image is";
+
+/** The command's help text. */
+export const usage = `Usage: ${NAME} info [--json] [--backing-chain] [-q] IMAGE
+
+Show an image's format, sizes, backing file, snapshots and qcow2 details,
+like 'qemu-img info'. IMAGE is qcow2 or legacy qcow.
+
+Options:
+  --json            print JSON with the key names of 'qemu-img info --output=json'
+  --backing-chain   show every layer of the backing chain (JSON: an array)
+  -q, --quiet       print nothing: only check that the header can be read
+                    (the exit status says whether it could)
+  -h, --help        show this help
+
+Needs: --allow-read=IMAGE (and each backing file, with --backing-chain)
+`;
+
+/** Runs `qcow2 info ARGS` and resolves to the exit status. */
+export async function main(args: string[]): Promise<number> {
+  const flags = parse("info", args, { boolean: ["json", "backing-chain"] });
+  if (flags.help) {
+    console.log(usage);
+    return 0;
+  }
+  if (flags.quiet && flags.json) {
+    throw new UsageError(
+      "-q prints nothing and --json prints JSON: choose one",
+      "info",
+    );
+  }
+  const files = flags._.map(String);
+  if (files.length !== 1) {
+    throw new UsageError(
+      `info takes exactly one IMAGE (${files.length} given)`,
+      "info",
+    );
+  }
+  const reports: ImageInfo[] = [];
+  let layer: { path: string; format?: string } | undefined = { path: files[0] };
+  const seen = new Set<string>();
+  while (layer) {
+    if (seen.has(layer.path) || seen.size > 64) {
+      throw new Qcow2Error(
+        "BACKING_FILE",
+        `Cannot follow the backing chain: it loops or is deeper than 64 layers at '${layer.path}'`,
+      );
+    }
+    seen.add(layer.path);
+    let described: Awaited<ReturnType<typeof describe>>;
+    try {
+      described = await describe(
+        layer.path,
+        reports.length === 0,
+        layer.format,
+      );
+    } catch (e) {
+      const from = reports.at(-1)?.filename;
+      if (from === undefined || e instanceof Qcow2Error) {
+        throw new InFile(layer.path, e);
+      }
+      // Said as the library says it of a backing file it cannot open.
+      throw new Qcow2Error(
+        "BACKING_FILE",
+        `Cannot open backing file '${layer.path}' (named by '${from}'): ${
+          e instanceof Error ? e.message.split("\n")[0] : e
+        }`,
+        { cause: e },
+      );
+    }
+    reports.push(described.report);
+    layer = flags["backing-chain"] ? described.next : undefined;
+  }
+  if (flags.quiet) return 0;
+  if (flags.json) {
+    const value = flags["backing-chain"] ? reports : reports[0];
+    console.log(JSON.stringify(value, null, 4));
+  } else {
+    const text = reports.map(formatInfo).join("\n");
+    await Deno.stdout.write(new TextEncoder().encode(text));
+  }
+  return 0;
+}
+
+/** The info report of one file, and the backing file it names. */
+async function describe(
+  path: string,
+  top: boolean,
+  format?: string,
+): Promise<{ report: ImageInfo; next?: { path: string; format?: string } }> {
+  await requireRead(path);
+  using file = await Deno.open(path);
+  const source = await fileSource(file);
+  const blocks = (await file.stat()).blocks;
+  const actualSize = blocks === null ? undefined : blocks * 512;
+  const start = new Uint8Array(Math.min(8, source.size));
+  await source.readAt(0, start);
+  const kind = format ?? probeFormat(start);
+  if (kind === "qcow") {
+    const header = await readQcowHeader(source);
+    const full = header.backingFile !== undefined
+      ? resolveName(path, header.backingFile)
+      : undefined;
+    return {
+      report: qcowInfo(header, path, { actualSize, fullBackingFilename: full }),
+      next: full !== undefined ? { path: full } : undefined,
+    };
+  }
+  if (kind === "raw" && !top) {
+    return { report: rawInfo(source.size, path, { actualSize }) };
+  }
+  if (kind !== "qcow2" && kind !== "raw") {
+    throw new Qcow2Error(
+      "BACKING_FILE",
+      `Cannot describe '${path}': its format '${kind}' is not supported`,
+    );
+  }
+  // The top image must be qcow2 (or qcow): a raw file fails on its magic here.
+  const header = await readHeader(source);
+  const snapshots = header.nbSnapshots > 0
+    ? await readSnapshots(source, header)
+    : [];
+  const full = header.backingFile !== undefined
+    ? resolveName(path, header.backingFile)
+    : undefined;
+  return {
+    report: imageInfo(header, path, {
+      actualSize,
+      snapshots,
+      fullBackingFilename: full,
+    }),
+    next: full !== undefined
+      ? { path: full, format: header.extensions.backingFormat }
+      : undefined,
+  };
+}
