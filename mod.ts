@@ -207,7 +207,8 @@ export async function openPath(path: string): Promise<OpenedFile> {
   try {
     return {
       ...(await fileHandleSource(handle)),
-      close: () => void handle.close(),
+      // A failed close of a file only read loses nothing.
+      close: () => void handle.close().catch(() => {}),
     };
   } catch (e) {
     await handle.close();

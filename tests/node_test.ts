@@ -12,13 +12,17 @@
  * otherwise.
  */
 import { assert, assertEquals } from "@std/assert";
-import { expected, fixture, tempDir } from "./_reference.ts";
+import { expected, fixture, hasQemu, tempDir } from "./_reference.ts";
+import { spreadImage, tablesImage } from "./_spread.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
 const SKIP_NODE = Deno.env.get("QCOW2_SKIP_NODE") === "1";
 const ROOT = new URL("../", import.meta.url).pathname;
 const MOD = new URL("../mod.ts", import.meta.url).pathname;
 const SCRIPT = new URL("./node/convert.mjs", import.meta.url).pathname;
+const IN_FLIGHT = new URL("./node/in_flight.mjs", import.meta.url).pathname;
+/** The exit status of the scripts on an unhandled rejection. */
+const UNHANDLED = 70;
 const layouts: Record<string, { sha256: string }> = JSON.parse(
   await Deno.readTextFile(fixture("layouts/expected.json")),
 );
@@ -103,6 +107,7 @@ async function convertFixtures(
   const run = async (mode: "handle" | "path", name: string) => {
     const r = await exec(exe, [SCRIPT, mod, mode, fixture(name), `${dir}/out`]);
     if (!r) throw new Error(`${exe} is not installed`);
+    assert(r.code !== UNHANDLED, `unhandled rejection: ${r.stdout}`);
     return { code: r.code, result: JSON.parse(r.stdout || "null"), r };
   };
   for (const name of ["v3_64k.qcow2", "zlib.qcow2", "odd_size_zlib.qcow2"]) {
@@ -135,6 +140,43 @@ async function convertFixtures(
       }
     },
   );
+  await t.step({
+    name: "every error path with many reads in flight, none unhandled",
+    ignore: !hasQemu,
+    fn: async () => {
+      const r = await exec(exe, [
+        IN_FLIGHT,
+        mod,
+        await spreadImage(dir, "zstd"),
+        await spreadImage(dir, "zlib"),
+        await tablesImage(dir),
+      ]);
+      if (!r) throw new Error(`${exe} is not installed`);
+      assertEquals(r.code, 0, r.stdout + r.stderr);
+      const results = JSON.parse(r.stdout);
+      const code = (name: string) => results[name].code;
+      assertEquals(
+        code("no zstd decompressor, FileHandle"),
+        "UNSUPPORTED_COMPRESSION",
+      );
+      assertEquals(code("no zlib decompressor"), "UNSUPPORTED_COMPRESSION");
+      // Without zstd in node:zlib, the default codecs may have none.
+      assert(
+        code("corrupt zstd data") === "BAD_COMPRESSED_DATA" ||
+          !zstd && code("corrupt zstd data") === "UNSUPPORTED_COMPRESSION",
+        JSON.stringify(results["corrupt zstd data"]),
+      );
+      assertEquals(code("corrupt zlib data"), "BAD_COMPRESSED_DATA");
+      assertEquals(
+        code("corrupt zlib data, portable codecs"),
+        "BAD_COMPRESSED_DATA",
+      );
+      assertEquals(results["failing data reads"].message, "injected");
+      assertEquals(results["failing sink"].message, "disk full");
+      assertEquals(results["erroring stream"].message, "stream broke");
+      assertEquals(results["abort"].message, "interrupted");
+    },
+  });
 }
 
 Deno.test({

@@ -8,6 +8,7 @@
 import { Qcow2Error } from "../errors.ts";
 import type { DiskImage } from "../disk.ts";
 import type { RawSink } from "../io/sink.ts";
+import { type StartJob, withJobs } from "../jobs.ts";
 
 /**
  * Progress of a conversion, reported after each chunk.
@@ -149,13 +150,19 @@ export async function convertImage(
   // Chunks go through read (and decompression), then write, in order; up
   // to `parallel` chunks are somewhere in between, so reads of later chunks
   // overlap the writes of earlier ones. The chunk buffers are reused, so
-  // memory stays at `parallel` chunks.
+  // memory stays at `parallel` chunks. Every chunk's promise is started
+  // under `withJobs` (its rejection handled at once; all settled before
+  // the caller closes the files): see src/jobs.ts.
   const free: Uint8Array[] = [];
   const pending: Promise<void>[] = [];
   let lastWrite: Promise<void> = Promise.resolve();
   let sinceYield = 0;
-  const readAhead = async (start: number, length: number) => {
-    for (let p = start; p < start + length; p += chunk) {
+  const readAhead = async (
+    start: StartJob,
+    from: number,
+    length: number,
+  ) => {
+    for (let p = from; p < from + length; p += chunk) {
       while (pending.length >= parallel) await pending.shift();
       // Reads and writes may all be synchronous: let the event loop run
       // now and then, so that a signal or a timer is not held up.
@@ -173,7 +180,7 @@ export async function convertImage(
         await settledWithin(lastWrite, SETTLE_TURNS);
       }
       const buffer = free.pop() ?? new Uint8Array(chunk);
-      const view = buffer.subarray(0, Math.min(chunk, start + length - p));
+      const view = buffer.subarray(0, Math.min(chunk, from + length - p));
       const previous = lastWrite;
       // Its own read settles first, whatever happens to earlier chunks.
       const written = image.read(p, view).then(() => previous).then(
@@ -184,16 +191,16 @@ export async function convertImage(
           onProgress?.({ done, total });
         },
       );
-      written.catch(() => {}); // observed when awaited
+      start(written);
       lastWrite = written;
       pending.push(written);
     }
   };
 
   signal?.throwIfAborted();
-  let runStart = 0;
-  let runEnd = 0;
-  try {
+  await withJobs(async (start) => {
+    let runStart = 0;
+    let runEnd = 0;
     for await (const e of image.extents()) {
       const hasData = e.kind === "data" || e.kind === "compressed" ||
         sparse === 0;
@@ -201,18 +208,16 @@ export async function convertImage(
         runEnd += e.length;
         continue;
       }
-      if (runEnd > runStart) await readAhead(runStart, runEnd - runStart);
+      if (runEnd > runStart) {
+        await readAhead(start, runStart, runEnd - runStart);
+      }
       runStart = runEnd = hasData ? e.start : e.start + e.length;
       if (hasData) runEnd = e.start + e.length;
     }
-    if (runEnd > runStart) await readAhead(runStart, runEnd - runStart);
+    if (runEnd > runStart) await readAhead(start, runStart, runEnd - runStart);
     while (pending.length > 0) await pending.shift();
     signal?.throwIfAborted();
-  } finally {
-    // Let reads and writes still in flight settle before the caller closes
-    // the files.
-    await Promise.allSettled(pending);
-  }
+  });
   await sink.finish(total);
   onProgress?.({ done: total, total });
   return {

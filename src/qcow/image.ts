@@ -20,6 +20,7 @@ import {
   throughBacking,
 } from "../disk.ts";
 import { ExtentRuns } from "../extent_runs.ts";
+import { withJobs } from "../jobs.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import { QCOW2_MAGIC } from "../qcow2/header.ts";
 import { type ByteSource, readExact } from "../io/source.ts";
@@ -442,30 +443,34 @@ export class QcowImage implements DiskImage {
 
   /** Fills `buffer` with the guest bytes at `position`. */
   async read(position: number, buffer: Uint8Array): Promise<void> {
-    const jobs: Promise<void>[] = [];
     const compressed: CompressedRead[] = [];
-    for await (const e of this.ownExtents(position, position + buffer.length)) {
-      const into = buffer.subarray(
-        e.start - position,
-        e.start - position + e.length,
-      );
-      if (e.kind === "data") {
-        jobs.push(readData(this.source, e.hostOffset!, into, e.start, "qcow"));
-      } else if (e.kind === "compressed") {
-        compressed.push({ extent: e, into });
-      } else {
-        jobs.push(readBacking(this.backing, e.start, into));
+    // Reads start as their extents are found, while the walk goes on
+    // loading L2 tables: see src/jobs.ts.
+    await withJobs(async (start) => {
+      for await (
+        const e of this.ownExtents(position, position + buffer.length)
+      ) {
+        const into = buffer.subarray(
+          e.start - position,
+          e.start - position + e.length,
+        );
+        if (e.kind === "data") {
+          start(readData(this.source, e.hostOffset!, into, e.start, "qcow"));
+        } else if (e.kind === "compressed") {
+          compressed.push({ extent: e, into });
+        } else {
+          start(readBacking(this.backing, e.start, into));
+        }
       }
-    }
-    jobs.push(readCompressedRuns(
-      this.source,
-      compressed,
-      this.clusterSize,
-      this.#codecs,
-      "zlib",
-      "qcow",
-    ));
-    await Promise.all(jobs);
+      start(readCompressedRuns(
+        this.source,
+        compressed,
+        this.clusterSize,
+        this.#codecs,
+        "zlib",
+        "qcow",
+      ));
+    });
   }
 
   /** Closes the files opened for this image. */

@@ -8,6 +8,7 @@
 import { type Codecs, decompressCluster } from "../codecs/codecs.ts";
 import type { Extent } from "../disk.ts";
 import { hex, Qcow2Error } from "../errors.ts";
+import { withJobs } from "../jobs.ts";
 import type { CompressionType } from "./header.ts";
 import type { ByteSource } from "../io/source.ts";
 
@@ -115,51 +116,49 @@ export async function readCompressedRuns(
     await readCompressed(file, e.extent, clusterSize, codecs, type, format);
   }
   within.sort((a, b) => a.extent.hostOffset! - b.extent.hostOffset!);
-  const jobs: Promise<void>[] = [];
-  let i = 0;
-  while (i < within.length) {
-    const from = within[i].extent.hostOffset!;
-    let to = from;
-    let j = i;
-    for (; j < within.length; j++) {
-      const e = within[j].extent;
-      const end = Math.min(e.hostOffset! + e.compressedLength!, file.size);
-      if (
-        j > i &&
-        (e.hostOffset! > to + GROUP_GAP ||
-          Math.max(to, end) - from > GROUP_SPAN)
-      ) break;
-      to = Math.max(to, end);
+  // Each group's decompressions run while the next group is read.
+  await withJobs(async (start) => {
+    let i = 0;
+    while (i < within.length && !start()) {
+      const from = within[i].extent.hostOffset!;
+      let to = from;
+      let j = i;
+      for (; j < within.length; j++) {
+        const e = within[j].extent;
+        const end = Math.min(e.hostOffset! + e.compressedLength!, file.size);
+        if (
+          j > i &&
+          (e.hostOffset! > to + GROUP_GAP ||
+            Math.max(to, end) - from > GROUP_SPAN)
+        ) break;
+        to = Math.max(to, end);
+      }
+      const group = within.slice(i, j);
+      i = j;
+      const bytes = takeScratch(to - from);
+      const got = await file.readAt(from, bytes);
+      bytes.fill(0, got);
+      // Every decompression settles before the scratch buffer is reused.
+      start(
+        withJobs((startOne) => {
+          for (const { extent: e, into } of group) {
+            startOne(decompressInto(
+              bytes.subarray(
+                e.hostOffset! - from,
+                Math.min(e.hostOffset! + e.compressedLength!, file.size) -
+                  from,
+              ),
+              e,
+              into,
+              clusterSize,
+              codecs,
+              type,
+            ));
+          }
+        }).finally(() => giveScratch(bytes)),
+      );
     }
-    const group = within.slice(i, j);
-    i = j;
-    const bytes = takeScratch(to - from);
-    const got = await file.readAt(from, bytes);
-    bytes.fill(0, got);
-    // Every decompression settles before the scratch buffer is reused.
-    jobs.push(
-      Promise.allSettled(group.map(({ extent: e, into }) =>
-        decompressInto(
-          bytes.subarray(
-            e.hostOffset! - from,
-            Math.min(e.hostOffset! + e.compressedLength!, file.size) - from,
-          ),
-          e,
-          into,
-          clusterSize,
-          codecs,
-          type,
-        )
-      )).then((results) => {
-        giveScratch(bytes);
-        const failed = results.find((r) => r.status === "rejected");
-        if (failed) throw (failed as PromiseRejectedResult).reason;
-      }),
-    );
-  }
-  const settled = await Promise.allSettled(jobs);
-  const failed = settled.find((r) => r.status === "rejected");
-  if (failed) throw (failed as PromiseRejectedResult).reason;
+  });
 }
 
 async function decompressInto(

@@ -19,6 +19,7 @@ import {
   throughBacking,
 } from "../disk.ts";
 import { ExtentRuns } from "../extent_runs.ts";
+import { withJobs } from "../jobs.ts";
 import { hex, Qcow2Error, type Qcow2ErrorCode } from "../errors.ts";
 import { MetadataMap } from "./metadata.ts";
 import type { Qcow2Header } from "./header.ts";
@@ -265,35 +266,44 @@ export class Qcow2Image implements DiskImage {
    */
   async read(position: number, buffer: Uint8Array): Promise<void> {
     const end = position + buffer.length;
-    const jobs: Promise<void>[] = [];
     const compressed: CompressedRead[] = [];
-    for await (const e of this.ownExtents(position, end)) {
-      const into = buffer.subarray(
-        e.start - position,
-        e.start - position + e.length,
-      );
-      if (e.kind === "data") {
-        const file = this.#data;
-        jobs.push(
-          readData(file, e.hostOffset!, into, e.start, "qcow2", this.#external),
+    // Reads start as their extents are found, while the walk goes on
+    // loading L2 tables: see src/jobs.ts.
+    await withJobs(async (start) => {
+      for await (const e of this.ownExtents(position, end)) {
+        const into = buffer.subarray(
+          e.start - position,
+          e.start - position + e.length,
         );
-      } else if (e.kind === "compressed") {
-        compressed.push({ extent: e, into });
-      } else if (e.kind === "unallocated" && this.backing) {
-        jobs.push(readBacking(this.backing, e.start, into));
-      } else {
-        into.fill(0);
+        if (e.kind === "data") {
+          const file = this.#data;
+          start(
+            readData(
+              file,
+              e.hostOffset!,
+              into,
+              e.start,
+              "qcow2",
+              this.#external,
+            ),
+          );
+        } else if (e.kind === "compressed") {
+          compressed.push({ extent: e, into });
+        } else if (e.kind === "unallocated" && this.backing) {
+          start(readBacking(this.backing, e.start, into));
+        } else {
+          into.fill(0);
+        }
       }
-    }
-    jobs.push(readCompressedRuns(
-      this.source,
-      compressed,
-      this.clusterSize,
-      this.#codecs,
-      this.header.compressionType,
-      "qcow2",
-    ));
-    await Promise.all(jobs);
+      start(readCompressedRuns(
+        this.source,
+        compressed,
+        this.clusterSize,
+        this.#codecs,
+        this.header.compressionType,
+        "qcow2",
+      ));
+    });
   }
 
   /** Closes the backing and data files opened for this image. */

@@ -10,6 +10,12 @@ import { createHash } from "node:crypto";
 import { open, readFile } from "node:fs/promises";
 import { pathToFileURL } from "node:url";
 
+// An unhandled rejection fails the test, even if the error is caught later.
+process.on("unhandledRejection", (reason) => {
+  console.log(JSON.stringify({ unhandled: String(reason?.stack ?? reason) }));
+  process.exit(70);
+});
+
 const [bundle, mode, src, dst] = process.argv.slice(2);
 const qcow2 = await import(pathToFileURL(bundle).href);
 
