@@ -9,10 +9,11 @@ import {
   type ConvertSummary,
   openImage,
   openPath,
+  type OpenRequest,
   Qcow2Error,
 } from "../mod.ts";
 import { InFile } from "../native/explain.ts";
-import { openOutput, requireRead } from "../native/output.ts";
+import { type InputFile, openOutput, requireRead } from "../native/output.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
 import { progressBar } from "../src/ops/progress_bar.ts";
 import { NAME, parse, parseBytes, UsageError } from "./_args.ts";
@@ -99,15 +100,15 @@ export async function main(args: string[]): Promise<number> {
 
   // Every file the conversion reads: DST must be none of them. Permissions
   // are checked first, so Deno never stops to prompt.
-  const inputs = [srcPath];
+  const inputs: InputFile[] = [srcPath];
   await requireRead(srcPath);
   const image = await openImage(srcPath, {
     snapshot: flags.l,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,
-    openFile: async (path) => {
+    openFile: async (path, request) => {
       await requireRead(path);
-      inputs.push(path);
+      inputs.push({ path, what: roleIn(srcPath, request) });
       return await openPath(path);
     },
   }).catch((e) => Promise.reject(new InFile(srcPath, e)));
@@ -158,7 +159,7 @@ export async function main(args: string[]): Promise<number> {
         "sparse-size": sparseSize,
         "snapshot": flags.l ?? null,
         "top-only": flags.top,
-        "files-read": inputs,
+        "files-read": inputs.map((f) => typeof f === "string" ? f : f.path),
         "duration-ms": Math.round(summary.durationMs),
       },
       null,
@@ -166,4 +167,20 @@ export async function main(args: string[]): Promise<number> {
     ));
   }
   return 0;
+}
+
+/**
+ * What a file opened for `src` is to it, as DST's refusal says it: "the
+ * backing file of the input 'top.qcow2'", or for a file named deeper in the
+ * chain, "a file of the backing chain of the input 'top.qcow2' (the backing
+ * file of 'mid.qcow2')".
+ */
+export function roleIn(src: string, request: OpenRequest): string {
+  const what = request.kind === "backing"
+    ? "the backing file"
+    : "the external data file";
+  if (request.from === undefined || request.from === src) {
+    return `${what} of the input '${src}'`;
+  }
+  return `a file of the backing chain of the input '${src}' (${what} of '${request.from}')`;
 }

@@ -21,6 +21,13 @@ export interface OutputFile {
 }
 
 /**
+ * A file the conversion reads, for {@linkcode openOutput}: its path, and
+ * what it is to the input, said when DST is that file ("the backing file of
+ * the input 'top.qcow2'"). A bare path is the input itself.
+ */
+export type InputFile = string | { path: string; what: string };
+
+/**
  * Opens the output for `dst`. With read and write access to the
  * destination's directory (Deno's rename needs both), output goes to a
  * temporary file there and is renamed over `dst` on commit, so a failure
@@ -35,7 +42,7 @@ export interface OutputFile {
  */
 export async function openOutput(
   dst: string,
-  inputs: string[],
+  inputs: InputFile[],
 ): Promise<OutputFile> {
   await refuseInputs(dst, inputs);
   const slash = dst.lastIndexOf("/");
@@ -141,25 +148,33 @@ export async function requireRead(path: string): Promise<void> {
 }
 
 /** Refuses a destination that is one of the inputs, whatever the path. */
-async function refuseInputs(dst: string, inputs: string[]): Promise<void> {
-  const fail = (input: string) =>
+async function refuseInputs(
+  dst: string,
+  files: InputFile[],
+): Promise<void> {
+  const fail = (file: InputFile) =>
     new Qcow2Error(
       "BAD_ARGUMENT",
-      `refusing to write '${dst}': it is the same file as the input '${input}'`,
+      `refusing to write '${dst}': it is ${
+        typeof file === "string"
+          ? `the same file as the input '${file}'`
+          : file.what
+      }`,
     );
   // With read access to DST, compare device and inode (links, symlinks).
   const target = await granted("read", dst)
     ? await Deno.stat(dst).catch(() => undefined)
     : undefined;
-  for (const input of inputs) {
+  for (const file of files) {
+    const input = typeof file === "string" ? file : file.path;
     const stat = await Deno.stat(input).catch(() => undefined);
     if (target && stat && target.ino !== null && stat.ino !== null) {
-      if (target.dev === stat.dev && target.ino === stat.ino) throw fail(input);
+      if (target.dev === stat.dev && target.ino === stat.ino) throw fail(file);
       continue;
     }
     const real = await Deno.realPath(input).catch(() => input);
     if (absolute(dst) === absolute(real) || absolute(dst) === absolute(input)) {
-      throw fail(input);
+      throw fail(file);
     }
   }
 }

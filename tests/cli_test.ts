@@ -443,7 +443,7 @@ Deno.test({
         assertEquals(draw.length, draws[0].length);
       }
       const last = draws.at(-1)!;
-      assertMatch(last, /^\[#+\] 100\.0% +2\.0 MiB \/ +2\.0 MiB .* in 0:\d\d/);
+      assertMatch(last, /^\[#+\] 100\.0% +2\.0 MiB \/ +2\.0 MiB .* in \d\.\ds/);
       assertEquals(await sha256File(dst), expected["zlib.qcow2"].sha256);
       // -q wins over -p; without -p nothing is drawn either.
       for (const quiet of ["-q -p", ""]) {

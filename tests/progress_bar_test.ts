@@ -3,6 +3,7 @@ import { assert, assertEquals } from "@std/assert";
 import {
   formatBytes,
   formatDuration,
+  formatElapsed,
   progressBar,
   renderProgress,
 } from "../src/ops/progress_bar.ts";
@@ -50,6 +51,32 @@ Deno.test("formatDuration: m:ss, h:mm:ss, unknown, rounded up", () => {
   for (const [seconds, text] of cases) {
     assertEquals(formatDuration(seconds), text, String(seconds));
   }
+});
+
+Deno.test("formatElapsed: tenths under ten seconds, else m:ss to the nearest second", () => {
+  const cases: [number, string][] = [
+    [0, "0.0s"],
+    [0.04, "0.0s"],
+    [0.16, "0.2s"], // an 8 MiB conversion: not "0:01"
+    [1, "1.0s"],
+    [9.94, "9.9s"],
+    [9.96, "0:10"],
+    [10.4, "0:10"],
+    [10.5, "0:11"],
+    [59.6, "1:00"],
+    [3599.4, "59:59"],
+    [3723.5, "1:02:04"],
+    [100 * 3600, ">99h"],
+    [NaN, "--:--"],
+    [-1, "--:--"],
+  ];
+  for (const [seconds, text] of cases) {
+    assertEquals(formatElapsed(seconds), text, String(seconds));
+  }
+  // The finished bar shows it; a countdown still rounds up.
+  const done = { done: 8 << 20, total: 8 << 20, elapsedMs: 160 };
+  assert(renderProgress({ ...done, finished: true }).includes(" in 0.2s"));
+  assertEquals(formatDuration(0.16), "0:01");
 });
 
 Deno.test("renderProgress: every redraw has the same width", () => {
@@ -153,7 +180,7 @@ Deno.test("progressBar: redraws at most once per interval, in place", () => {
   bar.end();
   assert(out.endsWith("\n"));
   const last = out.split("\r").at(-1)!;
-  assert(last.includes("100.0%") && last.includes("in 0:01"), last);
+  assert(last.includes("100.0%") && last.includes("in 1.0s"), last);
 });
 
 Deno.test("progressBar: end after a failure keeps the last state, and nothing if never drawn", () => {

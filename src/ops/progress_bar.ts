@@ -75,7 +75,37 @@ export function formatBytes(bytes: number): string {
  */
 export function formatDuration(seconds: number): string {
   if (!Number.isFinite(seconds) || seconds < 0) return "--:--";
-  const s = Math.ceil(seconds);
+  return clock(Math.ceil(seconds));
+}
+
+/**
+ * A time taken, as the finished bar shows it (`in 0.2s`): tenths of a
+ * second under ten seconds, else `m:ss` (or `h:mm:ss`) rounded to the
+ * nearest second; `--:--` when unknown (not finite or negative).
+ *
+ * @param seconds The duration in seconds.
+ * @returns The text.
+ *
+ * @example A short conversion and a long one
+ * ```ts
+ * import { formatElapsed } from "./progress_bar.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(formatElapsed(0.16), "0.2s");
+ * assertEquals(formatElapsed(9.94), "9.9s");
+ * assertEquals(formatElapsed(9.96), "0:10");
+ * assertEquals(formatElapsed(70.4), "1:10");
+ * ```
+ */
+export function formatElapsed(seconds: number): string {
+  if (!Number.isFinite(seconds) || seconds < 0) return "--:--";
+  const tenths = Math.round(seconds * 10);
+  if (tenths < 100) return `${(tenths / 10).toFixed(1)}s`;
+  return clock(Math.round(seconds));
+}
+
+/** Whole seconds as `m:ss` or `h:mm:ss`; `>99h` from 100 hours on. */
+function clock(s: number): string {
   if (s >= 100 * 3600) return ">99h";
   const two = (n: number) => String(n).padStart(2, "0");
   const h = Math.floor(s / 3600);
@@ -95,7 +125,7 @@ export function formatDuration(seconds: number): string {
  * exactly; the bar takes the room left (up to 40 characters). On a narrow
  * terminal the bar goes first, then the rate, then the sizes. Rate and time
  * left are averages since the start, shown once some time has passed; when
- * `finished`, the time taken (`in 0:12`) replaces the time left.
+ * `finished`, the time taken (`in 0.2s`, `in 1:12`) replaces the time left.
  *
  * @param snapshot What to show.
  * @param columns The terminal's width (default 80).
@@ -129,7 +159,7 @@ export function renderProgress(
   const settled = elapsedMs >= SETTLE_MS && done > 0;
   const rate = settled ? done / (elapsedMs / 1000) : NaN;
   const time = finished
-    ? `in ${formatDuration(elapsedMs / 1000)}`
+    ? `in ${formatElapsed(elapsedMs / 1000)}`
     : `ETA ${formatDuration(settled ? (total - done) / rate : NaN)}`;
   const pct = percent.padStart(6);
   const sizes = `${formatBytes(done).padStart(10)} / ${
@@ -199,7 +229,7 @@ export interface ProgressBar {
  * const draws = out.split("\r").slice(1); // three draws, the last ended
  * assertEquals(draws.length, 3);
  * assertEquals(draws[2].endsWith("\n"), true);
- * assertEquals(draws[2].trimEnd(), "100.0%      100 B /      100 B      100 B/s in 0:01");
+ * assertEquals(draws[2].trimEnd(), "100.0%      100 B /      100 B      100 B/s in 1.0s");
  * ```
  */
 export function progressBar(options: ProgressBarOptions): ProgressBar {
