@@ -80,7 +80,7 @@ export async function main(args: string[]): Promise<number> {
     if (e instanceof UsageError) {
       const help = e.command ? `${NAME} ${e.command} --help` : `${NAME} --help`;
       console.error(`${NAME}: ${e.message}\nTry '${help}'.`);
-      return 2;
+      return e.status;
     }
     // The reader of DST '-' went away (`| head`): stop quietly, with the
     // status of a process killed by SIGPIPE, as `cat` would.

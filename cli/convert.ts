@@ -7,7 +7,6 @@
 import {
   convert,
   type ConvertSummary,
-  openImage,
   openPath,
   type OpenRequest,
   Qcow2Error,
@@ -16,15 +15,31 @@ import { InFile } from "../native/explain.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
 import { progressBar } from "../src/ops/progress_bar.ts";
-import { NAME, parse, parseBytes, UsageError } from "./_args.ts";
+import {
+  type CommandSpec,
+  imageFormat,
+  NAME,
+  parse,
+  parseBytes,
+  snapshotParam,
+  unsupportedHelp,
+  UsageError,
+} from "./_args.ts";
+import { openInput } from "./_open.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "convert an image to a raw disk image";
 
+/** The options `convert` takes beyond those of every command. */
+const SPEC: CommandSpec = {
+  boolean: ["p", "top", "json"],
+  string: ["O", "S", "l"],
+};
+
 /** The command's help text. */
 export const usage =
-  `Usage: ${NAME} convert [-O raw] [-S BYTES] [-l SNAPSHOT] [--top] [-p] [-q] [--json] SRC DST
+  `Usage: ${NAME} convert [-f FMT] [-O raw] [-S BYTES] [-l SNAPSHOT] [--top] [-p] [-q] [--json] SRC DST
 
 Convert a qcow2 (or legacy qcow) image to a sparse raw disk image, with its
 whole backing chain flattened in. DST '-' streams the raw bytes to standard
@@ -32,6 +47,7 @@ output (every byte written, holes as zeros; not to a terminal). Like
 'qemu-img convert', it prints nothing when it succeeds.
 
 Options:
+  -f FMT          read SRC as FMT (qcow2, qcow or raw) instead of probing
   -O FORMAT       output format; only 'raw' (the default)
   -S BYTES        leave aligned all-zero runs of this size as holes
                   (default 4096, a multiple of 512; 0 writes every byte;
@@ -45,24 +61,25 @@ Options:
   --json          when done, print a JSON summary on standard output: source,
                   destination, virtual-size, bytes-written, bytes-skipped,
                   duration-ms, files-read, ... (not with DST '-')
+  -U, --force-share  accepted for qemu-img's sake (images are never locked)
   -h, --help      show this help
 
 Needs: --allow-read=SRC --allow-write=DST, and read access to each backing
 file and the external data file the image names. With read and write access
 to DST's directory instead, DST is replaced only once the conversion succeeded.
-`;
+
+${unsupportedHelp("convert", SPEC)}`;
 
 /** Runs `qcow2 convert ARGS` and resolves to the exit status. */
 export async function main(args: string[]): Promise<number> {
-  const flags = parse("convert", args, {
-    boolean: ["p", "top", "json"],
-    string: ["O", "S", "l"],
-  });
+  const flags = parse("convert", args, SPEC);
   if (flags.help) {
     console.log(usage);
     return 0;
   }
   const usageError = (message: string) => new UsageError(message, "convert");
+  const srcFormat = imageFormat(flags.format, "-f", "convert");
+  const snapshot = snapshotParam(flags.l, "convert");
   const format = flags.O ?? "raw";
   if (format !== "raw") {
     throw usageError(
@@ -102,8 +119,8 @@ export async function main(args: string[]): Promise<number> {
   // are checked first, so Deno never stops to prompt.
   const inputs: InputFile[] = [srcPath];
   await requireRead(srcPath);
-  const image = await openImage(srcPath, {
-    snapshot: flags.l,
+  const { image } = await openInput(srcPath, srcFormat, {
+    snapshot,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,
     openFile: async (path, request) => {

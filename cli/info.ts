@@ -20,30 +20,46 @@ import {
 } from "../mod.ts";
 import { InFile } from "../native/explain.ts";
 import { requireRead } from "../native/output.ts";
-import { NAME, parse, UsageError } from "./_args.ts";
+import {
+  type CommandSpec,
+  imageFormat,
+  NAME,
+  parse,
+  unsupportedHelp,
+  UsageError,
+} from "./_args.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "show what an image is";
 
+/** The options `info` takes beyond those of every command. */
+const SPEC: CommandSpec = { boolean: ["backing-chain"], output: true };
+
 /** The command's help text. */
-export const usage = `Usage: ${NAME} info [--json] [--backing-chain] [-q] IMAGE
+export const usage =
+  `Usage: ${NAME} info [-f FMT] [--output=human|json] [--backing-chain] [-U] [-q] IMAGE
 
 Show an image's format, sizes, backing file, snapshots and qcow2 details,
 like 'qemu-img info'. IMAGE is qcow2 or legacy qcow.
 
 Options:
-  --json            print JSON with the key names of 'qemu-img info --output=json'
+  -f, --format FMT  read IMAGE as FMT (qcow2, qcow or raw) instead of probing:
+                    -f raw describes any file as a raw disk
+  --output=json     print JSON with the key names of 'qemu-img info
+                    --output=json' (also --json); --output=human is the default
   --backing-chain   show every layer of the backing chain (JSON: an array)
   -q, --quiet       print nothing: only check that the header can be read
                     (the exit status says whether it could)
+  -U, --force-share accepted for qemu-img's sake (images are never locked)
   -h, --help        show this help
 
 Needs: --allow-read=IMAGE (and each backing file, with --backing-chain)
-`;
+
+${unsupportedHelp("info", SPEC)}`;
 
 /** Runs `qcow2 info ARGS` and resolves to the exit status. */
 export async function main(args: string[]): Promise<number> {
-  const flags = parse("info", args, { boolean: ["json", "backing-chain"] });
+  const flags = parse("info", args, SPEC);
   if (flags.help) {
     console.log(usage);
     return 0;
@@ -54,6 +70,7 @@ export async function main(args: string[]): Promise<number> {
       "info",
     );
   }
+  const format = imageFormat(flags.format, "-f", "info");
   const files = flags._.map(String);
   if (files.length !== 1) {
     throw new UsageError(
@@ -62,7 +79,10 @@ export async function main(args: string[]): Promise<number> {
     );
   }
   const reports: ImageInfo[] = [];
-  let layer: { path: string; format?: string } | undefined = { path: files[0] };
+  let layer: { path: string; format?: string } | undefined = {
+    path: files[0],
+    format,
+  };
   const seen = new Set<string>();
   while (layer) {
     if (seen.has(layer.path) || seen.size > 64) {
@@ -131,7 +151,7 @@ async function describe(
       next: full !== undefined ? { path: full } : undefined,
     };
   }
-  if (kind === "raw" && !top) {
+  if (kind === "raw" && (!top || format === "raw")) {
     return { report: rawInfo(source.size, path, { actualSize }) };
   }
   if (kind !== "qcow2" && kind !== "raw") {

@@ -151,7 +151,11 @@ export interface OpenOptions {
    * zeros, and no backing file is opened.
    */
   ignoreBackingFile?: boolean;
-  /** Read this internal snapshot (an ID or a name) instead of the active state. */
+  /**
+   * Read this internal snapshot instead of the active state: an ID or a name,
+   * or qemu-img's `snapshot.id=ID`, `snapshot.name=NAME` or both
+   * (`snapshot.id=ID,snapshot.name=NAME`), see {@linkcode findSnapshot}.
+   */
   snapshot?: string;
   /** The deepest backing chain followed (default 64 layers below the image). */
   maxChainDepth?: number;

@@ -203,35 +203,57 @@ export async function readSnapshots(
 }
 
 /**
- * Finds a snapshot by ID or name, as `qemu-img convert -l` does: an ID match
- * first, then a name match.
+ * Finds a snapshot as `qemu-img convert -l` does: a bare value matches an ID
+ * first, then a name; `snapshot.id=ID` matches only an ID,
+ * `snapshot.name=NAME` only a name, and `snapshot.id=ID,snapshot.name=NAME`
+ * both at once. In those forms a comma inside a value is written `,,`
+ * (QEMU's option syntax). Source: qemu-img.c `img_convert`,
+ * `bdrv_snapshot_load_tmp` and `bdrv_snapshot_load_tmp_by_id_or_name`.
  *
  * @param snapshots The table.
- * @param wanted An ID or a name; `snapshot.id=X` and `snapshot.name=X` pick
- * one kind of match.
+ * @param wanted An ID or a name, or the `snapshot.id=`/`snapshot.name=` forms.
  * @returns The snapshot.
- * @throws {Qcow2Error} `NO_SUCH_SNAPSHOT` when none matches.
+ * @throws {Qcow2Error} `NO_SUCH_SNAPSHOT` when none matches, or when
+ * `wanted` names a parameter other than snapshot.id and snapshot.name.
  *
  * @example Finding a snapshot by ID or name
  * ```ts
  * import { findSnapshot, type Snapshot } from "@qcow2/qcow2";
  * import { assertEquals, assertThrows } from "@std/assert";
  *
- * const table = [{ id: "1", name: "2" }, { id: "2", name: "base" }] as Snapshot[];
- * assertEquals(findSnapshot(table, "2").name, "base"); // IDs first
+ * const table = [{ id: "1", name: "2" }, { id: "2", name: "a,b" }] as Snapshot[];
+ * assertEquals(findSnapshot(table, "2").name, "a,b"); // IDs first
  * assertEquals(findSnapshot(table, "snapshot.name=2").id, "1");
+ * assertEquals(findSnapshot(table, "snapshot.id=2,snapshot.name=a,,b").id, "2");
+ * assertThrows(() => findSnapshot(table, "snapshot.id=1,snapshot.name=a,,b"));
  * assertThrows(() => findSnapshot(table, "nope"));
  * ```
  */
 export function findSnapshot(snapshots: Snapshot[], wanted: string): Snapshot {
-  const byId = wanted.startsWith("snapshot.id=") ? wanted.slice(12) : undefined;
-  const byName = wanted.startsWith("snapshot.name=")
-    ? wanted.slice(14)
-    : undefined;
-  const found = byId !== undefined
-    ? snapshots.find((s) => s.id === byId)
-    : byName !== undefined
-    ? snapshots.find((s) => s.name === byName)
+  let byId: string | undefined;
+  let byName: string | undefined;
+  if (wanted.startsWith("snapshot.")) {
+    for (const part of wanted.replaceAll(",,", "\0").split(",")) {
+      const eq = part.indexOf("=");
+      const key = eq < 0 ? part : part.slice(0, eq);
+      const value = part.slice(eq + 1).replaceAll("\0", ",");
+      if (key === "snapshot.id" && eq > 0) byId = value;
+      else if (key === "snapshot.name" && eq > 0) byName = value;
+      else {
+        throw new Qcow2Error(
+          "NO_SUCH_SNAPSHOT",
+          `Cannot find snapshot '${wanted}': '${
+            key.replaceAll("\0", ",")
+          }' is not snapshot.id=ID or snapshot.name=NAME`,
+        );
+      }
+    }
+  }
+  const found = byId !== undefined || byName !== undefined
+    ? snapshots.find((s) =>
+      (byId === undefined || s.id === byId) &&
+      (byName === undefined || s.name === byName)
+    )
     : snapshots.find((s) => s.id === wanted) ??
       snapshots.find((s) => s.name === wanted);
   if (!found) {

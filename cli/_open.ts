@@ -1,0 +1,81 @@
+/**
+ * Opening a command's input image with qemu-img's `-f`: not probed when
+ * given, so `-f raw` reads a qcow2 file as its raw bytes, and `-f qcow2` or
+ * `-f qcow` refuses a file of another format.
+ *
+ * @module
+ */
+
+import {
+  type DiskImage,
+  openImage,
+  type OpenOptions,
+  openPath,
+  probeFormat,
+  Qcow2Error,
+} from "../mod.ts";
+import { RawImage } from "../src/raw.ts";
+import type { FormatName } from "./_args.ts";
+
+/** An opened input: the disk, and the format it was read as. */
+export interface OpenedInput {
+  /** The guest view. */
+  image: DiskImage;
+  /** The format the file was read as. */
+  format: FormatName;
+}
+
+/**
+ * Opens the image at `path` in `format` (probed when undefined), its backing
+ * chain and data file through `options.openFile` (default: {@linkcode openPath}).
+ *
+ * @throws {Qcow2Error} `BAD_MAGIC` or `UNSUPPORTED_VERSION` when the file is
+ * not of the format asked for, and whatever opening the image throws.
+ */
+export async function openInput(
+  path: string,
+  format: FormatName | undefined,
+  options: OpenOptions = {},
+): Promise<OpenedInput> {
+  const file = await openPath(path);
+  try {
+    const start = new Uint8Array(Math.min(8, file.size));
+    await file.readAt(0, start);
+    const probed = probeFormat(start);
+    if (format === "raw") {
+      if (options.snapshot !== undefined) {
+        throw new Qcow2Error(
+          "NO_SUCH_SNAPSHOT",
+          `Cannot find snapshot '${options.snapshot}': a raw image has no snapshots`,
+        );
+      }
+      return { image: new RawImage(file, () => file.close?.()), format };
+    }
+    if (format !== undefined && probed !== format) {
+      throw new Qcow2Error(
+        probed === "raw" ? "BAD_MAGIC" : "UNSUPPORTED_VERSION",
+        probed === "raw"
+          ? `Cannot read ${format} image: it is not in ${format} format (no QFI\\xfb magic)`
+          : `Cannot read ${format} image: it is ${
+            probed === "qcow" ? "qcow version 1" : "qcow2 (version 2 or 3)"
+          }, not ${format}; give -f ${probed} or leave -f out`,
+        { offset: probed === "raw" ? 0 : 4 },
+      );
+    }
+    const image = await openImage(file, {
+      openFile: openPath,
+      path,
+      ...options,
+    });
+    const closeLayers = image.close.bind(image);
+    image.close = () => {
+      closeLayers();
+      file.close?.();
+    };
+    // A file without the qcow magic is read as qcow2 and fails on it.
+    return { image, format: probed === "qcow" ? "qcow" : "qcow2" };
+  } catch (e) {
+    file.close?.();
+    throw e;
+  }
+}
