@@ -6,16 +6,10 @@
  */
 
 import { hex, Qcow2Error } from "../errors.ts";
+import { EXTENSION_TYPES, FEATURE_TYPES } from "./layout.ts";
 
 /** Type codes of the header extensions the format defines. */
-export const EXTENSION_TYPES = {
-  end: 0x00000000,
-  backingFormat: 0xe2792aca,
-  featureNameTable: 0x6803f857,
-  bitmaps: 0x23852875,
-  fullDiskEncryption: 0x0537be77,
-  externalDataFile: 0x44415441,
-} as const;
+export { EXTENSION_TYPES } from "./layout.ts";
 
 /**
  * One entry of the feature name table extension.
@@ -160,8 +154,6 @@ export interface HeaderExtensions {
   /** Extensions of unknown type, in file order. */
   unknown: UnknownExtension[];
 }
-
-const FEATURE_TYPES = ["incompatible", "compatible", "autoclear"] as const;
 
 /**
  * Parses the extensions from `start` to `end` of the header bytes, stopping
