@@ -24,6 +24,7 @@ import { explain } from "./native/explain.ts";
 import { NAME, UsageError } from "./cli/_args.ts";
 import * as convert from "./cli/convert.ts";
 import * as info from "./cli/info.ts";
+import { Interrupted, INTERRUPTED_STATUS } from "./cli/_interrupt.ts";
 
 /** A command: its `main`, its help text and its line in the command list. */
 interface Command {
@@ -54,8 +55,9 @@ Options:
 Every command takes -q (--quiet: print nothing but errors). Data and JSON go
 to standard output; progress and errors to standard error.
 
-Exit status: 0 success, 1 image or I/O error, 2 usage error (141 when the
-reader of standard output goes away, as for a process killed by SIGPIPE).
+Exit status: 0 success, 1 image or I/O error, 2 usage error; 130 after
+Ctrl-C (the output removed) and 141 when the reader of standard output goes
+away, as for a process killed by SIGINT or SIGPIPE.
 `;
 
 /**
@@ -63,7 +65,8 @@ reader of standard output goes away, as for a process killed by SIGPIPE).
  *
  * @param args The arguments after the program name.
  * @returns 0 on success, 1 on an image or I/O error, 2 on a usage error,
- * 141 when the reader of standard output went away (as after SIGPIPE).
+ * 130 after Ctrl-C (SIGINT), 141 when the reader of standard output went
+ * away (as after SIGPIPE).
  *
  * @example Running a command in-process
  * ```ts
@@ -85,6 +88,8 @@ export async function main(args: string[]): Promise<number> {
     // The reader of DST '-' went away (`| head`): stop quietly, with the
     // status of a process killed by SIGPIPE, as `cat` would.
     if (e instanceof Deno.errors.BrokenPipe) return 141;
+    // Ctrl-C: the command cleaned up; exit as a process killed by SIGINT.
+    if (e instanceof Interrupted) return INTERRUPTED_STATUS;
     console.error(`${NAME}: ${explain(e, args[0])}`);
     return 1;
   }

@@ -315,7 +315,11 @@ export async function convert(
     ? await openImage(src, { l2CacheBytes: CONVERT_L2_CACHE_BYTES, ...options })
     : src;
   try {
-    return await convertImage(image, await toRawSink(dst), options);
+    return await convertImage(
+      image,
+      await toRawSink(dst, options.signal),
+      options,
+    );
   } finally {
     if (opened) image.close();
   }

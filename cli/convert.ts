@@ -26,6 +26,7 @@ import {
   UsageError,
 } from "./_args.ts";
 import { openInput } from "./_open.ts";
+import { interruptible } from "./_interrupt.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
 
 /** One line for the command list of `qcow2 --help`. */
@@ -129,39 +130,36 @@ export async function main(args: string[]): Promise<number> {
       return await openPath(path);
     },
   }).catch((e) => Promise.reject(new InFile(srcPath, e)));
-  const controller = new AbortController();
-  const onSignal = () => controller.abort(new Error("interrupted"));
-  Deno.addSignalListener("SIGINT", onSignal);
   const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
     ? progressBar({ write: writeStderr, columns: terminalColumns() })
     : undefined;
-  const options = {
-    sparseSize,
-    signal: controller.signal,
-    onProgress: bar?.update,
-  };
-  // An image error names SRC; an I/O error or Ctrl-C is said as it is.
+  // An image error names SRC; an I/O error is said as it is.
   const inSource = (e: unknown) =>
     e instanceof Qcow2Error ? new InFile(srcPath, e) : e;
   let summary: ConvertSummary;
   try {
-    if (dstPath === "-") {
-      summary = await convert(image, Deno.stdout.writable, options)
-        .catch((e) => Promise.reject(inSource(e)));
-    } else {
+    // Ctrl-C stops the conversion, removes what was written and exits 130.
+    summary = await interruptible(async (signal) => {
+      const options = { sparseSize, signal, onProgress: bar?.update };
+      if (dstPath === "-") {
+        return await convert(image, Deno.stdout.writable, options)
+          .catch((e) => Promise.reject(inSource(e)));
+      }
       const output = await openOutput(dstPath, inputs);
+      let done: ConvertSummary;
       try {
-        summary = await convert(image, output.file, options);
+        done = await convert(image, output.file, options);
+        signal.throwIfAborted(); // Ctrl-C just as it ended
       } catch (e) {
         // Leave nothing partial under the destination's name.
         await output.discard();
         throw inSource(e);
       }
       await output.commit();
-    }
+      return done;
+    });
   } finally {
     image.close();
-    Deno.removeSignalListener("SIGINT", onSignal);
     bar?.end();
   }
   if (flags.json) {

@@ -54,15 +54,20 @@ export interface RawSink {
  * over the file or the stream.
  *
  * @param dst A sink, a seekable file, or a stream.
+ * @param signal Stops the zeros a stream gets for holes (see
+ *   {@linkcode streamSink}).
  * @returns The sink.
  */
 export function toRawSink(
   dst: RawSink | SeekableWriter | WritableStream<Uint8Array>,
+  signal?: AbortSignal,
 ): Promise<RawSink> {
   // (`in` tests rather than `instanceof WritableStream`: in Deno the latter
   // loads the streams implementation, about 2 ms.)
   if ("writeAt" in dst) return Promise.resolve(dst);
-  return "seek" in dst ? fileSink(dst) : Promise.resolve(streamSink(dst));
+  return "seek" in dst
+    ? fileSink(dst)
+    : Promise.resolve(streamSink(dst, signal));
 }
 
 /**
@@ -123,13 +128,20 @@ const ZEROS = new Uint8Array(1024 * 1024);
  * stream is not closed.
  *
  * @param stream Where the raw image is streamed, such as `Deno.stdout.writable`.
+ * @param signal Checked before each MiB of zeros written for a hole, so
+ *   that a conversion aborted in a long hole (the end of a sparse disk)
+ *   stops there, rejecting with the signal's reason.
  * @returns The sink.
  */
-export function streamSink(stream: WritableStream<Uint8Array>): RawSink {
+export function streamSink(
+  stream: WritableStream<Uint8Array>,
+  signal?: AbortSignal,
+): RawSink {
   const writer = stream.getWriter();
   let pos = 0;
   const zeroTo = async (end: number) => {
     while (pos < end) {
+      signal?.throwIfAborted();
       const n = Math.min(ZEROS.length, end - pos);
       await writer.write(ZEROS.subarray(0, n));
       pos += n;
