@@ -340,7 +340,10 @@ Deno.test("cli convert refuses to write over a file of the backing chain", async
       `${dir}/./chain_base.qcow2`,
     ]);
     assertEquals(r.code, 1);
-    assertStringIncludes(r.stderr, "same file as the input");
+    assertStringIncludes(
+      r.stderr,
+      `it is a file of the backing chain of the input '${dir}/chain_top.qcow2'`,
+    );
     assertEquals(await sha256File(`${dir}/chain_base.qcow2`), before);
   } finally {
     await Deno.remove(dir, { recursive: true });
