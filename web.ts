@@ -128,6 +128,14 @@ export type {
 } from "./src/ops/convert.ts";
 export type { RawSink } from "./src/io/sink.ts";
 export {
+  type HostAllocation,
+  type HostRun,
+  type MapEntry,
+  mapImage,
+  type MapOptions,
+  mapSize,
+} from "./src/ops/map.ts";
+export {
   formatInfo,
   formatSize,
   type ImageInfo,

@@ -40,7 +40,7 @@ export type ExtentKind = "data" | "zero" | "unallocated" | "compressed";
  * for await (const extent of image.extents(0, 3 * 65536)) extents.push(extent);
  * assertEquals(extents, [
  *   { start: 0, length: 65536, kind: "data", depth: 0, hostOffset: 0x50000 },
- *   { start: 65536, length: 65536, kind: "zero", depth: 0 },
+ *   { start: 65536, length: 65536, kind: "zero", depth: 0, hostOffset: 0x60000 },
  *   { start: 131072, length: 65536, kind: "unallocated", depth: 0 },
  * ]);
  * ```
@@ -55,7 +55,10 @@ export interface Extent {
   /**
    * For `data`: the offset of `start` in the file that holds it (the image,
    * its external data file, or a backing file at `depth`). For
-   * `compressed`: the file offset of the compressed stream.
+   * `compressed`: the file offset of the compressed stream. For `zero`: the
+   * host cluster a zero cluster keeps allocated (QEMU's ZERO_ALLOC), if any.
+   * For `unallocated`, from `ownExtents` only: the host cluster of
+   * unallocated subclusters in an allocated extended-L2 cluster.
    */
   hostOffset?: number;
   /** For `compressed`: how many bytes of the file the compressed cluster may span. */

@@ -1,7 +1,8 @@
 /**
  * Building extents from a cluster map: adjacent clusters of one kind merge
- * into one run (data runs only where their file offsets are contiguous too),
- * clipped to the range asked for.
+ * into one run (runs with a file offset only where the offsets are
+ * contiguous too, and never with runs without one), clipped to the range
+ * asked for.
  *
  * @module
  */
@@ -16,7 +17,7 @@ export class ExtentRuns {
   #kind: ExtentKind | undefined;
   #from = 0;
   #to = 0;
-  #host = 0;
+  #host = -1;
 
   /**
    * @param start First guest byte of the range.
@@ -27,11 +28,17 @@ export class ExtentRuns {
     this.#end = end;
   }
 
-  /** Adds guest bytes `[from, to)` of `kind` (for `data`, at file offset `host`). */
-  add(kind: ExtentKind, from: number, to: number, host = 0): void {
+  /**
+   * Adds guest bytes `[from, to)` of `kind`, at file offset `host` (-1 for
+   * none): always for `data`; for `zero`, a cluster that keeps its
+   * allocation; for `unallocated`, subclusters of an allocated cluster.
+   */
+  add(kind: ExtentKind, from: number, to: number, host = -1): void {
     if (
       this.#kind === kind && this.#to === from &&
-      (kind !== "data" || this.#host + (from - this.#from) === host)
+      (host < 0
+        ? this.#host < 0
+        : this.#host >= 0 && this.#host + (from - this.#from) === host)
     ) {
       this.#to = to;
       return;
@@ -84,7 +91,7 @@ export class ExtentRuns {
     const e = Math.min(this.#to, this.#end);
     if (s >= e) return;
     const extent: Extent = { start: s, length: e - s, kind, depth: 0 };
-    if (kind === "data") extent.hostOffset = this.#host + (s - this.#from);
+    if (this.#host >= 0) extent.hostOffset = this.#host + (s - this.#from);
     this.#done.push(extent);
   }
 }

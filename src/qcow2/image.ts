@@ -90,6 +90,8 @@ export class Qcow2Image implements DiskImage {
   readonly snapshot?: Snapshot;
   /** The next layer of the backing chain, if any is followed. */
   readonly backing?: DiskImage;
+  /** The external data file, when the image keeps its data in one. */
+  readonly dataFile?: ByteSource;
   #l1: DataView;
   #l1Entries: number;
   #entryBytes: number;
@@ -122,6 +124,7 @@ export class Qcow2Image implements DiskImage {
       header.clusterSize,
     );
     this.#codecs = parts.codecs ?? webCodecs;
+    this.dataFile = parts.dataFile;
     this.#external = parts.dataFile !== undefined;
     this.#data = parts.dataFile ?? parts.source;
     this.#close = parts.close;
@@ -245,11 +248,10 @@ export class Qcow2Image implements DiskImage {
         for (let j = 0; j < 32; j++) {
           const bit = 1 << j;
           const from = g + j * sub;
-          if (entry.alloc & bit) {
-            runs.add("data", from, from + sub, entry.host + j * sub);
-          } else if (entry.zero & bit) {
-            runs.add("zero", from, from + sub);
-          } else runs.add("unallocated", from, from + sub);
+          const host = entry.host < 0 ? -1 : entry.host + j * sub;
+          if (entry.alloc & bit) runs.add("data", from, from + sub, host);
+          else if (entry.zero & bit) runs.add("zero", from, from + sub, host);
+          else runs.add("unallocated", from, from + sub, host);
         }
       }
     }
@@ -395,19 +397,22 @@ export class Qcow2Image implements DiskImage {
         );
       }
       if (alloc === 0xffffffff) return { kind: "data", host };
-      if (zero === 0xffffffff) return { kind: "zero", host: 0 };
-      if (alloc === 0 && zero === 0) return { kind: "unallocated", host: 0 };
-      return { kind: "subclusters", host, alloc, zero };
+      // An allocated cluster keeps its host offset in its zero and
+      // unallocated subclusters (QEMU's ZERO_ALLOC, UNALLOCATED_ALLOC).
+      const kept = allocated ? host : -1;
+      if (zero === 0xffffffff) return { kind: "zero", host: kept };
+      if (alloc === 0 && zero === 0) return { kind: "unallocated", host: kept };
+      return { kind: "subclusters", host: kept, alloc, zero };
     }
     if (lo & 1) {
       if (this.header.version < 3) {
         throw bad("zero cluster entry in a version 2 image");
       }
-      return { kind: "zero", host: 0 };
+      return { kind: "zero", host: allocated ? host : -1 };
     }
     return allocated
       ? { kind: "data", host }
-      : { kind: "unallocated", host: 0 };
+      : { kind: "unallocated", host: -1 };
   }
 
   /** The L2 table offset in L1 entry `index`, or 0 when unallocated. */
@@ -456,7 +461,7 @@ function badEntry(
   );
 }
 
-/** A decoded L2 entry. */
+/** A decoded L2 entry; `host` is -1 where no host cluster is kept. */
 type Entry =
   | { kind: "data" | "zero" | "unallocated"; host: number }
   | { kind: "compressed"; host: number; length: number }
