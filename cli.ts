@@ -24,6 +24,7 @@ import { explain } from "./native/explain.ts";
 import { NAME, UsageError } from "./cli/_args.ts";
 import * as convert from "./cli/convert.ts";
 import * as info from "./cli/info.ts";
+import * as map from "./cli/map.ts";
 import { Interrupted, INTERRUPTED_STATUS } from "./cli/_interrupt.ts";
 
 /** A command: its `main`, its help text and its line in the command list. */
@@ -34,7 +35,7 @@ interface Command {
 }
 
 /** Every command, by name: one line each. */
-const COMMANDS: Record<string, Command> = { info, convert };
+const COMMANDS: Record<string, Command> = { info, convert, map };
 
 const HELP = `${NAME} ${denoJson.version}: inspect and convert qcow2 disk images
 
@@ -112,7 +113,9 @@ async function run(args: string[]): Promise<number> {
   const known = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : null;
   if (known) return await known.main(rest);
   throw new UsageError(
-    `unknown command '${command}'; the commands are 'info' and 'convert'`,
+    `unknown command '${command}'; the commands are ${
+      Object.keys(COMMANDS).map((c) => `'${c}'`).join(", ")
+    }`,
   );
 }
 

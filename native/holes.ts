@@ -55,8 +55,8 @@ export interface HostFile extends HostAllocation {
  * @returns Its allocated size, and its holes where FFI is allowed (else
  * `at` answers `undefined`: unknown, read as data).
  */
-export async function hostFile(path: string): Promise<HostFile> {
-  const stat = await Deno.stat(path);
+export function hostFile(path: string): HostFile {
+  const stat = Deno.statSync(path);
   const allocatedBytes = (stat.blocks ?? Math.ceil(stat.size / 512)) * 512;
   const lib = loadLibc();
   const fd = lib

@@ -10,9 +10,7 @@
 import { hex, Qcow2Error } from "../errors.ts";
 import type { ByteSource } from "../io/source.ts";
 import type { Qcow2Header } from "./header.ts";
-
-/** Bits 9–63 of a refcount table entry: the refcount block's offset. */
-const REFCOUNT_TABLE_OFFSET_MASK = 0xfffffffffffffe00n;
+import { REFCOUNT_TABLE_OFFSET_MASK } from "./layout.ts";
 
 /**
  * The on-disk refcounts of an image, read one refcount block at a time (the
