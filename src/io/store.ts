@@ -1,0 +1,471 @@
+/**
+ * The positional-write side of the I/O contract: a {@linkcode ByteStore} is
+ * a {@linkcode ByteSource} that can also be written at any position, grown,
+ * and made durable. Writable images go through it, whatever holds the bytes:
+ * a `Deno.FsFile`, a Node `FileHandle`, memory, or (see `opfs.ts`) a
+ * browser's origin private file system.
+ *
+ * @module
+ */
+
+import type { ByteSource } from "./source.ts";
+
+/**
+ * A random-access file that can be read and written: what a writable image
+ * needs. `size` follows writes and `truncate`. Calls may be made
+ * concurrently only where a store says so; writable images make one at a
+ * time.
+ *
+ * @example A store in memory, written and read back
+ * ```ts
+ * import { memoryStore } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const store = memoryStore();
+ * await store.writeAt(4096, new Uint8Array([1, 2, 3]));
+ * assertEquals(store.size, 4099);
+ * const back = new Uint8Array(5);
+ * assertEquals(await store.readAt(4096, back), 3); // the file ends
+ * assertEquals(back, new Uint8Array([1, 2, 3, 0, 0]));
+ * ```
+ */
+export interface ByteStore extends ByteSource {
+  /** The length of the file in bytes, after every write so far. */
+  readonly size: number;
+  /**
+   * Writes all of `bytes` at `position`, growing the file if it ends
+   * before; a gap reads as zeros.
+   */
+  writeAt(position: number, bytes: Uint8Array): Promise<void>;
+  /** Sets the file length; bytes added read as zeros. */
+  truncate?(length: number): Promise<void>;
+  /** Resolves once every write so far is durable (`fdatasync`). */
+  flush?(): Promise<void>;
+  /** Releases the file. Writable images call it when closed, if they opened it. */
+  close?(): void | Promise<void>;
+}
+
+/**
+ * Whether `input` is a {@linkcode ByteStore} (a source with `writeAt`).
+ *
+ * @param input Anything.
+ * @returns True for a store.
+ *
+ * @example
+ * ```ts
+ * import { bytesSource, isByteStore, memoryStore } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(isByteStore(memoryStore()), true);
+ * assertEquals(isByteStore(bytesSource(new Uint8Array(1))), false);
+ * ```
+ */
+export function isByteStore(input: unknown): input is ByteStore {
+  return typeof input === "object" && input !== null &&
+    typeof (input as ByteStore).readAt === "function" &&
+    typeof (input as ByteStore).writeAt === "function";
+}
+
+/** Default chunk size of {@linkcode memoryStore}: 1 MiB. */
+export const MEMORY_STORE_CHUNK = 1024 * 1024;
+
+/**
+ * A {@linkcode ByteStore} in memory that can also give its bytes back.
+ *
+ * @example Exporting what was written
+ * ```ts
+ * import { memoryStore } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const store = memoryStore(new Uint8Array([9, 9]));
+ * await store.writeAt(1, new Uint8Array([7]));
+ * assertEquals(store.bytes(), new Uint8Array([9, 7]));
+ * ```
+ */
+export interface MemoryStore extends ByteStore {
+  /** A copy of the whole file. */
+  bytes(): Uint8Array;
+  /** Bytes of memory the chunks hold now. */
+  readonly allocatedBytes: number;
+}
+
+/**
+ * A growable {@linkcode ByteStore} in memory, kept as chunks of
+ * `chunkSize` bytes: a chunk is made only when a non-zero byte is first
+ * written into it, so holes cost nothing and growing never copies the file.
+ *
+ * @param initial The file's first contents (copied), if any.
+ * @param chunkSize Bytes per chunk (default 1 MiB).
+ * @returns The store.
+ * @throws {RangeError} If `chunkSize` is not a positive integer.
+ *
+ * @example A 1 TiB hole costs nothing
+ * ```ts
+ * import { memoryStore } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const store = memoryStore();
+ * await store.truncate(2 ** 40);
+ * await store.writeAt(2 ** 39, new Uint8Array([1]));
+ * assertEquals(store.size, 2 ** 40);
+ * assertEquals(store.allocatedBytes, 1024 * 1024); // one chunk
+ * ```
+ */
+export function memoryStore(
+  initial?: Uint8Array,
+  chunkSize: number = MEMORY_STORE_CHUNK,
+): MemoryStore {
+  if (!Number.isSafeInteger(chunkSize) || chunkSize <= 0) {
+    throw new RangeError(`chunkSize must be a positive integer: ${chunkSize}`);
+  }
+  const chunks = new Map<number, Uint8Array>();
+  let size = 0;
+  const write = (position: number, bytes: Uint8Array, skipZero: boolean) => {
+    let done = 0;
+    while (done < bytes.length) {
+      const at = position + done;
+      const index = Math.floor(at / chunkSize);
+      const within = at - index * chunkSize;
+      const n = Math.min(chunkSize - within, bytes.length - done);
+      const part = bytes.subarray(done, done + n);
+      let chunk = chunks.get(index);
+      if (!chunk && !(skipZero && isZero(part))) {
+        chunk = new Uint8Array(chunkSize);
+        chunks.set(index, chunk);
+      }
+      chunk?.set(part, within);
+      done += n;
+    }
+    size = Math.max(size, position + bytes.length);
+  };
+  if (initial) write(0, initial, true);
+  const store: MemoryStore = {
+    get size() {
+      return size;
+    },
+    get allocatedBytes() {
+      return chunks.size * chunkSize;
+    },
+    readAt(position: number, buffer: Uint8Array): Promise<number> {
+      const n = Math.max(0, Math.min(buffer.length, size - position));
+      let done = 0;
+      while (done < n) {
+        const at = position + done;
+        const index = Math.floor(at / chunkSize);
+        const within = at - index * chunkSize;
+        const m = Math.min(chunkSize - within, n - done);
+        const chunk = chunks.get(index);
+        if (chunk) buffer.set(chunk.subarray(within, within + m), done);
+        else buffer.fill(0, done, done + m);
+        done += m;
+      }
+      return Promise.resolve(n);
+    },
+    writeAt(position: number, bytes: Uint8Array): Promise<void> {
+      write(position, bytes, true);
+      return Promise.resolve();
+    },
+    truncate(length: number): Promise<void> {
+      if (length < size) {
+        for (const index of [...chunks.keys()]) {
+          const from = index * chunkSize;
+          if (from >= length) chunks.delete(index);
+          else if (from + chunkSize > length) {
+            chunks.get(index)!.fill(0, length - from);
+          }
+        }
+      }
+      size = length;
+      return Promise.resolve();
+    },
+    flush: () => Promise.resolve(),
+    bytes(): Uint8Array {
+      const out = new Uint8Array(size);
+      for (const [index, chunk] of chunks) {
+        const from = index * chunkSize;
+        out.set(chunk.subarray(0, Math.max(0, size - from)), from);
+      }
+      return out;
+    },
+  };
+  return store;
+}
+
+function isZero(bytes: Uint8Array): boolean {
+  const words = bytes.byteOffset % 4 === 0
+    ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2)
+    : undefined;
+  let i = 0;
+  if (words) {
+    for (; i < words.length; i++) if (words[i] !== 0) return false;
+    i *= 4;
+  }
+  for (; i < bytes.length; i++) if (bytes[i] !== 0) return false;
+  return true;
+}
+
+/**
+ * The subset of `Deno.FsFile` a writable image needs. A `Deno.FsFile` opened
+ * with `read` and `write` passes as it is; the synchronous calls are used,
+ * which are the fastest in Deno.
+ *
+ * @example A file of your own, in memory
+ * ```ts
+ * import { fsFileStore, type FsFileLike } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * let disk = new Uint8Array(0);
+ * let at = 0;
+ * const file: FsFileLike = {
+ *   seekSync(offset, whence) {
+ *     at = whence === 2 ? disk.length + offset : offset;
+ *     return at;
+ *   },
+ *   readSync(p) {
+ *     const part = disk.subarray(at, at + p.length);
+ *     p.set(part);
+ *     at += part.length;
+ *     return part.length || null;
+ *   },
+ *   writeSync(p) {
+ *     if (at + p.length > disk.length) {
+ *       const grown = new Uint8Array(at + p.length);
+ *       grown.set(disk);
+ *       disk = grown;
+ *     }
+ *     disk.set(p, at);
+ *     at += p.length;
+ *     return p.length;
+ *   },
+ *   truncateSync(len = 0) {
+ *     const resized = new Uint8Array(len);
+ *     resized.set(disk.subarray(0, len));
+ *     disk = resized;
+ *   },
+ *   syncDataSync() {},
+ * };
+ * const store = fsFileStore(file);
+ * await store.writeAt(2, new Uint8Array([5]));
+ * assertEquals(disk, new Uint8Array([0, 0, 5]));
+ * ```
+ */
+export interface FsFileLike {
+  /** Moves the file position (`whence` as `Deno.SeekMode`: 0 start, 2 end). */
+  seekSync(offset: number, whence: number): number;
+  /** Reads into `p`; the count read, or `null` at end of file. */
+  readSync(p: Uint8Array): number | null;
+  /** Writes from `p`; the count written. */
+  writeSync(p: Uint8Array): number;
+  /** Sets the file length. */
+  truncateSync(len?: number): void;
+  /** Makes written data durable. */
+  syncDataSync(): void;
+  /** Closes the file. */
+  close?(): void;
+}
+
+/**
+ * A {@linkcode ByteStore} over a `Deno.FsFile` (or anything shaped like
+ * {@linkcode FsFileLike}), with synchronous seeks, reads and writes: a seek
+ * and its transfer run with nothing in between, so callers never interleave.
+ *
+ * @param file A file open for reading and writing.
+ * @param owned Whether `close()` closes `file` (default false).
+ * @returns The store.
+ *
+ * @example Writing into a temporary file
+ * ```ts
+ * import { fsFileStore } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const path = await Deno.makeTempFile();
+ * using file = await Deno.open(path, { read: true, write: true });
+ * const store = fsFileStore(file);
+ * await store.writeAt(1, new Uint8Array([7]));
+ * await store.flush!();
+ * assertEquals(await Deno.readFile(path), new Uint8Array([0, 7]));
+ * await Deno.remove(path);
+ * ```
+ */
+export function fsFileStore(file: FsFileLike, owned = false): ByteStore {
+  let size = file.seekSync(0, 2);
+  return {
+    get size() {
+      return size;
+    },
+    readAt(position: number, buffer: Uint8Array): Promise<number> {
+      try {
+        file.seekSync(position, 0);
+        let done = 0;
+        while (done < buffer.length) {
+          const n = file.readSync(buffer.subarray(done));
+          if (n === null || n === 0) break;
+          done += n;
+        }
+        return Promise.resolve(done);
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    },
+    writeAt(position: number, bytes: Uint8Array): Promise<void> {
+      try {
+        file.seekSync(position, 0);
+        let done = 0;
+        while (done < bytes.length) {
+          done += file.writeSync(bytes.subarray(done));
+        }
+        size = Math.max(size, position + bytes.length);
+        return Promise.resolve();
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    },
+    truncate(length: number): Promise<void> {
+      try {
+        file.truncateSync(length);
+        size = length;
+        return Promise.resolve();
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    },
+    flush(): Promise<void> {
+      try {
+        file.syncDataSync();
+        return Promise.resolve();
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    },
+    close(): void {
+      if (owned) file.close?.();
+    },
+  };
+}
+
+/**
+ * The subset of a Node `fs/promises` `FileHandle` a writable image needs.
+ * Deno, Node and Bun all provide it.
+ *
+ * @example A handle of your own, in memory
+ * ```ts
+ * import { fileHandleStore, type ReadWriteFileHandleLike } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * let disk = new Uint8Array(4);
+ * const handle: ReadWriteFileHandleLike = {
+ *   read(buffer, offset, length, position) {
+ *     const part = disk.subarray(position, position + length);
+ *     buffer.set(part, offset);
+ *     return Promise.resolve({ bytesRead: part.length });
+ *   },
+ *   write(buffer, offset, length, position) {
+ *     disk.set(buffer.subarray(offset, offset + length), position);
+ *     return Promise.resolve({ bytesWritten: length });
+ *   },
+ *   stat: () => Promise.resolve({ size: disk.length }),
+ *   truncate(len = 0) {
+ *     disk = disk.slice(0, len);
+ *     return Promise.resolve();
+ *   },
+ *   datasync: () => Promise.resolve(),
+ * };
+ * const store = await fileHandleStore(handle);
+ * await store.writeAt(1, new Uint8Array([3, 4]));
+ * assertEquals(disk, new Uint8Array([0, 3, 4, 0]));
+ * ```
+ */
+export interface ReadWriteFileHandleLike {
+  /** Reads `length` bytes at file `position` into `buffer` at `offset`. */
+  read(
+    buffer: Uint8Array,
+    offset: number,
+    length: number,
+    position: number,
+  ): Promise<{ bytesRead: number }>;
+  /** Writes `length` bytes of `buffer` from `offset` at file `position`. */
+  write(
+    buffer: Uint8Array,
+    offset: number,
+    length: number,
+    position: number,
+  ): Promise<{ bytesWritten: number }>;
+  /** The file's metadata; only `size` is used. */
+  stat(): Promise<{ size: number | bigint }>;
+  /** Sets the file length. */
+  truncate(len?: number): Promise<void>;
+  /** Makes written data durable. */
+  datasync(): Promise<void>;
+  /** Closes the handle. */
+  close?(): Promise<void>;
+}
+
+/**
+ * A {@linkcode ByteStore} over a Node-style `FileHandle` open for reading
+ * and writing (`open(path, "r+")`): positional `pread`/`pwrite`.
+ *
+ * @param handle The open handle.
+ * @param owned Whether `close()` closes `handle` (default false).
+ * @returns The store.
+ *
+ * @example Through `node:fs/promises`
+ * ```ts
+ * import { open } from "node:fs/promises";
+ * import { fileHandleStore } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const path = await Deno.makeTempFile();
+ * const handle = await open(path, "r+");
+ * const store = await fileHandleStore(handle, true);
+ * await store.writeAt(0, new Uint8Array([1, 2]));
+ * await store.close!();
+ * assertEquals(await Deno.readFile(path), new Uint8Array([1, 2]));
+ * await Deno.remove(path);
+ * ```
+ */
+export async function fileHandleStore(
+  handle: ReadWriteFileHandleLike,
+  owned = false,
+): Promise<ByteStore> {
+  let size = Number((await handle.stat()).size);
+  return {
+    get size() {
+      return size;
+    },
+    async readAt(position: number, buffer: Uint8Array): Promise<number> {
+      let done = 0;
+      while (done < buffer.length) {
+        const { bytesRead } = await handle.read(
+          buffer,
+          done,
+          buffer.length - done,
+          position + done,
+        );
+        if (bytesRead === 0) break;
+        done += bytesRead;
+      }
+      return done;
+    },
+    async writeAt(position: number, bytes: Uint8Array): Promise<void> {
+      let done = 0;
+      while (done < bytes.length) {
+        const { bytesWritten } = await handle.write(
+          bytes,
+          done,
+          bytes.length - done,
+          position + done,
+        );
+        done += bytesWritten;
+      }
+      size = Math.max(size, position + bytes.length);
+    },
+    async truncate(length: number): Promise<void> {
+      await handle.truncate(length);
+      size = length;
+    },
+    flush: () => handle.datasync(),
+    async close(): Promise<void> {
+      if (owned) await handle.close?.();
+    },
+  };
+}
