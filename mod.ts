@@ -50,7 +50,19 @@ import {
   type Qcow2Header,
   readHeader as readHeaderFrom,
 } from "./src/qcow2/header.ts";
-import { openDisk, type OpenedFile, type OpenOptions } from "./src/open.ts";
+import {
+  openDisk,
+  type OpenedFile,
+  type OpenFile,
+  type OpenOptions,
+} from "./src/open.ts";
+import {
+  openWritable,
+  toByteStore,
+  type WritableInput,
+} from "./src/qcow2/open_writable.ts";
+import type { WritableQcow2Image } from "./src/qcow2/writable.ts";
+import { openPathWritable } from "./native/writable_file.ts";
 import type { QcowImage } from "./src/qcow/image.ts";
 import { type RawSink, toRawSink } from "./src/io/sink.ts";
 import { nodeCodecs } from "./native/zlib.ts";
@@ -93,6 +105,19 @@ export {
 } from "./src/io/file_handle_writer.ts";
 export type { DiskImage, Extent, ExtentKind } from "./src/disk.ts";
 export type { Qcow2Image } from "./src/qcow2/image.ts";
+export type { WritableQcow2Image } from "./src/qcow2/writable.ts";
+export type { WritableInput } from "./src/qcow2/open_writable.ts";
+export {
+  type ByteStore,
+  fileHandleStore,
+  type FsFileLike,
+  fsFileStore,
+  isByteStore,
+  type MemoryStore,
+  memoryStore,
+  type ReadWriteFileHandleLike,
+} from "./src/io/store.ts";
+export { opfsStore, type SyncAccessHandleLike } from "./src/io/opfs.ts";
 export {
   type ImageFormat,
   type OpenedFile,
@@ -230,6 +255,38 @@ interface Closable {
 }
 
 /**
+ * Opens a qcow2 image read-write: `options.writable` set. The image gets
+ * `write`, `writeZeroes`, `discard` and `flush`, all applied in call order
+ * (one queue per image, so `Promise.all` of many writes is fine), and reads
+ * see every earlier write; `close()` flushes, clears the dirty bit it set
+ * (lazy refcounts) and closes the files it opened.
+ *
+ * @param input A path (not in web.ts), a {@linkcode ByteStore} (`memoryStore`, `opfsStore`), a `Deno.FsFile` or Node `FileHandle` open read-write, or bytes (copied into a `memoryStore`).
+ * @param options `writable: true`, and the options of reading.
+ * @returns The writable image.
+ * @throws {Qcow2Error} `NOT_WRITABLE` for qcow v1, the corrupt bit, an
+ * encrypted image or a read-only file; what reading throws otherwise.
+ *
+ * @example Writing a pattern and reading it back
+ * ```ts
+ * import { memoryStore, openImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/empty.qcow2", import.meta.url));
+ * const store = memoryStore(bytes);
+ * const image = await openImage(store, { writable: true });
+ * await Promise.all([image.write(0, new Uint8Array(4096).fill(0xa5)), image.discard(0, 65536)]);
+ * const back = new Uint8Array(1);
+ * await image.read(0, back);
+ * assertEquals(back[0], 0); // the discard came after the write
+ * await image.close();
+ * ```
+ */
+export async function openImage(
+  input: WritableInput | string,
+  options: OpenOptions & { writable: true },
+): Promise<WritableQcow2Image>;
+/**
  * Opens a qcow2 (or legacy qcow) image for random-access reads of guest
  * bytes, through its backing chain. Compressed clusters use `node:zlib`
  * (zlib and zstd) on the calling thread unless `options.codecs` says
@@ -262,9 +319,20 @@ interface Closable {
  */
 export async function openImage(
   input: ImageInput | string,
+  options?: OpenOptions,
+): Promise<Qcow2Image | QcowImage>;
+export async function openImage(
+  input: ImageInput | WritableInput | string,
   options: OpenOptions = {},
-): Promise<Qcow2Image | QcowImage> {
+): Promise<Qcow2Image | QcowImage | WritableQcow2Image> {
   const codecs = options.codecs ?? nodeCodecs;
+  if (options.writable) {
+    return await openImageWritable(input as WritableInput | string, {
+      ...options,
+      codecs,
+    });
+  }
+  input = input as ImageInput | string;
   if (typeof input !== "string") {
     return openDisk(await toByteSource(input), { ...options, codecs });
   }
@@ -284,6 +352,29 @@ export async function openImage(
     return image;
   } catch (e) {
     file.close!();
+    throw e;
+  }
+}
+
+/** `openImage` with `writable`: a path is opened read-write, as are data files. */
+async function openImageWritable(
+  input: WritableInput | string,
+  options: OpenOptions,
+): Promise<WritableQcow2Image> {
+  const openFile: OpenFile = (path, request) =>
+    request.writable ? openPathWritable(path) : openPath(path);
+  if (typeof input !== "string") {
+    return openWritable(await toByteStore(input), options);
+  }
+  const store = await openPathWritable(input);
+  try {
+    return await openWritable(
+      store,
+      { openFile, path: input, ...options },
+      true,
+    );
+  } catch (e) {
+    await store.close?.();
     throw e;
   }
 }

@@ -62,6 +62,12 @@ import { openDisk, type OpenOptions } from "./src/open.ts";
 import type { QcowImage } from "./src/qcow/image.ts";
 import { type RawSink, toRawSink } from "./src/io/sink.ts";
 import { webCodecs } from "./src/codecs/codecs.ts";
+import {
+  openWritable,
+  toByteStore,
+  type WritableInput,
+} from "./src/qcow2/open_writable.ts";
+import type { WritableQcow2Image } from "./src/qcow2/writable.ts";
 
 export {
   Qcow2Error,
@@ -99,6 +105,19 @@ export {
 } from "./src/io/file_handle_writer.ts";
 export type { DiskImage, Extent, ExtentKind } from "./src/disk.ts";
 export type { Qcow2Image } from "./src/qcow2/image.ts";
+export type { WritableQcow2Image } from "./src/qcow2/writable.ts";
+export type { WritableInput } from "./src/qcow2/open_writable.ts";
+export {
+  type ByteStore,
+  fileHandleStore,
+  type FsFileLike,
+  fsFileStore,
+  isByteStore,
+  type MemoryStore,
+  memoryStore,
+  type ReadWriteFileHandleLike,
+} from "./src/io/store.ts";
+export { opfsStore, type SyncAccessHandleLike } from "./src/io/opfs.ts";
 export {
   type ImageFormat,
   type OpenedFile,
@@ -173,6 +192,38 @@ export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
 }
 
 /**
+ * Opens a qcow2 image read-write: `options.writable` set. The image gets
+ * `write`, `writeZeroes`, `discard` and `flush`, all applied in call order
+ * (one queue per image, so `Promise.all` of many writes is fine), and reads
+ * see every earlier write; `close()` flushes, clears the dirty bit it set
+ * (lazy refcounts) and closes the files it opened.
+ *
+ * @param input A path (not in web.ts), a {@linkcode ByteStore} (`memoryStore`, `opfsStore`), a `Deno.FsFile` or Node `FileHandle` open read-write, or bytes (copied into a `memoryStore`).
+ * @param options `writable: true`, and the options of reading.
+ * @returns The writable image.
+ * @throws {Qcow2Error} `NOT_WRITABLE` for qcow v1, the corrupt bit, an
+ * encrypted image or a read-only file; what reading throws otherwise.
+ *
+ * @example Writing a pattern and reading it back
+ * ```ts
+ * import { memoryStore, openImage } from "@qcow2/qcow2/web";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/empty.qcow2", import.meta.url));
+ * const store = memoryStore(bytes);
+ * const image = await openImage(store, { writable: true });
+ * await Promise.all([image.write(0, new Uint8Array(4096).fill(0xa5)), image.discard(0, 65536)]);
+ * const back = new Uint8Array(1);
+ * await image.read(0, back);
+ * assertEquals(back[0], 0); // the discard came after the write
+ * await image.close();
+ * ```
+ */
+export async function openImage(
+  input: WritableInput,
+  options: OpenOptions & { writable: true },
+): Promise<WritableQcow2Image>;
+/**
  * Opens a qcow2 (or legacy qcow) image for random-access reads of guest
  * bytes, through its backing chain. Compressed clusters use
  * {@linkcode webCodecs} (zlib only) unless `options.codecs` says otherwise.
@@ -222,9 +273,19 @@ export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
  */
 export async function openImage(
   input: ImageInput,
+  options?: OpenOptions,
+): Promise<Qcow2Image | QcowImage>;
+export async function openImage(
+  input: ImageInput | WritableInput,
   options: OpenOptions = {},
-): Promise<Qcow2Image | QcowImage> {
-  return await openDisk(await toByteSource(input), {
+): Promise<Qcow2Image | QcowImage | WritableQcow2Image> {
+  if (options.writable) {
+    return await openWritable(await toByteStore(input as WritableInput), {
+      ...options,
+      codecs: options.codecs ?? webCodecs,
+    });
+  }
+  return await openDisk(await toByteSource(input as ImageInput), {
     ...options,
     codecs: options.codecs ?? webCodecs,
   });

@@ -65,7 +65,18 @@ export type Qcow2ErrorCode =
   /** The operation was aborted by its `AbortSignal`. */
   | "ABORTED"
   /** A caller-supplied argument is out of range. */
-  | "BAD_ARGUMENT";
+  | "BAD_ARGUMENT"
+  /**
+   * The image cannot be opened for writing: qcow v1, the corrupt bit set,
+   * encrypted, or a read-only file.
+   */
+  | "NOT_WRITABLE"
+  /**
+   * Corruption found while writing (a write onto metadata, a refcount that
+   * would underflow, an invalid entry): the image is marked corrupt, as
+   * QEMU's qcow2_signal_corruption does, and no more is written.
+   */
+  | "CORRUPT";
 
 /**
  * Options for {@linkcode Qcow2Error}.

@@ -78,6 +78,11 @@ export interface OpenRequest {
   name: string;
   /** The location of the image that names it, if known. */
   from?: string;
+  /**
+   * Set when the file must be opened for writing (the external data file
+   * of an image opened with `writable`): return a `ByteStore`.
+   */
+  writable?: boolean;
 }
 
 /**
@@ -159,6 +164,11 @@ export interface OpenOptions {
   snapshot?: string;
   /** The deepest backing chain followed (default 64 layers below the image). */
   maxChainDepth?: number;
+  /**
+   * Open the image read-write (qcow2 only): the image gets `write`,
+   * `writeZeroes`, `discard` and `flush`, and `close` returns a promise.
+   */
+  writable?: boolean;
 }
 
 /**
@@ -458,7 +468,9 @@ async function openNamed(
   }
   let file: OpenedFile;
   try {
-    file = await options.openFile(path, { kind, name, from: options.path });
+    const request: OpenRequest = { kind, name, from: options.path };
+    if (options.writable && kind === "data-file") request.writable = true;
+    file = await options.openFile(path, request);
   } catch (e) {
     if (e instanceof Qcow2Error) throw e;
     throw new Qcow2Error(

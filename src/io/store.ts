@@ -83,6 +83,10 @@ export const MEMORY_STORE_CHUNK = 1024 * 1024;
  * ```
  */
 export interface MemoryStore extends ByteStore {
+  /** Sets the file length; bytes added read as zeros. */
+  truncate(length: number): Promise<void>;
+  /** Resolves at once: memory has nothing to make durable. */
+  flush(): Promise<void>;
   /** A copy of the whole file. */
   bytes(): Uint8Array;
   /** Bytes of memory the chunks hold now. */

@@ -70,7 +70,10 @@ export class Allocator {
    * @param cluster Host cluster index.
    */
   async retain(cluster: number): Promise<void> {
-    await this.#refcounts.set(cluster, (await this.#refcounts.get(cluster)) + 1);
+    await this.#refcounts.set(
+      cluster,
+      (await this.#refcounts.get(cluster)) + 1,
+    );
   }
 
   /**

@@ -1,22 +1,25 @@
 /**
- * L1 and L2 entries as a writable image sees them: one mapping per guest
- * cluster (host offset, COPIED flag, compressed descriptor, and which
- * subclusters are allocated or read as zeros), decoded from and encoded to
- * standard (64-bit) and extended (128-bit) L2 entries (spec "Cluster
- * mapping", "Extended L2 Entries").
+ * L1 and L2 entries as a writable image sees them: one {@linkcode Mapping}
+ * per guest cluster (host offset, COPIED flag, compressed descriptor, and
+ * which subclusters are allocated or read as zeros), over the entry codecs
+ * of `entries.ts` for standard (64-bit) and extended (128-bit) L2 entries
+ * (spec "Cluster mapping", "Extended L2 Entries").
  *
  * @module
  */
 
-const TWO_32 = 2 ** 32;
-/** L1/L2 entry bit 63, "COPIED": the refcount is exactly 1. */
-export const COPIED_HI = 0x80000000;
-/** L2 entry bit 62: compressed cluster. */
-const COMPRESSED_HI = 0x40000000;
-/** Host offset bits 9-55 of an L1 or standard L2 entry, high word. */
-const OFFSET_HI = 0x00ffffff;
-/** Host offset bits 9-55, low word. */
-const OFFSET_LO = 0xfffffe00;
+import {
+  compressedLength,
+  decodeExtendedL2Entry,
+  decodeL1Entry,
+  decodeL2Entry,
+  encodeExtendedL2Entry,
+  encodeL1Entry,
+  encodeL2Entry,
+  type L2Entry,
+} from "./entries.ts";
+import { SUBCLUSTER_ALLOC_MASK } from "./layout.ts";
+import { Qcow2Error } from "../errors.ts";
 
 /** What a guest cluster maps to. */
 export interface Mapping {
@@ -34,11 +37,8 @@ export interface Mapping {
   zero: number;
 }
 
-/** Why an entry cannot be used. */
-export type EntryProblem = string;
-
 /**
- * Decodes entry `i` of an L2 table.
+ * Decodes entry `i` of an L2 table into a mapping.
  *
  * @returns The mapping, or a string saying why the entry is invalid.
  */
@@ -49,78 +49,92 @@ export function decodeL2(
   clusterBits: number,
   external: boolean,
   version: number,
-): Mapping | EntryProblem {
+): Mapping | string {
   const at = i * (extended ? 16 : 8);
-  const hi = view.getUint32(at);
-  const lo = view.getUint32(at + 4);
-  const all = extended ? 0xffffffff : 1;
-  if (hi & COMPRESSED_HI) {
-    if (external) return "compressed cluster in an image with an external data file";
-    const shift = 38 - clusterBits;
-    const high = hi & ((1 << shift) - 1);
-    if (high >= 0x200000) return "compressed cluster offset past any file";
-    const host = high * TWO_32 + (lo >>> 0);
-    const sectors = ((hi >>> shift) & ((1 << (clusterBits - 8)) - 1)) + 1;
+  let entry: L2Entry;
+  let alloc = 0;
+  let zero = 0;
+  try {
+    if (extended) {
+      const e = decodeExtendedL2Entry(
+        view.getBigUint64(at),
+        view.getBigUint64(at + 8),
+        clusterBits,
+      );
+      entry = e;
+      alloc = e.allocationBitmap;
+      zero = e.zeroBitmap;
+    } else entry = decodeL2Entry(view.getBigUint64(at), clusterBits);
+  } catch (e) {
+    if (e instanceof Qcow2Error) return "cluster offset past any file";
+    throw e;
+  }
+  const all = extended ? Number(SUBCLUSTER_ALLOC_MASK) : 1;
+  if (entry.kind === "compressed") {
+    if (external) {
+      return "compressed cluster in an image with an external data file";
+    }
     return {
-      host,
+      host: entry.hostOffset,
       copied: false,
       compressed: true,
-      compressedLength: sectors * 512 - (host % 512),
+      compressedLength: compressedLength(
+        entry.hostOffset,
+        entry.additionalSectors,
+      ),
       alloc: all,
       zero: 0,
     };
   }
-  if (hi & 0x00e00000) return "cluster offset past any file";
-  const host = (hi & OFFSET_HI) * TWO_32 + ((lo & OFFSET_LO) >>> 0);
-  const cs = 2 ** clusterBits;
-  if (host % cs !== 0) return `cluster offset 0x${host.toString(16)} unaligned`;
-  const copied = (hi & COPIED_HI) !== 0;
+  const host = entry.hostClusterOffset;
+  if (host % 2 ** clusterBits !== 0) {
+    return `cluster offset 0x${host.toString(16)} is not aligned to a cluster`;
+  }
+  const copied = entry.copied;
   const allocated = host !== 0 || (external && copied);
+  const base = { host, copied, compressed: false, compressedLength: 0 };
   if (extended) {
-    const zero = view.getUint32(at + 8) >>> 0;
-    const alloc = view.getUint32(at + 12) >>> 0;
-    if (alloc & zero) return "subcluster both allocated and zero";
+    if (alloc & zero) return "a subcluster is both allocated and zero";
     if (!allocated && alloc !== 0) {
       return "allocated subclusters in an unallocated cluster";
     }
-    return { host, copied, compressed: false, compressedLength: 0, alloc, zero };
+    return { ...base, alloc, zero };
   }
-  if (lo & 1) {
+  if (entry.zero) {
     if (version < 3) return "zero cluster entry in a version 2 image";
-    return { host, copied, compressed: false, compressedLength: 0, alloc: 0, zero: 1 };
+    return { ...base, alloc: 0, zero: 1 };
   }
-  return {
-    host,
-    copied,
-    compressed: false,
-    compressedLength: 0,
-    alloc: allocated ? all : 0,
-    zero: 0,
-  };
+  return { ...base, alloc: allocated ? all : 0, zero: 0 };
 }
 
 /**
- * Encodes `m` (never compressed) as entry `i` of an L2 table.
+ * Encodes `m` (never compressed) as entry `i` of an L2 table. A standard
+ * entry without data or zeros is 0; with zeros only, the zero flag (keeping
+ * a host cluster, as zero_in_l2_slice does).
  */
 export function encodeL2(
   view: DataView,
   i: number,
   extended: boolean,
+  clusterBits: number,
   m: Mapping,
 ): void {
-  const at = i * (extended ? 16 : 8);
-  const hostHi = Math.floor(m.host / TWO_32);
-  const hostLo = m.host % TWO_32;
-  const keepHost = extended || m.alloc !== 0 || m.zero !== 0;
-  const hi = keepHost ? (m.copied ? COPIED_HI : 0) | hostHi : 0;
-  let lo = keepHost ? hostLo : 0;
-  if (!extended && m.alloc === 0 && m.zero !== 0) lo = (lo | 1) >>> 0;
-  view.setUint32(at, hi >>> 0);
-  view.setUint32(at + 4, lo >>> 0);
+  const keep = extended || m.alloc !== 0 || m.zero !== 0;
+  const entry: L2Entry = {
+    kind: "standard",
+    hostClusterOffset: keep ? m.host : 0,
+    copied: keep && m.copied,
+    zero: !extended && m.alloc === 0 && m.zero !== 0,
+  };
   if (extended) {
-    view.setUint32(at + 8, m.zero >>> 0);
-    view.setUint32(at + 12, m.alloc >>> 0);
-  }
+    const [word, bitmap] = encodeExtendedL2Entry({
+      ...entry,
+      allocationBitmap: m.alloc >>> 0,
+      zeroBitmap: m.zero >>> 0,
+    }, clusterBits);
+    view.setBigUint64(i * 16, word);
+    view.setBigUint64(i * 16 + 8, bitmap);
+  } else view.setBigUint64(i * 8, encodeL2Entry(entry, clusterBits));
 }
 
 /**
@@ -132,19 +146,29 @@ export function decodeL1(
   view: DataView,
   i: number,
   clusterSize: number,
-): { offset: number; copied: boolean } | EntryProblem {
-  const hi = view.getUint32(i * 8);
-  const lo = view.getUint32(i * 8 + 4);
-  if (hi & 0x00e00000) return "L2 table offset past any file";
-  const offset = (hi & OFFSET_HI) * TWO_32 + ((lo & OFFSET_LO) >>> 0);
-  if (offset % clusterSize !== 0) {
-    return `L2 table offset 0x${offset.toString(16)} unaligned`;
+): { offset: number; copied: boolean } | string {
+  let offset: number;
+  let copied: boolean;
+  try {
+    ({ l2TableOffset: offset, copied } = decodeL1Entry(
+      view.getBigUint64(i * 8),
+    ));
+  } catch (e) {
+    if (e instanceof Qcow2Error) return "L2 table offset past any file";
+    throw e;
   }
-  return { offset, copied: (hi & COPIED_HI) !== 0 };
+  if (offset % clusterSize !== 0) {
+    return `L2 table offset 0x${
+      offset.toString(16)
+    } is not aligned to a cluster`;
+  }
+  return { offset, copied };
 }
 
-/** Encodes L1 entry `i`: `offset` with the COPIED flag. */
+/** Encodes L1 entry `i`: the L2 table at `offset`, with the COPIED flag. */
 export function encodeL1(view: DataView, i: number, offset: number): void {
-  view.setUint32(i * 8, (COPIED_HI | Math.floor(offset / TWO_32)) >>> 0);
-  view.setUint32(i * 8 + 4, offset % TWO_32);
+  view.setBigUint64(
+    i * 8,
+    encodeL1Entry({ l2TableOffset: offset, copied: true }),
+  );
 }

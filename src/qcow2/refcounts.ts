@@ -10,9 +10,11 @@
 
 import { hex, Qcow2Error } from "../errors.ts";
 import type { ByteStore } from "../io/store.ts";
+import {
+  decodeRefcountTableEntry,
+  encodeRefcountTableEntry,
+} from "./entries.ts";
 
-/** A refcount table entry's offset bits (spec "Refcount table entry": bits 9-63). */
-const REFTABLE_OFFSET_MASK = 0xfffffffffffffe00n;
 /** Refcount blocks kept in memory at most (clean ones are dropped first). */
 const MAX_CACHED_BLOCKS = 64;
 
@@ -134,9 +136,14 @@ export class Refcounts {
     const view = new DataView(bytes.buffer);
     const table: number[] = [];
     for (let i = 0; i < bytes.length / 8; i++) {
-      const raw = view.getBigUint64(i * 8);
-      const offset = raw & REFTABLE_OFFSET_MASK;
-      if (offset % BigInt(cs) !== 0n || offset > BigInt(2 ** 53)) {
+      let offset = -1;
+      try {
+        offset = decodeRefcountTableEntry(view.getBigUint64(i * 8))
+          .refcountBlockOffset;
+      } catch (e) {
+        if (!(e instanceof Qcow2Error)) throw e;
+      }
+      if (offset < 0 || offset % cs !== 0) {
         throw new Qcow2Error(
           "CORRUPT",
           `Cannot write qcow2 image: refcount block offset ${
@@ -145,7 +152,7 @@ export class Refcounts {
           { offset: geometry.tableOffset + i * 8 },
         );
       }
-      table.push(Number(offset));
+      table.push(offset);
     }
     return new Refcounts(store, geometry, table, hooks);
   }
@@ -289,11 +296,8 @@ export class Refcounts {
       }
       default: {
         const bit = i * this.#bits;
-        return (block.bytes[bit >>> 3] >>> (bit & 7)) & (this.#bits === 1
-          ? 1
-          : this.#bits === 2
-          ? 3
-          : 15);
+        return (block.bytes[bit >>> 3] >>> (bit & 7)) &
+          (this.#bits === 1 ? 1 : this.#bits === 2 ? 3 : 15);
       }
     }
   }
@@ -364,7 +368,10 @@ export class Refcounts {
     this.#blocks.set(index, block);
     this.#table[index] = offset;
     const entry = new Uint8Array(8);
-    new DataView(entry.buffer).setBigUint64(0, BigInt(offset));
+    new DataView(entry.buffer).setBigUint64(
+      0,
+      encodeRefcountTableEntry({ refcountBlockOffset: offset }),
+    );
     await this.#store.writeAt(this.#tableOffset + index * 8, entry);
     this.#hooks.taken?.(at, "refcount block");
   }
@@ -428,7 +435,12 @@ export class Refcounts {
     }
     const tableBytes = new Uint8Array(tableClusters * cs);
     const view = new DataView(tableBytes.buffer);
-    table.forEach((offset, i) => view.setBigUint64(i * 8, BigInt(offset)));
+    table.forEach((offset, i) =>
+      view.setBigUint64(
+        i * 8,
+        encodeRefcountTableEntry({ refcountBlockOffset: offset }),
+      )
+    );
     const tableOffset = (start + blocks) * cs;
     await this.#store.writeAt(tableOffset, tableBytes);
     await this.#store.flush?.();

@@ -18,7 +18,7 @@
  */
 
 import { type Codecs, webCodecs } from "../codecs/codecs.ts";
-import { readCompressedRuns, type CompressedRead } from "./cluster_reads.ts";
+import { type CompressedRead, readCompressedRuns } from "./cluster_reads.ts";
 import {
   checkRange,
   type DiskImage,
@@ -32,7 +32,9 @@ import type { ByteStore } from "../io/store.ts";
 import type { Qcow2Header } from "./header.ts";
 import type { Snapshot } from "./snapshots.ts";
 import { Allocator } from "./allocator.ts";
+import { HEADER, INCOMPATIBLE } from "./layout.ts";
 import { Refcounts } from "./refcounts.ts";
+import { snapshotTableBytes } from "./repair.ts";
 import {
   decodeL1,
   decodeL2,
@@ -41,14 +43,9 @@ import {
   type Mapping,
 } from "./l2_entry.ts";
 
-/** Header offset of incompatible_features (spec "Header"). */
-const INCOMPATIBLE_FEATURES_AT = 72;
-/** Header offset of refcount_table_offset; refcount_table_clusters follows at 56. */
-const REFCOUNT_TABLE_AT = 48;
-/** Incompatible feature bit 0: dirty (refcounts may be stale). */
-const DIRTY = 1n;
-/** Incompatible feature bit 1: corrupt. */
-const CORRUPT = 2n;
+const INCOMPATIBLE_FEATURES_AT = HEADER.incompatibleFeatures.offset;
+const DIRTY = 1n << BigInt(INCOMPATIBLE.dirty.bit);
+const CORRUPT = 1n << BigInt(INCOMPATIBLE.corrupt.bit);
 /** Default bytes of L2 tables kept in memory. */
 const DEFAULT_L2_CACHE_BYTES = 4 * 1024 * 1024;
 
@@ -213,24 +210,32 @@ export class WritableQcow2Image implements DiskImage {
       }
     };
     mark(0, cs, "header");
-    if (header.l1Size > 0) mark(header.l1TableOffset, header.l1Size * 8, "active L1 table");
-    mark(header.refcountTableOffset, header.refcountTableClusters * cs, "refcount table");
+    if (header.l1Size > 0) {
+      mark(header.l1TableOffset, header.l1Size * 8, "active L1 table");
+    }
+    mark(
+      header.refcountTableOffset,
+      header.refcountTableClusters * cs,
+      "refcount table",
+    );
     this.#refcounts.blockOffsets.forEach((offset) => {
       if (offset !== 0) this.#meta.set(offset / cs, "refcount block");
     });
     if (header.nbSnapshots > 0) {
-      let bytes = 0;
-      const utf8 = new TextEncoder();
       for (const s of this.snapshots) {
-        bytes += Math.ceil(
-          (40 + 16 + s.unknownExtraData.length + utf8.encode(s.id).length +
-            utf8.encode(s.name).length) / 8,
-        ) * 8;
         if (s.l1Size > 0) {
-          mark(s.l1TableOffset, s.l1Size * 8, `L1 table of snapshot '${s.name}'`);
+          mark(
+            s.l1TableOffset,
+            s.l1Size * 8,
+            `L1 table of snapshot '${s.name}'`,
+          );
         }
       }
-      mark(header.snapshotsOffset, bytes, "snapshot table");
+      mark(
+        header.snapshotsOffset,
+        await snapshotTableBytes(this.#store, header),
+        "snapshot table",
+      );
     }
     for (let i = 0; i < header.l1Size; i++) {
       const e = decodeL1(this.#l1View, i, cs);
@@ -243,11 +248,13 @@ export class WritableQcow2Image implements DiskImage {
   async #writeTableLocation(offset: number, clusters: number): Promise<void> {
     const cs = this.#cs;
     const old = this.#refcounts;
-    const bytes = new Uint8Array(12);
+    // refcount_table_offset and refcount_table_clusters, in one write.
+    const at = HEADER.refcountTableOffset.offset;
+    const bytes = new Uint8Array(HEADER.refcountTableClusters.offset + 4 - at);
     const view = new DataView(bytes.buffer);
     view.setBigUint64(0, BigInt(offset));
-    view.setUint32(8, clusters);
-    await this.#store.writeAt(REFCOUNT_TABLE_AT, bytes);
+    view.setUint32(HEADER.refcountTableClusters.offset - at, clusters);
+    await this.#store.writeAt(at, bytes);
     await this.#store.flush?.();
     if (old) {
       for (let c = 0; c < old.tableClusters; c++) {
@@ -262,7 +269,7 @@ export class WritableQcow2Image implements DiskImage {
   #enqueue<T>(op: () => Promise<T>): Promise<T> {
     const run = this.#tail.then(() => {
       if (this.#closed) {
-        throw new Qcow2Error("BAD_ARGUMENT", "Cannot use qcow2 image: it is closed");
+        throw new TypeError("Cannot use qcow2 image: it is closed");
       }
       if (this.#broken) throw this.#broken;
       return op();
@@ -290,8 +297,13 @@ export class WritableQcow2Image implements DiskImage {
   async #read(position: number, buffer: Uint8Array): Promise<void> {
     const jobs: Promise<void>[] = [];
     const compressed: CompressedRead[] = [];
-    for (const e of await this.#ownExtents(position, position + buffer.length)) {
-      const into = buffer.subarray(e.start - position, e.start - position + e.length);
+    for (
+      const e of await this.#ownExtents(position, position + buffer.length)
+    ) {
+      const into = buffer.subarray(
+        e.start - position,
+        e.start - position + e.length,
+      );
       if (e.kind === "data") {
         jobs.push(this.#readHost(this.#data, e.hostOffset!, into));
       } else if (e.kind === "compressed") {
@@ -313,7 +325,11 @@ export class WritableQcow2Image implements DiskImage {
     if (failed) throw (failed as PromiseRejectedResult).reason;
   }
 
-  async #readHost(file: ByteStore, host: number, into: Uint8Array): Promise<void> {
+  async #readHost(
+    file: ByteStore,
+    host: number,
+    into: Uint8Array,
+  ): Promise<void> {
     const n = host >= file.size ? 0 : await file.readAt(host, into);
     into.fill(0, n);
   }
@@ -337,7 +353,10 @@ export class WritableQcow2Image implements DiskImage {
    * @param end Guest byte after the last (default the virtual size).
    * @returns The extents in order, at depth 0.
    */
-  async *ownExtents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
+  async *ownExtents(
+    start = 0,
+    end: number = this.size,
+  ): AsyncGenerator<Extent> {
     checkRange(start, end - start, this.size);
     const span = this.#cs * this.#l2Entries;
     for (let from = start; from < end;) {
@@ -353,7 +372,11 @@ export class WritableQcow2Image implements DiskImage {
     const span = cs * this.#l2Entries;
     const runs = new ExtentRuns(start, end);
     const out: Extent[] = [];
-    for (let l1Index = Math.floor(start / span); l1Index * span < end; l1Index++) {
+    for (
+      let l1Index = Math.floor(start / span);
+      l1Index * span < end;
+      l1Index++
+    ) {
       const base = l1Index * span;
       const l2 = await this.#l2Table(l1Index);
       if (!l2) {
@@ -372,8 +395,9 @@ export class WritableQcow2Image implements DiskImage {
         if (m.alloc === this.#all) {
           runs.add("data", g, g + cs, this.#hostOf(m, g));
         } else if (m.zero === this.#all) runs.add("zero", g, g + cs);
-        else if (m.alloc === 0 && m.zero === 0) runs.add("unallocated", g, g + cs);
-        else {
+        else if (m.alloc === 0 && m.zero === 0) {
+          runs.add("unallocated", g, g + cs);
+        } else {
           const sc = cs / 32;
           for (let j = 0; j < 32; j++) {
             const from = g + j * sc;
@@ -400,7 +424,10 @@ export class WritableQcow2Image implements DiskImage {
   /** The L2 table of L1 entry `l1Index`, or undefined when there is none. */
   async #l2Table(
     l1Index: number,
-  ): Promise<{ offset: number; copied: boolean; bytes: Uint8Array; view: DataView } | undefined> {
+  ): Promise<
+    | { offset: number; copied: boolean; bytes: Uint8Array; view: DataView }
+    | undefined
+  > {
     if (l1Index * 8 >= this.#l1.length) return undefined;
     const e = decodeL1(this.#l1View, l1Index, this.#cs);
     if (typeof e === "string") {
@@ -410,7 +437,9 @@ export class WritableQcow2Image implements DiskImage {
     return { ...e, ...(await this.#loadL2(e.offset)) };
   }
 
-  async #loadL2(offset: number): Promise<{ bytes: Uint8Array; view: DataView }> {
+  async #loadL2(
+    offset: number,
+  ): Promise<{ bytes: Uint8Array; view: DataView }> {
     let table = this.#l2.get(offset);
     if (table) {
       this.#l2.delete(offset);
@@ -418,7 +447,9 @@ export class WritableQcow2Image implements DiskImage {
       return table;
     }
     if (offset + this.#cs > this.#store.size) {
-      throw await this.#corrupt(`L2 table at ${hex(offset)} runs past the end of the file`);
+      throw await this.#corrupt(
+        `L2 table at ${hex(offset)} runs past the end of the file`,
+      );
     }
     const bytes = new Uint8Array(this.#cs);
     await this.#store.readAt(offset, bytes);
@@ -435,14 +466,30 @@ export class WritableQcow2Image implements DiskImage {
   }
 
   /** Entry `i` of `l2`, for guest offset `g`; corruption if it is invalid. */
-  async #mapping(l2: { offset: number; view: DataView }, i: number, g: number): Promise<Mapping> {
-    const m = decodeL2(l2.view, i, this.#extended, this.#bits, this.#external, this.#version);
+  async #mapping(
+    l2: { offset: number; view: DataView },
+    i: number,
+    g: number,
+  ): Promise<Mapping> {
+    const m = decodeL2(
+      l2.view,
+      i,
+      this.#extended,
+      this.#bits,
+      this.#external,
+      this.#version,
+    );
     if (typeof m === "string") {
       throw await this.#corrupt(
-        `${m} (L2 table at ${hex(l2.offset)}, index ${i}, guest offset ${hex(g)})`,
+        `${m} (L2 table at ${hex(l2.offset)}, index ${i}, guest offset ${
+          hex(g)
+        })`,
       );
     }
-    if (!this.#external && !m.compressed && m.host !== 0 && this.#meta.has(m.host / this.#cs)) {
+    if (
+      !this.#external && !m.compressed && m.host !== 0 &&
+      this.#meta.has(m.host / this.#cs)
+    ) {
       throw await this.#corrupt(
         `cluster at guest offset ${hex(g)} lies on the image's metadata (${
           this.#meta.get(m.host / this.#cs)
@@ -495,7 +542,9 @@ export class WritableQcow2Image implements DiskImage {
       await this.#allocator.release(cluster);
     } catch (e) {
       if (e instanceof Qcow2Error && e.code === "CORRUPT") {
-        throw await this.#corrupt(e.message.replace(/^Cannot write qcow2 image: /, ""));
+        throw await this.#corrupt(
+          e.message.replace(/^Cannot write qcow2 image: /, ""),
+        );
       }
       throw e;
     }
@@ -580,13 +629,21 @@ export class WritableQcow2Image implements DiskImage {
     for (let from = position; from < end;) {
       const l1Index = Math.floor(from / span);
       const to = Math.min(end, (l1Index + 1) * span);
-      await this.#writeInTable(l1Index, from, bytes.subarray(from - position, to - position));
+      await this.#writeInTable(
+        l1Index,
+        from,
+        bytes.subarray(from - position, to - position),
+      );
       from = to;
     }
   }
 
   /** Writes guest bytes that one L2 table maps. */
-  async #writeInTable(l1Index: number, position: number, bytes: Uint8Array): Promise<void> {
+  async #writeInTable(
+    l1Index: number,
+    position: number,
+    bytes: Uint8Array,
+  ): Promise<void> {
     const cs = this.#cs;
     const l2 = await this.#l2ForWrite(l1Index);
     const base = l1Index * cs * this.#l2Entries;
@@ -648,7 +705,9 @@ export class WritableQcow2Image implements DiskImage {
       fresh = host >= this.#store.size;
       if (this.#meta.has(c)) {
         throw await this.#corrupt(
-          `Preventing invalid write on metadata (${this.#meta.get(c)} at ${hex(host)})`,
+          `Preventing invalid write on metadata (${this.#meta.get(c)} at ${
+            hex(host)
+          })`,
         );
       }
     }
@@ -707,8 +766,9 @@ export class WritableQcow2Image implements DiskImage {
           const into = bytes.subarray(p - from, q - from);
           const kind = kindAt(j);
           if (kind === "data") {
-            if (!inPlace) await this.#readHost(this.#data, this.#hostOf(m, g) + p, into);
-            else await this.#readHost(this.#data, host + p, into);
+            if (!inPlace) {
+              await this.#readHost(this.#data, this.#hostOf(m, g) + p, into);
+            } else await this.#readHost(this.#data, host + p, into);
           } else if (kind === "compressed") {
             decompressed ??= await this.#decompress(m, g);
             into.set(decompressed.subarray(p, q));
@@ -730,7 +790,9 @@ export class WritableQcow2Image implements DiskImage {
     if (this.#raw) next.host = g;
     if (m.compressed && n > 1) next.alloc = this.#all;
     return {
-      pieces: to > from ? [{ host: host + from, bytes, external: this.#external }] : [],
+      pieces: to > from
+        ? [{ host: host + from, bytes, external: this.#external }]
+        : [],
       next,
       old: !inPlace && allocated && !this.#external ? m : undefined,
     };
@@ -739,7 +801,12 @@ export class WritableQcow2Image implements DiskImage {
   /** Whether guest bytes `[g, g + length)` of the backing chain read as zeros. */
   async #backingIsZero(g: number, length: number): Promise<boolean> {
     if (!this.backing || g >= this.backing.size) return true;
-    for await (const e of this.backing.extents(g, Math.min(g + length, this.backing.size))) {
+    for await (
+      const e of this.backing.extents(
+        g,
+        Math.min(g + length, this.backing.size),
+      )
+    ) {
       if (e.kind !== "zero" && e.kind !== "unallocated") return false;
     }
     return true;
@@ -748,17 +815,24 @@ export class WritableQcow2Image implements DiskImage {
   /** The whole guest cluster a compressed mapping holds. */
   async #decompress(m: Mapping, g: number): Promise<Uint8Array> {
     const into = new Uint8Array(this.#cs);
-    await readCompressedRuns(this.#store, [{
-      extent: {
-        start: g,
-        length: this.#cs,
-        kind: "compressed",
-        hostOffset: m.host,
-        compressedLength: m.compressedLength,
-        depth: 0,
-      },
-      into,
-    }], this.#cs, this.#codecs, this.header.compressionType, "qcow2");
+    await readCompressedRuns(
+      this.#store,
+      [{
+        extent: {
+          start: g,
+          length: this.#cs,
+          kind: "compressed",
+          hostOffset: m.host,
+          compressedLength: m.compressedLength,
+          depth: 0,
+        },
+        into,
+      }],
+      this.#cs,
+      this.#codecs,
+      this.header.compressionType,
+      "qcow2",
+    );
     return into;
   }
 
@@ -776,7 +850,11 @@ export class WritableQcow2Image implements DiskImage {
         pieces[j].bytes.buffer === bytes.buffer &&
         pieces[j].bytes.byteOffset === bytes.byteOffset + bytes.length
       ) {
-        bytes = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.length + pieces[j].bytes.length);
+        bytes = new Uint8Array(
+          bytes.buffer,
+          bytes.byteOffset,
+          bytes.length + pieces[j].bytes.length,
+        );
         j++;
       }
       await (p.external ? this.#data : this.#store).writeAt(p.host, bytes);
@@ -793,12 +871,15 @@ export class WritableQcow2Image implements DiskImage {
     let lo = Infinity;
     let hi = -1;
     for (const [i, m] of updates) {
-      encodeL2(l2.view, i, this.#extended, m);
+      encodeL2(l2.view, i, this.#extended, this.#bits, m);
       lo = Math.min(lo, i);
       hi = Math.max(hi, i);
     }
     const eb = this.#entryBytes;
-    await this.#store.writeAt(l2.offset + lo * eb, l2.bytes.subarray(lo * eb, (hi + 1) * eb));
+    await this.#store.writeAt(
+      l2.offset + lo * eb,
+      l2.bytes.subarray(lo * eb, (hi + 1) * eb),
+    );
   }
 
   // ---- zeroes and discard ---------------------------------------------------
@@ -898,7 +979,14 @@ export class WritableQcow2Image implements DiskImage {
           // zero_in_l2_slice: compressed clusters are freed; others keep
           // their host cluster and get the zero flag (all zero bits).
           const next: Mapping = m.compressed
-            ? { host: 0, copied: false, compressed: false, compressedLength: 0, alloc: 0, zero: this.#all }
+            ? {
+              host: 0,
+              copied: false,
+              compressed: false,
+              compressedLength: 0,
+              alloc: 0,
+              zero: this.#all,
+            }
             : { ...m, alloc: 0, zero: this.#all };
           if (m.compressed) olds.push(m);
           if (!sameMapping(m, next)) updates.push([i, next]);
@@ -912,7 +1000,11 @@ export class WritableQcow2Image implements DiskImage {
         }
         let bits = 0;
         for (let j = a / unit; j < b / unit; j++) bits |= 1 << j;
-        const next = { ...m, alloc: (m.alloc & ~bits) >>> 0, zero: (m.zero | bits) >>> 0 };
+        const next = {
+          ...m,
+          alloc: (m.alloc & ~bits) >>> 0,
+          zero: (m.zero | bits) >>> 0,
+        };
         if (!sameMapping(m, next)) updates.push([i, next]);
       }
       await this.#writeEntries(l2, updates);
@@ -920,7 +1012,9 @@ export class WritableQcow2Image implements DiskImage {
         for (const old of olds) await this.#releaseMapping(old);
         await this.#refcounts.writeDirty();
       }
-      for (const [p, q] of compressedPartial) await this.#write(p, new Uint8Array(q - p));
+      for (const [p, q] of compressedPartial) {
+        await this.#write(p, new Uint8Array(q - p));
+      }
       from = to;
     }
   }
@@ -928,8 +1022,9 @@ export class WritableQcow2Image implements DiskImage {
   /**
    * Discards guest bytes: whole clusters only, as QEMU (a partial cluster
    * is left as it is, except the image's last one). A discarded cluster
-   * reads as zeros on version 3 (zero flag) and falls through to the
-   * backing file on version 2; its host cluster is freed.
+   * reads as zeros on version 3 (zero flag); on version 2 it is
+   * unallocated, and nothing is discarded over a backing file (it would
+   * show through). Its host cluster is freed.
    *
    * @param position Guest offset.
    * @param length Bytes to discard.
@@ -939,7 +1034,9 @@ export class WritableQcow2Image implements DiskImage {
   discard(position: number, length: number): Promise<void> {
     checkRange(position, length, this.size);
     return this.#enqueue(async () => {
-      if (length === 0) return;
+      // qcow2_co_pdiscard: without the zero flag (version 2) a discarded
+      // cluster would show the backing file's stale data, so nothing is done.
+      if (length === 0 || (this.#version < 3 && this.backing)) return;
       await this.#markDirty();
       const cs = this.#cs;
       const end = position + length;
@@ -969,9 +1066,17 @@ export class WritableQcow2Image implements DiskImage {
       for (let i = Math.floor((from - base) / cs); base + i * cs < to; i++) {
         const g = base + i * cs;
         const m = await this.#mapping(l2, i, g);
-        const allocated = m.compressed || m.host !== 0 || (this.#external && m.copied);
+        const allocated = m.compressed || m.host !== 0 ||
+          (this.#external && m.copied);
         let next = m;
-        const none: Mapping = { host: 0, copied: false, compressed: false, compressedLength: 0, alloc: 0, zero: 0 };
+        const none: Mapping = {
+          host: 0,
+          copied: false,
+          compressed: false,
+          compressedLength: 0,
+          alloc: 0,
+          zero: 0,
+        };
         if (full) next = none;
         else if (this.backing || allocated) {
           next = this.#version >= 3 ? { ...none, zero: this.#all } : none;

@@ -1,0 +1,60 @@
+/**
+ * Opening a file by path for writing: a `Deno.FsFile` in Deno, a
+ * `node:fs/promises` `FileHandle` in Node and Bun. Kept out of `src/`.
+ *
+ * @module
+ */
+
+import { Qcow2Error } from "../src/errors.ts";
+import {
+  type ByteStore,
+  fileHandleStore,
+  fsFileStore,
+  type ReadWriteFileHandleLike,
+} from "../src/io/store.ts";
+import { importNode } from "./node_builtin.ts";
+
+/** Error names and codes that mean the file cannot be written. */
+const READ_ONLY = new Set([
+  "PermissionDenied",
+  "NotCapable",
+  "EACCES",
+  "EPERM",
+  "EROFS",
+]);
+
+/**
+ * Opens `path` for reading and writing as a {@linkcode ByteStore} that
+ * closes the file when closed.
+ *
+ * @param path The file's path.
+ * @returns The store.
+ * @throws {Qcow2Error} `NOT_WRITABLE` if the file or the program may not
+ * write it; the runtime's error if it does not exist.
+ */
+export async function openPathWritable(path: string): Promise<ByteStore> {
+  try {
+    if (typeof Deno !== "undefined" && typeof Deno.open === "function") {
+      const file = await Deno.open(path, { read: true, write: true });
+      return fsFileStore(file, true);
+    }
+    const { open } = await importNode<{
+      open(path: string, flags: string): Promise<ReadWriteFileHandleLike>;
+    }>("fs/promises");
+    const handle = await open(path, "r+");
+    return await fileHandleStore(handle, true);
+  } catch (e) {
+    const name = (e as { code?: string; name?: string })?.code ??
+      (e as Error)?.name;
+    if (READ_ONLY.has(name ?? "")) {
+      throw new Qcow2Error(
+        "NOT_WRITABLE",
+        `Cannot open qcow2 image for writing: '${path}' is read-only (${
+          (e as Error).message.split("\n")[0]
+        })`,
+        { cause: e },
+      );
+    }
+    throw e;
+  }
+}
