@@ -65,7 +65,7 @@ export async function toByteStore(input: WritableInput): Promise<ByteStore> {
     return await fileHandleStore(input);
   }
   throw new TypeError(
-    "Cannot open qcow2 image for writing: give a ByteStore, a Deno.FsFile, a Node FileHandle or bytes",
+    "Cannot open qcow2 image for writing: give a ByteStore, a Deno FsFile, a Node FileHandle or bytes",
   );
 }
 
