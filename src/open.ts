@@ -5,6 +5,7 @@
  * @module
  */
 
+import { checkOpenable } from "./qcow2/names.ts";
 import type { Codecs } from "./codecs/codecs.ts";
 import type { DiskImage } from "./disk.ts";
 import { hex, Qcow2Error } from "./errors.ts";
@@ -343,6 +344,12 @@ async function openQcow2Layer(
         "Cannot read qcow2 image: it keeps its data in an external data file but does not name one",
       );
     }
+    checkOpenable(
+      "data-file",
+      name,
+      header.extensions.externalDataFileUtf8,
+      options.path,
+    );
     dataFile = await openNamed("data-file", name, options, closers);
   }
 
@@ -351,6 +358,12 @@ async function openQcow2Layer(
     header.backingFile !== undefined &&
     !(options.ignoreBackingFile && chain.depth === 0)
   ) {
+    checkOpenable(
+      "backing",
+      header.backingFile,
+      header.backingFileUtf8,
+      options.path,
+    );
     backing = await openBacking(
       header.backingFile,
       header.extensions.backingFormat,

@@ -5,6 +5,12 @@
  * @module
  */
 
+import {
+  LISTED_ID_BYTES,
+  LISTED_NAME_BYTES,
+  listedName,
+  padName,
+} from "../qcow2/names.ts";
 import { hex } from "../errors.ts";
 import {
   checkKnownFeatures,
@@ -378,8 +384,9 @@ function pruned(info: ImageInfo): ImageInfo {
 
 function snapshotInfo(s: Snapshot): SnapshotInfo {
   const out: SnapshotInfo = {
-    id: s.id,
-    name: s.name,
+    // Cut as QEMU's listings cut them (the snapshot keeps its whole name).
+    id: listedName(s.id, LISTED_ID_BYTES),
+    name: listedName(s.name, LISTED_NAME_BYTES),
     "vm-state-size": s.vmStateSize,
     "date-sec": s.dateSec,
     "date-nsec": s.dateNsec,
@@ -546,7 +553,7 @@ function snapshotLine(s: SnapshotInfo): string {
   }:${two(secs % 60)}.${
     String(Math.floor(s["vm-clock-nsec"] / 1e6)).padStart(3, "0")
   }`;
-  return s.id.padEnd(9) + " " + s.name.padEnd(16) + " " +
+  return padName(s.id, 9) + " " + padName(s.name, 16) + " " +
     formatSize(s["vm-state-size"]).padStart(8) + date.padStart(20) +
     clock.padStart(13) +
     (s.icount !== undefined ? String(s.icount) : "").padStart(11);

@@ -21,6 +21,7 @@ import {
 } from "../disk.ts";
 import { ExtentRuns } from "../extent_runs.ts";
 import { withJobs } from "../jobs.ts";
+import { checkOpenable, imageName } from "../qcow2/names.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import { QCOW2_MAGIC } from "../qcow2/header.ts";
 import { type ByteSource, readExact } from "../io/source.ts";
@@ -51,8 +52,13 @@ export interface QcowHeader {
   backingFileOffset: number;
   /** Length of the backing file name. */
   backingFileSize: number;
-  /** The backing file name, if any. */
+  /**
+   * The backing file name, if any: up to its first NUL byte, absent when
+   * that leaves it empty, bytes that are not UTF-8 as U+FFFD (as for qcow2).
+   */
   backingFile?: string;
+  /** False when the backing file name's bytes are not UTF-8. */
+  backingFileUtf8?: boolean;
   /** Modification time recorded by the writer (seconds since the epoch). */
   mtime: number;
   /** Virtual disk size in bytes, as stored. */
@@ -186,6 +192,7 @@ export function parseQcowHeader(
     );
   }
   let backingFile: string | undefined;
+  let backingFileUtf8: boolean | undefined;
   if (backingFileOffset !== 0) {
     if (backingFileSize > 1023) {
       throw bad(
@@ -203,15 +210,16 @@ export function parseQcowHeader(
         { offset: backingFileOffset },
       );
     }
-    backingFile = new TextDecoder().decode(
-      name ?? bytes.subarray(backingFileOffset, end),
-    );
+    const read = imageName(name ?? bytes.subarray(backingFileOffset, end));
+    if (read.text !== "") backingFile = read.text;
+    if (read.text !== "" && !read.utf8) backingFileUtf8 = false;
   }
   return {
     version: 1,
     backingFileOffset,
     backingFileSize,
     backingFile,
+    ...(backingFileUtf8 === false ? { backingFileUtf8 } : {}),
     mtime: view.getUint32(20),
     size,
     clusterBits,
@@ -307,6 +315,9 @@ export async function openQcow1(
     header.l1Size * 8,
     "L1 table",
   );
+  if (header.backingFile !== undefined && options.openBacking) {
+    checkOpenable("backing", header.backingFile, header.backingFileUtf8);
+  }
   const backing = header.backingFile !== undefined && options.openBacking
     ? await options.openBacking(header.backingFile)
     : undefined;

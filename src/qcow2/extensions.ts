@@ -5,6 +5,7 @@
  * @module
  */
 
+import { imageName } from "./names.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import { EXTENSION_TYPES, FEATURE_TYPES } from "./layout.ts";
 
@@ -141,7 +142,11 @@ export interface UnknownExtension {
  * ```
  */
 export interface HeaderExtensions {
-  /** Format of the backing file (`"qcow2"`, `"raw"`, ...), if named. */
+  /**
+   * Format of the backing file (`"qcow2"`, `"raw"`, ...), if named: up to
+   * its first NUL byte; absent when that leaves it empty, so the format is
+   * probed (as in QEMU).
+   */
   backingFormat?: string;
   /** Names of feature bits, as the image describes them. */
   featureNames: FeatureName[];
@@ -149,8 +154,15 @@ export interface HeaderExtensions {
   bitmaps?: BitmapsExtension;
   /** The LUKS header location, if present. */
   encryption?: EncryptionExtension;
-  /** Name of the external data file, if present. */
+  /**
+   * Name of the external data file, if present: up to its first NUL byte,
+   * bytes that are not UTF-8 as U+FFFD (see
+   * {@linkcode externalDataFileUtf8}). It may be empty, which QEMU lists
+   * but cannot open.
+   */
   externalDataFile?: string;
+  /** False when the external data file name's bytes are not UTF-8. */
+  externalDataFileUtf8?: boolean;
   /** Extensions of unknown type, in file order. */
   unknown: UnknownExtension[];
 }
@@ -175,7 +187,6 @@ export function parseExtensions(
 ): HeaderExtensions {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const result: HeaderExtensions = { featureNames: [], unknown: [] };
-  const text = (data: Uint8Array) => new TextDecoder().decode(data);
   const bad = (type: number, at: number, why: string) =>
     new Qcow2Error(
       "BAD_EXTENSION",
@@ -223,19 +234,18 @@ export function parseExtensions(
             `(backing format) is ${length} bytes long; at most 15 are allowed`,
           );
         }
-        result.backingFormat = text(data);
+        // Probed when empty, as QEMU's `backing_format[0]` check does.
+        result.backingFormat = imageName(data).text || undefined;
         break;
       case EXTENSION_TYPES.featureNameTable:
         for (let i = 0; i + 48 <= length; i += 48) {
+          const name = imageName(data.subarray(i + 2, i + 48)).text;
+          // QEMU's report_unsupported_feature stops at the first entry
+          // whose name is empty.
+          if (name === "") break;
           const kind = FEATURE_TYPES[data[i]];
           if (kind === undefined) continue;
-          const raw = data.subarray(i + 2, i + 48);
-          const nul = raw.indexOf(0);
-          result.featureNames.push({
-            type: kind,
-            bit: data[i + 1],
-            name: text(nul < 0 ? raw : raw.subarray(0, nul)),
-          });
+          result.featureNames.push({ type: kind, bit: data[i + 1], name });
         }
         break;
       case EXTENSION_TYPES.bitmaps: {
@@ -317,7 +327,12 @@ export function parseExtensions(
         break;
       }
       case EXTENSION_TYPES.externalDataFile:
-        result.externalDataFile = text(data);
+        {
+          const name = imageName(data);
+          result.externalDataFile = name.text;
+          if (!name.utf8) result.externalDataFileUtf8 = false;
+          else delete result.externalDataFileUtf8;
+        }
         break;
       default:
         result.unknown.push({ type, data: data.slice() });

@@ -5,6 +5,7 @@
  * @module
  */
 
+import { imageName } from "./names.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import { type ByteSource, readExact } from "../io/source.ts";
 import { type HeaderExtensions, parseExtensions } from "./extensions.ts";
@@ -148,8 +149,18 @@ export interface Qcow2Header {
   backingFileOffset: number;
   /** Length in bytes of the backing file name. */
   backingFileSize: number;
-  /** The backing file name, when the image has one. */
+  /**
+   * The backing file name, when the image has one: up to its first NUL
+   * byte, and absent when that leaves it empty (as in QEMU, where an empty
+   * name is no backing file). Bytes that are not UTF-8 read as U+FFFD (see
+   * {@linkcode backingFileUtf8}).
+   */
   backingFile?: string;
+  /**
+   * False when the backing file name's bytes are not UTF-8: the name then
+   * reads with U+FFFD, and the file cannot be opened by it.
+   */
+  backingFileUtf8?: boolean;
   /** log2 of the cluster size, 9 to 21. */
   clusterBits: number;
   /** Cluster size in bytes. */
@@ -511,12 +522,19 @@ export function parseHeader(bytes: Uint8Array): Qcow2Header {
     cryptMethod,
   );
 
+  // A C string in QEMU: cut at NUL; empty is no backing file
+  // (qcow2_do_open, then bdrv_open_backing_file's `backing_file[0]`).
   let backingFile: string | undefined;
+  let backingFileUtf8: boolean | undefined;
   if (backingFileOffset !== 0) {
     need(backingFileOffset + backingFileSize, "backing file name");
-    backingFile = new TextDecoder().decode(
+    const name = imageName(
       bytes.subarray(backingFileOffset, backingFileOffset + backingFileSize),
     );
+    if (name.text !== "") {
+      backingFile = name.text;
+      if (!name.utf8) backingFileUtf8 = false;
+    }
   }
   if (cryptMethod === 2 && !extensions.encryption) {
     throw bad(
@@ -533,6 +551,7 @@ export function parseHeader(bytes: Uint8Array): Qcow2Header {
     backingFileOffset,
     backingFileSize,
     backingFile,
+    ...(backingFileUtf8 === false ? { backingFileUtf8 } : {}),
     clusterBits,
     clusterSize,
     size,

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { imageName } from "./names.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import type { Qcow2Header } from "./header.ts";
 import { type ByteSource, readExact } from "../io/source.ts";
@@ -147,7 +148,6 @@ export async function readSnapshots(
       "snapshot table entry",
     );
     const extra = new DataView(tail.buffer, 0, extraSize);
-    const text = new TextDecoder();
     const cs = header.clusterSize;
     if (
       l1Offset % BigInt(cs) !== 0n || l1Offset > BigInt(Number.MAX_SAFE_INTEGER)
@@ -178,10 +178,11 @@ export async function readSnapshots(
     };
     const vmClock = v.getBigUint64(24);
     const snapshot: Snapshot = {
-      id: text.decode(tail.subarray(extraSize, extraSize + idSize)),
-      name: text.decode(
+      // C strings in QEMU (qcow2_do_read_snapshots): cut at NUL.
+      id: imageName(tail.subarray(extraSize, extraSize + idSize)).text,
+      name: imageName(
         tail.subarray(extraSize + idSize, extraSize + idSize + nameSize),
-      ),
+      ).text,
       l1TableOffset: Number(l1Offset),
       l1Size,
       vmStateSize: extraSize >= 8 ? u64(0, "a VM state size") : v.getUint32(32),
