@@ -138,7 +138,12 @@ export {
   readSnapshots,
   type Snapshot,
 } from "./src/qcow2/snapshots.ts";
-export type { Codecs, Decompressor } from "./src/codecs/codecs.ts";
+export type {
+  Codecs,
+  Compressor,
+  Compressors,
+  Decompressor,
+} from "./src/codecs/codecs.ts";
 export {
   type WorkerCodecs,
   workerCodecs,

@@ -31,11 +31,8 @@
  *   backing and data files are opened only through the `openFile` option
  *   (map the names an image asks for to files the user picked).
  * - Compressed clusters are decompressed by {@linkcode webCodecs}: zlib (the
- *   default qcow2 compression) by a pure TypeScript inflate. Browsers have no
- *   zstd decompressor, so an image with `compression_type=zstd` fails with
- *   `UNSUPPORTED_COMPRESSION` when a compressed cluster is read, unless you
- *   pass one as `codecs.zstd` (see {@linkcode Decompressor}). Headers, info
- *   and extents of such an image read fine.
+ *   default qcow2 compression) by pako, zstd by a WebAssembly build of the
+ *   reference zstd library, compiled on the first zstd cluster.
  * - `nodeCodecs` (from `node:zlib`) is absent.
  *
  * @module
@@ -138,7 +135,12 @@ export {
   readSnapshots,
   type Snapshot,
 } from "./src/qcow2/snapshots.ts";
-export type { Codecs, Decompressor } from "./src/codecs/codecs.ts";
+export type {
+  Codecs,
+  Compressor,
+  Compressors,
+  Decompressor,
+} from "./src/codecs/codecs.ts";
 export { webCodecs };
 export type {
   ConvertOptions,

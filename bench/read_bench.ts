@@ -205,26 +205,11 @@ Deno.bench({
   },
 });
 
-// webCodecs used to wrap DecompressionStream("deflate-raw"), which rejects
-// the bytes that follow each stream when clusters are packed back to back;
-// it now uses the pure-TypeScript inflater (src/codecs/inflate.ts). If it throws
-// on this image, the case is skipped (ignored) rather than failing the run.
-let webZlibOk = true;
-try {
-  await check(zlibFile, textWant, { codecs: webCodecs });
-} catch (e) {
-  webZlibOk = false;
-  console.warn(
-    `webCodecs zlib fails on packed clusters, bench skipped: ${
-      (e as Error).message
-    }`,
-  );
-}
+await check(zlibFile, textWant, { codecs: webCodecs });
 
 Deno.bench({
-  name: "openImage + read 2 MiB zlib (webCodecs, pure TS)",
+  name: "openImage + read 2 MiB zlib (webCodecs, pako)",
   group: "read 2 MiB zlib",
-  ignore: !webZlibOk,
   async fn() {
     await openAndRead(zlibFile, zlibBuffer, { codecs: webCodecs });
   },
@@ -243,8 +228,19 @@ const zstdBuffer = new Uint8Array(READ);
 Deno.bench({
   name: "openImage + read 2 MiB zstd (node:zlib)",
   group: "read 2 MiB zstd",
+  baseline: true,
   async fn() {
     await openAndRead(zstdFile, zstdBuffer);
+  },
+});
+
+await check(zstdFile, textWant, { codecs: webCodecs });
+
+Deno.bench({
+  name: "openImage + read 2 MiB zstd (webCodecs, zstddec WebAssembly)",
+  group: "read 2 MiB zstd",
+  async fn() {
+    await openAndRead(zstdFile, zstdBuffer, { codecs: webCodecs });
   },
 });
 

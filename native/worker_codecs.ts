@@ -28,7 +28,7 @@ import {
   type WorkerReply,
   type WorkerRequest,
 } from "./decompress_worker.ts";
-import { nodeCodecs } from "./zlib.ts";
+import { hasNativeZstd, nodeCodecs } from "./zlib.ts";
 import { clusterDecompressor } from "./zlib_handle.ts";
 
 /**
@@ -391,5 +391,13 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
     script = undefined;
   };
 
-  return { zlib: request("zlib"), zstd: request("zstd"), close };
+  const queued = request("zstd");
+  /** zstd: in the workers where node:zlib has it, else on the fallback. */
+  const zstd: Decompressor = async (input, maxOutput, into) => {
+    if (await hasNativeZstd()) return queued(input, maxOutput, into);
+    return new Promise<Uint8Array>((resolve, reject) =>
+      runFallback("zstd", maxOutput, { input, into, resolve, reject })
+    );
+  };
+  return { zlib: request("zlib"), zstd, close };
 }

@@ -9,8 +9,11 @@
  * @module
  */
 
-import { type Codecs, zstdFrameLength } from "../src/codecs/codecs.ts";
-import { Qcow2Error } from "../src/errors.ts";
+import {
+  type Codecs,
+  webCodecs,
+  zstdFrameLength,
+} from "../src/codecs/codecs.ts";
 import { importNode } from "./node_builtin.ts";
 import {
   type ClusterDecompressor,
@@ -43,12 +46,14 @@ async function decompress(
 }
 
 /**
- * Decompressors backed by `node:zlib`: raw deflate everywhere, zstd where the
- * runtime's `node:zlib` has it (Deno 2.4+, Node 22.15+; elsewhere a zstd
- * image fails with `UNSUPPORTED_COMPRESSION`). zstd input is cut at the end
- * of its frame first, since trailing padding makes `node:zlib` fail. They
- * run synchronously on the calling thread, with one reused handle (see
- * `zlib_handle.ts`).
+ * Codecs backed by `node:zlib`: raw deflate everywhere, and zstd where the
+ * runtime's `node:zlib` has it (Deno 2.4+, Node 22.15+, Bun). Where it has
+ * not (Node 20), zstd falls back to the portable WebAssembly decoder of
+ * {@linkcode webCodecs}, so zstd images read on every runtime. zstd input
+ * is cut at the end of its frame first, since trailing padding makes
+ * `node:zlib` fail. They run synchronously on the calling thread, with one
+ * reused handle (see `zlib_handle.ts`). `compress` is the portable one of
+ * {@linkcode webCodecs}.
  *
  * @example Using the native codecs explicitly
  * ```ts
@@ -63,10 +68,7 @@ export const nodeCodecs: Codecs = {
   zstd: async (input, maxOutput, into) => {
     const zlib = await importNode<ZlibModule>("zlib");
     if (typeof zlib.zstdDecompressSync !== "function") {
-      throw new Qcow2Error(
-        "UNSUPPORTED_COMPRESSION",
-        "Cannot read qcow2 image: it uses zstd compression and this runtime's node:zlib has no zstd (Node.js 22.15 or later has it); pass a zstd decompressor in the 'codecs' option",
-      );
+      return webCodecs.zstd!(input, maxOutput, into);
     }
     return decompress(
       "zstd",
@@ -75,4 +77,25 @@ export const nodeCodecs: Codecs = {
       into,
     );
   },
+  compress: webCodecs.compress,
 };
+
+/**
+ * Whether this runtime's `node:zlib` decompresses zstd (Deno 2.4+, Node
+ * 22.15+, Bun); where it does not, {@linkcode nodeCodecs} uses the portable
+ * decoder.
+ *
+ * @returns `true` when `node:zlib` has `zstdDecompressSync`.
+ *
+ * @example
+ * ```ts
+ * import { hasNativeZstd } from "./zlib.ts";
+ * import { assert } from "@std/assert";
+ *
+ * assert(await hasNativeZstd()); // Deno 2.4 and later
+ * ```
+ */
+export async function hasNativeZstd(): Promise<boolean> {
+  const zlib = await importNode<ZlibModule>("zlib");
+  return typeof zlib.zstdDecompressSync === "function";
+}

@@ -1,11 +1,10 @@
 /**
- * The browser entry, web.ts: built on src/ alone (no node: module, no npm
- * package), the same names as mod.ts but for the Node-bound ones, and the
- * same results with its pure TypeScript codecs.
+ * The browser entry, web.ts: built on src/ and the codec libraries alone
+ * (no node: module), the same names as mod.ts but for the Node-bound ones,
+ * and the same results with its portable codecs.
  */
 import { assert, assertEquals, assertRejects } from "@std/assert";
 import * as web from "../web.ts";
-import { nodeCodecs } from "../mod.ts";
 import { expected, fixture, hex } from "./_reference.ts";
 
 const ROOT = new URL("../", import.meta.url);
@@ -50,15 +49,28 @@ Deno.test("web.ts exports what mod.ts does, but for the node: parts", async () =
   );
 });
 
-Deno.test("web.ts loads only web.ts and src/: no node:, npm: or remote module", async () => {
+/** The npm packages web.ts may load: the portable codecs' libraries. */
+const WEB_PACKAGES = [
+  "npm:/@hpcc-js/wasm-zstd@1.12.5",
+  "npm:/pako@3.0.3",
+  "npm:/zstddec@0.3.4",
+];
+
+Deno.test("web.ts loads only web.ts, src/ and the codec libraries: no node: or remote module", async () => {
   const info = await denoJson(["info", "--json", "web.ts"]) as {
     modules: { specifier: string }[];
+    npmPackages: Record<string, { dependencies: string[] }>;
   };
   const outside = info.modules.map((m) => m.specifier).filter((s) =>
     s !== new URL("web.ts", ROOT).href &&
     !s.startsWith(new URL("src/", ROOT).href)
   );
-  assertEquals(outside, []);
+  assertEquals(outside.sort(), WEB_PACKAGES);
+  // Each package stands alone (no dependencies of its own).
+  for (const name of WEB_PACKAGES) {
+    const pkg = info.npmPackages[name.slice("npm:/".length)];
+    assertEquals(pkg.dependencies, [], name);
+  }
 });
 
 async function rawSha256(
@@ -84,18 +96,15 @@ for (const name of ["zlib.qcow2", "sample.qcow2", "v2_64k.qcow2"]) {
   });
 }
 
-Deno.test("web openImage: zstd needs a codec the caller passes", async () => {
+Deno.test("web openImage: zstd reads with the portable codecs", async () => {
   const file = new Blob([await Deno.readFile(fixture("zstd.qcow2"))]);
   assertEquals((await web.readHeader(file)).compressionType, "zstd");
-  const error = await assertRejects(() => rawSha256(file), web.Qcow2Error);
-  assertEquals(error.code, "UNSUPPORTED_COMPRESSION");
-  assert(nodeCodecs.zstd, "this Deno's node:zlib decompresses zstd");
-  assertEquals(
-    await rawSha256(file, {
-      codecs: { ...web.webCodecs, zstd: nodeCodecs.zstd },
-    }),
-    expected["zstd.qcow2"].sha256,
+  assertEquals(await rawSha256(file), expected["zstd.qcow2"].sha256);
+  const error = await assertRejects(
+    () => rawSha256(file, { codecs: { zlib: web.webCodecs.zlib } }),
+    web.Qcow2Error,
   );
+  assertEquals(error.code, "UNSUPPORTED_COMPRESSION");
 });
 
 Deno.test("web openImage: backing files come through openFile only", async () => {

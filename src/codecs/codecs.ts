@@ -1,13 +1,17 @@
 /**
- * Decompressors for compressed clusters: the injected interface, a portable
- * default built on web streams, and the zstd frame walker both need.
+ * Codecs for compressed clusters: the injected interfaces (decompressors
+ * for readers, compressors for writers) and the portable defaults, built on
+ * well-kept libraries.
  *
  * @module
  */
 
 import { Qcow2Error } from "../errors.ts";
 import type { CompressionType } from "../qcow2/header.ts";
-import { inflateRaw } from "./inflate.ts";
+import { deflateRaw12, inflateRaw } from "./deflate.ts";
+import { zstdCompress, zstdDecompress } from "./zstd.ts";
+
+export { zstdFrameLength } from "./zstd_frame.ts";
 
 /**
  * Decompresses one compressed cluster. `input` may carry bytes after the end
@@ -43,22 +47,78 @@ export type Decompressor = (
 ) => Promise<Uint8Array>;
 
 /**
- * The decompressors an image reader uses, by compression type. A runtime
- * with faster native codecs passes its own (see `nodeCodecs` in `mod.ts`).
+ * Compresses one cluster for a writer. It resolves to the compressed bytes
+ * (a stream that ends by itself: a raw deflate stream, or one zstd frame),
+ * or to `undefined` when they would not fit in `maxOutput` bytes: QEMU then
+ * writes the cluster uncompressed, and so should the caller. It rejects
+ * only on a failure of the codec itself.
  *
- * @example The portable codecs, with zstd added
+ * Rule: QEMU's `qcow2_co_compress` and its callers (block/qcow2-threads.c,
+ * block/qcow2.c `qcow2_co_pwritev_compressed_task`, which passes
+ * `cluster_size - 1` as `maxOutput`).
+ *
+ * @example A compressor that refuses every cluster (all stored uncompressed)
  * ```ts
- * import { type Codecs, nodeCodecs, openImage, Qcow2Error, webCodecs } from "@qcow2/qcow2";
- * import { assertEquals, assertRejects } from "@std/assert";
+ * import { type Compressor, webCodecs } from "@qcow2/qcow2";
+ * import { assert, assertEquals } from "@std/assert";
  *
+ * const never: Compressor = () => Promise.resolve(undefined);
+ * const cluster = new Uint8Array(65536);
+ * assertEquals(await never(cluster, 65535), undefined);
+ * const packed = await webCodecs.compress!.zlib!(cluster, 65535);
+ * assert(packed !== undefined && packed.length < 100);
+ * ```
+ */
+export type Compressor = (
+  input: Uint8Array,
+  maxOutput: number,
+) => Promise<Uint8Array | undefined>;
+
+/**
+ * The compressors a writer uses, by compression type: raw deflate with
+ * QEMU's 12-bit window for `zlib`, one frame per cluster for `zstd`.
+ *
+ * @example Compressing one cluster both ways
+ * ```ts
+ * import { type Compressors, webCodecs } from "@qcow2/qcow2";
+ * import { assert } from "@std/assert";
+ *
+ * const compressors: Compressors = webCodecs.compress!;
+ * const cluster = new TextEncoder().encode("a".repeat(65536));
+ * assert((await compressors.zlib!(cluster, 65535))!.length < 200);
+ * assert((await compressors.zstd!(cluster, 65535))!.length < 200);
+ * ```
+ */
+export interface Compressors {
+  /** Raw deflate, 12-bit window (qcow2 compression type 0, "zlib"). */
+  zlib?: Compressor;
+  /** Zstandard, one frame per cluster (qcow2 compression type 1). */
+  zstd?: Compressor;
+}
+
+/**
+ * The codecs an image reader or writer uses, by compression type:
+ * decompressors for reading, and `compress` for writing. A runtime with
+ * faster native codecs passes its own (see `nodeCodecs` in `mod.ts`).
+ *
+ * @example Counting zstd clusters on top of the portable codecs
+ * ```ts
+ * import { type Codecs, openImage, webCodecs } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * let clusters = 0;
+ * const codecs: Codecs = {
+ *   ...webCodecs,
+ *   zstd: (input, maxOutput, into) => {
+ *     clusters++;
+ *     return webCodecs.zstd!(input, maxOutput, into);
+ *   },
+ * };
  * const bytes = await Deno.readFile(new URL("../../tests/fixtures/zstd.qcow2", import.meta.url));
  * const cluster = new Uint8Array(65536);
- * const portable = await openImage(bytes, { codecs: webCodecs });
- * const error = await assertRejects(() => portable.read(0, cluster), Qcow2Error);
- * assertEquals(error.code, "UNSUPPORTED_COMPRESSION");
- * const codecs: Codecs = { ...webCodecs, zstd: nodeCodecs.zstd };
  * await (await openImage(bytes, { codecs })).read(0, cluster);
  * assertEquals(new TextDecoder().decode(cluster.subarray(0, 8)), "varied-0");
+ * assertEquals(clusters, 1);
  * ```
  */
 export interface Codecs {
@@ -66,84 +126,19 @@ export interface Codecs {
   zlib?: Decompressor;
   /** Zstandard (qcow2 compression type 1). */
   zstd?: Decompressor;
-}
-
-const ZSTD_MAGIC = 0xfd2fb528;
-
-/**
- * The length of the first zstd frame in `input` (with any skippable frames
- * before it), so that what follows it (padding, or the next compressed
- * cluster, which QEMU packs right behind) can be cut before decoding.
- *
- * @param input Bytes that start with a zstd frame.
- * @returns The byte length up to the end of the first frame.
- * @throws {Qcow2Error} `BAD_COMPRESSED_DATA` if a frame is cut short or
- * malformed.
- *
- * @example A frame followed by padding
- * ```ts
- * import { zstdFrameLength } from "./codecs.ts";
- * import { assertEquals } from "@std/assert";
- *
- * // Magic, descriptor (single segment, 1-byte size), size 3, one last raw block.
- * const frame = [0x28, 0xb5, 0x2f, 0xfd, 0x20, 3, 0x19, 0, 0, 97, 98, 99];
- * assertEquals(zstdFrameLength(new Uint8Array([...frame, 0, 0, 0])), 12);
- * ```
- */
-export function zstdFrameLength(input: Uint8Array): number {
-  const view = new DataView(input.buffer, input.byteOffset, input.byteLength);
-  const fail = (why: string) =>
-    new Qcow2Error(
-      "BAD_COMPRESSED_DATA",
-      `Cannot decompress zstd cluster: ${why}`,
-    );
-  let pos = 0;
-  while (pos + 4 <= input.length) {
-    const magic = view.getUint32(pos, true);
-    if ((magic & 0xfffffff0) === 0x184d2a50) {
-      if (pos + 8 > input.length) throw fail("skippable frame cut short");
-      pos += 8 + view.getUint32(pos + 4, true);
-      if (pos > input.length) throw fail("skippable frame cut short");
-      continue;
-    }
-    if (magic !== ZSTD_MAGIC) break;
-    pos += 4;
-    if (pos >= input.length) throw fail("frame header cut short");
-    const fhd = input[pos++];
-    const fcsFlag = fhd >> 6;
-    const singleSegment = (fhd >> 5) & 1;
-    const checksum = (fhd >> 2) & 1;
-    const dictFlag = fhd & 3;
-    if (fhd & 8) throw fail("reserved bit set in frame header");
-    pos += singleSegment ? 0 : 1;
-    pos += [0, 1, 2, 4][dictFlag];
-    pos += [singleSegment ? 1 : 0, 2, 4, 8][fcsFlag];
-    for (;;) {
-      if (pos + 3 > input.length) throw fail("block header cut short");
-      const bh = input[pos] | (input[pos + 1] << 8) | (input[pos + 2] << 16);
-      pos += 3;
-      const last = bh & 1;
-      const type = (bh >> 1) & 3;
-      const size = bh >>> 3;
-      if (type === 3) throw fail("reserved block type");
-      pos += type === 1 ? 1 : size;
-      if (pos > input.length) throw fail("block cut short");
-      if (last) break;
-    }
-    pos += checksum ? 4 : 0;
-    if (pos > input.length) throw fail("checksum cut short");
-    // One frame holds one cluster; what follows may be the next cluster.
-    return pos;
-  }
-  throw fail("no zstd frame found");
+  /** Compressors for writing compressed clusters. */
+  compress?: Compressors;
 }
 
 /**
- * The decompressors available everywhere: raw deflate by the pure TypeScript
- * {@linkcode inflateRaw}, and no zstd. (`DecompressionStream("deflate-raw")`
- * cannot serve: Deno's and Chromium's fail when bytes follow the end of the
- * stream, as they do in qcow2, where compressed clusters are packed back to
- * back.)
+ * The codecs available everywhere, from well-kept libraries: raw deflate by
+ * pako (zlib ported to JavaScript), zstd by WebAssembly builds of the
+ * reference zstd library (`zstddec` to decompress, `@hpcc-js/wasm-zstd` to
+ * compress). Both decompressors stop at the end of the compressed stream
+ * and ignore what follows it, and write at most one cluster. (The browsers'
+ * `DecompressionStream("deflate-raw")` cannot serve: it fails when bytes
+ * follow the end of the stream, as they do in qcow2, where compressed
+ * clusters are packed back to back.)
  *
  * @example Inflating a deflate-raw stream that has bytes after its end
  * ```ts
@@ -157,16 +152,26 @@ export function zstdFrameLength(input: Uint8Array): number {
  * const padded = new Uint8Array(packed.length + 7); // as in an image
  * padded.set(packed);
  * assertEquals(await webCodecs.zlib!(padded, cluster.length), cluster);
- * assertEquals(webCodecs.zstd, undefined); // pass your own for zstd
  * ```
  */
 export const webCodecs: Codecs = {
-  zlib: (input, maxOutput) => {
+  zlib: (input, maxOutput, into) => {
     try {
-      return Promise.resolve(inflateRaw(input, maxOutput));
+      return Promise.resolve(inflateRaw(input, maxOutput, into));
     } catch (e) {
       return Promise.reject(e);
     }
+  },
+  zstd: (input, maxOutput) => zstdDecompress(input, maxOutput),
+  compress: {
+    zlib: (input, maxOutput) => {
+      try {
+        return Promise.resolve(deflateRaw12(input, maxOutput));
+      } catch (e) {
+        return Promise.reject(e);
+      }
+    },
+    zstd: zstdCompress,
   },
 };
 

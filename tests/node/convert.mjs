@@ -3,9 +3,11 @@
 // written through FileHandles, the SHA-256 of the same bytes streamed to a
 // WritableStream, and the summary; or the error's name, code and message.
 //
-// Usage: node convert.mjs BUNDLE (handle|path) SRC DST
-//   handle: open SRC with node:fs/promises and pass fileHandleSource(handle)
-//   path:   pass SRC by path (backing files opened by the library)
+// Usage: node convert.mjs BUNDLE (handle|path|portable) SRC DST
+//   handle:   open SRC with node:fs/promises and pass fileHandleSource(handle)
+//   path:     pass SRC by path (backing files opened by the library)
+//   portable: as handle, with the portable codecs (webCodecs: pako, and
+//             zstd in WebAssembly) instead of node:zlib
 import { createHash } from "node:crypto";
 import { open, readFile } from "node:fs/promises";
 import { pathToFileURL } from "node:url";
@@ -28,13 +30,14 @@ async function fromHandle(run) {
   }
 }
 const withInput = mode === "path" ? (run) => run(src) : fromHandle;
+const options = mode === "portable" ? { codecs: qcow2.webCodecs } : {};
 
 try {
   const output = await open(dst, "w");
   let summary;
   try {
     summary = await withInput((input) =>
-      qcow2.convert(input, qcow2.fileHandleWriter(output))
+      qcow2.convert(input, qcow2.fileHandleWriter(output), options)
     );
   } finally {
     await output.close();
@@ -45,6 +48,7 @@ try {
     qcow2.convert(
       input,
       new WritableStream({ write: (chunk) => void hash.update(chunk) }),
+      options,
     )
   );
   console.log(JSON.stringify({
