@@ -20,11 +20,15 @@
 
 import { parseArgs } from "@std/cli/parse-args";
 import zlib from "node:zlib";
+// The candidates that were not chosen are bench-only: pinned here.
+// deno-lint-ignore no-import-prefix
 import * as fflate from "npm:fflate@0.8.3";
+// deno-lint-ignore no-import-prefix
 import * as fzstd from "npm:fzstd@0.1.1";
-import { ZSTDDecoder } from "npm:zstddec@0.3.4";
-import { Zstd } from "npm:@hpcc-js/wasm-zstd@1.12.5";
+// deno-lint-ignore no-import-prefix
 import * as bokuweb from "npm:@bokuweb/zstd-wasm@0.0.27";
+import { ZSTDDecoder } from "zstddec";
+import { Zstd } from "@hpcc-js/wasm-zstd";
 import { nodeCodecs, openImage } from "../mod.ts";
 import type { Decompressor } from "../src/codecs/codecs.ts";
 import { deflateRaw12, inflateRaw } from "../src/codecs/deflate.ts";
