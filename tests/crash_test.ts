@@ -177,8 +177,24 @@ for (const lazy of [false, true]) {
       await makeImage(`${dir}/made`, lazy);
       await run("cp", [`${dir}/made/base.raw`, `${dir}/base.raw`]);
       const outcomes: Outcome[] = [];
+      const failures: string[] = [];
       for (let k = 0; k < KILLS; k++) {
-        outcomes.push(await crashOnce(dir, FIRST_SEED + k, lazy));
+        try {
+          outcomes.push(await crashOnce(dir, FIRST_SEED + k, lazy));
+        } catch (e) {
+          failures.push(
+            `seed ${FIRST_SEED + k}: ${
+              (e as Error).message.split("\n").slice(0, 3).join(" ")
+            }`,
+          );
+        }
+      }
+      if (failures.length > 0) {
+        throw new Error(
+          `${failures.length} of ${KILLS} kills failed:\n${
+            failures.join("\n")
+          }`,
+        );
       }
       const withLeaks = outcomes.filter((o) => o.leaks > 0);
       console.log(
