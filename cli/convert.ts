@@ -54,14 +54,20 @@ Options:
                   (default 4096, a multiple of 512; 0 writes every byte;
                   suffixes k, M allowed)
   -l SNAPSHOT     convert the disk as it was in an internal snapshot: an ID
-                  or a name, or snapshot.id=ID / snapshot.name=NAME
+                  or a name, or snapshot.id=ID / snapshot.name=NAME. DST
+                  has the snapshot's own size, as 'qemu-img snapshot -a'
+                  restores it, even if the image was resized since
+                  (qemu-img convert -l writes the current size instead,
+                  cutting or padding with zeros)
   --top           convert the top layer alone (what it does not allocate
                   reads as zeros; no backing file is opened)
   -p              show a progress bar on standard error, if it is a terminal
   -q, --quiet     print nothing but errors (overrides -p)
   --json          when done, print a JSON summary on standard output: source,
-                  destination, virtual-size, bytes-written, bytes-skipped,
-                  duration-ms, files-read, ... (not with DST '-')
+                  destination, virtual-size (DST's size: with -l, the
+                  snapshot's), bytes-written, bytes-skipped, duration-ms,
+                  files-read, ... (not with DST '-'); with -l on an image
+                  resized since the snapshot, image-virtual-size too
   -U, --force-share  accepted for qemu-img's sake (images are never locked)
   -h, --help      show this help
 
@@ -163,12 +169,18 @@ export async function main(args: string[]): Promise<number> {
     bar?.end();
   }
   if (flags.json) {
+    // With -l, the output is the snapshot's disk, at its own size; say the
+    // image's when it differs (the image was resized since).
+    const current = (image as { header?: { size?: number } }).header?.size;
+    const resized = snapshot !== undefined && current !== undefined &&
+      current !== summary.virtualSize;
     console.log(JSON.stringify(
       {
         "source": srcPath,
         "destination": dstPath,
         "format": "raw",
         "virtual-size": summary.virtualSize,
+        ...(resized ? { "image-virtual-size": current } : {}),
         "bytes-written": summary.bytesWritten,
         "bytes-skipped": summary.bytesSkipped,
         "sparse-size": sparseSize,

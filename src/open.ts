@@ -161,6 +161,9 @@ export interface OpenOptions {
    * Read this internal snapshot instead of the active state: an ID or a name,
    * or qemu-img's `snapshot.id=ID`, `snapshot.name=NAME` or both
    * (`snapshot.id=ID,snapshot.name=NAME`), see {@linkcode findSnapshot}.
+   * The image then has the snapshot's own virtual size (its `disk_size`
+   * extra data), as `qemu-img snapshot -a` restores it, even if the image
+   * was resized since; `qemu-img convert -l` uses the current size instead.
    */
   snapshot?: string;
   /** The deepest backing chain followed (default 64 layers below the image). */
