@@ -23,6 +23,7 @@ import denoJson from "./deno.json" with { type: "json" };
 import { explain } from "./native/explain.ts";
 import { NAME, UsageError } from "./cli/_args.ts";
 import * as convert from "./cli/convert.ts";
+import * as check from "./cli/check.ts";
 import * as info from "./cli/info.ts";
 import * as map from "./cli/map.ts";
 import { Interrupted, INTERRUPTED_STATUS } from "./cli/_interrupt.ts";
@@ -35,7 +36,7 @@ interface Command {
 }
 
 /** Every command, by name: one line each. */
-const COMMANDS: Record<string, Command> = { info, convert, map };
+const COMMANDS: Record<string, Command> = { info, convert, map, check };
 
 const HELP = `${NAME} ${denoJson.version}: inspect and convert qcow2 disk images
 

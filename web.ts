@@ -149,6 +149,12 @@ export type {
 } from "./src/ops/convert.ts";
 export type { RawSink } from "./src/io/sink.ts";
 export {
+  type CheckOptions,
+  checkQcow2,
+  type CheckResult,
+  DEFAULT_WINDOW_CLUSTERS,
+} from "./src/qcow2/check.ts";
+export {
   type HostAllocation,
   type HostRun,
   type MapEntry,

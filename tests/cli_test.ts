@@ -565,7 +565,7 @@ Deno.test("cli errors say what is wrong and what to do", async () => {
         [],
         ["frob"],
         2,
-        "unknown command 'frob'; the commands are 'info', 'convert', 'map'\nTry 'qcow2 --help'.",
+        "unknown command 'frob'; the commands are 'info', 'convert', 'map', 'check'\nTry 'qcow2 --help'.",
       ],
     ];
     for (const [flags, args, code, message] of cases) {

@@ -1,0 +1,788 @@
+/**
+ * `qemu-img check` for qcow2: the refcounts rebuilt from everything that
+ * references a host cluster, compared with the refcounts on disk, and the
+ * COPIED flags of the active tables checked against them. Follows QEMU
+ * 7.2's `qcow2_check_refcounts` (block/qcow2-refcount.c: `calculate_refcounts`,
+ * `check_refcounts_l1`, `check_refcounts_l2`, `qcow2_inc_refcounts_imrt`,
+ * `check_refblocks`, `compare_refcounts`, `check_oflag_copied`) and
+ * `qcow2_check_bitmaps_refcounts` (block/qcow2-bitmap.c): the same counts,
+ * and the same messages in the same order.
+ *
+ * Memory is bounded whatever the file's size: the rebuilt refcounts of at
+ * most {@linkcode DEFAULT_WINDOW_CLUSTERS} host clusters are held at a time
+ * in one reused array, and the metadata is walked once per window (twice
+ * when there is more than one window, so that messages keep QEMU's order).
+ *
+ * @module
+ */
+
+import { readHeader } from "./header.ts";
+import type { Qcow2Header } from "./header.ts";
+import type { ByteSource } from "../io/source.ts";
+import {
+  COMPRESSED,
+  COPIED,
+  L1_OFFSET_MASK,
+  L1_RESERVED_MASK,
+  L2_OFFSET_MASK,
+  L2_STD_RESERVED_MASK,
+  REFCOUNT_TABLE_OFFSET_MASK,
+  REFCOUNT_TABLE_RESERVED_MASK,
+  ZERO_FLAG,
+} from "./layout.ts";
+import { refcountAt } from "./refcount_reader.ts";
+
+/**
+ * Host clusters whose rebuilt refcounts are held at once (4 bytes each:
+ * 8 MiB).
+ */
+export const DEFAULT_WINDOW_CLUSTERS = 1 << 21;
+
+/** Largest L1 table QEMU accepts, in bytes (`QCOW_MAX_L1_SIZE`). */
+const MAX_L1_BYTES = 32 * 1024 * 1024;
+/** Bitmap table entry bits (`BME_TABLE_ENTRY_*` in qcow2-bitmap.c). */
+const BME_OFFSET_MASK = 0x00fffffffffffe00n;
+const BME_RESERVED_MASK = 0xff000000000001fen;
+const BME_FLAG_ALL_ONES = 1n;
+
+/**
+ * What `qemu-img check` counts (QEMU's `BdrvCheckResult`).
+ *
+ * @example A clean image
+ * ```ts
+ * import { bytesSource, checkQcow2 } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const result = await checkQcow2(bytesSource(bytes));
+ * assertEquals(result.corruptions + result.leaks + result.checkErrors, 0);
+ * assertEquals(result.compressedClusters, 9);
+ * ```
+ */
+export interface CheckResult {
+  /** Errors that kept the check from reading something. */
+  checkErrors: number;
+  /** Refcounts too low, bad entries, references past the end of the file… */
+  corruptions: number;
+  /** Clusters whose refcount is higher than their references. */
+  leaks: number;
+  /** Byte after the last host cluster in use or referenced. */
+  imageEndOffset: number;
+  /** Clusters of the virtual disk. */
+  totalClusters: number;
+  /** Clusters the active L1 table allocates (data, zero with a host cluster, compressed). */
+  allocatedClusters: number;
+  /** Allocated clusters not right after the previous one of their L2 table. */
+  fragmentedClusters: number;
+  /** Compressed clusters of the active L1 table. */
+  compressedClusters: number;
+}
+
+/**
+ * Options of {@linkcode checkQcow2}.
+ *
+ * @example Collecting the messages
+ * ```ts
+ * import type { CheckOptions } from "@qcow2/qcow2";
+ *
+ * const lines: string[] = [];
+ * const options: CheckOptions = { onMessage: (line) => lines.push(line) };
+ * ```
+ */
+export interface CheckOptions {
+  /**
+   * Receives each message qemu-img prints to standard error while checking
+   * ("Leaked cluster 3 refcount=1 reference=0"), without its newline.
+   */
+  onMessage?: (line: string) => void;
+  /** Host clusters whose refcounts are rebuilt at once (default 2 Mi). */
+  windowClusters?: number;
+}
+
+/**
+ * Checks a qcow2 image's refcounts and COPIED flags as `qemu-img check`
+ * does (without repairing anything).
+ *
+ * @param source The image file.
+ * @param options Where messages go; the window size.
+ * @returns The counts.
+ * @throws {Qcow2Error} If the header cannot be read (as opening fails in
+ * qemu-img).
+ *
+ * @example A leaked cluster
+ * ```ts
+ * import { bytesSource, checkQcow2 } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/e2image.qcow2", import.meta.url));
+ * const lines: string[] = [];
+ * const result = await checkQcow2(bytesSource(bytes), { onMessage: (l) => lines.push(l) });
+ * assertEquals(result.leaks, 1);
+ * assertEquals(lines, ["Leaked cluster 3 refcount=1 reference=0"]);
+ * ```
+ */
+export async function checkQcow2(
+  source: ByteSource,
+  options: CheckOptions = {},
+): Promise<CheckResult> {
+  const header = await readHeader(source);
+  return await new Checker(source, header, options).run();
+}
+
+/** Hex as C's `%x`. */
+function x(n: number | bigint): string {
+  return n.toString(16);
+}
+
+/** Hex as C's `%#x`: 0x-prefixed, plain 0 for zero. */
+function hx(n: number | bigint): string {
+  return n === 0 || n === 0n ? "0" : `0x${n.toString(16)}`;
+}
+
+/** One snapshot table entry, as the check reads it. */
+interface SnapshotEntry {
+  id: string;
+  name: string;
+  l1TableOffset: bigint;
+  l1Size: number;
+}
+
+class Checker {
+  #source: ByteSource;
+  #h: Qcow2Header;
+  #cs: number;
+  #bits: number;
+  #csBig: bigint;
+  #fileLength: number;
+  #dataFile: boolean;
+  #extended: boolean;
+  #entryBytes: number;
+  #refcountMax: number;
+  #say: (line: string) => void;
+  #windowClusters: number;
+  #res: CheckResult;
+
+  // The current window: rebuilt refcounts of clusters [from, from + length).
+  #from = 0;
+  #counts: Uint32Array;
+  /** Whether messages are printed and walk-time problems counted. */
+  #emit = true;
+  /** Clusters the image has: the file's, plus one referenced just past it. */
+  #nbClusters: number;
+  #grown = false;
+  /** The number of the current reference in the walk. */
+  #seq = 0;
+  /** Clusters that overflowed in silent windows, by reference number. */
+  #overflows = new Map<number, number[]>();
+  #reftable: BigUint64Array | undefined;
+  #snapshots: SnapshotEntry[] = [];
+  #snapshotsSize = 0;
+
+  constructor(source: ByteSource, header: Qcow2Header, options: CheckOptions) {
+    this.#source = source;
+    this.#h = header;
+    this.#cs = header.clusterSize;
+    this.#bits = header.clusterBits;
+    this.#csBig = BigInt(header.clusterSize);
+    // QEMU counts the file in 512-byte sectors.
+    this.#fileLength = Math.ceil(source.size / 512) * 512;
+    this.#dataFile = header.features.externalDataFile;
+    this.#extended = header.features.extendedL2;
+    this.#entryBytes = this.#extended ? 16 : 8;
+    this.#refcountMax = header.refcountBits >= 32
+      ? 0xffffffff
+      : 2 ** header.refcountBits - 1;
+    this.#say = options.onMessage ?? (() => {});
+    this.#windowClusters = Math.max(
+      1,
+      options.windowClusters ?? DEFAULT_WINDOW_CLUSTERS,
+    );
+    this.#nbClusters = Math.ceil(this.#fileLength / this.#cs);
+    this.#counts = new Uint32Array(
+      Math.min(this.#windowClusters, this.#nbClusters + 1),
+    );
+    this.#res = {
+      checkErrors: 0,
+      corruptions: 0,
+      leaks: 0,
+      imageEndOffset: 0,
+      totalClusters: Math.ceil(
+        Math.ceil(header.size / 512) * 512 / header.clusterSize,
+      ),
+      allocatedClusters: 0,
+      fragmentedClusters: 0,
+      compressedClusters: 0,
+    };
+  }
+
+  async run(): Promise<CheckResult> {
+    await this.#readSnapshotTable();
+    const span = this.#counts.length;
+    // The rebuilt refcounts may reach one cluster past the file's.
+    const windows = Math.ceil((this.#nbClusters + 1) / span);
+    const refblockCounts = new Map<number, number>();
+    if (windows === 1) {
+      this.#from = 0;
+      this.#emit = true;
+      await this.#walk();
+      await this.#refblocks(refblockCounts, true);
+      await this.#compare();
+    } else {
+      // Pass 1: each refcount block's own count, and the overflows of the
+      // later windows, found silently; then the walk's messages with the
+      // first window. Pass 2: the comparison, window by window.
+      for (let w = 1; w <= windows; w++) {
+        this.#load((w % windows) * span);
+        this.#emit = w === windows;
+        await this.#walk();
+        this.#emit = false;
+        await this.#refblocks(refblockCounts, false);
+      }
+      this.#emit = true;
+      await this.#refblocks(refblockCounts, true, true);
+      for (let w = 0; w < windows; w++) {
+        this.#load(w * span);
+        this.#emit = false;
+        await this.#walk();
+        await this.#refblocks(refblockCounts, false);
+        this.#emit = true;
+        await this.#compare();
+      }
+    }
+    await this.#checkCopied();
+    return this.#res;
+  }
+
+  /** Makes the window start at cluster `from`, with no references counted. */
+  #load(from: number): void {
+    this.#from = from;
+    this.#counts.fill(0);
+  }
+
+  #corruption(line: string): void {
+    if (!this.#emit) return;
+    this.#res.corruptions++;
+    this.#say(line);
+  }
+
+  /** Reads `length` bytes at `offset`; what lies past the file reads as 0. */
+  async #read(offset: number, length: number): Promise<Uint8Array> {
+    const bytes = new Uint8Array(length);
+    if (offset < this.#source.size) await this.#source.readAt(offset, bytes);
+    return bytes;
+  }
+
+  /**
+   * QEMU's `qcow2_inc_refcounts_imrt`: one more reference to each host
+   * cluster of `[offset, offset + size)`, unless the range ends a cluster
+   * or more past the end of the file.
+   */
+  #inc(offset: bigint, size: bigint): void {
+    const seq = this.#seq++;
+    if (size <= 0n) return;
+    if (offset + size - BigInt(this.#fileLength) >= this.#csBig) {
+      this.#corruption(
+        `ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset 0x${
+          x(offset)
+        } size 0x${x(size)}`,
+      );
+      return;
+    }
+    const bits = BigInt(this.#bits);
+    const first = Number(offset >> bits);
+    const last = Number((offset + size - 1n) >> bits);
+    if (last >= this.#nbClusters) this.#grown = true;
+    const from = Math.max(first, this.#from);
+    const to = Math.min(last, this.#from + this.#counts.length - 1);
+    for (let k = from; k <= to; k++) {
+      const i = k - this.#from;
+      if (this.#counts[i] >= this.#refcountMax) {
+        if (this.#emit) this.#overflow(k);
+        else if (!this.#overflows.get(seq)?.includes(k)) {
+          this.#overflows.set(seq, [...this.#overflows.get(seq) ?? [], k]);
+        }
+        continue;
+      }
+      this.#counts[i]++;
+    }
+    // Overflows found in later windows, said where QEMU says them.
+    if (this.#emit) {
+      for (const k of this.#overflows.get(seq) ?? []) this.#overflow(k);
+    }
+  }
+
+  #overflow(cluster: number): void {
+    this.#say(`ERROR: overflow cluster offset=0x${x(cluster * this.#cs)}`);
+    this.#say(
+      "Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing",
+    );
+    this.#res.corruptions++;
+  }
+
+  /** The walk of `calculate_refcounts` up to the refcount blocks. */
+  async #walk(): Promise<void> {
+    this.#seq = 0;
+    const h = this.#h;
+    const cs = this.#csBig;
+    this.#inc(0n, cs);
+    await this.#l1(BigInt(h.l1TableOffset), h.l1Size, true);
+    if (this.#dataFile && h.nbSnapshots > 0) {
+      this.#corruption(
+        `ERROR ${h.nbSnapshots} snapshots in image with data file`,
+      );
+    }
+    for (const sn of this.#snapshots) {
+      if (sn.l1TableOffset % cs !== 0n) {
+        this.#corruption(
+          `ERROR snapshot ${sn.id} (${sn.name}) l1_offset=${
+            hx(sn.l1TableOffset)
+          }: L1 table is not cluster aligned; snapshot table entry corrupted`,
+        );
+        continue;
+      }
+      if (sn.l1Size > MAX_L1_BYTES / 8) {
+        this.#corruption(
+          `ERROR snapshot ${sn.id} (${sn.name}) l1_size=${
+            hx(sn.l1Size)
+          }: L1 table is too large; snapshot table entry corrupted`,
+        );
+        continue;
+      }
+      await this.#l1(sn.l1TableOffset, sn.l1Size, false);
+    }
+    this.#inc(BigInt(h.snapshotsOffset), BigInt(this.#snapshotsSize));
+    this.#inc(
+      BigInt(h.refcountTableOffset),
+      BigInt(h.refcountTableClusters) * cs,
+    );
+    const crypto = h.extensions.encryption;
+    if (crypto && crypto.length > 0) {
+      this.#inc(BigInt(crypto.offset), BigInt(crypto.length));
+    }
+    await this.#bitmaps();
+  }
+
+  /** `check_refcounts_l1`. */
+  async #l1(offset: bigint, l1Size: number, active: boolean): Promise<void> {
+    if (l1Size === 0) return;
+    this.#inc(offset, BigInt(l1Size) * 8n);
+    if (offset > BigInt(Number.MAX_SAFE_INTEGER)) return;
+    const table = await this.#read(Number(offset), l1Size * 8);
+    const view = new DataView(table.buffer);
+    for (let i = 0; i < l1Size; i++) {
+      const entry = view.getBigUint64(i * 8);
+      if (entry === 0n) continue;
+      if (entry & L1_RESERVED_MASK) {
+        this.#corruption(
+          `ERROR found L1 entry with reserved bits set: ${x(entry)}`,
+        );
+      }
+      const l2Offset = entry & L1_OFFSET_MASK;
+      this.#inc(l2Offset, this.#csBig);
+      if (l2Offset % this.#csBig !== 0n) {
+        this.#corruption(
+          `ERROR l2_offset=${
+            x(l2Offset)
+          }: Table is not cluster aligned; L1 entry corrupted`,
+        );
+      }
+      await this.#l2(Number(l2Offset), active);
+    }
+  }
+
+  /** `check_refcounts_l2`. */
+  async #l2(l2Offset: number, active: boolean): Promise<void> {
+    const table = await this.#read(l2Offset, this.#cs);
+    const view = new DataView(table.buffer);
+    const words = new Uint32Array(table.buffer);
+    const wpe = this.#entryBytes / 4;
+    const entries = this.#cs / this.#entryBytes;
+    const frag = active && this.#emit;
+    let nextContiguous = 0n;
+    for (let i = 0; i < entries; i++) {
+      if (
+        words[i * wpe] === 0 && words[i * wpe + 1] === 0 &&
+        (wpe === 2 || (words[i * wpe + 2] === 0 && words[i * wpe + 3] === 0))
+      ) {
+        continue; // unallocated, nothing to check
+      }
+      let entry = view.getBigUint64(i * this.#entryBytes);
+      const bitmap = this.#extended
+        ? view.getBigUint64(i * this.#entryBytes + 8)
+        : 0n;
+      const type = this.#clusterType(entry);
+      if (type !== "compressed" && (entry & L2_STD_RESERVED_MASK)) {
+        this.#corruption(
+          `ERROR found l2 entry with reserved bits set: ${x(entry)}`,
+        );
+      }
+      switch (type) {
+        case "compressed": {
+          const shift = BigInt(62 - (this.#bits - 8));
+          const offsetMask = (1n << shift) - 1n;
+          if (entry & COPIED) {
+            this.#corruption(
+              `ERROR: coffset=0x${
+                x(entry & offsetMask)
+              }: copied flag must never be set for compressed clusters`,
+            );
+            entry &= ~COPIED;
+          }
+          if (this.#dataFile) {
+            this.#corruption(
+              `ERROR compressed cluster ${i} with data file, entry=0x${
+                x(entry)
+              }`,
+            );
+            break;
+          }
+          if (bitmap) {
+            this.#corruption(
+              `ERROR compressed cluster ${i} with non-zero subcluster allocation bitmap, entry=0x${
+                x(entry)
+              }`,
+            );
+            break;
+          }
+          const coffset = entry & offsetMask;
+          const sectors = ((entry >> shift) &
+            ((1n << BigInt(this.#bits - 8)) - 1n)) + 1n;
+          this.#inc(coffset, sectors * 512n - (coffset & 511n));
+          if (frag) {
+            this.#res.allocatedClusters++;
+            this.#res.compressedClusters++;
+            this.#res.fragmentedClusters++;
+          }
+          break;
+        }
+        case "zero-alloc":
+        case "normal": {
+          const offset = entry & L2_OFFSET_MASK;
+          if ((bitmap >> 32n) & bitmap) {
+            this.#corruption(
+              `ERROR offset=${
+                x(offset)
+              }: Allocated cluster has corrupted subcluster allocation bitmap`,
+            );
+          }
+          if (offset % this.#csBig !== 0n) {
+            const data = this.#extended
+              ? (bitmap & 0xffffffffn) !== 0n
+              : (entry & ZERO_FLAG) === 0n;
+            this.#corruption(
+              data
+                ? `ERROR offset=${
+                  x(offset)
+                }: Data cluster is not properly aligned; L2 entry corrupted.`
+                : `ERROR offset=${
+                  x(offset)
+                }: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
+            );
+          }
+          if (frag) {
+            this.#res.allocatedClusters++;
+            if (nextContiguous && offset !== nextContiguous) {
+              this.#res.fragmentedClusters++;
+            }
+            nextContiguous = offset + this.#csBig;
+          }
+          if (!this.#dataFile) this.#inc(offset, this.#csBig);
+          break;
+        }
+        case "zero-plain":
+          break;
+        case "unallocated":
+          if (bitmap & 0xffffffffn) {
+            this.#corruption(
+              "ERROR: Unallocated cluster has non-zero subcluster allocation map",
+            );
+          }
+          break;
+      }
+    }
+  }
+
+  /** `qcow2_get_cluster_type`. */
+  #clusterType(
+    entry: bigint,
+  ): "compressed" | "zero-alloc" | "zero-plain" | "unallocated" | "normal" {
+    if (entry & COMPRESSED) return "compressed";
+    if ((entry & ZERO_FLAG) && !this.#extended) {
+      return entry & L2_OFFSET_MASK ? "zero-alloc" : "zero-plain";
+    }
+    if (!(entry & L2_OFFSET_MASK)) {
+      return this.#dataFile && (entry & COPIED) ? "normal" : "unallocated";
+    }
+    return "normal";
+  }
+
+  /** `qcow2_check_bitmaps_refcounts`, with the directory as QEMU reads it. */
+  async #bitmaps(): Promise<void> {
+    const ext = this.#h.extensions.bitmaps;
+    if (!ext || !this.#h.features.bitmaps) return;
+    this.#inc(BigInt(ext.directoryOffset), BigInt(ext.directorySize));
+    const dir = await this.#read(ext.directoryOffset, ext.directorySize);
+    const view = new DataView(dir.buffer);
+    const tables: { offset: bigint; size: number }[] = [];
+    for (let at = 0; at + 24 <= dir.length && tables.length < ext.count;) {
+      const offset = view.getBigUint64(at);
+      const size = view.getUint32(at + 8);
+      const nameSize = view.getUint16(at + 18);
+      const extra = view.getUint32(at + 20);
+      tables.push({ offset, size });
+      at += Math.ceil((24 + extra + nameSize) / 8) * 8;
+    }
+    for (const table of tables) {
+      this.#inc(table.offset, BigInt(table.size) * 8n);
+      if (
+        table.offset % this.#csBig !== 0n ||
+        table.offset > BigInt(Number.MAX_SAFE_INTEGER)
+      ) {
+        if (this.#emit) this.#res.corruptions++;
+        break;
+      }
+      const bytes = await this.#read(Number(table.offset), table.size * 8);
+      const tv = new DataView(bytes.buffer);
+      for (let i = 0; i < table.size; i++) {
+        const entry = tv.getBigUint64(i * 8);
+        const offset = entry & BME_OFFSET_MASK;
+        if (
+          (entry & BME_RESERVED_MASK) ||
+          (offset !== 0n && (entry & BME_FLAG_ALL_ONES)) ||
+          offset % this.#csBig !== 0n
+        ) {
+          if (this.#emit) this.#res.corruptions++;
+          continue;
+        }
+        if (offset !== 0n) this.#inc(offset, this.#csBig);
+      }
+    }
+  }
+
+  /** The refcount table, read once (what lies past the file reads as 0). */
+  async #table(): Promise<BigUint64Array> {
+    if (this.#reftable) return this.#reftable;
+    const entries = this.#h.refcountTableClusters * this.#cs / 8;
+    const bytes = await this.#read(this.#h.refcountTableOffset, entries * 8);
+    const view = new DataView(bytes.buffer);
+    const table = new BigUint64Array(entries);
+    for (let i = 0; i < entries; i++) table[i] = view.getBigUint64(i * 8);
+    return this.#reftable = table;
+  }
+
+  /**
+   * `check_refblocks`: each refcount block counts once and must be
+   * referenced once. `counts` keeps, across windows, what each block's own
+   * count was when it was reached; with `print` the blocks' messages are
+   * said (from `counts` when `stored`).
+   */
+  async #refblocks(
+    counts: Map<number, number>,
+    print: boolean,
+    stored = false,
+  ): Promise<void> {
+    const table = await this.#table();
+    const nb = this.#nbClusters + (this.#grown ? 1 : 0);
+    for (let i = 0; i < table.length; i++) {
+      const raw = table[i];
+      if (raw & REFCOUNT_TABLE_RESERVED_MASK) {
+        if (print) {
+          this.#corruption(
+            `ERROR refcount table entry ${i} has reserved bits set`,
+          );
+        }
+        continue;
+      }
+      const offset = raw & REFCOUNT_TABLE_OFFSET_MASK;
+      if (offset % this.#csBig !== 0n) {
+        if (print) {
+          this.#corruption(
+            `ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`,
+          );
+        }
+        continue;
+      }
+      const cluster = Number(offset >> BigInt(this.#bits));
+      if (cluster >= nb) {
+        if (print) {
+          this.#corruption(`ERROR refcount block ${i} is outside image`);
+        }
+        continue;
+      }
+      if (offset === 0n) continue;
+      let count: number | undefined;
+      if (!stored) {
+        this.#inc(offset, this.#csBig);
+        const k = cluster - this.#from;
+        if (k >= 0 && k < this.#counts.length) {
+          count = this.#counts[k];
+          counts.set(i, count);
+        }
+      } else {
+        count = counts.get(i);
+      }
+      if (print && count !== undefined && count !== 1) {
+        this.#corruption(`ERROR refcount block ${i} refcount=${count}`);
+      }
+    }
+  }
+
+  /** `compare_refcounts` over the window. */
+  async #compare(): Promise<void> {
+    const table = await this.#table();
+    const nb = this.#nbClusters + (this.#grown ? 1 : 0);
+    const end = Math.min(nb, this.#from + this.#counts.length);
+    const order = this.#h.refcountOrder;
+    const per = this.#cs * 8 / this.#h.refcountBits;
+    for (let i = this.#from; i < end;) {
+      const index = Math.floor(i / per);
+      const blockEnd = Math.min(end, (index + 1) * per);
+      let block: Uint8Array | undefined;
+      let failed = false;
+      if (index < table.length) {
+        const offset = table[index] & REFCOUNT_TABLE_OFFSET_MASK;
+        if (offset !== 0n) {
+          if ((offset & (this.#csBig - 1n)) !== 0n) {
+            failed = true;
+            this.#unalignedRefblock(offset, index);
+          } else {
+            block = await this.#read(Number(offset), this.#cs);
+          }
+        }
+      }
+      for (; i < blockEnd; i++) {
+        if (failed) {
+          this.#say(
+            `Can't get refcount for cluster ${i}: Input/output error`,
+          );
+          this.#res.checkErrors++;
+          continue;
+        }
+        const onDisk = block ? refcountAt(block, order, i % per) : 0;
+        const rebuilt = this.#counts[i - this.#from];
+        if (onDisk > 0 || rebuilt > 0) {
+          this.#res.imageEndOffset = (i + 1) * this.#cs;
+        }
+        if (onDisk !== rebuilt) {
+          this.#say(
+            `${
+              onDisk < rebuilt ? "ERROR" : "Leaked"
+            } cluster ${i} refcount=${onDisk} reference=${rebuilt}`,
+          );
+          if (onDisk < rebuilt) this.#res.corruptions++;
+          else this.#res.leaks++;
+        }
+      }
+    }
+    if (this.#res.imageEndOffset === 0) this.#res.imageEndOffset = this.#cs;
+  }
+
+  /** The on-disk refcount of `cluster`, or undefined where QEMU fails. */
+  async #onDisk(cluster: number): Promise<number | undefined> {
+    const table = await this.#table();
+    const per = this.#cs * 8 / this.#h.refcountBits;
+    const index = Math.floor(cluster / per);
+    if (index >= table.length) return 0;
+    const offset = table[index] & REFCOUNT_TABLE_OFFSET_MASK;
+    if (offset === 0n) return 0;
+    if (offset % this.#csBig !== 0n) {
+      this.#unalignedRefblock(offset, index);
+      return undefined;
+    }
+    if (this.#blockIndex !== index) {
+      this.#block = await this.#read(Number(offset), this.#cs);
+      this.#blockIndex = index;
+    }
+    return refcountAt(this.#block!, this.#h.refcountOrder, cluster % per);
+  }
+  #blockIndex = -1;
+  #block: Uint8Array | undefined;
+  #signaled = false;
+
+  /** `qcow2_signal_corruption` of `qcow2_get_refcount`, said once. */
+  #unalignedRefblock(offset: bigint, index: number): void {
+    if (this.#signaled) return;
+    this.#signaled = true;
+    this.#say(
+      `qcow2: Image is corrupt: Refblock offset ${
+        hx(offset)
+      } unaligned (reftable index: ${
+        hx(index)
+      }); further non-fatal corruption events will be suppressed`,
+    );
+  }
+
+  /** `check_oflag_copied`: COPIED iff the refcount is 1, in the active tables. */
+  async #checkCopied(): Promise<void> {
+    const h = this.#h;
+    const l1 = await this.#read(h.l1TableOffset, h.l1Size * 8);
+    const view = new DataView(l1.buffer);
+    for (let i = 0; i < h.l1Size; i++) {
+      const l1Entry = view.getBigUint64(i * 8);
+      const l2Offset = l1Entry & L1_OFFSET_MASK;
+      if (!l2Offset) continue;
+      const refcount = await this.#onDisk(
+        Number(l2Offset >> BigInt(this.#bits)),
+      );
+      // QEMU skips the table when the refcount cannot be read.
+      if (refcount === undefined) continue;
+      if ((refcount === 1) !== ((l1Entry & COPIED) !== 0n)) {
+        this.#res.corruptions++;
+        this.#say(
+          `ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${
+            x(l1Entry)
+          } refcount=${refcount}`,
+        );
+      }
+      const table = await this.#read(Number(l2Offset), this.#cs);
+      const tv = new DataView(table.buffer);
+      const entries = this.#cs / this.#entryBytes;
+      for (let j = 0; j < entries; j++) {
+        const entry = tv.getBigUint64(j * this.#entryBytes);
+        if (entry === 0n) continue;
+        const type = this.#clusterType(entry);
+        if (type !== "normal" && type !== "zero-alloc") continue;
+        const data = entry & L2_OFFSET_MASK;
+        const count = this.#dataFile
+          ? 1
+          : await this.#onDisk(Number(data >> BigInt(this.#bits)));
+        if (count === undefined) continue;
+        if ((count === 1) !== ((entry & COPIED) !== 0n)) {
+          this.#res.corruptions++;
+          this.#say(
+            `ERROR OFLAG_COPIED data cluster: l2_entry=${
+              x(entry)
+            } refcount=${count}`,
+          );
+        }
+      }
+    }
+  }
+
+  /** `qcow2_read_snapshots`: the entries' L1 tables, and the table's size. */
+  async #readSnapshotTable(): Promise<void> {
+    const h = this.#h;
+    let offset = h.snapshotsOffset;
+    const decoder = new TextDecoder();
+    for (let i = 0; i < h.nbSnapshots; i++) {
+      offset = Math.ceil(offset / 8) * 8;
+      const fixed = await this.#read(offset, 40);
+      const v = new DataView(fixed.buffer);
+      const idSize = v.getUint16(12);
+      const nameSize = v.getUint16(14);
+      const extra = v.getUint32(36);
+      offset += 40 + extra;
+      const id = await this.#read(offset, idSize);
+      offset += idSize;
+      const name = await this.#read(offset, nameSize);
+      offset += nameSize;
+      this.#snapshots.push({
+        id: decoder.decode(id),
+        name: decoder.decode(name),
+        l1TableOffset: v.getBigUint64(0),
+        l1Size: v.getUint32(8),
+      });
+    }
+    this.#snapshotsSize = offset - h.snapshotsOffset;
+  }
+}
