@@ -17,6 +17,7 @@
  * @module
  */
 
+import { withJobs } from "../jobs.ts";
 import { type Codecs, webCodecs } from "../codecs/codecs.ts";
 import { type CompressedRead, readCompressedRuns } from "./cluster_reads.ts";
 import {
@@ -295,34 +296,32 @@ export class WritableQcow2Image implements DiskImage {
   }
 
   async #read(position: number, buffer: Uint8Array): Promise<void> {
-    const jobs: Promise<void>[] = [];
     const compressed: CompressedRead[] = [];
-    for (
-      const e of await this.#ownExtents(position, position + buffer.length)
-    ) {
-      const into = buffer.subarray(
-        e.start - position,
-        e.start - position + e.length,
-      );
-      if (e.kind === "data") {
-        jobs.push(this.#readHost(this.#data, e.hostOffset!, into));
-      } else if (e.kind === "compressed") {
-        compressed.push({ extent: e, into });
-      } else if (e.kind === "unallocated" && this.backing) {
-        jobs.push(readBacking(this.backing, e.start, into));
-      } else into.fill(0);
-    }
-    jobs.push(readCompressedRuns(
-      this.#store,
-      compressed,
-      this.#cs,
-      this.#codecs,
-      this.header.compressionType,
-      "qcow2",
-    ));
-    const settled = await Promise.allSettled(jobs);
-    const failed = settled.find((r) => r.status === "rejected");
-    if (failed) throw (failed as PromiseRejectedResult).reason;
+    const extents = await this.#ownExtents(position, position + buffer.length);
+    // Every read settles before the queue moves on: see src/jobs.ts.
+    await withJobs((start) => {
+      for (const e of extents) {
+        const into = buffer.subarray(
+          e.start - position,
+          e.start - position + e.length,
+        );
+        if (e.kind === "data") {
+          start(this.#readHost(this.#data, e.hostOffset!, into));
+        } else if (e.kind === "compressed") {
+          compressed.push({ extent: e, into });
+        } else if (e.kind === "unallocated" && this.backing) {
+          start(readBacking(this.backing, e.start, into));
+        } else into.fill(0);
+      }
+      start(readCompressedRuns(
+        this.#store,
+        compressed,
+        this.#cs,
+        this.#codecs,
+        this.header.compressionType,
+        "qcow2",
+      ));
+    });
   }
 
   async #readHost(
