@@ -131,6 +131,7 @@ export {
   readQcowHeader,
 } from "./src/qcow/image.ts";
 export {
+  checkSnapshotL1,
   findSnapshot,
   readSnapshots,
   type Snapshot,

@@ -20,6 +20,7 @@ import { type ByteSource, readExact } from "./io/source.ts";
 import { openQcow1, type QcowImage } from "./qcow/image.ts";
 import { RawImage } from "./raw.ts";
 import {
+  checkSnapshotL1,
   findSnapshot,
   readSnapshots,
   type Snapshot,
@@ -315,6 +316,7 @@ async function openQcow2Layer(
   let size = Math.floor(header.size / 512) * 512;
   if (options.snapshot !== undefined && chain.depth === 0) {
     snapshot = findSnapshot(snapshots, options.snapshot);
+    checkSnapshotL1(snapshot, header);
     l1Offset = snapshot.l1TableOffset;
     l1Size = snapshot.l1Size;
     size = Math.floor(snapshot.diskSize / 512) * 512;

@@ -13,6 +13,7 @@ import { cli, FIXTURES, tempDir } from "./_reference.ts";
 
 const LAYOUTS = new URL("layouts/", FIXTURES).pathname;
 const TOP = FIXTURES.pathname;
+const DAMAGED = new URL("damaged/", FIXTURES).pathname;
 
 /** qemu-img map's stdout and exit status, run in `cwd`. */
 async function qemuMap(args: string[], cwd: string) {
@@ -59,7 +60,13 @@ async function images(dir: string): Promise<string[]> {
   return names.sort();
 }
 
-for (const [dir, label] of [[TOP, "fixtures"], [LAYOUTS, "layouts"]]) {
+for (
+  const [dir, label] of [
+    [TOP, "fixtures"],
+    [LAYOUTS, "layouts"],
+    [DAMAGED, "damaged (errors included)"],
+  ]
+) {
   Deno.test(`map: every image of ${label} as qemu-img, both forms`, async () => {
     for (const name of await images(dir)) {
       for (const output of ["json", "human"]) {

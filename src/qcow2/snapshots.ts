@@ -65,7 +65,8 @@ const MAX_L1_BYTES = 32 * 1024 * 1024;
  * @param header Its parsed header.
  * @returns The snapshots in table order.
  * @throws {Qcow2Error} `BAD_HEADER` for a table that is too large or runs past
- * the end of the file, `BAD_TABLE_ENTRY` for an invalid entry.
+ * the end of the file, `BAD_TABLE_ENTRY` for an invalid entry. A snapshot's
+ * L1 table is not checked here: see {@linkcode checkSnapshotL1}.
  *
  * @example Listing the snapshots of an image
  * ```ts
@@ -148,23 +149,9 @@ export async function readSnapshots(
       "snapshot table entry",
     );
     const extra = new DataView(tail.buffer, 0, extraSize);
-    const cs = header.clusterSize;
-    if (
-      l1Offset % BigInt(cs) !== 0n || l1Offset > BigInt(Number.MAX_SAFE_INTEGER)
-    ) {
-      throw fail(
-        "BAD_TABLE_ENTRY",
-        i,
-        `has an invalid L1 table offset ${hex(l1Offset)}`,
-      );
-    }
-    if (l1Size > MAX_L1_BYTES / 8) {
-      throw fail(
-        "BAD_TABLE_ENTRY",
-        i,
-        `has an L1 table of ${l1Size} entries, above the 32 MiB limit`,
-      );
-    }
+    // The L1 table is checked only when the snapshot is used
+    // (checkSnapshotL1), as QEMU checks it: a bad one does not stop reading
+    // the active state.
     const u64 = (at: number, field: string) => {
       const value = extra.getBigUint64(at);
       if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
@@ -183,6 +170,7 @@ export async function readSnapshots(
       name: imageName(
         tail.subarray(extraSize + idSize, extraSize + idSize + nameSize),
       ).text,
+      // Past 2^53 the number is inexact, and checkSnapshotL1 refuses it.
       l1TableOffset: Number(l1Offset),
       l1Size,
       vmStateSize: extraSize >= 8 ? u64(0, "a VM state size") : v.getUint32(32),
@@ -266,4 +254,47 @@ export function findSnapshot(snapshots: Snapshot[], wanted: string): Snapshot {
     );
   }
   return found;
+}
+
+/**
+ * Throws unless a snapshot's L1 table can be read: cluster-aligned, at an
+ * exact offset, and at most 32 MiB, as QEMU checks it when a snapshot is
+ * used (`qcow2_validate_table` in `qcow2_snapshot_load_tmp`: "Snapshot L1
+ * table offset invalid", "Snapshot L1 table too large").
+ *
+ * @param snapshot The snapshot about to be read.
+ * @param header The image's header.
+ * @throws {Qcow2Error} `BAD_TABLE_ENTRY`.
+ *
+ * @example An unaligned L1 table offset
+ * ```ts
+ * import { checkSnapshotL1, readHeader, readSnapshots, bytesSource } from "@qcow2/qcow2";
+ * import { assertThrows } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/damaged/snapshot_l1.qcow2", import.meta.url));
+ * const source = bytesSource(bytes);
+ * const header = await readHeader(source);
+ * const [snapshot] = await readSnapshots(source, header);
+ * assertThrows(() => checkSnapshotL1(snapshot, header));
+ * ```
+ */
+export function checkSnapshotL1(snapshot: Snapshot, header: Qcow2Header): void {
+  const offset = snapshot.l1TableOffset;
+  const what = `Cannot read snapshot '${snapshot.name}' (ID ${snapshot.id})`;
+  if (!Number.isSafeInteger(offset) || offset % header.clusterSize !== 0) {
+    throw new Qcow2Error(
+      "BAD_TABLE_ENTRY",
+      `${what}: its L1 table offset ${
+        hex(BigInt(offset))
+      } is invalid (not aligned to a cluster)`,
+      { offset: header.snapshotsOffset },
+    );
+  }
+  if (snapshot.l1Size > MAX_L1_BYTES / 8) {
+    throw new Qcow2Error(
+      "BAD_TABLE_ENTRY",
+      `${what}: its L1 table of ${snapshot.l1Size} entries is above the 32 MiB limit`,
+      { offset: header.snapshotsOffset },
+    );
+  }
 }
