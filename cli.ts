@@ -21,12 +21,13 @@
 
 import denoJson from "./deno.json" with { type: "json" };
 import { explain } from "./native/explain.ts";
-import { NAME, UsageError } from "./cli/_args.ts";
+import { CommandError, NAME, UsageError } from "./cli/_args.ts";
 import * as convert from "./cli/convert.ts";
 import * as check from "./cli/check.ts";
 import * as info from "./cli/info.ts";
 import * as map from "./cli/map.ts";
 import { Interrupted, INTERRUPTED_STATUS } from "./cli/_interrupt.ts";
+import * as measure from "./cli/measure.ts";
 
 /** A command: its `main`, its help text and its line in the command list. */
 interface Command {
@@ -36,7 +37,13 @@ interface Command {
 }
 
 /** Every command, by name: one line each. */
-const COMMANDS: Record<string, Command> = { info, convert, map, check };
+const COMMANDS: Record<string, Command> = {
+  info,
+  convert,
+  map,
+  check,
+  measure,
+};
 
 const HELP = `${NAME} ${denoJson.version}: inspect and convert qcow2 disk images
 
@@ -85,6 +92,12 @@ export async function main(args: string[]): Promise<number> {
     if (e instanceof UsageError) {
       const help = e.command ? `${NAME} ${e.command} --help` : `${NAME} --help`;
       console.error(`${NAME}: ${e.message}\nTry '${help}'.`);
+      return e.status;
+    }
+    if (e instanceof CommandError) {
+      for (const line of e.message.split("\n")) {
+        console.error(`${NAME}: ${line}`);
+      }
       return e.status;
     }
     // The reader of DST '-' went away (`| head`): stop quietly, with the

@@ -136,6 +136,20 @@ export {
   readSnapshots,
   type Snapshot,
 } from "./src/qcow2/snapshots.ts";
+export { type Bitmap, readBitmaps } from "./src/qcow2/bitmaps.ts";
+export {
+  bitmapsSize,
+  type BitmapToMeasure,
+  preallocSize,
+  type Qcow2Geometry,
+  refcountMetadataSize,
+} from "./src/qcow2/measure.ts";
+export {
+  measure,
+  type Measurement,
+  type MeasureOptions,
+  type MeasurePreallocation,
+} from "./src/ops/measure.ts";
 export type {
   Codecs,
   Compressor,
@@ -164,6 +178,7 @@ export {
   mapSize,
 } from "./src/ops/map.ts";
 export {
+  type BitmapInfo,
   formatInfo,
   formatSize,
   type ImageInfo,

@@ -38,6 +38,25 @@ export class UsageError extends Error {
   }
 }
 
+/**
+ * An error a command reports as qemu-img does: each report after the
+ * program's name (a report may go on over more lines, which are printed as
+ * they are), no pointer to the help, and `status` (1).
+ */
+export class CommandError extends Error {
+  /** The reports, each printed after the program's name. */
+  readonly reports: string[];
+  /**
+   * @param reports What is wrong: one report, or qemu-img's several.
+   * @param status The exit status.
+   */
+  constructor(reports: string | string[], readonly status: number = 1) {
+    const list = typeof reports === "string" ? [reports] : reports;
+    super(list.join("\n"));
+    this.reports = list;
+  }
+}
+
 /** The options of a command, as parseArgs gives them. */
 export type Flags = ReturnType<typeof parseArgs>;
 
@@ -279,8 +298,11 @@ export function parse(
   if (spec.output) {
     const output = flags.output as string | undefined;
     if (output !== undefined && output !== "human" && output !== "json") {
-      // qemu-img's words.
-      throw error("--output must be used with human or json as argument.");
+      // qemu-img's words, without a pointer to the help, as qemu-img.
+      throw new CommandError(
+        "--output must be used with human or json as argument.",
+        status === 2 ? 2 : 1,
+      );
     }
     if (output !== undefined && flags.json && output !== "json") {
       throw error("--json and --output=human say two things: choose one");
@@ -491,4 +513,38 @@ export function parseBytes(
     g: 1024 ** 3,
   }[m[2].toLowerCase()]!;
   return Number(m[1]) * scale;
+}
+
+/**
+ * Parses a size as QEMU's `qemu_strtosz` does: decimal digits (or `0x` hex,
+ * without fraction or suffix), an optional fraction when a suffix follows,
+ * and an optional suffix B, K, M, G, T, P or E (powers of 1024, any case).
+ * Leading white space is skipped.
+ *
+ * @param text The size as written.
+ * @returns The bytes, or `"invalid"` for text that is no size, `"range"`
+ * for a size of 2^64 bytes or more.
+ */
+export function qemuSize(text: string): bigint | "invalid" | "range" {
+  const m = /^\s*\+?(?:(0[xX][0-9a-fA-F]+)|(\d+)(\.\d*)?)([bBkKmMgGtTpPeE]?)$/
+    .exec(text);
+  if (!m) return "invalid";
+  const [, hexDigits, whole, fraction, suffix] = m;
+  if (hexDigits !== undefined) {
+    if (suffix !== "") return "invalid";
+    const value = BigInt(hexDigits);
+    return value >= 1n << 64n ? "range" : value;
+  }
+  const power = "bkmgtpe".indexOf(suffix.toLowerCase());
+  const scale = 1024n ** BigInt(Math.max(power, 0));
+  const frac = fraction && fraction.length > 1 ? fraction.slice(1) : "";
+  if (scale === 1n && /[1-9]/.test(frac)) return "invalid";
+  let value = BigInt(whole) * scale;
+  if (frac) {
+    // 64.64 fixed point as QEMU, rounding half up.
+    const denominator = 10n ** BigInt(frac.length);
+    const fixed = (BigInt(frac) << 64n) / denominator;
+    value += (fixed * scale + (1n << 63n)) >> 64n;
+  }
+  return value >= 1n << 64n ? "range" : value;
 }

@@ -8,6 +8,7 @@
 
 import {
   type DiskImage,
+  type OpenedFile,
   openImage,
   type OpenOptions,
   openPath,
@@ -25,9 +26,21 @@ export interface OpenedInput {
   format: FormatName;
 }
 
+/** How {@linkcode openInput} opens a file. */
+export interface InputOpening {
+  /** Opens the image file itself (default: {@linkcode openPath}). */
+  openTop?: (path: string) => Promise<OpenedFile>;
+  /**
+   * Read a file without the qcow magic as raw, as qemu-img does (info and
+   * convert refuse it instead).
+   */
+  probeRaw?: boolean;
+}
+
 /**
  * Opens the image at `path` in `format` (probed when undefined), its backing
- * chain and data file through `options.openFile` (default: {@linkcode openPath}).
+ * chain and data file through `options.openFile` (default: {@linkcode openPath}),
+ * the file itself with `how.openTop` (default: {@linkcode openPath}).
  *
  * @throws {Qcow2Error} `BAD_MAGIC` or `UNSUPPORTED_VERSION` when the file is
  * not of the format asked for, and whatever opening the image throws.
@@ -36,12 +49,16 @@ export async function openInput(
   path: string,
   format: FormatName | undefined,
   options: OpenOptions = {},
+  how: InputOpening = {},
 ): Promise<OpenedInput> {
-  const file = await openPath(path);
+  const file = await (how.openTop ?? openPath)(path);
   try {
     const start = new Uint8Array(Math.min(8, file.size));
     await file.readAt(0, start);
     const probed = probeFormat(start);
+    if (format === undefined && probed === "raw" && how.probeRaw) {
+      format = "raw";
+    }
     if (format === "raw") {
       if (options.snapshot !== undefined) {
         throw new Qcow2Error(

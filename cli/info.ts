@@ -13,12 +13,14 @@ import {
   Qcow2Error,
   qcowInfo,
   rawInfo,
+  readBitmaps,
   readHeader,
   readQcowHeader,
   readSnapshots,
   resolveName,
 } from "../mod.ts";
 import { InFile } from "../native/explain.ts";
+import { qemuJson } from "./_json.ts";
 import { requireRead } from "../native/output.ts";
 import {
   type CommandSpec,
@@ -119,7 +121,7 @@ export async function main(args: string[]): Promise<number> {
   if (flags.quiet) return 0;
   if (flags.json) {
     const value = flags["backing-chain"] ? reports : reports[0];
-    console.log(JSON.stringify(value, null, 4));
+    console.log(qemuJson(value));
   } else {
     const text = reports.map(formatInfo).join("\n");
     await Deno.stdout.write(new TextEncoder().encode(text));
@@ -165,6 +167,7 @@ async function describe(
   const snapshots = header.nbSnapshots > 0
     ? await readSnapshots(source, header)
     : [];
+  const bitmaps = header.version === 3 ? await readBitmaps(source, header) : [];
   const full = header.backingFile !== undefined
     ? resolveName(path, header.backingFile)
     : undefined;
@@ -172,6 +175,7 @@ async function describe(
     report: imageInfo(header, path, {
       actualSize,
       snapshots,
+      bitmaps,
       fullBackingFilename: full,
     }),
     next: full !== undefined

@@ -76,7 +76,9 @@ export type Qcow2ErrorCode =
    * would underflow, an invalid entry): the image is marked corrupt, as
    * QEMU's qcow2_signal_corruption does, and no more is written.
    */
-  | "CORRUPT";
+  | "CORRUPT"
+  /** The persistent dirty bitmap directory breaks the format's constraints. */
+  | "BAD_BITMAP_DIRECTORY";
 
 /**
  * Options for {@linkcode Qcow2Error}.

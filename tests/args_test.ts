@@ -4,6 +4,7 @@
  */
 import { assertEquals, assertStringIncludes, assertThrows } from "@std/assert";
 import {
+  CommandError,
   imageFormat,
   parse,
   QEMU_IMG_OPTIONS,
@@ -39,7 +40,7 @@ Deno.test("parse: -f, -U, --output and --json", () => {
   ]);
   const e = assertThrows(
     () => parse("x", ["--output=xml"], spec),
-    UsageError,
+    CommandError,
   );
   assertEquals(
     e.message,

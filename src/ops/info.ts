@@ -19,6 +19,7 @@ import {
 } from "../qcow2/header.ts";
 import type { QcowHeader } from "../qcow/image.ts";
 import type { Snapshot } from "../qcow2/snapshots.ts";
+import type { Bitmap } from "../qcow2/bitmaps.ts";
 
 /**
  * The `format-specific.data` object of `qemu-img info` for qcow2.
@@ -33,12 +34,12 @@ import type { Snapshot } from "../qcow2/snapshots.ts";
  * assertEquals(data, {
  *   compat: "1.1",
  *   "compression-type": "zlib",
- *   "refcount-bits": 16,
  *   "lazy-refcounts": false,
- *   corrupt: false,
- *   "extended-l2": false,
+ *   "refcount-bits": 16,
  *   "data-file": "ext_raw.data",
  *   "data-file-raw": true,
+ *   corrupt: false,
+ *   "extended-l2": false,
  * });
  * ```
  */
@@ -49,6 +50,8 @@ export interface Qcow2SpecificInfo {
   "compression-type": string;
   /** Compatible bit 0 (version 3 only). */
   "lazy-refcounts"?: boolean;
+  /** The persistent dirty bitmaps (version 3 only, when there are any). */
+  bitmaps?: BitmapInfo[];
   /** Refcount width in bits. */
   "refcount-bits": number;
   /** Incompatible bit 1 (version 3 only). */
@@ -59,6 +62,31 @@ export interface Qcow2SpecificInfo {
   "data-file"?: string;
   /** Autoclear bit 1, when there is an external data file. */
   "data-file-raw"?: boolean;
+}
+
+/**
+ * One persistent dirty bitmap as `qemu-img info --output=json` lists it in
+ * `format-specific.data.bitmaps` (QEMU's `Qcow2BitmapInfo`).
+ *
+ * @example The bitmaps of an image
+ * ```ts
+ * import { bytesSource, imageInfo, parseHeader, readBitmaps } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/bitmaps/bitmaps.qcow2", import.meta.url));
+ * const header = parseHeader(bytes);
+ * const bitmaps = await readBitmaps(bytesSource(bytes), header);
+ * const info = imageInfo(header, "bitmaps.qcow2", { bitmaps });
+ * assertEquals(info["format-specific"]?.data.bitmaps?.[0], { flags: ["in-use", "auto"], name: "b0", granularity: 65536 });
+ * ```
+ */
+export interface BitmapInfo {
+  /** `"in-use"` (its data is stale) and `"auto"` (QEMU keeps it up to date), as set. */
+  flags: ("in-use" | "auto")[];
+  /** The bitmap's name. */
+  name: string;
+  /** Guest bytes per bit. */
+  granularity: number;
 }
 
 /**
@@ -223,6 +251,8 @@ export interface InfoExtras {
   snapshots?: readonly Snapshot[];
   /** The backing file name resolved against the image's directory. */
   fullBackingFilename?: string;
+  /** The persistent dirty bitmaps (from `readBitmaps`); listed for version 3. */
+  bitmaps?: readonly Bitmap[];
 }
 
 /**
@@ -262,19 +292,32 @@ export function imageInfo(
 ): ImageInfo {
   checkKnownFeatures(header);
   const v3 = header.version === 3;
-  const data: Qcow2SpecificInfo = {
+  // Keys in the order qemu-img 7.2 prints them.
+  const data = {
     compat: v3 ? "1.1" : "0.10",
     "compression-type": header.compressionType,
-    "refcount-bits": header.refcountBits,
-  };
+  } as Qcow2SpecificInfo;
   if (v3) {
     data["lazy-refcounts"] = header.features.lazyRefcounts;
-    data.corrupt = header.features.corrupt;
-    data["extended-l2"] = header.features.extendedL2;
+    if (extras.bitmaps?.length) {
+      data.bitmaps = extras.bitmaps.map((b) => ({
+        flags: [
+          ...(b.inUse ? ["in-use" as const] : []),
+          ...(b.auto ? ["auto" as const] : []),
+        ],
+        name: b.name,
+        granularity: b.granularity,
+      }));
+    }
+  }
+  data["refcount-bits"] = header.refcountBits;
+  if (v3) {
     if (header.extensions.externalDataFile !== undefined) {
       data["data-file"] = header.extensions.externalDataFile;
       data["data-file-raw"] = header.features.rawExternalData;
     }
+    data.corrupt = header.features.corrupt;
+    data["extended-l2"] = header.features.extendedL2;
   }
   // Keys in the order qemu-img prints them.
   const info: ImageInfo = {
@@ -525,6 +568,17 @@ export function formatInfo(info: ImageInfo): string {
     lines.push(`    compression type: ${d["compression-type"]}`);
     if (d["lazy-refcounts"] !== undefined) {
       lines.push(`    lazy refcounts: ${d["lazy-refcounts"]}`);
+    }
+    if (d.bitmaps) {
+      lines.push("    bitmaps:");
+      d.bitmaps.forEach((b, i) => {
+        lines.push(`        [${i}]:`, "            flags:");
+        b.flags.forEach((f, j) => lines.push(`                [${j}]: ${f}`));
+        lines.push(
+          `            name: ${b.name}`,
+          `            granularity: ${b.granularity}`,
+        );
+      });
     }
     lines.push(`    refcount bits: ${d["refcount-bits"]}`);
     if (d["data-file"] !== undefined) {

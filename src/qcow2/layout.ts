@@ -221,6 +221,25 @@ export const BITMAPS_EXTENSION = {
 } as const satisfies Record<string, Field>;
 
 /**
+ * The fixed part of a bitmap directory entry (24 bytes), followed by extra
+ * data and the name, the whole padded to 8 bytes.
+ * Source: `docs/interop/qcow2.txt` "Bitmap directory"; `Qcow2BitmapDirEntry`.
+ */
+export const BITMAP_DIRECTORY_ENTRY = {
+  bitmapTableOffset: { name: "bitmap_table_offset", offset: 0, size: 8 },
+  bitmapTableSize: { name: "bitmap_table_size", offset: 8, size: 4 },
+  flags: { name: "flags", offset: 12, size: 4 },
+  type: { name: "type", offset: 16, size: 1 },
+  granularityBits: { name: "granularity_bits", offset: 17, size: 1 },
+  nameSize: { name: "name_size", offset: 18, size: 2 },
+  extraDataSize: { name: "extra_data_size", offset: 20, size: 4 },
+} as const satisfies Record<string, Field>;
+/** Size of the fixed part of a bitmap directory entry. */
+export const BITMAP_DIRECTORY_ENTRY_SIZE = 24;
+/** Bitmap directory entry flags (bit 0 `in_use`, bit 1 `auto`); others are reserved. */
+export const BITMAP_FLAGS = { inUse: 1, auto: 2 } as const;
+
+/**
  * Fields of the full disk encryption extension's data (16 bytes).
  * Source: `docs/interop/qcow2.txt` "Full disk encryption header pointer".
  */
