@@ -77,7 +77,7 @@ export interface Qcow2SpecificInfo {
  * const header = parseHeader(bytes);
  * const bitmaps = await readBitmaps(bytesSource(bytes), header);
  * const info = imageInfo(header, "bitmaps.qcow2", { bitmaps });
- * assertEquals(info["format-specific"]?.data.bitmaps?.[0], { flags: ["in-use", "auto"], name: "b0", granularity: 65536 });
+ * assertEquals(info["format-specific"]?.data.bitmaps?.[0], { flags: ["in-use", "auto"], name: "b0", granularity: 16384 });
  * ```
  */
 export interface BitmapInfo {

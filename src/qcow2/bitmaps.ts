@@ -43,8 +43,8 @@ const TABLE_ENTRY_ALL_ONES = 1n;
  * const bytes = await Deno.readFile(new URL("../../tests/fixtures/bitmaps/bitmaps.qcow2", import.meta.url));
  * const bitmaps = await readBitmaps(bytesSource(bytes), parseHeader(bytes));
  * assertEquals(bitmaps.map((b) => [b.name, b.granularity, b.inUse, b.auto]), [
- *   ["b0", 65536, true, true],
- *   ["off", 65536, false, false],
+ *   ["b0", 16384, true, true], // the default granularity: one cluster
+ *   ["off", 16384, false, false],
  *   ["fine", 512, false, true],
  *   ["été", 1048576, false, true],
  * ]);
