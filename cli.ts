@@ -24,6 +24,7 @@ import { explain } from "./native/explain.ts";
 import { CommandError, NAME, UsageError } from "./cli/_args.ts";
 import * as convert from "./cli/convert.ts";
 import * as check from "./cli/check.ts";
+import * as create from "./cli/create.ts";
 import * as info from "./cli/info.ts";
 import * as map from "./cli/map.ts";
 import { Interrupted, INTERRUPTED_STATUS } from "./cli/_interrupt.ts";
@@ -40,6 +41,7 @@ interface Command {
 const COMMANDS: Record<string, Command> = {
   info,
   convert,
+  create,
   map,
   check,
   measure,

@@ -66,6 +66,13 @@ import { openPathWritable } from "./native/writable_file.ts";
 import type { QcowImage } from "./src/qcow/image.ts";
 import { type RawSink, toRawSink } from "./src/io/sink.ts";
 import { nodeCodecs } from "./native/zlib.ts";
+import { nodeCompressors } from "./native/compress.ts";
+import {
+  convertToQcow2Destination,
+  type ConvertToQcow2Options,
+  type ConvertToQcow2Summary,
+  type Qcow2Destination,
+} from "./src/ops/convert_qcow2.ts";
 import { openDenoFile } from "./native/deno_file.ts";
 import { importNode } from "./native/node_builtin.ts";
 
@@ -446,6 +453,88 @@ export async function convert(
       await toRawSink(dst, options.signal),
       options,
     );
+  } finally {
+    if (opened) image.close();
+  }
+}
+
+export {
+  CREATE_OPTIONS_HELP,
+  type CreateOptions,
+  optionsFromText,
+  type OptionText,
+  parseSize,
+  type Preallocation,
+  resolveCreateOptions,
+  type ResolvedCreateOptions,
+  splitOptions,
+} from "./src/qcow2/create_options.ts";
+export {
+  type CreatedImage,
+  createImage,
+  type MemoryTarget,
+  memoryTarget,
+} from "./src/ops/create.ts";
+export {
+  type ClusterWrite,
+  type ImageTarget,
+  Qcow2Writer,
+} from "./src/qcow2/writer.ts";
+export type { ClusterKind } from "./src/qcow2/placement.ts";
+export type { Compressor, Compressors } from "./src/codecs/compress.ts";
+export type {
+  ConvertToQcow2Options,
+  ConvertToQcow2Summary,
+  Qcow2Destination,
+} from "./src/ops/convert_qcow2.ts";
+export {
+  type CompressSettings,
+  makeNodeCompressors,
+  nodeCompressors,
+} from "./native/compress.ts";
+
+/**
+ * Converts an image to qcow2, as `qemu-img convert -O qcow2` does (see
+ * {@linkcode ConvertToQcow2Options}), compressing with `node:zlib` unless
+ * `compressors` says otherwise. Into an {@linkcode ImageTarget} or a
+ * seekable file (a `Deno.FsFile` open for writing) the metadata is written
+ * once the data is; into a `WritableStream` the image goes front to back,
+ * metadata first, and the source is read twice.
+ *
+ * @param src The source: a path, bytes, a `Blob`, a {@linkcode ByteSource},
+ * a seekable file, or an open image (left open).
+ * @param dst Where the image goes.
+ * @param options The new image's options, the conversion's, and those of
+ * {@linkcode openImage}.
+ * @returns What was written.
+ * @throws {Qcow2Error} For an invalid source or refused options.
+ *
+ * @example A compressed copy of an image, in memory
+ * ```ts
+ * import { convertToQcow2, memoryTarget, openImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const target = memoryTarget();
+ * const summary = await convertToQcow2("tests/fixtures/zlib.qcow2", target, { compress: true });
+ * assertEquals(summary.compressedClusters, 9);
+ * const image = await openImage(target.bytes());
+ * assertEquals(image.size, 2 * 1024 * 1024);
+ * ```
+ */
+export async function convertToQcow2(
+  src: ImageInput | string | DiskImage,
+  dst: Qcow2Destination,
+  options: ConvertToQcow2Options & OpenOptions = {},
+): Promise<ConvertToQcow2Summary> {
+  const opened = typeof src === "string" || !("extents" in src);
+  const image = opened
+    ? await openImage(src, { l2CacheBytes: CONVERT_L2_CACHE_BYTES, ...options })
+    : src;
+  try {
+    return await convertToQcow2Destination(image, dst, {
+      ...options,
+      compressors: options.compressors ?? nodeCompressors,
+    });
   } finally {
     if (opened) image.close();
   }

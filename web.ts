@@ -60,6 +60,14 @@ import type { QcowImage } from "./src/qcow/image.ts";
 import { type RawSink, toRawSink } from "./src/io/sink.ts";
 import { webCodecs } from "./src/codecs/codecs.ts";
 import {
+  convertToQcow2Destination,
+  type ConvertToQcow2Options,
+  type ConvertToQcow2Summary,
+  type Qcow2Destination,
+} from "./src/ops/convert_qcow2.ts";
+import { RawImage } from "./src/raw.ts";
+import { Qcow2Error } from "./src/errors.ts";
+import {
   openWritable,
   toByteStore,
   type WritableInput,
@@ -362,4 +370,93 @@ export async function convert(
   } finally {
     if (opened) image.close();
   }
+}
+
+export {
+  CREATE_OPTIONS_HELP,
+  type CreateOptions,
+  optionsFromText,
+  type OptionText,
+  parseSize,
+  type Preallocation,
+  resolveCreateOptions,
+  type ResolvedCreateOptions,
+  splitOptions,
+} from "./src/qcow2/create_options.ts";
+export {
+  type CreatedImage,
+  createImage,
+  type MemoryTarget,
+  memoryTarget,
+} from "./src/ops/create.ts";
+export {
+  type ClusterWrite,
+  type ImageTarget,
+  Qcow2Writer,
+} from "./src/qcow2/writer.ts";
+export type { ClusterKind } from "./src/qcow2/placement.ts";
+export type { Compressor, Compressors } from "./src/codecs/compress.ts";
+export type {
+  ConvertToQcow2Options,
+  ConvertToQcow2Summary,
+  Qcow2Destination,
+} from "./src/ops/convert_qcow2.ts";
+
+/**
+ * Converts an image to qcow2, as `qemu-img convert -O qcow2` does (see
+ * {@linkcode ConvertToQcow2Options}). Into an {@linkcode ImageTarget} or a
+ * seekable file the metadata is written once the data is; into a
+ * `WritableStream` the image goes front to back (metadata first), and the
+ * source is read twice. A source that is no qcow2 or qcow image is read as
+ * raw. Compression needs `compressors`: the portable face has none of its
+ * own.
+ *
+ * @param src The source: a `Blob`, bytes, a {@linkcode ByteSource}, a
+ * seekable file, or an open image (left open).
+ * @param dst Where the image goes.
+ * @param options The new image's options, the conversion's, and those of
+ * {@linkcode openImage}.
+ * @returns What was written.
+ * @throws {Qcow2Error} For an invalid source or refused options.
+ *
+ * @example Re-packing an image with 4 KiB clusters, in memory
+ * ```ts
+ * import { convertToQcow2, memoryTarget, openImage } from "@qcow2/qcow2/web";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const target = memoryTarget();
+ * await convertToQcow2(new Blob([bytes]), target, { clusterSize: 4096 });
+ * const image = await openImage(target.bytes());
+ * assertEquals(image.size, 4 * 1024 * 1024);
+ * ```
+ */
+export async function convertToQcow2(
+  src: ImageInput | DiskImage,
+  dst: Qcow2Destination,
+  options: ConvertToQcow2Options & OpenOptions = {},
+): Promise<ConvertToQcow2Summary> {
+  const opened = !("extents" in src);
+  const image = opened ? await openSource(src, options) : src;
+  try {
+    return await convertToQcow2Destination(image, dst, options);
+  } finally {
+    if (opened) image.close();
+  }
+}
+
+/** Opens `src` as an image, or as a raw disk if it is no qcow2 or qcow image. */
+async function openSource(
+  src: ImageInput,
+  options: OpenOptions,
+): Promise<DiskImage> {
+  try {
+    return await openImage(src, {
+      l2CacheBytes: CONVERT_L2_CACHE_BYTES,
+      ...options,
+    });
+  } catch (e) {
+    if (!(e instanceof Qcow2Error) || e.code !== "BAD_MAGIC") throw e;
+  }
+  return new RawImage(await toByteSource(src));
 }

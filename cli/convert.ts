@@ -28,28 +28,43 @@ import {
 import { openInput } from "./_open.ts";
 import { interruptible } from "./_interrupt.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
+import { convertToQcow2Command } from "./_convert_qcow2.ts";
+import { CREATE_OPTIONS_HELP } from "../mod.ts";
 
 /** One line for the command list of `qcow2 --help`. */
-export const summary = "convert an image to a raw disk image";
+export const summary = "convert an image to a raw disk image or a qcow2 image";
 
 /** The options `convert` takes beyond those of every command. */
 const SPEC: CommandSpec = {
-  boolean: ["p", "top", "json"],
-  string: ["O", "S", "l"],
+  boolean: ["p", "top", "json", "c"],
+  string: ["O", "S", "l", "B", "F"],
+  list: ["o"],
 };
 
 /** The command's help text. */
 export const usage =
-  `Usage: ${NAME} convert [-f FMT] [-O raw] [-S BYTES] [-l SNAPSHOT] [--top] [-p] [-q] [--json] SRC DST
+  `Usage: ${NAME} convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-B BACKING [-F FMT]]
+                     [-S BYTES] [-l SNAPSHOT] [--top] [-p] [-q] [--json] SRC DST
 
 Convert a qcow2 (or legacy qcow) image to a sparse raw disk image, with its
-whole backing chain flattened in. DST '-' streams the raw bytes to standard
-output (every byte written, holes as zeros; not to a terminal). Like
+whole backing chain flattened in, or any image we read (qcow2, qcow, raw) to
+a new qcow2 image. DST '-' streams the output to standard output (raw: every
+byte, holes as zeros; qcow2: a complete image, metadata first, the source
+read twice, as QEMU's qcow2-to-stdout.py; never to a terminal). Like
 'qemu-img convert', it prints nothing when it succeeds.
 
 Options:
   -f FMT          read SRC as FMT (qcow2, qcow or raw) instead of probing
-  -O FORMAT       output format; only 'raw' (the default)
+  -O FORMAT       output format: 'raw' (the default) or 'qcow2'
+  -c              (qcow2) compress every cluster that is not all zeros, on
+                  every core; the output is the same bytes whatever the
+                  number of cores
+  -o OPTIONS      (qcow2) image options as for 'create': cluster_size,
+                  compat, refcount_bits, extended_l2, compression_type,
+                  lazy_refcounts, backing_file, backing_fmt; '-o help'
+  -B BACKING      (qcow2) the new image's backing file: only what the top
+                  layer of SRC allocates is written
+  -F FMT          (qcow2) the format of -B's file (qcow2, raw...): required
   -S BYTES        leave aligned all-zero runs of this size as holes
                   (default 4096, a multiple of 512; 0 writes every byte;
                   suffixes k, M allowed)
@@ -88,10 +103,22 @@ export async function main(args: string[]): Promise<number> {
   const srcFormat = imageFormat(flags.format, "-f", "convert");
   const snapshot = snapshotParam(flags.l, "convert");
   const format = flags.O ?? "raw";
-  if (format !== "raw") {
+  if (format !== "raw" && format !== "qcow2") {
     throw usageError(
-      `output format '${format}' is not supported; only 'raw' is`,
+      `output format '${format}' is not supported; 'raw' and 'qcow2' are`,
     );
+  }
+  const optionText = flags.o as string | undefined;
+  if (format === "qcow2" && (optionText === "help" || optionText === "?")) {
+    console.log(CREATE_OPTIONS_HELP);
+    return 0;
+  }
+  if (
+    format === "raw" &&
+    (flags.c || optionText !== undefined || flags.B !== undefined ||
+      flags.F !== undefined)
+  ) {
+    throw usageError("-c, -o, -B and -F need -O qcow2");
   }
   const sparseSize = flags.S === undefined
     ? 4096
@@ -115,6 +142,16 @@ export async function main(args: string[]): Promise<number> {
     throw usageError(
       "--json prints its summary on standard output, which DST '-' fills with the image; give DST a file name",
     );
+  }
+  if (format === "qcow2") {
+    return await convertToQcow2Command({
+      flags,
+      srcPath,
+      dstPath,
+      srcFormat,
+      snapshot,
+      sparseSize,
+    });
   }
   if (dstPath === "-" && Deno.stdout.isTerminal()) {
     throw usageError(

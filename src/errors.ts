@@ -66,6 +66,8 @@ export type Qcow2ErrorCode =
   | "ABORTED"
   /** A caller-supplied argument is out of range. */
   | "BAD_ARGUMENT"
+  /** An image creation option is unknown, malformed, or in a combination qemu-img refuses. */
+  | "BAD_OPTION"
   /**
    * The image cannot be opened for writing: qcow v1, the corrupt bit set,
    * encrypted, or a read-only file.

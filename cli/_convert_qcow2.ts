@@ -1,0 +1,210 @@
+/**
+ * `qcow2 convert -O qcow2`: any image we read, to a new qcow2 image (a file
+ * renamed into place on success, or a stream on standard output).
+ *
+ * @module
+ */
+
+import {
+  convertToQcow2,
+  type ConvertToQcow2Options,
+  type ConvertToQcow2Summary,
+  openImage,
+  openPath,
+  optionsFromText,
+  Qcow2Error,
+  splitOptions,
+} from "../mod.ts";
+import { InFile } from "../native/explain.ts";
+import { type InputFile, openOutput, requireRead } from "../native/output.ts";
+import { workerCompressors } from "../native/compress_pool.ts";
+import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
+import { progressBar } from "../src/ops/progress_bar.ts";
+import { type Flags, type FormatName, UsageError } from "./_args.ts";
+import { interruptible } from "./_interrupt.ts";
+import { openInput } from "./_open.ts";
+import { terminalColumns, writeStderr } from "./_output.ts";
+import { roleIn } from "./convert.ts";
+
+/** The directory part of `path`, with its slash ("" for none). */
+function directoryOf(path: string): string {
+  const slash = path.lastIndexOf("/");
+  return slash < 0 ? "" : path.slice(0, slash + 1);
+}
+
+/** The virtual size of the backing file given with -B. */
+async function backingSize(path: string, format: string): Promise<number> {
+  await requireRead(path);
+  if (format === "raw") return (await Deno.stat(path)).size;
+  const image = await openImage(path, {
+    ignoreBackingFile: true,
+    openFile: openPath,
+  });
+  image.close();
+  return image.size;
+}
+
+/** What `convert -O qcow2` was asked. */
+export interface Qcow2Command {
+  /** The parsed command line. */
+  flags: Flags;
+  /** SRC. */
+  srcPath: string;
+  /** DST, or `-` for standard output. */
+  dstPath: string;
+  /** `-f`, or undefined to probe. */
+  srcFormat: FormatName | undefined;
+  /** `-l`. */
+  snapshot: string | undefined;
+  /** `-S` in bytes. */
+  sparseSize: number;
+}
+
+/**
+ * Runs `convert -O qcow2` with parsed flags.
+ *
+ * @param command What was asked.
+ * @returns The exit status.
+ */
+export async function convertToQcow2Command(
+  command: Qcow2Command,
+): Promise<number> {
+  const { flags, srcPath, dstPath, sparseSize } = command;
+  const optionText = flags.o as string | undefined;
+  const text = splitOptions(optionText === undefined ? [] : [optionText]);
+  const options: ConvertToQcow2Options = optionsFromText(text);
+  if (text.has("size")) {
+    throw new Qcow2Error(
+      "BAD_OPTION",
+      "Invalid parameter 'size': convert takes the source's size",
+    );
+  }
+  if (flags.B !== undefined) options.backingFile = flags.B;
+  if (flags.F !== undefined) options.backingFormat = flags.F;
+  if (
+    options.backingFile !== undefined && options.backingFormat === undefined
+  ) {
+    throw new Qcow2Error(
+      "BAD_OPTION",
+      "Use of backing file requires explicit backing format; give it with -F (qcow2, raw, ...)",
+    );
+  }
+  if (options.preallocation !== undefined && options.preallocation !== "off") {
+    throw new Qcow2Error(
+      "BAD_OPTION",
+      flags.c
+        ? "Compression and preallocation not supported at the same time"
+        : "preallocation: convert writes no preallocated image; create one with 'qcow2 create -o preallocation=...'",
+    );
+  }
+  if (dstPath === "-" && Deno.stdout.isTerminal()) {
+    throw new UsageError(
+      "refusing to write a qcow2 image to a terminal; redirect standard output to a file (> disk.qcow2) or a pipe",
+      "convert",
+    );
+  }
+  const inputs: InputFile[] = [srcPath];
+  if (options.backingFile !== undefined) {
+    const backing = options.backingFile.startsWith("/")
+      ? options.backingFile
+      : directoryOf(dstPath === "-" ? "" : dstPath) + options.backingFile;
+    inputs.push({ path: backing, what: "the backing file given with -B" });
+    options.backingSize = await backingSize(backing, options.backingFormat!)
+      .catch((e) =>
+        Promise.reject(
+          new InFile(
+            backing,
+            new Error(
+              `Could not open backing image: ${(e as Error)?.message ?? e}`,
+              { cause: e },
+            ),
+          ),
+        )
+      );
+  }
+  await requireRead(srcPath);
+  const { image } = await openInput(srcPath, command.srcFormat, {
+    snapshot: command.snapshot,
+    ignoreBackingFile: flags.top,
+    l2CacheBytes: CONVERT_L2_CACHE_BYTES,
+    openFile: async (path, request) => {
+      await requireRead(path);
+      inputs.push({ path, what: roleIn(srcPath, request) });
+      return await openPath(path);
+    },
+  }).catch((e) => Promise.reject(new InFile(srcPath, e)));
+  const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
+    ? progressBar({ write: writeStderr, columns: terminalColumns() })
+    : undefined;
+  const pool = flags.c ? workerCompressors() : undefined;
+  // An image error names SRC; an option error or an I/O error is said as it is.
+  const inSource = (e: unknown) =>
+    e instanceof Qcow2Error && e.code !== "BAD_OPTION" &&
+      e.code !== "TOO_LARGE"
+      ? new InFile(srcPath, e)
+      : e;
+  let summary: ConvertToQcow2Summary;
+  try {
+    // Ctrl-C stops the conversion, removes what was written and exits 130.
+    summary = await interruptible(async (signal) => {
+      const run: ConvertToQcow2Options = {
+        ...options,
+        compress: flags.c,
+        sparseSize,
+        signal,
+        onProgress: bar?.update,
+        ...(pool ? { compressors: pool } : {}),
+      };
+      if (dstPath === "-") {
+        return await convertToQcow2(image, Deno.stdout.writable, run)
+          .catch((e) => Promise.reject(inSource(e)));
+      }
+      const output = await openOutput(dstPath, inputs);
+      let done: ConvertToQcow2Summary;
+      try {
+        done = await convertToQcow2(image, output.file, run);
+        signal.throwIfAborted(); // Ctrl-C just as it ended
+      } catch (e) {
+        // Leave nothing partial under the destination's name.
+        await output.discard();
+        throw inSource(e);
+      }
+      await output.commit();
+      return done;
+    });
+  } finally {
+    image.close();
+    pool?.close();
+    bar?.end();
+  }
+  if (flags.json) {
+    const o = summary.options;
+    console.log(JSON.stringify(
+      {
+        "source": srcPath,
+        "destination": dstPath,
+        "format": "qcow2",
+        "virtual-size": summary.virtualSize,
+        "file-size": summary.fileSize,
+        "cluster-size": o.clusterSize,
+        "compat": o.compat,
+        "refcount-bits": o.refcountBits,
+        "extended-l2": o.extendedL2,
+        "compression-type": o.compressionType,
+        "compressed": flags.c,
+        "data-clusters": summary.dataClusters,
+        "compressed-clusters": summary.compressedClusters,
+        "zero-clusters": summary.zeroClusters,
+        "backing-file": o.backingFile ?? null,
+        "sparse-size": sparseSize,
+        "snapshot": flags.l ?? null,
+        "top-only": flags.top,
+        "files-read": inputs.map((f) => typeof f === "string" ? f : f.path),
+        "duration-ms": Math.round(summary.durationMs),
+      },
+      null,
+      4,
+    ));
+  }
+  return 0;
+}

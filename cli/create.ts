@@ -1,0 +1,193 @@
+/**
+ * `qcow2 create`: a new, empty qcow2 image, like `qemu-img create -f qcow2`.
+ *
+ * @module
+ */
+
+import {
+  CREATE_OPTIONS_HELP,
+  createImage,
+  type CreateOptions,
+  openImage,
+  openPath,
+  optionsFromText,
+  parseSize,
+  Qcow2Error,
+  splitOptions,
+} from "../mod.ts";
+import { InFile } from "../native/explain.ts";
+import { openOutput, requireRead } from "../native/output.ts";
+import { NAME, parse, UsageError } from "./_args.ts";
+
+/** One line for the command list of `qcow2 --help`. */
+export const summary = "create a new qcow2 image";
+
+/** The command's help text. */
+export const usage =
+  `Usage: ${NAME} create [-f qcow2] [-o OPTIONS] [-b BACKING [-F FMT]] [-u] [-q] FILE [SIZE]
+
+Create a qcow2 image of SIZE bytes (suffixes k, M, G, T, P, E: powers of
+1024; rounded up to 512 bytes), as 'qemu-img create -f qcow2' does, and
+print the 'Formatting' line it prints.
+
+Options:
+  -f FORMAT       the image format: only 'qcow2' (the default)
+  -o OPTIONS      image options, name=value[,name=value...]: cluster_size,
+                  compat (0.10/v2, 1.1/v3), refcount_bits, extended_l2,
+                  compression_type (zlib, zstd), lazy_refcounts,
+                  preallocation (off, metadata, falloc, full), backing_file,
+                  backing_fmt, size; '-o help' lists them
+  -b BACKING      the backing file (a name relative to FILE's directory, or
+                  absolute); without SIZE, the new image takes its size
+  -F FMT          the backing file's format (qcow2, raw, ...): required
+                  with -b
+  -u              do not open the backing file (SIZE is then required)
+  -q, --quiet     print nothing but errors
+  -h, --help      show this help
+
+FILE appears only once it is complete: it is written beside FILE and renamed.
+
+Needs: --allow-write=FILE (and read and write access to FILE's directory
+for the rename), --allow-read=BACKING unless -u.
+`;
+
+/** The directory part of `path`, with its slash ("" for none). */
+function directoryOf(path: string): string {
+  const slash = path.lastIndexOf("/");
+  return slash < 0 ? "" : path.slice(0, slash + 1);
+}
+
+/** Runs `qcow2 create ARGS` and resolves to the exit status. */
+export async function main(args: string[]): Promise<number> {
+  const flags = parse("create", args, {
+    boolean: ["u"],
+    string: ["b", "F"],
+    list: ["o"],
+  });
+  if (flags.help) {
+    console.log(usage);
+    return 0;
+  }
+  const usageError = (message: string) => new UsageError(message, "create");
+  const format = flags.format ?? "qcow2";
+  if (format !== "qcow2") {
+    throw usageError(`format '${format}' is not supported; only 'qcow2' is`);
+  }
+  const optionText = flags.o as string | undefined;
+  const optionArgs = optionText === undefined ? [] : [optionText];
+  if (optionText === "help" || optionText === "?") {
+    console.log(CREATE_OPTIONS_HELP);
+    return 0;
+  }
+  const files = flags._.map(String);
+  if (files.length < 1 || files.length > 2) {
+    throw usageError(
+      `create takes FILE and an optional SIZE (${files.length} given)`,
+    );
+  }
+  const [path, sizeText] = files;
+  const text = splitOptions(optionArgs);
+  const options: Partial<CreateOptions> = optionsFromText(text);
+  if (flags.b !== undefined) options.backingFile = flags.b;
+  if (flags.F !== undefined) options.backingFormat = flags.F;
+  if (sizeText !== undefined) {
+    try {
+      options.size = parseSize(sizeText);
+    } catch {
+      throw new Qcow2Error(
+        "BAD_OPTION",
+        `Invalid image size '${sizeText}': give bytes, or a number with a suffix k, M, G, T, P or E (powers of 1024)`,
+      );
+    }
+  }
+  const inputs: string[] = [];
+  if (options.backingFile !== undefined && !flags.u) {
+    if (options.backingFormat === undefined) {
+      throw new Qcow2Error(
+        "BAD_OPTION",
+        "Backing file specified without backing format; give it with -F (qcow2, raw, ...)",
+      );
+    }
+    const backing = options.backingFile.startsWith("/")
+      ? options.backingFile
+      : directoryOf(path) + options.backingFile;
+    inputs.push(backing);
+    const size = await backingSize(backing, options.backingFormat);
+    options.size ??= size;
+  }
+  if (options.size === undefined) {
+    throw usageError(
+      flags.u && options.backingFile !== undefined
+        ? "Image creation needs a size parameter: with -u the backing file is not opened, so give SIZE"
+        : "Image creation needs a size parameter: give SIZE (or -b BACKING)",
+    );
+  }
+  const shown = formattingLine(path, text, options as CreateOptions);
+  if (!flags.quiet) console.log(shown);
+  const output = await openOutput(path, inputs);
+  try {
+    await createImage(output.file, options as CreateOptions);
+  } catch (e) {
+    await output.discard();
+    throw e;
+  }
+  await output.commit();
+  return 0;
+}
+
+/** The virtual size of the backing file, opened as `format`. */
+async function backingSize(path: string, format: string): Promise<number> {
+  await requireRead(path);
+  try {
+    if (format === "raw") return (await Deno.stat(path)).size;
+    if (format !== "qcow2" && format !== "qcow") {
+      throw new Qcow2Error(
+        "BAD_OPTION",
+        `backing_fmt '${format}' is not a format this tool reads (qcow2, qcow, raw)`,
+      );
+    }
+    const image = await openImage(path, {
+      ignoreBackingFile: true,
+      openFile: openPath,
+    });
+    image.close();
+    return image.size;
+  } catch (e) {
+    throw new InFile(
+      path,
+      new Error(`Could not open backing image: ${(e as Error)?.message ?? e}`, {
+        cause: e,
+      }),
+    );
+  }
+}
+
+/**
+ * qemu-img's "Formatting" line: the options in its order, the defaults
+ * filled in (sizes in bytes, the other values as written).
+ */
+function formattingLine(
+  path: string,
+  text: Map<string, string>,
+  options: CreateOptions,
+): string {
+  const parts = [
+    `cluster_size=${options.clusterSize ?? 65536}`,
+    `extended_l2=${text.get("extended_l2") ?? "off"}`,
+  ];
+  if (text.has("preallocation")) {
+    parts.push(`preallocation=${text.get("preallocation")}`);
+  }
+  parts.push(`compression_type=${text.get("compression_type") ?? "zlib"}`);
+  parts.push(`size=${options.size}`);
+  if (options.backingFile !== undefined) {
+    parts.push(`backing_file=${options.backingFile}`);
+  }
+  if (options.backingFormat !== undefined) {
+    parts.push(`backing_fmt=${options.backingFormat}`);
+  }
+  if (text.has("compat")) parts.push(`compat=${text.get("compat")}`);
+  parts.push(`lazy_refcounts=${text.get("lazy_refcounts") ?? "off"}`);
+  parts.push(`refcount_bits=${text.get("refcount_bits") ?? 16}`);
+  return `Formatting '${path}', fmt=qcow2 ${parts.join(" ")}`;
+}

@@ -1,0 +1,123 @@
+/**
+ * Compressors from `node:zlib` (Deno, Node, Bun): raw deflate with a 12-bit
+ * window at QEMU's settings, and zstd (one frame with its content size, no
+ * checksum, as QEMU writes it) where the runtime has it. They run on the
+ * calling thread; `compress_pool.ts` runs the same code on workers.
+ *
+ * @module
+ */
+
+import type { Compressors } from "../src/codecs/compress.ts";
+import { Qcow2Error } from "../src/errors.ts";
+import { importNode } from "./node_builtin.ts";
+
+/** The parts of `node:zlib` the compressors use. */
+export interface ZlibCompressModule {
+  /** One-shot raw deflate. */
+  deflateRawSync(input: Uint8Array, options: object): Uint8Array;
+  /** One-shot zstd compression (Deno 2.4+, Node 22.15+). */
+  zstdCompressSync?(input: Uint8Array, options: object): Uint8Array;
+  /** zstd parameter names. */
+  constants: { ZSTD_c_compressionLevel?: number; ZSTD_c_checksumFlag?: number };
+}
+
+/**
+ * How QEMU compresses (`qcow2_zlib_compress`, `qcow2_zstd_compress`): zlib
+ * `deflateInit2(level, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY)`; zstd at
+ * its default level 3. `zlibLevel` is QEMU's 6 unless told otherwise.
+ */
+export interface CompressSettings {
+  /** Deflate level, 1 to 9 (default 6, QEMU's `Z_DEFAULT_COMPRESSION`). */
+  zlibLevel?: number;
+  /** zstd level (default 3, QEMU's). */
+  zstdLevel?: number;
+}
+
+/**
+ * Compresses `cluster` with `zlib` as QEMU does. Runs in workers too (from
+ * its source text), so it refers to nothing outside itself.
+ */
+export function compressWith(
+  zlib: ZlibCompressModule,
+  type: "zlib" | "zstd",
+  cluster: Uint8Array,
+  settings: CompressSettings,
+): Uint8Array {
+  if (type === "zlib") {
+    return zlib.deflateRawSync(cluster, {
+      level: settings.zlibLevel ?? 6,
+      windowBits: 12,
+      memLevel: 9,
+    });
+  }
+  if (typeof zlib.zstdCompressSync !== "function") {
+    throw new Error("this runtime's node:zlib has no zstd");
+  }
+  const params: Record<number, number> = {};
+  if (zlib.constants.ZSTD_c_compressionLevel !== undefined) {
+    params[zlib.constants.ZSTD_c_compressionLevel] = settings.zstdLevel ?? 3;
+  }
+  if (zlib.constants.ZSTD_c_checksumFlag !== undefined) {
+    params[zlib.constants.ZSTD_c_checksumFlag] = 0;
+  }
+  return zlib.zstdCompressSync(cluster, {
+    params,
+    pledgedSrcSize: cluster.length,
+  });
+}
+
+let loading: Promise<ZlibCompressModule> | undefined;
+const load = () => loading ??= importNode<ZlibCompressModule>("zlib");
+
+/**
+ * Compressors backed by `node:zlib` on the calling thread, with QEMU's
+ * settings unless `settings` says otherwise.
+ *
+ * @param settings Compression levels.
+ * @returns The compressors.
+ * @throws {Qcow2Error} `UNSUPPORTED_COMPRESSION` (from the zstd compressor)
+ * where `node:zlib` has no zstd.
+ *
+ * @example A cluster compressed as QEMU reads it
+ * ```ts
+ * import { makeNodeCompressors } from "@qcow2/qcow2";
+ * import { inflateRawSync } from "node:zlib";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const cluster = new TextEncoder().encode("qcow2 ".repeat(10923)).subarray(0, 65536);
+ * const packed = await makeNodeCompressors().zlib!(cluster);
+ * assertEquals(new Uint8Array(inflateRawSync(packed, { windowBits: 12 })), cluster);
+ * ```
+ */
+export function makeNodeCompressors(
+  settings: CompressSettings = {},
+): Compressors {
+  return {
+    zlib: async (cluster) =>
+      compressWith(await load(), "zlib", cluster, settings),
+    zstd: async (cluster) => {
+      const zlib = await load();
+      if (typeof zlib.zstdCompressSync !== "function") {
+        throw new Qcow2Error(
+          "UNSUPPORTED_COMPRESSION",
+          "Cannot write zstd clusters: this runtime's node:zlib has no zstd (Node.js 22.15 or later has it); pass a zstd compressor in the 'compressors' option",
+        );
+      }
+      return compressWith(zlib, "zstd", cluster, settings);
+    },
+  };
+}
+
+/**
+ * `node:zlib` compressors with QEMU's settings, on the calling thread.
+ *
+ * @example
+ * ```ts
+ * import { nodeCompressors } from "@qcow2/qcow2";
+ * import { assert } from "@std/assert";
+ *
+ * const packed = await nodeCompressors.zstd!(new Uint8Array(65536));
+ * assert(packed.length < 100);
+ * ```
+ */
+export const nodeCompressors: Compressors = makeNodeCompressors();

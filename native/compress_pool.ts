@@ -1,0 +1,182 @@
+/**
+ * Compression on every core: a pool of workers, each running the
+ * `node:zlib` compressors of `compress.ts`, behind the
+ * {@linkcode Compressors} interface. The writer keeps many clusters in
+ * flight and places each in guest order whatever worker finishes first, so
+ * the output does not depend on the pool's size or timing (every worker
+ * runs the same code with the same settings).
+ *
+ * Workers run from a `blob:` URL made of this module's functions' source
+ * text, so starting one needs no read permission for this file.
+ *
+ * @module
+ */
+
+import type { Compressor, Compressors } from "../src/codecs/compress.ts";
+import { Qcow2Error } from "../src/errors.ts";
+import {
+  type CompressSettings,
+  compressWith,
+  makeNodeCompressors,
+} from "./compress.ts";
+
+/**
+ * Options for {@linkcode workerCompressors}.
+ *
+ * @example Two workers
+ * ```ts
+ * import { workerCompressors, type WorkerCompressorsOptions } from "@qcow2/qcow2";
+ *
+ * const options: WorkerCompressorsOptions = { workers: 2 };
+ * workerCompressors(options).close();
+ * ```
+ */
+export interface WorkerCompressorsOptions {
+  /**
+   * Workers to run (default: the logical cores, at most 8). 0 compresses
+   * on the calling thread.
+   */
+  workers?: number;
+  /** Compression levels (default QEMU's). */
+  settings?: CompressSettings;
+}
+
+/**
+ * Compressors on worker threads, and a way to stop them.
+ *
+ * @example Compressing a cluster on a worker
+ * ```ts
+ * import { workerCompressors, type WorkerCompressors } from "@qcow2/qcow2";
+ * import { inflateRawSync } from "node:zlib";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const pool: WorkerCompressors = workerCompressors({ workers: 1 });
+ * try {
+ *   const cluster = new Uint8Array(65536).map((_, i) => i % 7);
+ *   const packed = await pool.zlib!(cluster);
+ *   assertEquals(new Uint8Array(inflateRawSync(packed, { windowBits: 12 })), cluster);
+ * } finally {
+ *   pool.close();
+ * }
+ * ```
+ */
+export interface WorkerCompressors extends Compressors {
+  /** Stops the workers; requests still pending reject. */
+  close(): void;
+}
+
+interface Job {
+  type: "zlib" | "zstd";
+  input: Uint8Array;
+  resolve(out: Uint8Array): void;
+  reject(e: unknown): void;
+}
+
+interface Slot {
+  worker: Worker;
+  busy: Map<number, Job>;
+}
+
+/** The worker's program: compresses what it is sent, replies in kind. */
+function workerMain(compress: typeof compressWith): void {
+  const scope = globalThis as unknown as {
+    onmessage: ((event: MessageEvent) => void) | null;
+    postMessage(message: unknown, transfer?: Transferable[]): void;
+  };
+  let zlib: Parameters<typeof compressWith>[0] | undefined;
+  scope.onmessage = async (event) => {
+    const { id, type, input, settings } = event.data;
+    try {
+      zlib ??= (await import(["node", "zlib"].join(":"))) as Parameters<
+        typeof compressWith
+      >[0];
+      const out = compress(zlib, type, input, settings);
+      const copy = new Uint8Array(out); // its own buffer, to transfer
+      scope.postMessage({ id, out: copy }, [copy.buffer]);
+    } catch (e) {
+      scope.postMessage({ id, error: String((e as Error)?.message ?? e) });
+    }
+  };
+}
+
+let script: string | undefined;
+
+/**
+ * Compressors that run on a pool of workers (Deno; the workers use
+ * `node:zlib`). Each request goes to the worker with the fewest pending.
+ *
+ * @param options Pool size and compression levels.
+ * @returns The compressors, with `close()`.
+ * @throws {Qcow2Error} `UNSUPPORTED_COMPRESSION` (from a request) if a
+ * worker cannot compress (no zstd in its `node:zlib`).
+ */
+export function workerCompressors(
+  options: WorkerCompressorsOptions = {},
+): WorkerCompressors {
+  const count = Math.max(
+    0,
+    Math.min(8, options.workers ?? navigator.hardwareConcurrency ?? 2),
+  );
+  const settings = options.settings ?? {};
+  if (count === 0) {
+    return { ...makeNodeCompressors(settings), close() {} };
+  }
+  let slots: Slot[] = [];
+  let nextId = 1;
+  const start = (): Slot[] => {
+    script ??= URL.createObjectURL(
+      new Blob([
+        `const compressWith = ${compressWith.toString()};\n(${workerMain.toString()})(compressWith);\n`,
+      ], { type: "text/javascript" }),
+    );
+    return Array.from({ length: count }, () => {
+      const worker = new Worker(script!, { type: "module" });
+      const slot: Slot = { worker, busy: new Map() };
+      worker.onmessage = (event) => {
+        const { id, out, error } = event.data;
+        const job = slot.busy.get(id);
+        if (!job) return;
+        slot.busy.delete(id);
+        if (error !== undefined) {
+          job.reject(
+            new Qcow2Error(
+              "UNSUPPORTED_COMPRESSION",
+              `Cannot write ${job.type} clusters: ${error}`,
+            ),
+          );
+        } else job.resolve(out);
+      };
+      worker.onerror = (event) => {
+        event.preventDefault();
+        for (const job of slot.busy.values()) {
+          job.reject(event.error ?? new Error(event.message));
+        }
+        slot.busy.clear();
+      };
+      return slot;
+    });
+  };
+  const run = (type: "zlib" | "zstd"): Compressor => (input) => {
+    if (slots.length === 0) slots = start();
+    let slot = slots[0];
+    for (const s of slots) if (s.busy.size < slot.busy.size) slot = s;
+    return new Promise<Uint8Array>((resolve, reject) => {
+      const id = nextId++;
+      slot.busy.set(id, { type, input, resolve, reject });
+      slot.worker.postMessage({ id, type, input, settings });
+    });
+  };
+  return {
+    zlib: run("zlib"),
+    zstd: run("zstd"),
+    close() {
+      for (const slot of slots) {
+        slot.worker.terminate();
+        for (const job of slot.busy.values()) {
+          job.reject(new Error("the compressor pool was closed"));
+        }
+      }
+      slots = [];
+    },
+  };
+}

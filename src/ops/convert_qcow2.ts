@@ -1,0 +1,531 @@
+/**
+ * Converting any image to qcow2, as `qemu-img convert -O qcow2` does: which
+ * guest clusters become data, compressed data, zero clusters or nothing
+ * (QEMU `convert_iteration_sectors`, `convert_co_write`,
+ * `is_allocated_sectors_min`), then the sequential writer.
+ *
+ * @module
+ */
+
+import type { DiskImage } from "../disk.ts";
+import { Qcow2Error } from "../errors.ts";
+import {
+  type Compressor,
+  compressorFor,
+  type Compressors,
+} from "../codecs/compress.ts";
+import {
+  type CreateOptions,
+  resolveCreateOptions,
+  type ResolvedCreateOptions,
+} from "../qcow2/create_options.ts";
+import type { ClusterKind } from "../qcow2/placement.ts";
+import {
+  type ClusterWrite,
+  type ImageTarget,
+  type PlannedRun,
+  Qcow2Writer,
+  writeStream,
+} from "../qcow2/writer.ts";
+import type { ConvertProgress } from "./convert.ts";
+import { fileSink, streamSink } from "../io/sink.ts";
+import type { SeekableWriter } from "../io/source.ts";
+
+/**
+ * Options for converting to qcow2: the new image's options (as
+ * `qemu-img convert -O qcow2 -o`; the size is the source's), and how.
+ *
+ * @example Compressed with zstd, 4 KiB clusters
+ * ```ts
+ * import { convertToQcow2, type ConvertToQcow2Options, memoryTarget } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/zlib.qcow2", import.meta.url));
+ * const options: ConvertToQcow2Options = { compress: true, compressionType: "zstd", clusterSize: 4096 };
+ * const summary = await convertToQcow2(bytes, memoryTarget(), options);
+ * assertEquals(summary.options.compressionType, "zstd");
+ * ```
+ */
+export interface ConvertToQcow2Options extends Omit<CreateOptions, "size"> {
+  /** Compress every cluster that is not all zeros (`-c`). */
+  compress?: boolean;
+  /** The compressors; `mod.ts` defaults to `node:zlib`'s. */
+  compressors?: Compressors;
+  /**
+   * `-S`: zero runs of at least this many bytes (a multiple of 512, at most
+   * 16 MiB) are not written; 0 allocates every cluster. Default 4096.
+   */
+  sparseSize?: number;
+  /**
+   * The virtual size of the backing file (`-B`), when there is one: zeros
+   * past its end are left unallocated instead of being written as zero
+   * clusters. Unknown: every zero is written.
+   */
+  backingSize?: number;
+  /** Compressions kept in flight at once (default 64 clusters, at most 16 MiB). */
+  inFlight?: number;
+  /** Called as the conversion advances (guest bytes). */
+  onProgress?: (progress: ConvertProgress) => void;
+  /** Stops the conversion; it then rejects with the signal's reason. */
+  signal?: AbortSignal;
+}
+
+/**
+ * What a conversion to qcow2 made.
+ *
+ * @example
+ * ```ts
+ * import { convertToQcow2, type ConvertToQcow2Summary, memoryTarget } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const summary: ConvertToQcow2Summary = await convertToQcow2(bytes, memoryTarget());
+ * assertEquals(summary.dataClusters, 1);
+ * ```
+ */
+export interface ConvertToQcow2Summary {
+  /** The options the image was written with. */
+  options: ResolvedCreateOptions;
+  /** The virtual size. */
+  virtualSize: number;
+  /** The output file's length in bytes. */
+  fileSize: number;
+  /** Clusters stored uncompressed. */
+  dataClusters: number;
+  /** Clusters stored compressed. */
+  compressedClusters: number;
+  /** Zero clusters written (over a backing file). */
+  zeroClusters: number;
+  /** Wall time in milliseconds. */
+  durationMs: number;
+}
+
+/** A run of output clusters whose source extents say the same. */
+interface SourceRun {
+  cluster: number;
+  count: number;
+  /** Some byte may be non-zero: it must be read. */
+  data: boolean;
+  /** Allocated in the top layer (matters with a backing file). */
+  top: boolean;
+}
+
+const MAX_SPARSE = 16 * 1024 * 1024;
+const CHUNK = 1024 * 1024;
+
+/**
+ * The output clusters of `image` as runs, from its extents: whether each
+ * may hold data and whether the top layer allocates it.
+ */
+async function sourceRuns(
+  image: DiskImage,
+  clusterSize: number,
+  topOnly: boolean,
+): Promise<SourceRun[]> {
+  const runs: SourceRun[] = [];
+  const emit = (
+    cluster: number,
+    count: number,
+    data: boolean,
+    top: boolean,
+  ) => {
+    const last = runs.at(-1);
+    if (
+      last && last.cluster + last.count === cluster && last.data === data &&
+      last.top === top
+    ) {
+      last.count += count;
+    } else runs.push({ cluster, count, data, top });
+  };
+  let pending = -1;
+  let pendingData = false;
+  let pendingTop = false;
+  for await (const e of image.extents()) {
+    const top = e.depth === 0 && e.kind !== "unallocated";
+    const data = (e.kind === "data" || e.kind === "compressed") &&
+      (!topOnly || e.depth === 0);
+    let first = Math.floor(e.start / clusterSize);
+    const last = Math.floor((e.start + e.length - 1) / clusterSize);
+    if (first === pending) {
+      pendingData ||= data;
+      pendingTop ||= top;
+      if (last === first) continue;
+      emit(pending, 1, pendingData, pendingTop);
+      first++;
+    } else if (pending >= 0) emit(pending, 1, pendingData, pendingTop);
+    if (last > first) emit(first, last - first, data, top);
+    pending = last;
+    pendingData = data;
+    pendingTop = top;
+  }
+  if (pending >= 0) emit(pending, 1, pendingData, pendingTop);
+  return runs;
+}
+
+/** Whether `bytes[from, to)` are all zero. */
+function isZero(bytes: Uint8Array, from: number, to: number): boolean {
+  let i = from;
+  const start = bytes.byteOffset + from;
+  if (start % 4 === 0 && to - from >= 16) {
+    const words = new Uint32Array(bytes.buffer, start, (to - from) >>> 2);
+    for (let w = 0; w < words.length; w++) if (words[w] !== 0) return false;
+    i = from + words.length * 4;
+  }
+  for (; i < to; i++) if (bytes[i] !== 0) return false;
+  return true;
+}
+
+/**
+ * Which clusters of `chunk` (whole clusters) qemu-img writes with `-S
+ * sparse`: those holding a non-zero byte, or a run of zero sectors shorter
+ * than `sparse` between non-zero ones (`is_allocated_sectors_min`).
+ */
+function clustersToWrite(
+  chunk: Uint8Array,
+  clusterSize: number,
+  sparse: number,
+): boolean[] {
+  const clusters = chunk.length / clusterSize;
+  const out = new Array<boolean>(clusters);
+  if (clusterSize >= sparse) {
+    for (let c = 0; c < clusters; c++) {
+      out[c] = !isZero(chunk, c * clusterSize, (c + 1) * clusterSize);
+    }
+    return out;
+  }
+  const sectors = chunk.length / 512;
+  const nonZero = new Uint8Array(sectors);
+  for (let s = 0; s < sectors; s++) {
+    nonZero[s] = isZero(chunk, s * 512, (s + 1) * 512) ? 0 : 1;
+  }
+  const min = sparse / 512;
+  const written = nonZero.slice();
+  let lastData = -1;
+  for (let s = 0; s < sectors; s++) {
+    if (!nonZero[s]) continue;
+    if (lastData >= 0 && s - lastData - 1 > 0 && s - lastData - 1 < min) {
+      written.fill(1, lastData + 1, s);
+    }
+    lastData = s;
+  }
+  const perCluster = clusterSize / 512;
+  for (let c = 0; c < clusters; c++) {
+    out[c] = written.subarray(c * perCluster, (c + 1) * perCluster)
+      .some((x) => x !== 0);
+  }
+  return out;
+}
+
+/** What the classification needs to know. */
+interface Classify {
+  image: DiskImage;
+  options: ResolvedCreateOptions;
+  runs: SourceRun[];
+  compressor?: Compressor;
+  sparse: number;
+  backing: boolean;
+  backingSize: number;
+  inFlight: number;
+  signal?: AbortSignal;
+  onProgress?: (progress: ConvertProgress) => void;
+}
+
+/**
+ * Every output cluster that is not left unallocated, in guest order, with
+ * its bytes. Without compression the bytes are views of a reused buffer,
+ * valid until the next item is asked for.
+ */
+async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
+  const cs = c.options.clusterSize;
+  const size = c.image.size;
+  const v3 = c.options.compat === "1.1";
+  const zeroCluster: ClusterKind = v3 ? "zero" : "data";
+  const zeros = new Uint8Array(cs);
+  const chunkClusters = Math.max(1, Math.floor(CHUNK / cs));
+  const buffer = new Uint8Array(chunkClusters * cs);
+  const queue: Promise<ClusterWrite>[] = [];
+  let done = 0;
+  const progress = (to: number) => {
+    if (to > done) {
+      done = Math.min(to, size);
+      c.onProgress?.({ done, total: size });
+    }
+  };
+  /** A zero (or all-zero) cluster of the top layer: over a backing file, it must hide it. */
+  const zeroOverBacking = (cluster: number): ClusterWrite | undefined =>
+    c.backing && cluster * cs < c.backingSize
+      ? { cluster, kind: zeroCluster, bytes: v3 ? undefined : zeros }
+      : undefined;
+  const push = function* (item: ClusterWrite | Promise<ClusterWrite>) {
+    if (!c.compressor) {
+      yield item as ClusterWrite;
+      return;
+    }
+    const p = Promise.resolve(item);
+    p.catch(() => {}); // observed when its turn comes
+    queue.push(p);
+  };
+
+  for (const run of c.runs) {
+    c.signal?.throwIfAborted();
+    const writeAll = c.sparse === 0 && !c.backing;
+    if (!run.data && !writeAll) {
+      if (c.backing && run.top) {
+        for (let i = 0; i < run.count; i++) {
+          const item = zeroOverBacking(run.cluster + i);
+          if (item) yield* push(item);
+        }
+      }
+      progress((run.cluster + run.count) * cs);
+      continue;
+    }
+    if (!run.data) {
+      // -S 0 without a backing file: every cluster allocated, zeros too.
+      for (let i = 0; i < run.count; i++) {
+        yield* push({ cluster: run.cluster + i, kind: "data", bytes: zeros });
+        while (queue.length > 0 && queue.length >= c.inFlight) {
+          yield await queue.shift()!;
+        }
+      }
+      progress((run.cluster + run.count) * cs);
+      continue;
+    }
+    for (let at = 0; at < run.count; at += chunkClusters) {
+      c.signal?.throwIfAborted();
+      const n = Math.min(chunkClusters, run.count - at);
+      const first = run.cluster + at;
+      const chunk = buffer.subarray(0, n * cs);
+      const inside = Math.max(0, Math.min(chunk.length, size - first * cs));
+      await c.image.read(first * cs, chunk.subarray(0, inside));
+      chunk.fill(0, inside);
+      const written = c.compressor || c.sparse === 0
+        ? null
+        : clustersToWrite(chunk, cs, c.sparse);
+      for (let i = 0; i < n; i++) {
+        const cluster = first + i;
+        const bytes = chunk.subarray(i * cs, (i + 1) * cs);
+        const nonZero = written
+          ? written[i]
+          : c.sparse === 0 || !isZero(bytes, 0, cs);
+        if (!nonZero) {
+          const item = zeroOverBacking(cluster);
+          if (item) yield* push(item);
+        } else if (!c.compressor) {
+          yield { cluster, kind: "data", bytes };
+        } else {
+          const copy = bytes.slice();
+          const compressor = c.compressor;
+          yield* push(
+            compressor(copy).then((packed): ClusterWrite =>
+              packed.length < cs
+                ? { cluster, kind: "compressed", bytes: packed }
+                : { cluster, kind: "data", bytes: copy }
+            ),
+          );
+        }
+        while (queue.length > 0 && queue.length >= c.inFlight) {
+          yield await queue.shift()!;
+        }
+      }
+      progress((first + n) * cs);
+    }
+  }
+  while (queue.length > 0) yield await queue.shift()!;
+  progress(size);
+}
+
+/** Options checked, the source's runs laid out, the compressor found. */
+async function prepare(
+  image: DiskImage,
+  options: ConvertToQcow2Options,
+): Promise<Classify> {
+  const resolved = resolveCreateOptions({ ...options, size: image.size });
+  const sparse = options.sparseSize ?? 4096;
+  if (
+    !Number.isSafeInteger(sparse) || sparse < 0 || sparse % 512 !== 0 ||
+    sparse > MAX_SPARSE
+  ) {
+    throw new Qcow2Error(
+      "BAD_ARGUMENT",
+      `Invalid sparse size ${sparse}: it must be a multiple of 512 from 0 to 16 MiB`,
+    );
+  }
+  const compressor = options.compress
+    ? compressorFor(options.compressors, resolved.compressionType)
+    : undefined;
+  const backing = resolved.backingFile !== undefined;
+  const cs = resolved.clusterSize;
+  return {
+    image,
+    options: resolved,
+    runs: await sourceRuns(image, cs, backing),
+    compressor,
+    sparse,
+    backing,
+    backingSize: options.backingSize ?? Infinity,
+    inFlight: Math.max(
+      1,
+      options.inFlight ?? Math.min(64, Math.floor(16 * 1024 * 1024 / cs)),
+    ),
+    signal: options.signal,
+    onProgress: options.onProgress,
+  };
+}
+
+/** The most clusters the runs can place: each cluster read, and an L2 table per range. */
+function boundOf(c: Classify): number {
+  const l2Entries = c.options.clusterSize / (c.options.extendedL2 ? 16 : 8);
+  let clusters = 0;
+  let tables = 0;
+  let lastTable = -1;
+  const all = c.sparse === 0 && !c.backing;
+  for (const run of c.runs) {
+    if (!run.data && !run.top && !all) continue;
+    clusters += run.count;
+    const first = Math.floor(run.cluster / l2Entries);
+    const last = Math.floor((run.cluster + run.count - 1) / l2Entries);
+    tables += last - first + 1 - (first === lastTable ? 1 : 0);
+    lastTable = last;
+  }
+  return clusters + tables;
+}
+
+/**
+ * Converts `image` to a qcow2 image written through `target` (positional:
+ * a file), as `qemu-img convert -O qcow2` does: clusters that read as zeros
+ * are left unallocated (or, over a backing file, written as zero clusters
+ * in v3 and zeroed data in v2), `-S` has qemu-img's meaning, and with
+ * `compress` every other cluster is compressed unless that does not make it
+ * smaller. With `backingFile`, only what the top layer of `image` allocates
+ * is written (`-B`). The output is the same bytes whatever the timing of
+ * reads and compression.
+ *
+ * @param image The source, open.
+ * @param target Where the image goes.
+ * @param options The new image's options and the conversion's.
+ * @returns What was written.
+ * @throws {Qcow2Error} `BAD_OPTION`/`TOO_LARGE` for refused options,
+ * `UNSUPPORTED_COMPRESSION` without a compressor, the source's errors; the
+ * signal's reason if aborted.
+ *
+ * @example See {@linkcode convertToQcow2} in `mod.ts`, which opens the source.
+ */
+export async function convertImageToQcow2(
+  image: DiskImage,
+  target: ImageTarget,
+  options: ConvertToQcow2Options = {},
+): Promise<ConvertToQcow2Summary> {
+  const began = performance.now();
+  const c = await prepare(image, options);
+  const writer = new Qcow2Writer(target, c.options, boundOf(c));
+  const counts = { data: 0, preallocated: 0, compressed: 0, zero: 0 };
+  for await (const item of classify(c)) {
+    counts[item.kind]++;
+    await writer.add(item.cluster, item.kind, item.bytes);
+  }
+  const fileSize = await writer.finish();
+  return {
+    options: c.options,
+    virtualSize: image.size,
+    fileSize,
+    dataClusters: counts.data,
+    compressedClusters: counts.compressed,
+    zeroClusters: counts.zero,
+    durationMs: performance.now() - began,
+  };
+}
+
+/**
+ * Converts `image` to a qcow2 image written front to back through `target`
+ * (a pipe), as QEMU's `scripts/qcow2-to-stdout.py` does: the source is read
+ * twice, first to learn every cluster's fate (and compressed length), then
+ * to write the data after the metadata. The source must read the same both
+ * times.
+ *
+ * @param image The source, open and readable twice.
+ * @param target A target written in increasing offset order.
+ * @param options As for {@linkcode convertImageToQcow2}.
+ * @returns What was written.
+ * @throws {Qcow2Error} As {@linkcode convertImageToQcow2}, and `BAD_ARGUMENT`
+ * if the source read differently the second time.
+ *
+ * @example See {@linkcode convertToQcow2} in `mod.ts`, which takes a stream.
+ */
+export async function convertImageToQcow2Stream(
+  image: DiskImage,
+  target: ImageTarget,
+  options: ConvertToQcow2Options = {},
+): Promise<ConvertToQcow2Summary> {
+  const began = performance.now();
+  const c = await prepare(image, options);
+  const plan: PlannedRun[] = [];
+  const counts = { data: 0, preallocated: 0, compressed: 0, zero: 0 };
+  const total = image.size;
+  for await (
+    const item of classify({
+      ...c,
+      onProgress: c.onProgress &&
+        ((p) => c.onProgress!({ done: p.done / 2, total })),
+    })
+  ) {
+    counts[item.kind]++;
+    const last = plan.at(-1);
+    if (item.kind === "compressed") {
+      plan.push({
+        cluster: item.cluster,
+        count: 1,
+        kind: "compressed",
+        length: item.bytes!.length,
+      });
+    } else if (
+      last && last.kind === item.kind &&
+      last.cluster + last.count === item.cluster
+    ) {
+      last.count++;
+    } else plan.push({ cluster: item.cluster, count: 1, kind: item.kind });
+  }
+  const items = classify({
+    ...c,
+    onProgress: c.onProgress &&
+      ((p) => c.onProgress!({ done: (total + p.done) / 2, total })),
+  });
+  const fileSize = await writeStream(target, c.options, plan, items);
+  return {
+    options: c.options,
+    virtualSize: image.size,
+    fileSize,
+    dataClusters: counts.data,
+    compressedClusters: counts.compressed,
+    zeroClusters: counts.zero,
+    durationMs: performance.now() - began,
+  };
+}
+
+/** Where {@linkcode convertToQcow2Destination} writes: a target, a seekable file, or a stream. */
+export type Qcow2Destination =
+  | ImageTarget
+  | SeekableWriter
+  | WritableStream<Uint8Array>;
+
+/**
+ * Converts `image` to qcow2 into `dst`: an {@linkcode ImageTarget} or a
+ * seekable file (emptied first) get {@linkcode convertImageToQcow2}, a
+ * `WritableStream` gets {@linkcode convertImageToQcow2Stream} (the source
+ * read twice; the stream is not closed).
+ *
+ * @param image The source, open.
+ * @param dst Where the image goes.
+ * @param options As for {@linkcode convertImageToQcow2}.
+ * @returns What was written.
+ */
+export async function convertToQcow2Destination(
+  image: DiskImage,
+  dst: Qcow2Destination,
+  options: ConvertToQcow2Options = {},
+): Promise<ConvertToQcow2Summary> {
+  if ("writeAt" in dst) return await convertImageToQcow2(image, dst, options);
+  if ("seek" in dst) {
+    return await convertImageToQcow2(image, await fileSink(dst), options);
+  }
+  return await convertImageToQcow2Stream(image, streamSink(dst), options);
+}

@@ -1,0 +1,238 @@
+/**
+ * Where a sequential writer puts things in a new qcow2 file: the metadata
+ * at the front (header, refcount table, refcount blocks, L1 table, as
+ * `qemu-img create` lays them out), then each L2 table just before the first
+ * cluster of its range and the data clusters in guest order, compressed
+ * clusters packed byte by byte as `qcow2_alloc_bytes` packs them.
+ *
+ * Placement is a pure function of the clusters placed and the layout: the
+ * same input gives the same file, whatever the timing of reads or
+ * compression, which is what makes the output reproducible and lets the
+ * stream writer compute the metadata before the data it describes.
+ *
+ * @module
+ */
+
+import { ENTRY_SIZE } from "./layout.ts";
+
+/** The geometry of a new image. */
+export interface Geometry {
+  /** log2 of the cluster size (9 to 21). */
+  clusterBits: number;
+  /** log2 of the refcount width (0 to 6). */
+  refcountOrder: number;
+  /** Whether L2 entries are 128-bit (extended L2). */
+  extendedL2: boolean;
+  /** The virtual size in bytes. */
+  size: number;
+}
+
+/** Where the metadata at the front of a new image lies, in bytes. */
+export interface MetadataLayout {
+  /** Bytes per cluster. */
+  clusterSize: number;
+  /** Guest clusters per L2 table. */
+  l2Entries: number;
+  /** Entries in the L1 table. */
+  l1Size: number;
+  /** File offset of the refcount table (cluster 1). */
+  refcountTableOffset: number;
+  /** Clusters of the refcount table. */
+  refcountTableClusters: number;
+  /** File offset of the first refcount block slot. */
+  refcountBlocksOffset: number;
+  /** Refcount block slots reserved, one after another. */
+  refcountBlockSlots: number;
+  /** Refcounts per refcount block. */
+  refcountsPerBlock: number;
+  /** File offset of the L1 table. */
+  l1TableOffset: number;
+  /** File offset where L2 tables and data begin (cluster-aligned). */
+  dataStart: number;
+}
+
+/**
+ * Lays out the metadata of a new image that will hold at most `clusters`
+ * clusters after it (L2 tables and data): enough refcount blocks for the
+ * whole file, found as a fixed point since they count themselves.
+ *
+ * @param geometry The image's geometry.
+ * @param clusters The most clusters placed after the metadata.
+ * @returns The layout.
+ * @throws {RangeError} If the refcount table would exceed QEMU's 8 MiB limit.
+ */
+export function layoutMetadata(
+  geometry: Geometry,
+  clusters: number,
+): MetadataLayout {
+  const clusterSize = 2 ** geometry.clusterBits;
+  const l2Entries = clusterSize / (geometry.extendedL2 ? 16 : 8);
+  const l1Size = Math.ceil(geometry.size / (clusterSize * l2Entries));
+  const l1Clusters = Math.max(
+    1,
+    Math.ceil(l1Size * ENTRY_SIZE / clusterSize),
+  );
+  const refcountsPerBlock = clusterSize * 8 / 2 ** geometry.refcountOrder;
+  let blocks = 1;
+  let table = 1;
+  for (;;) {
+    const total = 1 + table + blocks + l1Clusters + clusters;
+    const needBlocks = Math.max(1, Math.ceil(total / refcountsPerBlock));
+    const needTable = Math.max(
+      1,
+      Math.ceil(needBlocks * ENTRY_SIZE / clusterSize),
+    );
+    if (needBlocks <= blocks && needTable <= table) break;
+    blocks = Math.max(blocks, needBlocks);
+    table = Math.max(table, needTable);
+  }
+  if (table * clusterSize > 8 * 1024 * 1024) {
+    throw new RangeError(
+      `the refcount table would take ${table} clusters, over QEMU's 8 MiB limit`,
+    );
+  }
+  const refcountTableOffset = clusterSize;
+  const refcountBlocksOffset = refcountTableOffset + table * clusterSize;
+  const l1TableOffset = refcountBlocksOffset + blocks * clusterSize;
+  return {
+    clusterSize,
+    l2Entries,
+    l1Size,
+    refcountTableOffset,
+    refcountTableClusters: table,
+    refcountBlocksOffset,
+    refcountBlockSlots: blocks,
+    refcountsPerBlock,
+    l1TableOffset,
+    dataStart: l1TableOffset + l1Clusters * clusterSize,
+  };
+}
+
+/**
+ * What becomes of one guest cluster in the new image: `data` (a host
+ * cluster, every subcluster allocated), `preallocated` (a host cluster, no
+ * subcluster allocated yet: preallocation), `compressed`, or `zero` (a v3
+ * zero cluster, no host cluster).
+ */
+export type ClusterKind = "data" | "preallocated" | "compressed" | "zero";
+
+/** Where {@linkcode Placer.place} put a guest cluster. */
+export interface Placement {
+  /** When the cluster opened a new L2 range: the file offset of its L2 table. */
+  newL2Table?: number;
+  /** The file offset of the cluster's data (not for `zero`). */
+  hostOffset?: number;
+}
+
+/**
+ * Places guest clusters, in increasing guest order, after the metadata:
+ * an L2 table before the first cluster of its range, data clusters
+ * cluster-aligned, compressed clusters packed at byte granularity (a packed
+ * host cluster is left when its refcount would exceed the refcount width, as
+ * `qcow2_alloc_bytes` does). Every host cluster used is reported to
+ * `onReference` once per reference, in increasing order, as `qemu-img check`
+ * counts them.
+ */
+export class Placer {
+  /** The next free byte of the file. */
+  position: number;
+  /** The L1 index whose L2 table was placed last (-1: none yet). */
+  l1Index = -1;
+  #clusterSize: number;
+  #l2Entries: number;
+  #refcountMax: number;
+  #onReference: (hostCluster: number) => void;
+  #layout: MetadataLayout;
+  #refcountBits: number;
+  #lastCluster = -1;
+  #lastCount = 0;
+
+  /**
+   * @param layout The metadata layout: placing starts at its `dataStart`.
+   * @param refcountBits The refcount width in bits.
+   * @param onReference Called for each reference to a host cluster.
+   */
+  constructor(
+    layout: MetadataLayout,
+    refcountBits: number,
+    onReference: (hostCluster: number) => void = () => {},
+  ) {
+    this.position = layout.dataStart;
+    this.#layout = layout;
+    this.#refcountBits = refcountBits;
+    this.#clusterSize = layout.clusterSize;
+    this.#l2Entries = layout.l2Entries;
+    this.#refcountMax = refcountBits >= 53
+      ? Number.MAX_SAFE_INTEGER
+      : 2 ** refcountBits - 1;
+    this.#onReference = onReference;
+  }
+
+  /** A placer in the same state that reports nowhere (for looking ahead). */
+  clone(): Placer {
+    const copy = new Placer(this.#layout, this.#refcountBits);
+    copy.position = this.position;
+    copy.l1Index = this.l1Index;
+    copy.#lastCluster = this.#lastCluster;
+    copy.#lastCount = this.#lastCount;
+    return copy;
+  }
+
+  /**
+   * Places guest cluster `cluster` (greater than the one placed before).
+   *
+   * @param cluster The guest cluster index.
+   * @param kind What the cluster becomes.
+   * @param length For `compressed`: the compressed length in bytes.
+   * @returns Where it went, and the L2 table it opened, if any.
+   */
+  place(cluster: number, kind: ClusterKind, length = 0): Placement {
+    const out: Placement = {};
+    const l1Index = Math.floor(cluster / this.#l2Entries);
+    if (l1Index !== this.l1Index) {
+      this.l1Index = l1Index;
+      out.newL2Table = this.#wholeCluster();
+    }
+    if (kind === "data" || kind === "preallocated") {
+      out.hostOffset = this.#wholeCluster();
+    } else if (kind === "compressed") out.hostOffset = this.#bytes(length);
+    return out;
+  }
+
+  #alignUp(): number {
+    const cs = this.#clusterSize;
+    return Math.ceil(this.position / cs) * cs;
+  }
+
+  #wholeCluster(): number {
+    const at = this.#alignUp();
+    this.position = at + this.#clusterSize;
+    this.#reference(at / this.#clusterSize);
+    return at;
+  }
+
+  #bytes(length: number): number {
+    const cs = this.#clusterSize;
+    let at = this.position;
+    if (
+      at % cs !== 0 && Math.floor(at / cs) === this.#lastCluster &&
+      this.#lastCount >= this.#refcountMax
+    ) {
+      at = this.#alignUp();
+    }
+    const first = Math.floor(at / cs);
+    const last = Math.floor((at + length - 1) / cs);
+    for (let c = first; c <= last; c++) this.#reference(c);
+    this.position = at + length;
+    return at;
+  }
+
+  #reference(hostCluster: number): void {
+    if (hostCluster === this.#lastCluster) this.#lastCount++;
+    else {
+      this.#lastCluster = hostCluster;
+      this.#lastCount = 1;
+    }
+    this.#onReference(hostCluster);
+  }
+}

@@ -1,0 +1,625 @@
+/**
+ * The sequential qcow2 writer: guest clusters in, in guest order, a complete
+ * image out. The metadata comes first in the file (header, refcount table,
+ * refcount blocks, L1 table), then each L2 table before the clusters it maps
+ * (see `placement.ts`). Over a positional target the tables are written once
+ * their content is known; {@linkcode writeStream} writes the same kind of
+ * file front to back for a pipe.
+ *
+ * The encoders are the reader's (`entries.ts`, `header_encode.ts`); the
+ * refcounts are what `qemu-img check` counts (QEMU `qcow2_check_refcounts`).
+ *
+ * @module
+ */
+
+import { Qcow2Error } from "../errors.ts";
+import type { ResolvedCreateOptions } from "./create_options.ts";
+import {
+  encodeExtendedL2Entry,
+  encodeL1Entry,
+  encodeL2Entry,
+  encodeRefcountTableEntry,
+} from "./entries.ts";
+import {
+  encodeFeatures,
+  encodeHeader,
+  QEMU_FEATURE_NAMES,
+} from "./header_encode.ts";
+import { COMPRESSED_SECTOR_SIZE, CRYPT_METHOD, ENTRY_SIZE } from "./layout.ts";
+import {
+  type ClusterKind,
+  type Geometry,
+  layoutMetadata,
+  type MetadataLayout,
+  Placer,
+} from "./placement.ts";
+import { RefcountBlocks } from "./refcount_blocks.ts";
+
+/**
+ * Where a new image's bytes go: positional writes, in any order, then the
+ * final length. `fileSink` in `src/io/sink.ts` gives one over a seekable
+ * file.
+ */
+export interface ImageTarget {
+  /** Writes `bytes` at file offset `position`; `bytes` may be reused after. */
+  writeAt(position: number, bytes: Uint8Array): Promise<void>;
+  /** Sets the file's final length in bytes (what was never written reads as zeros). */
+  finish(size: number): Promise<void>;
+}
+
+/** The geometry of an image with these options. */
+export function geometryOf(options: ResolvedCreateOptions): Geometry {
+  return {
+    clusterBits: Math.log2(options.clusterSize),
+    refcountOrder: Math.log2(options.refcountBits),
+    extendedL2: options.extendedL2,
+    size: options.size,
+  };
+}
+
+/**
+ * The first cluster of a new image: QEMU's header for these options (v3:
+ * header_length 112, the feature name table when clusters exceed 4 KiB, as
+ * `qemu-img create` writes it), the backing format and the backing name.
+ */
+export function newHeader(
+  options: ResolvedCreateOptions,
+  layout: MetadataLayout,
+): Uint8Array {
+  const v3 = options.compat === "1.1";
+  const features = encodeFeatures({
+    compressionType: options.compressionType !== "zlib",
+    extendedL2: options.extendedL2,
+    lazyRefcounts: options.lazyRefcounts,
+  });
+  return encodeHeader({
+    version: v3 ? 3 : 2,
+    clusterBits: Math.log2(options.clusterSize),
+    size: options.size,
+    cryptMethod: CRYPT_METHOD.none,
+    l1Size: layout.l1Size,
+    l1TableOffset: layout.l1TableOffset,
+    refcountTableOffset: layout.refcountTableOffset,
+    refcountTableClusters: layout.refcountTableClusters,
+    nbSnapshots: 0,
+    snapshotsOffset: 0,
+    ...features,
+    refcountOrder: Math.log2(options.refcountBits),
+    compressionType: options.compressionType,
+    ...(options.backingFile !== undefined
+      ? { backingFile: options.backingFile }
+      : {}),
+    extensions: {
+      ...(options.backingFormat !== undefined
+        ? { backingFormat: options.backingFormat }
+        : {}),
+      ...(v3 && options.clusterSize > 4096
+        ? { featureNames: [...QEMU_FEATURE_NAMES] }
+        : {}),
+    },
+  });
+}
+
+/** Encodes one L2 entry into `table` at `index`. */
+function setEntry(
+  table: DataView,
+  index: number,
+  kind: ClusterKind,
+  hostOffset: number,
+  length: number,
+  clusterBits: number,
+  extendedL2: boolean,
+): void {
+  let raw: bigint;
+  let bitmap = 0n;
+  if (kind === "compressed") {
+    const sectors =
+      Math.floor((hostOffset + length - 1) / COMPRESSED_SECTOR_SIZE) -
+      Math.floor(hostOffset / COMPRESSED_SECTOR_SIZE);
+    raw = encodeL2Entry(
+      {
+        kind: "compressed",
+        hostOffset,
+        additionalSectors: sectors,
+        copied: false,
+      },
+      clusterBits,
+    );
+  } else if (extendedL2) {
+    const [word, bits] = encodeExtendedL2Entry(
+      kind !== "zero"
+        ? {
+          kind: "standard",
+          hostClusterOffset: hostOffset,
+          copied: true,
+          zero: false,
+          allocationBitmap: kind === "data" ? 0xffffffff : 0,
+          zeroBitmap: 0,
+        }
+        : {
+          kind: "standard",
+          hostClusterOffset: 0,
+          copied: false,
+          zero: false,
+          allocationBitmap: 0,
+          zeroBitmap: 0xffffffff,
+        },
+      clusterBits,
+    );
+    raw = word;
+    bitmap = bits;
+  } else {
+    raw = encodeL2Entry(
+      kind !== "zero"
+        ? {
+          kind: "standard",
+          hostClusterOffset: hostOffset,
+          copied: true,
+          zero: false,
+        }
+        : { kind: "standard", hostClusterOffset: 0, copied: false, zero: true },
+      clusterBits,
+    );
+  }
+  const size = extendedL2 ? 16 : ENTRY_SIZE;
+  table.setBigUint64(index * size, raw);
+  if (extendedL2) table.setBigUint64(index * size + 8, bitmap);
+}
+
+/** Bytes gathered before one write to the target. */
+const WRITE_BATCH = 1024 * 1024;
+
+/**
+ * Writes a new image through a positional target, cluster by cluster in
+ * guest order. Metadata is reserved at the front for at most `bound`
+ * clusters of L2 tables and data; refcount block slots left unused stay
+ * holes that nothing references.
+ *
+ * @example An image with one data cluster, in memory
+ * ```ts
+ * import { Qcow2Writer, resolveCreateOptions } from "@qcow2/qcow2";
+ * import { openImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * let file = new Uint8Array(0);
+ * const target = {
+ *   writeAt(position: number, bytes: Uint8Array) {
+ *     if (position + bytes.length > file.length) {
+ *       const grown = new Uint8Array(position + bytes.length);
+ *       grown.set(file);
+ *       file = grown;
+ *     }
+ *     file.set(bytes, position);
+ *     return Promise.resolve();
+ *   },
+ *   finish(size: number) {
+ *     const out = new Uint8Array(size);
+ *     out.set(file.subarray(0, size));
+ *     file = out;
+ *     return Promise.resolve();
+ *   },
+ * };
+ * const writer = new Qcow2Writer(target, resolveCreateOptions({ size: 1 << 20 }), 2);
+ * await writer.add(3, "data", new Uint8Array(65536).fill(7));
+ * await writer.finish();
+ * const image = await openImage(file);
+ * const cluster = new Uint8Array(65536);
+ * await image.read(3 * 65536, cluster);
+ * assertEquals(cluster[100], 7);
+ * ```
+ */
+export class Qcow2Writer {
+  /** Where the metadata lies. */
+  readonly layout: MetadataLayout;
+  #target: ImageTarget;
+  #options: ResolvedCreateOptions;
+  #clusterBits: number;
+  #placer: Placer;
+  #refcounts: RefcountBlocks;
+  #l1 = new Map<number, number>();
+  #l2: Uint8Array | undefined;
+  #l2View: DataView | undefined;
+  #l2Offset = 0;
+  #batch = new Uint8Array(0);
+  #batchStart = 0;
+  #batchLength = 0;
+  #dataEnd = 0;
+  #last = -1;
+
+  /**
+   * @param target Where the image goes.
+   * @param options The image's options.
+   * @param bound The most clusters that will be placed after the metadata
+   *   (L2 tables and data clusters; a compressed cluster counts as one).
+   */
+  constructor(
+    target: ImageTarget,
+    options: ResolvedCreateOptions,
+    bound: number,
+  ) {
+    this.#target = target;
+    this.#options = options;
+    const geometry = geometryOf(options);
+    this.#clusterBits = geometry.clusterBits;
+    this.layout = layoutMetadata(geometry, bound);
+    this.#refcounts = new RefcountBlocks(
+      this.layout.clusterSize,
+      geometry.refcountOrder,
+    );
+    this.#placer = new Placer(
+      this.layout,
+      options.refcountBits,
+      (c) => this.#refcounts.increment(c),
+    );
+    this.#dataEnd = this.layout.dataStart;
+  }
+
+  /**
+   * Adds guest cluster `cluster`, after every cluster added before.
+   *
+   * @param cluster The guest cluster index.
+   * @param kind `data` (its bytes, one cluster; none for preallocated
+   *   metadata), `compressed` (the compressed bytes, shorter than a
+   *   cluster) or `zero` (a v3 zero cluster).
+   * @param bytes The cluster's bytes; may be reused once the promise settles.
+   */
+  async add(
+    cluster: number,
+    kind: ClusterKind,
+    bytes?: Uint8Array,
+  ): Promise<void> {
+    if (cluster <= this.#last) {
+      throw new RangeError(
+        `guest cluster ${cluster} comes after cluster ${this.#last}`,
+      );
+    }
+    this.#last = cluster;
+    const length = bytes?.length ?? 0;
+    const placed = this.#placer.place(cluster, kind, length);
+    if (placed.newL2Table !== undefined) {
+      await this.#flushL2();
+      this.#l2 = new Uint8Array(this.layout.clusterSize);
+      this.#l2View = new DataView(this.#l2.buffer);
+      this.#l2Offset = placed.newL2Table;
+      this.#l1.set(this.#placer.l1Index, placed.newL2Table);
+    }
+    setEntry(
+      this.#l2View!,
+      cluster % this.layout.l2Entries,
+      kind,
+      placed.hostOffset ?? 0,
+      length,
+      this.#clusterBits,
+      this.#options.extendedL2,
+    );
+    this.#dataEnd = Math.max(this.#dataEnd, this.#placer.position);
+    if (bytes && placed.hostOffset !== undefined) {
+      await this.#write(placed.hostOffset, bytes);
+    }
+  }
+
+  /** Writes the L2 table being filled, if any. */
+  async #flushL2(): Promise<void> {
+    if (!this.#l2) return;
+    await this.#flushBatch();
+    await this.#target.writeAt(this.#l2Offset, this.#l2);
+    this.#l2 = undefined;
+  }
+
+  /** Queues data for the target, in batches of contiguous bytes. */
+  async #write(position: number, bytes: Uint8Array): Promise<void> {
+    if (
+      this.#batchLength > 0 &&
+      (position !== this.#batchStart + this.#batchLength ||
+        this.#batchLength + bytes.length > this.#batch.length)
+    ) {
+      await this.#flushBatch();
+    }
+    if (bytes.length >= WRITE_BATCH) {
+      await this.#target.writeAt(position, bytes);
+      return;
+    }
+    if (this.#batch.length === 0) this.#batch = new Uint8Array(WRITE_BATCH);
+    if (this.#batchLength === 0) this.#batchStart = position;
+    this.#batch.set(bytes, this.#batchLength);
+    this.#batchLength += bytes.length;
+  }
+
+  async #flushBatch(): Promise<void> {
+    if (this.#batchLength === 0) return;
+    const n = this.#batchLength;
+    this.#batchLength = 0;
+    await this.#target.writeAt(
+      this.#batchStart,
+      this.#batch.subarray(0, n),
+    );
+  }
+
+  /**
+   * Writes the metadata and sets the file's length.
+   *
+   * @param dataEnd Where the file ends, if before the end of the last
+   *   cluster placed (preallocation ends at the image's last subcluster).
+   * @returns The file's length in bytes.
+   */
+  async finish(dataEnd?: number): Promise<number> {
+    await this.#flushL2();
+    await this.#flushBatch();
+    const { layout } = this;
+    const end = finishRefcounts(
+      layout,
+      this.#refcounts,
+      Math.min(this.#dataEnd, dataEnd ?? Infinity),
+    );
+    for (const [index, block] of this.#refcounts.blocks) {
+      await this.#target.writeAt(
+        layout.refcountBlocksOffset + index * layout.clusterSize,
+        block,
+      );
+    }
+    await this.#target.writeAt(
+      layout.refcountTableOffset,
+      refcountTable(layout, this.#refcounts),
+    );
+    const l1 = l1Table(layout, this.#l1);
+    if (l1.length > 0) await this.#target.writeAt(layout.l1TableOffset, l1);
+    await this.#target.writeAt(0, newHeader(this.#options, layout));
+    await this.#target.finish(end);
+    return end;
+  }
+}
+
+/**
+ * Counts the metadata at the front (header, refcount table, the refcount
+ * blocks in use, L1 table) into `refcounts`, which already holds the L2
+ * tables and data, and returns the file's length.
+ */
+function finishRefcounts(
+  layout: MetadataLayout,
+  refcounts: RefcountBlocks,
+  dataEnd: number,
+): number {
+  const cs = layout.clusterSize;
+  const l1End = layout.l1TableOffset + layout.l1Size * ENTRY_SIZE;
+  const end = Math.max(
+    dataEnd > layout.dataStart ? dataEnd : l1End,
+    layout.l1TableOffset,
+  );
+  // The file ends on a sector; the blocks in use cover it whole.
+  const fileEnd = Math.ceil(end / COMPRESSED_SECTOR_SIZE) *
+    COMPRESSED_SECTOR_SIZE;
+  const blocksUsed = Math.ceil(
+    Math.ceil(fileEnd / cs) / layout.refcountsPerBlock,
+  );
+  if (blocksUsed > layout.refcountBlockSlots) {
+    throw new Qcow2Error(
+      "BAD_ARGUMENT",
+      `Cannot write qcow2 image: it grew past the ${layout.refcountBlockSlots} refcount blocks reserved for it (did the source change while it was read?)`,
+    );
+  }
+  refcounts.increment(0);
+  for (let i = 0; i < layout.refcountTableClusters; i++) {
+    refcounts.increment(layout.refcountTableOffset / cs + i);
+  }
+  for (let i = 0; i < blocksUsed; i++) {
+    refcounts.increment(layout.refcountBlocksOffset / cs + i);
+  }
+  const l1Clusters = (layout.dataStart - layout.l1TableOffset) / cs;
+  for (let i = 0; i < l1Clusters; i++) {
+    refcounts.increment(layout.l1TableOffset / cs + i);
+  }
+  return dataEnd > layout.dataStart ? fileEnd : l1End;
+}
+
+/** The refcount table pointing at the blocks in `refcounts`. */
+function refcountTable(
+  layout: MetadataLayout,
+  refcounts: RefcountBlocks,
+): Uint8Array {
+  const bytes = new Uint8Array(
+    layout.refcountTableClusters * layout.clusterSize,
+  );
+  const view = new DataView(bytes.buffer);
+  for (const index of refcounts.blocks.keys()) {
+    view.setBigUint64(
+      index * ENTRY_SIZE,
+      encodeRefcountTableEntry({
+        refcountBlockOffset: layout.refcountBlocksOffset +
+          index * layout.clusterSize,
+      }),
+    );
+  }
+  return bytes;
+}
+
+/** The L1 table: `l1Size` entries, those in `tables` pointing at L2 tables. */
+function l1Table(
+  layout: MetadataLayout,
+  tables: Map<number, number>,
+): Uint8Array {
+  const bytes = new Uint8Array(layout.l1Size * ENTRY_SIZE);
+  const view = new DataView(bytes.buffer);
+  for (const [index, offset] of tables) {
+    view.setBigUint64(
+      index * ENTRY_SIZE,
+      encodeL1Entry({ l2TableOffset: offset, copied: true }),
+    );
+  }
+  return bytes;
+}
+
+/** One guest cluster for the writer: its fate and its bytes. */
+export interface ClusterWrite {
+  /** The guest cluster index. */
+  cluster: number;
+  /** What it becomes. */
+  kind: ClusterKind;
+  /** A cluster of data, or the compressed bytes; none for `zero`. */
+  bytes?: Uint8Array;
+}
+
+/** One run of the stream writer's plan: clusters that become the same kind. */
+export interface PlannedRun {
+  /** First guest cluster. */
+  cluster: number;
+  /** Clusters in the run (1 for a compressed cluster). */
+  count: number;
+  /** What they become. */
+  kind: ClusterKind;
+  /** For `compressed`: the compressed length. */
+  length?: number;
+}
+
+/**
+ * A complete image written front to back, for a pipe: the plan (every
+ * cluster's fate, compressed lengths included) is known before the first
+ * byte, so the metadata goes first and the data after it in guest order, as
+ * QEMU's `scripts/qcow2-to-stdout.py` writes it. `items` gives the
+ * clusters again, with their bytes, exactly as planned (compressed
+ * clusters at the planned length).
+ *
+ * @param target A target written in increasing offset order (a stream).
+ * @param options The image's options.
+ * @param plan The runs, in guest order.
+ * @param items Every planned cluster, in order, with its bytes.
+ * @returns The file's length.
+ * @throws {Qcow2Error} `BAD_ARGUMENT` if a compressed cluster's length differs
+ * from the plan (the source changed between the passes).
+ */
+export async function writeStream(
+  target: ImageTarget,
+  options: ResolvedCreateOptions,
+  plan: PlannedRun[],
+  items: AsyncIterable<ClusterWrite>,
+): Promise<number> {
+  const source = items[Symbol.asyncIterator]();
+  const geometry = geometryOf(options);
+  const clusterBits = geometry.clusterBits;
+  // The exact size: place everything once from offset 0.
+  const probe = layoutMetadata(geometry, 0);
+  const dry = new Placer({ ...probe, dataStart: 0 }, options.refcountBits);
+  forEachCluster(plan, (c, kind, length) => dry.place(c, kind, length));
+  const layout = layoutMetadata(
+    geometry,
+    Math.ceil(dry.position / probe.clusterSize),
+  );
+  // Refcounts and the L1 table, from a placement at the real offsets.
+  const refcounts = new RefcountBlocks(
+    layout.clusterSize,
+    geometry.refcountOrder,
+  );
+  const counting = new Placer(
+    layout,
+    options.refcountBits,
+    (c) => refcounts.increment(c),
+  );
+  const l1 = new Map<number, number>();
+  forEachCluster(plan, (c, kind, length) => {
+    const placed = counting.place(c, kind, length);
+    if (placed.newL2Table !== undefined) {
+      l1.set(counting.l1Index, placed.newL2Table);
+    }
+  });
+  const end = finishRefcounts(layout, refcounts, counting.position);
+  await target.writeAt(0, newHeader(options, layout));
+  await target.writeAt(
+    layout.refcountTableOffset,
+    refcountTable(layout, refcounts),
+  );
+  for (let i = 0; i < layout.refcountBlockSlots; i++) {
+    const block = refcounts.blocks.get(i);
+    if (block) {
+      await target.writeAt(
+        layout.refcountBlocksOffset + i * layout.clusterSize,
+        block,
+      );
+    }
+  }
+  const l1Bytes = l1Table(layout, l1);
+  if (l1Bytes.length > 0) await target.writeAt(layout.l1TableOffset, l1Bytes);
+
+  // Each L2 range: its table (from a placer looking ahead), then its data.
+  const runs = splitAtRanges(plan, layout.l2Entries);
+  const placer = new Placer(layout, options.refcountBits);
+  let first = 0;
+  while (first < runs.length) {
+    const l1Index = Math.floor(runs[first].cluster / layout.l2Entries);
+    let last = first;
+    while (
+      last < runs.length &&
+      Math.floor(runs[last].cluster / layout.l2Entries) === l1Index
+    ) last++;
+    const range = runs.slice(first, last);
+    first = last;
+    const ahead = placer.clone();
+    const table = new Uint8Array(layout.clusterSize);
+    const view = new DataView(table.buffer);
+    let tableOffset = 0;
+    forEachCluster(range, (c, kind, length) => {
+      const placed = ahead.place(c, kind, length);
+      if (placed.newL2Table !== undefined) tableOffset = placed.newL2Table;
+      setEntry(
+        view,
+        c % layout.l2Entries,
+        kind,
+        placed.hostOffset ?? 0,
+        length,
+        clusterBits,
+        options.extendedL2,
+      );
+    });
+    await target.writeAt(tableOffset, table);
+    for (const run of range) {
+      for (let i = 0; i < run.count; i++) {
+        const cluster = run.cluster + i;
+        const next = await source.next();
+        const item = next.done ? undefined : next.value;
+        const length = run.kind === "compressed" ? run.length! : 0;
+        if (
+          item?.cluster !== cluster || item.kind !== run.kind ||
+          (run.kind === "compressed" && item.bytes?.length !== length)
+        ) {
+          throw new Qcow2Error(
+            "BAD_ARGUMENT",
+            `Cannot stream qcow2 image: guest cluster ${cluster} read differently the second time (did the source change while it was read?)`,
+          );
+        }
+        const placed = placer.place(cluster, run.kind, length);
+        if (item.bytes && placed.hostOffset !== undefined) {
+          await target.writeAt(placed.hostOffset, item.bytes);
+        }
+      }
+    }
+  }
+  await target.finish(end);
+  return end;
+}
+
+/** `plan` with every run cut where an L2 range ends. */
+function splitAtRanges(plan: PlannedRun[], l2Entries: number): PlannedRun[] {
+  const out: PlannedRun[] = [];
+  for (const run of plan) {
+    let { cluster, count } = run;
+    while (count > 0) {
+      const n = Math.min(
+        count,
+        (Math.floor(cluster / l2Entries) + 1) * l2Entries - cluster,
+      );
+      out.push({ ...run, cluster, count: n });
+      cluster += n;
+      count -= n;
+    }
+  }
+  return out;
+}
+
+function forEachCluster(
+  plan: PlannedRun[],
+  each: (cluster: number, kind: ClusterKind, length: number) => void,
+): void {
+  for (const run of plan) {
+    for (let i = 0; i < run.count; i++) {
+      each(run.cluster + i, run.kind, run.length ?? 0);
+    }
+  }
+}
