@@ -64,6 +64,8 @@ import {
 import type { WritableQcow2Image } from "./src/qcow2/writable.ts";
 import { openPathWritable } from "./native/writable_file.ts";
 import type { QcowImage } from "./src/qcow/image.ts";
+import { RawImage } from "./src/raw.ts";
+import { Qcow2Error } from "./src/errors.ts";
 import { type RawSink, toRawSink } from "./src/io/sink.ts";
 import { nodeCodecs } from "./native/zlib.ts";
 import { nodeCompressors } from "./native/compress.ts";
@@ -527,9 +529,7 @@ export async function convertToQcow2(
   options: ConvertToQcow2Options & OpenOptions = {},
 ): Promise<ConvertToQcow2Summary> {
   const opened = typeof src === "string" || !("extents" in src);
-  const image = opened
-    ? await openImage(src, { l2CacheBytes: CONVERT_L2_CACHE_BYTES, ...options })
-    : src;
+  const image = opened ? await openSource(src, options) : src;
   try {
     return await convertToQcow2Destination(image, dst, {
       ...options,
@@ -538,4 +538,22 @@ export async function convertToQcow2(
   } finally {
     if (opened) image.close();
   }
+}
+
+/** Opens `src` as an image, or as a raw disk if it is no qcow2 or qcow image. */
+async function openSource(
+  src: ImageInput | string,
+  options: OpenOptions,
+): Promise<DiskImage> {
+  try {
+    return await openImage(src, {
+      l2CacheBytes: CONVERT_L2_CACHE_BYTES,
+      ...options,
+    });
+  } catch (e) {
+    if (!(e instanceof Qcow2Error) || e.code !== "BAD_MAGIC") throw e;
+  }
+  if (typeof src !== "string") return new RawImage(await toByteSource(src));
+  const file = await openPath(src);
+  return new RawImage(file, () => file.close!());
 }

@@ -57,6 +57,8 @@ import {
 } from "./src/qcow2/header.ts";
 import { openDisk, type OpenOptions } from "./src/open.ts";
 import type { QcowImage } from "./src/qcow/image.ts";
+import { RawImage } from "./src/raw.ts";
+import { Qcow2Error } from "./src/errors.ts";
 import { type RawSink, toRawSink } from "./src/io/sink.ts";
 import { webCodecs } from "./src/codecs/codecs.ts";
 import {

@@ -1,0 +1,607 @@
+/**
+ * `convert -O qcow2` against qemu-img: for each source kind and option
+ * class, the output passes `qemu-img check` (0 errors, 0 leaks), `compare`
+ * finds it identical to its source, `info` shows the options asked for, and
+ * QEMU can write into it. Then `-B`, the stream to stdout, reproducibility
+ * with any number of workers, compressed size against qemu-img's, a random
+ * round trip, and the refusals.
+ */
+
+import { assert, assertEquals, assertRejects } from "@std/assert";
+import {
+  convertToQcow2,
+  type ConvertToQcow2Options,
+  memoryTarget,
+  openImage,
+  optionsFromText,
+  Qcow2Error,
+  splitOptions,
+} from "../mod.ts";
+import { workerCompressors } from "../native/compress_pool.ts";
+import { cli, fixture, hasQemu, run, tempDir } from "./_reference.ts";
+import { prng } from "./_synth.ts";
+
+/** Source fixtures, and the snapshot to read (`-l`). */
+const SOURCES: [string, string?][] = [
+  ["v3_64k.qcow2"],
+  ["zlib.qcow2"],
+  ["zstd.qcow2"],
+  ["odd_size.qcow2"],
+  ["c512.qcow2"],
+  ["layouts/chain_top.qcow2"],
+  ["layouts/snap.qcow2", "first"],
+  ["sparse_4t.qcow2"],
+];
+
+/** `-o` text and conversion options, by name. */
+const OPTION_SETS: [string, string, ConvertToQcow2Options][] = [
+  ["defaults", "", {}],
+  ["512 B clusters", "cluster_size=512", {}],
+  ["4 KiB clusters", "cluster_size=4k", {}],
+  ["2 MiB clusters, extended L2", "cluster_size=2M,extended_l2=on", {}],
+  ["compat 0.10", "compat=0.10", {}],
+  ["refcount_bits 1", "refcount_bits=1", {}],
+  ["refcount_bits 64", "refcount_bits=64", {}],
+  ["extended L2", "extended_l2=on", {}],
+  ["-c zlib", "", { compress: true }],
+  ["-c zstd, 4 KiB clusters", "compression_type=zstd,cluster_size=4k", {
+    compress: true,
+  }],
+  ["-c, refcount_bits 1", "refcount_bits=1", { compress: true }],
+  ["-S 0", "", { sparseSize: 0 }],
+  ["lazy refcounts", "lazy_refcounts=on", {}],
+];
+
+/** The reference raw image of a source (a snapshot's state with -l). */
+async function reference(
+  dir: string,
+  src: string,
+  snapshot?: string,
+): Promise<string> {
+  if (!snapshot) return src;
+  const raw = `${dir}/ref.raw`;
+  await run("qemu-img", [
+    "convert",
+    "-l",
+    `snapshot.name=${snapshot}`,
+    "-O",
+    "raw",
+    src,
+    raw,
+  ]);
+  return raw;
+}
+
+/** Checks what qemu-img says of `out`: clean, identical to `ref`, the options shown. */
+async function verify(
+  out: string,
+  ref: string,
+  options: ConvertToQcow2Options,
+): Promise<void> {
+  await run("qemu-img", ["check", out]);
+  const compare = await run("qemu-img", ["compare", ref, out]);
+  assertEquals(compare.trim(), "Images are identical.");
+  const info = JSON.parse(
+    await run("qemu-img", ["info", "--output=json", out]),
+  );
+  assertEquals(info["cluster-size"], options.clusterSize ?? 65536);
+  const data = info["format-specific"].data;
+  assertEquals(data.compat, options.compat ?? "1.1");
+  assertEquals(data["refcount-bits"], options.refcountBits ?? 16);
+  assertEquals(data["compression-type"], options.compressionType ?? "zlib");
+  if ((options.compat ?? "1.1") === "1.1") {
+    assertEquals(data["extended-l2"], options.extendedL2 ?? false);
+    assertEquals(data["lazy-refcounts"], options.lazyRefcounts ?? false);
+  }
+}
+
+for (const [name, snapshot] of SOURCES) {
+  for (const [label, text, extra] of OPTION_SETS) {
+    if (name === "sparse_4t.qcow2" && /512|-S 0/.test(label)) continue;
+    Deno.test({
+      name: `convert -O qcow2 ${name}${
+        snapshot ? ` -l ${snapshot}` : ""
+      }, ${label}`,
+      ignore: !hasQemu,
+      fn: async () => {
+        const dir = await tempDir();
+        try {
+          const options: ConvertToQcow2Options = {
+            ...optionsFromText(splitOptions(text ? [text] : [])),
+            ...extra,
+          };
+          const out = `${dir}/out.qcow2`;
+          {
+            using file = await Deno.open(out, {
+              write: true,
+              create: true,
+              read: true,
+            });
+            await convertToQcow2(fixture(name), file, { ...options, snapshot });
+          }
+          await verify(
+            out,
+            await reference(dir, fixture(name), snapshot),
+            options,
+          );
+        } finally {
+          await Deno.remove(dir, { recursive: true });
+        }
+      },
+    });
+  }
+}
+
+Deno.test({
+  name: "convert -O qcow2: QEMU writes into our images and check stays clean",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      for (
+        const [text, extra] of [
+          ["", { compress: true }],
+          ["cluster_size=512,refcount_bits=1", {}],
+          ["extended_l2=on", {}],
+          ["compat=0.10", { compress: true }],
+        ] as [string, ConvertToQcow2Options][]
+      ) {
+        const out = `${dir}/w.qcow2`;
+        {
+          using file = await Deno.open(out, {
+            write: true,
+            create: true,
+            read: true,
+            truncate: true,
+          });
+          await convertToQcow2(fixture("zlib.qcow2"), file, {
+            ...optionsFromText(splitOptions(text ? [text] : [])),
+            ...extra,
+          });
+        }
+        await run("qemu-io", [
+          "-c",
+          "write -P 0x11 4096 200k",
+          "-c",
+          "write -z 1m 64k",
+          "-c",
+          "discard 0 4k",
+          out,
+        ]);
+        await run("qemu-img", ["check", out]);
+        const image = await openImage(out);
+        const bytes = new Uint8Array(4096);
+        await image.read(8192, bytes);
+        image.close();
+        assert(bytes.every((b) => b === 0x11), text);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "convert -O qcow2 -B: only the top layer, no larger than qemu-img's, and zeros hide the backing",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      await run("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        `${dir}/base.qcow2`,
+        "4M",
+      ]);
+      await run("qemu-io", ["-c", "write -P 0x33 0 4M", `${dir}/base.qcow2`]);
+      await run("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        `${dir}/top.qcow2`,
+      ]);
+      await run("qemu-io", [
+        "-c",
+        "write -P 0x44 64k 100k",
+        "-c",
+        "write -z 1m 128k",
+        "-c",
+        "write -P 0 2m 64k",
+        `${dir}/top.qcow2`,
+      ]);
+      for (const compat of ["1.1", "0.10"]) {
+        const ours = `${dir}/ours.qcow2`;
+        const theirs = `${dir}/theirs.qcow2`;
+        const r = await cli([`--allow-read=${dir}`, `--allow-write=${dir}`], [
+          "convert",
+          "-O",
+          "qcow2",
+          "-o",
+          `compat=${compat}`,
+          "-B",
+          "base.qcow2",
+          "-F",
+          "qcow2",
+          `${dir}/top.qcow2`,
+          ours,
+        ]);
+        assertEquals(r.code, 0, r.stderr);
+        await run("qemu-img", [
+          "convert",
+          "-O",
+          "qcow2",
+          "-o",
+          `compat=${compat}`,
+          "-B",
+          "base.qcow2",
+          "-F",
+          "qcow2",
+          `${dir}/top.qcow2`,
+          theirs,
+        ], dir);
+        await run("qemu-img", ["check", ours]);
+        assertEquals(
+          (await run("qemu-img", ["compare", `${dir}/top.qcow2`, ours])).trim(),
+          "Images are identical.",
+        );
+        const info = JSON.parse(
+          await run("qemu-img", ["info", "--output=json", ours]),
+        );
+        assertEquals(info["backing-filename"], "base.qcow2");
+        const [a, b] = [
+          (await Deno.stat(ours)).size,
+          (await Deno.stat(theirs)).size,
+        ];
+        assert(
+          a <= b * 1.01,
+          `compat ${compat}: ours ${a} bytes, qemu-img's ${b}`,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "convert -O qcow2 to stdout: a complete image, front to back, the same as to a file here",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      for (
+        const args of [[], ["-c"], [
+          "-c",
+          "-o",
+          "compression_type=zstd,cluster_size=4k",
+        ]]
+      ) {
+        const src = fixture("zlib.qcow2");
+        const r = await cli([`--allow-read=${src}`], [
+          "convert",
+          "-O",
+          "qcow2",
+          ...args,
+          src,
+          "-",
+        ]);
+        assertEquals(r.code, 0, r.stderr);
+        await Deno.writeFile(`${dir}/s.qcow2`, r.bytes);
+        await run("qemu-img", ["check", `${dir}/s.qcow2`]);
+        assertEquals(
+          (await run("qemu-img", ["compare", src, `${dir}/s.qcow2`])).trim(),
+          "Images are identical.",
+        );
+        const f = await cli([
+          `--allow-read=${dir},${src}`,
+          `--allow-write=${dir}`,
+        ], [
+          "convert",
+          "-O",
+          "qcow2",
+          ...args,
+          src,
+          `${dir}/f.qcow2`,
+        ]);
+        assertEquals(f.code, 0, f.stderr);
+        assertEquals(
+          r.bytes,
+          await Deno.readFile(`${dir}/f.qcow2`),
+          args.join(" "),
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("convert -O qcow2 -c: the same bytes with 1, 2 and 3 workers and on the calling thread", async () => {
+  const raw = new Uint8Array(3 * 1024 * 1024);
+  raw.set(prng(1024 * 1024, 7), 0); // incompressible: stored uncompressed
+  for (let i = 1024 * 1024; i < raw.length - 65536; i++) {
+    raw[i] = (i * 31) % 7 === 0 ? i & 0xff : 0x20;
+  }
+  const digests = new Set<string>();
+  for (const workers of [0, 1, 2, 3]) {
+    for (const compressionType of ["zlib", "zstd"] as const) {
+      const pool = workerCompressors({ workers });
+      try {
+        const target = memoryTarget();
+        await convertToQcow2(raw, target, {
+          compress: true,
+          compressionType,
+          compressors: pool,
+          clusterSize: 16384,
+        });
+        const digest = await crypto.subtle.digest(
+          "SHA-256",
+          target.bytes().slice(),
+        );
+        digests.add(`${compressionType} ${new Uint8Array(digest).join(",")}`);
+        const image = await openImage(target.bytes());
+        const back = new Uint8Array(raw.length);
+        await image.read(0, back);
+        assertEquals(back, raw);
+      } finally {
+        pool.close();
+      }
+    }
+  }
+  assertEquals(digests.size, 2); // one image per compression type
+});
+
+Deno.test({
+  name: "convert -O qcow2 -c: file size within 1% of qemu-img's",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      // Text-like data in 64 KiB clusters, some incompressible.
+      const raw = new Uint8Array(8 * 1024 * 1024);
+      const words = [
+        "qcow2 ",
+        "cluster ",
+        "refcount ",
+        "L2 table ",
+        "zlib ",
+        "\n",
+      ];
+      const rand = prng(raw.length, 3);
+      for (let i = 0, w = 0; i < 6 * 1024 * 1024; w++) {
+        const word = words[rand[w % rand.length] % words.length];
+        for (let k = 0; k < word.length && i < raw.length; k++) {
+          raw[i++] = word.charCodeAt(k);
+        }
+      }
+      raw.set(prng(1024 * 1024, 9), 7 * 1024 * 1024);
+      await Deno.writeFile(`${dir}/in.raw`, raw);
+      for (const type of ["zlib", "zstd"]) {
+        const ours = `${dir}/ours.qcow2`;
+        const r = await cli([`--allow-read=${dir}`, `--allow-write=${dir}`], [
+          "convert",
+          "-O",
+          "qcow2",
+          "-c",
+          "-o",
+          `compression_type=${type}`,
+          `${dir}/in.raw`,
+          ours,
+        ]);
+        assertEquals(r.code, 0, r.stderr);
+        await run("qemu-img", [
+          "convert",
+          "-O",
+          "qcow2",
+          "-c",
+          "-o",
+          `compression_type=${type}`,
+          `${dir}/in.raw`,
+          `${dir}/theirs.qcow2`,
+        ]);
+        await run("qemu-img", ["check", ours]);
+        const a = (await Deno.stat(ours)).size;
+        const b = (await Deno.stat(`${dir}/theirs.qcow2`)).size;
+        assert(
+          Math.abs(a - b) <= b * 0.01,
+          `${type}: ours ${a} bytes, qemu-img's ${b}`,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
+    "convert -O qcow2: a random round trip (random data and options, read back by us and qemu-img)",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      const seed = Number(
+        Deno.env.get("ROUND_TRIP_SEED") ?? Date.now() % 100000,
+      );
+      const rand = prng(4096, seed);
+      let r = 0;
+      const pick = <T>(xs: T[]): T => xs[rand[r++ % rand.length] % xs.length];
+      for (let round = 0; round < 6; round++) {
+        const size = 512 * (1 + ((rand[r++] << 8 | rand[r++]) % 8192));
+        const raw = new Uint8Array(size);
+        for (let k = 0; k < 12; k++) {
+          const at = Math.floor((rand[r++ % 4096] / 256) * size);
+          const len = Math.min(size - at, 1 + (rand[r++ % 4096] << 6));
+          raw.set(
+            pick([prng(len, seed + k), new Uint8Array(len).fill(0x61)]),
+            at,
+          );
+        }
+        const compat = pick(["0.10", "1.1"] as const);
+        const options: ConvertToQcow2Options = {
+          clusterSize: pick([512, 1024, 4096, 16384, 65536, 2097152]),
+          compat,
+          refcountBits: compat === "0.10" ? 16 : pick([1, 2, 8, 16, 32, 64]),
+          compress: pick([false, true]),
+          compressionType: compat === "0.10"
+            ? "zlib"
+            : pick(["zlib", "zstd"] as const),
+          sparseSize: pick([0, 4096, 512, 65536]),
+        };
+        if (compat === "1.1" && options.clusterSize! >= 16384) {
+          options.extendedL2 = pick([false, true]);
+        }
+        const target = memoryTarget();
+        await convertToQcow2(raw, target, options);
+        const image = await openImage(target.bytes());
+        const back = new Uint8Array(size);
+        await image.read(0, back);
+        image.close();
+        const what = `seed ${seed} round ${round}: ${JSON.stringify(options)}`;
+        assertEquals(back, raw, what);
+        await Deno.writeFile(`${dir}/in.raw`, raw);
+        await Deno.writeFile(`${dir}/out.qcow2`, target.bytes());
+        await run("qemu-img", ["check", `${dir}/out.qcow2`]).catch((e) =>
+          Promise.reject(new Error(`${what}: ${e}`))
+        );
+        assertEquals(
+          (await run("qemu-img", [
+            "compare",
+            `${dir}/in.raw`,
+            `${dir}/out.qcow2`,
+          ])).trim(),
+          "Images are identical.",
+          what,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("convert -O qcow2: refusals in one line, nothing left under DST, an earlier DST untouched", async () => {
+  const dir = await tempDir();
+  try {
+    const src = `${dir}/src.qcow2`;
+    await Deno.copyFile(fixture("layouts/chain_top.qcow2"), src);
+    await Deno.copyFile(
+      fixture("layouts/chain_mid.qcow2"),
+      `${dir}/chain_mid.qcow2`,
+    );
+    await Deno.copyFile(
+      fixture("layouts/chain_base.qcow2"),
+      `${dir}/chain_base.qcow2`,
+    );
+    await Deno.writeTextFile(`${dir}/old.qcow2`, "keep me");
+    const perms = [`--allow-read=${dir}`, `--allow-write=${dir}`];
+    const fails: [string[], number, string][] = [
+      [["-O", "qcow2", src, src], 1, "same file"],
+      [["-O", "qcow2", src, `${dir}/chain_base.qcow2`], 1, "same file"],
+      [
+        [
+          "-O",
+          "qcow2",
+          "-B",
+          "old.qcow2",
+          "-F",
+          "qcow2",
+          src,
+          `${dir}/old.qcow2`,
+        ],
+        1,
+        "old.qcow2",
+      ],
+      [
+        [
+          "-O",
+          "qcow2",
+          "-o",
+          "compat=0.10,extended_l2=on",
+          src,
+          `${dir}/old.qcow2`,
+        ],
+        1,
+        "extended_l2",
+      ],
+      [
+        ["-O", "qcow2", "-o", "cluster_size=3k", src, `${dir}/new.qcow2`],
+        1,
+        "cluster_size",
+      ],
+      [
+        [
+          "-O",
+          "qcow2",
+          "-c",
+          "-o",
+          "preallocation=metadata",
+          src,
+          `${dir}/new.qcow2`,
+        ],
+        1,
+        "preallocation",
+      ],
+      [
+        ["-O", "qcow2", "-B", "base.qcow2", src, `${dir}/new.qcow2`],
+        1,
+        "backing format",
+      ],
+      [
+        ["-O", "qcow2", `${dir}/missing.qcow2`, `${dir}/new.qcow2`],
+        1,
+        "missing.qcow2",
+      ],
+      [["-O", "vmdk", src, `${dir}/new.qcow2`], 2, "vmdk"],
+      [["-c", src, `${dir}/new.raw`], 2, "-O qcow2"],
+    ];
+    for (const [args, code, says] of fails) {
+      const r = await cli(perms, ["convert", ...args]);
+      assertEquals(r.code, code, `${args.join(" ")}: ${r.stderr}`);
+      assert(r.stderr.includes(says), `${args.join(" ")}: ${r.stderr}`);
+      assert(!r.stderr.includes("    at "), r.stderr);
+    }
+    assertEquals(await Deno.readTextFile(`${dir}/old.qcow2`), "keep me");
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assertEquals(names, [
+      "chain_base.qcow2",
+      "chain_mid.qcow2",
+      "old.qcow2",
+      "src.qcow2",
+    ]);
+    // A source damaged in its data: the conversion fails, DST keeps its old content.
+    const bad = new Uint8Array(await Deno.readFile(fixture("zlib.qcow2")));
+    bad.fill(0xff, 0x50000, 0x50000 + 512); // the first compressed cluster
+    await Deno.writeFile(`${dir}/bad.qcow2`, bad);
+    const r = await cli(perms, [
+      "convert",
+      "-O",
+      "qcow2",
+      `${dir}/bad.qcow2`,
+      `${dir}/old.qcow2`,
+    ]);
+    assertEquals(r.code, 1, r.stderr);
+    assertEquals(await Deno.readTextFile(`${dir}/old.qcow2`), "keep me");
+    assertEquals([...Deno.readDirSync(dir)].length, 5);
+    await assertRejects(
+      () =>
+        convertToQcow2(fixture("zlib.qcow2"), memoryTarget(), {
+          compress: true,
+          compressors: {},
+        }),
+      Qcow2Error,
+      "no zlib compressor",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

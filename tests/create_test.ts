@@ -1,0 +1,299 @@
+/**
+ * `create` against `qemu-img create -f qcow2`: the same bytes for each
+ * option class where QEMU's layout is ours, a clean `check` and the options
+ * asked for in `info` everywhere, qemu-io writes that keep `check` clean, and
+ * qemu-img's refusals. Without qemu-img, the digests of qemu-img's images
+ * (tests/fixtures/create_digests.json, made by make_create_digests.sh).
+ */
+
+import { assert, assertEquals, assertRejects, assertThrows } from "@std/assert";
+import {
+  createImage,
+  memoryTarget,
+  openImage,
+  optionsFromText,
+  parseSize,
+  Qcow2Error,
+  resolveCreateOptions,
+  splitOptions,
+} from "../mod.ts";
+import { cli, hasQemu, hex, run, tempDir } from "./_reference.ts";
+
+/** `-o` text, size, and whether our file is qemu-img's byte for byte. */
+const CASES: [string, string, boolean][] = [
+  ["", "1G", true],
+  ["", "1000", true],
+  ["cluster_size=512", "1M", true],
+  ["cluster_size=512", "1G", false], // refcount blocks before the L1, not after
+  ["cluster_size=4k", "1G", true],
+  ["cluster_size=2M", "4T", true],
+  ["compat=0.10", "1G", true],
+  ["compat=v2,cluster_size=4k", "100M", true],
+  ["refcount_bits=1", "1G", true],
+  ["refcount_bits=64", "4T", true],
+  ["extended_l2=on", "1G", true],
+  ["extended_l2=on,cluster_size=2M", "1G", true],
+  ["compression_type=zstd", "1G", true],
+  ["lazy_refcounts=on", "1G", true],
+  ["", "4T", true],
+  ["", "2047M", true],
+  ["preallocation=metadata", "100M", true],
+  ["preallocation=metadata,cluster_size=4k", "3M", true],
+  ["preallocation=metadata,extended_l2=on", "1000", true],
+  ["preallocation=falloc", "1M", false], // QEMU moves the refcounts to the end
+  ["preallocation=full,cluster_size=4k", "300k", false],
+];
+
+const digests: Record<string, string> = JSON.parse(
+  await Deno.readTextFile(
+    new URL("./fixtures/create_digests.json", import.meta.url),
+  ),
+);
+
+async function ours(options: string, size: string): Promise<Uint8Array> {
+  const target = memoryTarget();
+  await createImage(target, {
+    ...optionsFromText(splitOptions(options ? [options] : [])),
+    size: parseSize(size),
+  });
+  return target.bytes();
+}
+
+for (const [options, size, identical] of CASES) {
+  Deno.test(`create -o '${options}' ${size}: ${identical ? "qemu-img's bytes" : "clean"}`, async () => {
+    const bytes = await ours(options, size);
+    const key = `${options} ${size}`;
+    if (!hasQemu) {
+      if (identical) {
+        assertEquals(
+          hex(await crypto.subtle.digest("SHA-256", bytes.slice())),
+          digests[key],
+        );
+      }
+      return;
+    }
+    const dir = await tempDir();
+    try {
+      const theirs = `${dir}/q.qcow2`;
+      const mine = `${dir}/w.qcow2`;
+      await run("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        ...(options ? ["-o", options] : []),
+        theirs,
+        size,
+      ]);
+      await Deno.writeFile(mine, bytes);
+      if (identical) assertEquals(bytes, await Deno.readFile(theirs));
+      await run("qemu-img", ["check", mine]);
+      const info = JSON.parse(
+        await run("qemu-img", ["info", "--output=json", mine]),
+      );
+      const resolved = resolveCreateOptions({
+        ...optionsFromText(splitOptions(options ? [options] : [])),
+        size: parseSize(size),
+      });
+      assertEquals(info["virtual-size"], resolved.size);
+      assertEquals(info["cluster-size"], resolved.clusterSize);
+      const data = info["format-specific"].data;
+      assertEquals(data.compat, resolved.compat);
+      assertEquals(data["refcount-bits"], resolved.refcountBits);
+      assertEquals(data["compression-type"], resolved.compressionType);
+      if (resolved.compat === "1.1") {
+        assertEquals(data["extended-l2"], resolved.extendedL2);
+        assertEquals(data["lazy-refcounts"], resolved.lazyRefcounts);
+      }
+      // QEMU writes into it, and it stays clean.
+      const tail = Math.min(70000, resolved.size - 65536);
+      await run("qemu-io", [
+        "-c",
+        `write -P 0x5a 0 ${Math.min(65536, resolved.size)}`,
+        ...(tail > 0
+          ? ["-c", `write -P 0xa5 ${resolved.size - tail} ${tail}`]
+          : []),
+        mine,
+      ]);
+      await run("qemu-img", ["check", mine]);
+      const image = await openImage(mine);
+      const sector = new Uint8Array(Math.min(512, resolved.size));
+      await image.read(0, sector);
+      image.close();
+      assert(sector.every((b) => b === 0x5a));
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  });
+}
+
+Deno.test("create: refusals as qemu-img's, naming the option", () => {
+  const refused: [string, string][] = [
+    ["compat=0.10,extended_l2=on", "extended_l2"],
+    ["compat=0.10,compression_type=zstd", "compression_type"],
+    ["compat=0.10,lazy_refcounts=on", "lazy_refcounts"],
+    ["compat=0.10,refcount_bits=8", "refcount_bits"],
+    ["extended_l2=on,cluster_size=8k", "extended_l2"],
+    ["cluster_size=3k", "cluster_size"],
+    ["cluster_size=4M", "cluster_size"],
+    ["cluster_size=256", "cluster_size"],
+    ["refcount_bits=3", "refcount_bits"],
+    ["refcount_bits=128", "refcount_bits"],
+    ["compression_type=lz4", "compression_type"],
+    ["preallocation=some", "preallocation"],
+    ["backing_file=b.qcow2", "backing_fmt"],
+    [
+      "backing_file=b,backing_fmt=qcow2,preallocation=metadata",
+      "preallocation",
+    ],
+  ];
+  for (const [text, name] of refused) {
+    const e = assertThrows(
+      () =>
+        resolveCreateOptions({
+          ...optionsFromText(splitOptions([text])),
+          size: 1 << 20,
+        }),
+      Qcow2Error,
+    );
+    assertEquals(e.code, "BAD_OPTION", text);
+    assert(e.message.includes(name), `${text}: ${e.message}`);
+  }
+  assertThrows(() => splitOptions(["foo=1"]), Qcow2Error, "foo");
+  assertThrows(() => splitOptions(["cluster_size"]), Qcow2Error, "name=value");
+  assertThrows(
+    () => optionsFromText(splitOptions(["extended_l2=maybe"])),
+    Qcow2Error,
+    "'on' or 'off'",
+  );
+  assertThrows(
+    () => optionsFromText(splitOptions(["cluster_size=abc"])),
+    Qcow2Error,
+    "cluster_size",
+  );
+  const big = assertThrows(
+    () => resolveCreateOptions({ size: parseSize("4P") }),
+    Qcow2Error,
+  );
+  assertEquals(big.code, "TOO_LARGE");
+  resolveCreateOptions({ size: parseSize("2P") }); // the largest at 64 KiB
+  assertThrows(
+    () => resolveCreateOptions({ size: parseSize("1T"), clusterSize: 512 }),
+    Qcow2Error,
+    "too large",
+  );
+});
+
+Deno.test("create: sizes as qemu-img reads them", () => {
+  assertEquals(parseSize("1000"), 1000);
+  assertEquals(parseSize("1k"), 1024);
+  assertEquals(parseSize("1K"), 1024);
+  assertEquals(parseSize("1b"), 1);
+  assertEquals(parseSize("1.5G"), 1610612736);
+  assertEquals(parseSize("64T"), 70368744177664);
+  for (const bad of ["-1", "abc", "1e3", "1M5", "", "8E", "1.5"]) {
+    assertThrows(() => parseSize(bad), RangeError, undefined, bad);
+  }
+  assertEquals(resolveCreateOptions({ size: 513 }).size, 1024);
+});
+
+Deno.test("create: the CLI prints qemu-img's Formatting line, makes the file, and refuses in one line", async () => {
+  const dir = await tempDir();
+  try {
+    const perms = [`--allow-read=${dir}`, `--allow-write=${dir}`];
+    const made = await cli(perms, [
+      "create",
+      "-o",
+      "cluster_size=4k,compat=v2",
+      `${dir}/a.qcow2`,
+      "100M",
+    ]);
+    assertEquals(made.code, 0, made.stderr);
+    assertEquals(
+      made.stdout,
+      `Formatting '${dir}/a.qcow2', fmt=qcow2 cluster_size=4096 extended_l2=off compression_type=zlib size=104857600 compat=v2 lazy_refcounts=off refcount_bits=16\n`,
+    );
+    // -b without SIZE: the backing file's size; the name is relative to FILE.
+    const over = await cli(perms, [
+      "create",
+      "-q",
+      "-b",
+      "a.qcow2",
+      "-F",
+      "qcow2",
+      `${dir}/b.qcow2`,
+    ]);
+    assertEquals([over.code, over.stdout, over.stderr], [0, "", ""]);
+    const image = await openImage(`${dir}/b.qcow2`, {
+      openFile: async (p) =>
+        await Deno.open(p).then((f) => ({
+          size: f.statSync().size,
+          readAt: async (pos: number, buf: Uint8Array) => {
+            await f.seek(pos, Deno.SeekMode.Start);
+            return (await f.read(buf)) ?? 0;
+          },
+          close: () => f.close(),
+        })),
+    });
+    assertEquals(image.size, 100 * 1024 * 1024);
+    image.close();
+    if (hasQemu) {
+      const info = JSON.parse(
+        await run("qemu-img", ["info", "--output=json", `${dir}/b.qcow2`]),
+      );
+      assertEquals(info["backing-filename"], "a.qcow2");
+      assertEquals(info["backing-filename-format"], "qcow2");
+    }
+    const fails: [string[], number, string][] = [
+      [
+        ["-b", "missing.qcow2", "-F", "qcow2", `${dir}/c.qcow2`],
+        1,
+        "missing.qcow2",
+      ],
+      [["-b", "a.qcow2", `${dir}/c.qcow2`, "1M"], 1, "backing format"],
+      [["-b", "m.qcow2", "-F", "qcow2", "-u", `${dir}/c.qcow2`], 2, "size"],
+      [
+        ["-o", "compat=0.10,lazy_refcounts=on", `${dir}/c.qcow2`, "1M"],
+        1,
+        "lazy_refcounts",
+      ],
+      [["-o", "bogus=1", `${dir}/c.qcow2`, "1M"], 1, "bogus"],
+      [[`${dir}/c.qcow2`, "12Q"], 1, "Invalid image size"],
+      [[`${dir}/c.qcow2`, "4P"], 1, "too large"],
+      [["-f", "vmdk", `${dir}/c.qcow2`, "1M"], 2, "vmdk"],
+      [["-b", "a.qcow2", "-F", "qcow2", `${dir}/a.qcow2`], 1, "same file"],
+    ];
+    for (const [args, code, says] of fails) {
+      const r = await cli(perms, ["create", "-q", ...args]);
+      assertEquals(r.code, code, `${args.join(" ")}: ${r.stderr}`);
+      assert(r.stderr.includes(says), `${args.join(" ")}: ${r.stderr}`);
+      assert(!r.stderr.includes("    at "), r.stderr);
+      assertEquals(r.stderr.trim().split("\n")[0].startsWith("qcow2: "), true);
+    }
+    // Nothing left behind by the failures; the refused DST is untouched.
+    const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+    assertEquals(names, ["a.qcow2", "b.qcow2"]);
+    const help = await cli(perms, ["create", "-o", "help"]);
+    assert(help.stdout.includes("refcount_bits=<num>"));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("create: a seekable file is emptied first", async () => {
+  const dir = await tempDir();
+  try {
+    const path = `${dir}/x.qcow2`;
+    await Deno.writeFile(path, new Uint8Array(1 << 20).fill(1));
+    using file = await Deno.open(path, { write: true, read: true });
+    const made = await createImage(file, { size: 1 << 20 });
+    assertEquals((await Deno.stat(path)).size, made.fileSize);
+    await assertRejects(
+      () => createImage(file, { size: -1 }),
+      Qcow2Error,
+      "Invalid image size",
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
