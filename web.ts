@@ -67,8 +67,6 @@ import {
   type ConvertToQcow2Summary,
   type Qcow2Destination,
 } from "./src/ops/convert_qcow2.ts";
-import { RawImage } from "./src/raw.ts";
-import { Qcow2Error } from "./src/errors.ts";
 import {
   openWritable,
   toByteStore,
