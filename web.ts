@@ -394,7 +394,7 @@ export {
   type ImageTarget,
   Qcow2Writer,
 } from "./src/qcow2/writer.ts";
-export type { ClusterKind } from "./src/qcow2/placement.ts";
+export type { ClusterKind, MetadataLayout } from "./src/qcow2/placement.ts";
 export type { Compressor, Compressors } from "./src/codecs/compress.ts";
 export type {
   ConvertToQcow2Options,

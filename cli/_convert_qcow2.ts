@@ -12,6 +12,7 @@ import {
   openImage,
   openPath,
   optionsFromText,
+  probeFormat,
   Qcow2Error,
   splitOptions,
 } from "../mod.ts";
@@ -42,6 +43,18 @@ async function backingSize(path: string, format: string): Promise<number> {
   });
   image.close();
   return image.size;
+}
+
+/** The format of the file at `path`, from its first bytes. */
+async function probe(path: string): Promise<FormatName> {
+  const file = await openPath(path);
+  try {
+    const start = new Uint8Array(Math.min(8, file.size));
+    await file.readAt(0, start);
+    return probeFormat(start);
+  } finally {
+    file.close?.();
+  }
 }
 
 /** What `convert -O qcow2` was asked. */
@@ -123,7 +136,10 @@ export async function convertToQcow2Command(
       );
   }
   await requireRead(srcPath);
-  const { image } = await openInput(srcPath, command.srcFormat, {
+  // qemu-img reads a file without the qcow magic as raw.
+  const srcFormat = command.srcFormat ??
+    await probe(srcPath).catch(() => undefined);
+  const { image } = await openInput(srcPath, srcFormat, {
     snapshot: command.snapshot,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,

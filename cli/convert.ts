@@ -43,8 +43,7 @@ const SPEC: CommandSpec = {
 
 /** The command's help text. */
 export const usage =
-  `Usage: ${NAME} convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-B BACKING [-F FMT]]
-                     [-S BYTES] [-l SNAPSHOT] [--top] [-p] [-q] [--json] SRC DST
+  `Usage: ${NAME} convert [-f FMT] [-O raw|qcow2] [-c] [-o OPTIONS] [-B BACKING [-F FMT]] [-S BYTES] [-l SNAPSHOT] [--top] [-p] [-q] [--json] SRC DST
 
 Convert a qcow2 (or legacy qcow) image to a sparse raw disk image, with its
 whole backing chain flattened in, or any image we read (qcow2, qcow, raw) to

@@ -506,7 +506,7 @@ Deno.test("convert -O qcow2: refusals in one line, nothing left under DST, an ea
     const perms = [`--allow-read=${dir}`, `--allow-write=${dir}`];
     const fails: [string[], number, string][] = [
       [["-O", "qcow2", src, src], 1, "same file"],
-      [["-O", "qcow2", src, `${dir}/chain_base.qcow2`], 1, "same file"],
+      [["-O", "qcow2", src, `${dir}/chain_base.qcow2`], 1, "backing chain"],
       [
         [
           "-O",

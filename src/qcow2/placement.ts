@@ -27,7 +27,21 @@ export interface Geometry {
   size: number;
 }
 
-/** Where the metadata at the front of a new image lies, in bytes. */
+/**
+ * Where the metadata at the front of a new image lies, in bytes: the
+ * header in cluster 0, the refcount table from cluster 1, the refcount
+ * blocks, the L1 table, then L2 tables and data from `dataStart`.
+ *
+ * @example The layout of `qemu-img create`'s 1 GiB image
+ * ```ts
+ * import { memoryTarget, type MetadataLayout, Qcow2Writer, resolveCreateOptions } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const writer = new Qcow2Writer(memoryTarget(), resolveCreateOptions({ size: 1 << 30 }), 0);
+ * const layout: MetadataLayout = writer.layout;
+ * assertEquals([layout.refcountTableOffset, layout.refcountBlocksOffset, layout.l1TableOffset], [0x10000, 0x20000, 0x30000]);
+ * ```
+ */
 export interface MetadataLayout {
   /** Bytes per cluster. */
   clusterSize: number;

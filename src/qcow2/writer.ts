@@ -227,6 +227,8 @@ export class Qcow2Writer {
   #last = -1;
 
   /**
+   * Starts a new image: nothing is written before the first cluster.
+   *
    * @param target Where the image goes.
    * @param options The image's options.
    * @param bound The most clusters that will be placed after the metadata
