@@ -491,9 +491,15 @@ export type {
 } from "./src/ops/convert_qcow2.ts";
 export {
   type CompressSettings,
+  DEFAULT_ZLIB_LEVEL,
   makeNodeCompressors,
   nodeCompressors,
 } from "./native/compress.ts";
+export {
+  type WorkerCompressors,
+  workerCompressors,
+  type WorkerCompressorsOptions,
+} from "./native/compress_pool.ts";
 
 /**
  * Converts an image to qcow2, as `qemu-img convert -O qcow2` does (see
