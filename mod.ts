@@ -483,7 +483,6 @@ export {
   Qcow2Writer,
 } from "./src/qcow2/writer.ts";
 export type { ClusterKind, MetadataLayout } from "./src/qcow2/placement.ts";
-export type { Compressor, Compressors } from "./src/codecs/compress.ts";
 export type {
   ConvertToQcow2Options,
   ConvertToQcow2Summary,
@@ -504,7 +503,7 @@ export {
 /**
  * Converts an image to qcow2, as `qemu-img convert -O qcow2` does (see
  * {@linkcode ConvertToQcow2Options}), compressing with `node:zlib` unless
- * `compressors` says otherwise. Into an {@linkcode ImageTarget} or a
+ * `codecs.compress` says otherwise. Into an {@linkcode ImageTarget} or a
  * seekable file (a `Deno.FsFile` open for writing) the metadata is written
  * once the data is; into a `WritableStream` the image goes front to back,
  * metadata first, and the source is read twice.
@@ -539,7 +538,11 @@ export async function convertToQcow2(
   try {
     return await convertToQcow2Destination(image, dst, {
       ...options,
-      compressors: options.compressors ?? nodeCompressors,
+      codecs: {
+        ...nodeCodecs,
+        ...options.codecs,
+        compress: options.codecs?.compress ?? nodeCompressors,
+      },
     });
   } finally {
     if (opened) image.close();

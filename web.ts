@@ -395,7 +395,6 @@ export {
   Qcow2Writer,
 } from "./src/qcow2/writer.ts";
 export type { ClusterKind, MetadataLayout } from "./src/qcow2/placement.ts";
-export type { Compressor, Compressors } from "./src/codecs/compress.ts";
 export type {
   ConvertToQcow2Options,
   ConvertToQcow2Summary,
@@ -408,8 +407,8 @@ export type {
  * seekable file the metadata is written once the data is; into a
  * `WritableStream` the image goes front to back (metadata first), and the
  * source is read twice. A source that is no qcow2 or qcow image is read as
- * raw. Compression needs `compressors`: the portable face has none of its
- * own.
+ * raw. Compression uses `codecs.compress`, by default the portable
+ * compressors of {@linkcode webCodecs}.
  *
  * @param src The source: a `Blob`, bytes, a {@linkcode ByteSource}, a
  * seekable file, or an open image (left open).
@@ -439,7 +438,10 @@ export async function convertToQcow2(
   const opened = !("extents" in src);
   const image = opened ? await openSource(src, options) : src;
   try {
-    return await convertToQcow2Destination(image, dst, options);
+    return await convertToQcow2Destination(image, dst, {
+      ...options,
+      codecs: { ...webCodecs, ...options.codecs },
+    });
   } finally {
     if (opened) image.close();
   }

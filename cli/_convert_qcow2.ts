@@ -9,6 +9,7 @@ import {
   convertToQcow2,
   type ConvertToQcow2Options,
   type ConvertToQcow2Summary,
+  nodeCodecs,
   openImage,
   openPath,
   optionsFromText,
@@ -169,7 +170,7 @@ export async function convertToQcow2Command(
         sparseSize,
         signal,
         onProgress: bar?.update,
-        ...(pool ? { compressors: pool } : {}),
+        ...(pool ? { codecs: { ...nodeCodecs, compress: pool } } : {}),
       };
       if (dstPath === "-") {
         return await convertToQcow2(image, Deno.stdout.writable, run)

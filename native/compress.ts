@@ -7,7 +7,7 @@
  * @module
  */
 
-import type { Compressors } from "../src/codecs/compress.ts";
+import type { Compressors } from "../src/codecs/codecs.ts";
 import { Qcow2Error } from "../src/errors.ts";
 import { importNode } from "./node_builtin.ts";
 
@@ -98,7 +98,7 @@ const load = () => loading ??= importNode<ZlibCompressModule>("zlib");
  * import { assertEquals } from "@std/assert";
  *
  * const cluster = new TextEncoder().encode("qcow2 ".repeat(10923)).subarray(0, 65536);
- * const packed = await makeNodeCompressors().zlib!(cluster);
+ * const packed = (await makeNodeCompressors().zlib!(cluster, 65535))!;
  * assertEquals(new Uint8Array(inflateRawSync(packed, { windowBits: 12 })), cluster);
  * ```
  */
@@ -106,9 +106,9 @@ export function makeNodeCompressors(
   settings: CompressSettings = {},
 ): Compressors {
   return {
-    zlib: async (cluster) =>
-      compressWith(await load(), "zlib", cluster, settings),
-    zstd: async (cluster) => {
+    zlib: async (cluster, maxOutput) =>
+      fits(compressWith(await load(), "zlib", cluster, settings), maxOutput),
+    zstd: async (cluster, maxOutput) => {
       const zlib = await load();
       if (typeof zlib.zstdCompressSync !== "function") {
         throw new Qcow2Error(
@@ -116,9 +116,14 @@ export function makeNodeCompressors(
           "Cannot write zstd clusters: this runtime's node:zlib has no zstd (Node.js 22.15 or later has it); pass a zstd compressor in the 'compressors' option",
         );
       }
-      return compressWith(zlib, "zstd", cluster, settings);
+      return fits(compressWith(zlib, "zstd", cluster, settings), maxOutput);
     },
   };
+}
+
+/** `packed` if it fits in `maxOutput` bytes (else QEMU stores the cluster as it is). */
+function fits(packed: Uint8Array, maxOutput: number): Uint8Array | undefined {
+  return packed.length <= maxOutput ? packed : undefined;
 }
 
 /**
@@ -129,8 +134,8 @@ export function makeNodeCompressors(
  * import { nodeCompressors } from "@qcow2/qcow2";
  * import { assert } from "@std/assert";
  *
- * const packed = await nodeCompressors.zstd!(new Uint8Array(65536));
- * assert(packed.length < 100);
+ * const packed = await nodeCompressors.zstd!(new Uint8Array(65536), 65535);
+ * assert(packed !== undefined && packed.length < 100);
  * ```
  */
 export const nodeCompressors: Compressors = makeNodeCompressors();

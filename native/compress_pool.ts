@@ -12,7 +12,7 @@
  * @module
  */
 
-import type { Compressor, Compressors } from "../src/codecs/compress.ts";
+import type { Compressor, Compressors } from "../src/codecs/codecs.ts";
 import { Qcow2Error } from "../src/errors.ts";
 import {
   type CompressSettings,
@@ -53,7 +53,7 @@ export interface WorkerCompressorsOptions {
  * const pool: WorkerCompressors = workerCompressors({ workers: 1 });
  * try {
  *   const cluster = new Uint8Array(65536).map((_, i) => i % 7);
- *   const packed = await pool.zlib!(cluster);
+ *   const packed = (await pool.zlib!(cluster, 65535))!;
  *   assertEquals(new Uint8Array(inflateRawSync(packed, { windowBits: 12 })), cluster);
  * } finally {
  *   pool.close();
@@ -68,7 +68,8 @@ export interface WorkerCompressors extends Compressors {
 interface Job {
   type: "zlib" | "zstd";
   input: Uint8Array;
-  resolve(out: Uint8Array): void;
+  maxOutput: number;
+  resolve(out: Uint8Array | undefined): void;
   reject(e: unknown): void;
 }
 
@@ -144,7 +145,7 @@ export function workerCompressors(
               `Cannot write ${job.type} clusters: ${error}`,
             ),
           );
-        } else job.resolve(out);
+        } else job.resolve(out.length <= job.maxOutput ? out : undefined);
       };
       worker.onerror = (event) => {
         event.preventDefault();
@@ -156,13 +157,13 @@ export function workerCompressors(
       return slot;
     });
   };
-  const run = (type: "zlib" | "zstd"): Compressor => (input) => {
+  const run = (type: "zlib" | "zstd"): Compressor => (input, maxOutput) => {
     if (slots.length === 0) slots = start();
     let slot = slots[0];
     for (const s of slots) if (s.busy.size < slot.busy.size) slot = s;
-    return new Promise<Uint8Array>((resolve, reject) => {
+    return new Promise<Uint8Array | undefined>((resolve, reject) => {
       const id = nextId++;
-      slot.busy.set(id, { type, input, resolve, reject });
+      slot.busy.set(id, { type, input, maxOutput, resolve, reject });
       slot.worker.postMessage({ id, type, input, settings });
     });
   };

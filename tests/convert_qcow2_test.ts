@@ -340,7 +340,7 @@ Deno.test("convert -O qcow2 -c: the same bytes with 1, 2 and 3 workers and on th
         await convertToQcow2(raw, target, {
           compress: true,
           compressionType,
-          compressors: pool,
+          codecs: { compress: pool },
           clusterSize: 16384,
         });
         const digest = await crypto.subtle.digest(
@@ -596,7 +596,7 @@ Deno.test("convert -O qcow2: refusals in one line, nothing left under DST, an ea
       () =>
         convertToQcow2(fixture("zlib.qcow2"), memoryTarget(), {
           compress: true,
-          compressors: {},
+          codecs: { compress: {} },
         }),
       Qcow2Error,
       "no zlib compressor",

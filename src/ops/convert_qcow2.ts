@@ -9,11 +9,7 @@
 
 import type { DiskImage } from "../disk.ts";
 import { Qcow2Error } from "../errors.ts";
-import {
-  type Compressor,
-  compressorFor,
-  type Compressors,
-} from "../codecs/compress.ts";
+import type { Codecs, Compressor } from "../codecs/codecs.ts";
 import {
   type CreateOptions,
   resolveCreateOptions,
@@ -49,8 +45,12 @@ import type { SeekableWriter } from "../io/source.ts";
 export interface ConvertToQcow2Options extends Omit<CreateOptions, "size"> {
   /** Compress every cluster that is not all zeros (`-c`). */
   compress?: boolean;
-  /** The compressors; `mod.ts` defaults to `node:zlib`'s. */
-  compressors?: Compressors;
+  /**
+   * The codecs: with `compress`, their `compress` compressors are used
+   * (`mod.ts` defaults to `node:zlib`'s; the portable face to pako's and
+   * zstd's WebAssembly build).
+   */
+  codecs?: Codecs;
   /**
    * `-S`: zero runs of at least this many bytes (a multiple of 512, at most
    * 16 MiB) are not written; 0 allocates every cluster. Default 4096.
@@ -315,9 +315,10 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         } else {
           const copy = bytes.slice();
           const compressor = c.compressor;
+          // QEMU stores a cluster compressed only in cs - 1 bytes or fewer.
           yield* push(
-            compressor(copy).then((packed): ClusterWrite =>
-              packed.length < cs
+            compressor(copy, cs - 1).then((packed): ClusterWrite =>
+              packed !== undefined && packed.length < cs
                 ? { cluster, kind: "compressed", bytes: packed }
                 : { cluster, kind: "data", bytes: copy }
             ),
@@ -332,6 +333,23 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
   }
   while (queue.length > 0) yield await queue.shift()!;
   progress(size);
+}
+
+/**
+ * The compressor for `type`, or a `Qcow2Error` saying none is available.
+ */
+function compressorFor(
+  codecs: Codecs | undefined,
+  type: "zlib" | "zstd",
+): Compressor {
+  const compressor = codecs?.compress?.[type];
+  if (!compressor) {
+    throw new Qcow2Error(
+      "UNSUPPORTED_COMPRESSION",
+      `Cannot write compressed clusters: no ${type} compressor is available in this runtime; pass one in codecs.compress`,
+    );
+  }
+  return compressor;
 }
 
 /** Options checked, the source's runs laid out, the compressor found. */
@@ -351,7 +369,7 @@ async function prepare(
     );
   }
   const compressor = options.compress
-    ? compressorFor(options.compressors, resolved.compressionType)
+    ? compressorFor(options.codecs, resolved.compressionType)
     : undefined;
   const backing = resolved.backingFile !== undefined;
   const cs = resolved.clusterSize;
