@@ -12,6 +12,13 @@ const ROOT = new URL("../", import.meta.url);
 /** What mod.ts has that a browser cannot: paths and node:zlib. */
 // Deno and Node only: node:fs, node:zlib, and workers running node:zlib.
 const NODE_ONLY = [
+  "CompressSettings",
+  "DEFAULT_ZLIB_LEVEL",
+  "makeNodeCompressors",
+  "nodeCompressors",
+  "WorkerCompressors",
+  "workerCompressors",
+  "WorkerCompressorsOptions",
   "nodeCodecs",
   "openPath",
   "workerCodecs",
