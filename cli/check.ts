@@ -1,11 +1,18 @@
 /**
  * `qcow2 check`: is this image healthy, like `qemu-img check` (QEMU 7.2's
- * messages, report, JSON and exit statuses; no repair).
+ * messages, report, JSON and exit statuses; repairs with -r).
  *
  * @module
  */
 
-import { checkQcow2, type CheckResult, openPath, probeFormat } from "../mod.ts";
+import {
+  type ByteSource,
+  checkQcow2,
+  type CheckResult,
+  fsFileStore,
+  openPath,
+  probeFormat,
+} from "../mod.ts";
 import {
   type CommandSpec,
   imageFormat,
@@ -20,23 +27,34 @@ import { writeStderr } from "./_output.ts";
 export const summary = "check an image's refcounts and tables";
 
 /** The options `check` takes beyond those of every command. */
-const SPEC: CommandSpec = { output: true, usageStatus: 1 };
+const SPEC: CommandSpec = {
+  string: ["repair"],
+  alias: { r: "repair" },
+  output: true,
+  usageStatus: 1,
+};
 
 /** The command's help text. */
 export const usage =
-  `Usage: ${NAME} check [-f FMT] [--output=human|json] [-U] [-q] IMAGE
+  `Usage: ${NAME} check [-f FMT] [--output=human|json] [-r leaks|all] [-U] [-q] IMAGE
 
 Check a qcow2 image as 'qemu-img check' does: rebuild the refcount of every
 host cluster from everything that references it (header, L1/L2 tables of the
 active state and of every snapshot, data and compressed clusters, refcount
 table and blocks, snapshot table, bitmaps, the LUKS area) and compare them
 with the refcounts on disk, then check the COPIED flags. Problems are listed
-on standard error, the report on standard output. Nothing is repaired.
+on standard error, the report on standard output. Nothing is written
+without -r.
 
 Options:
   -f, --format FMT  read IMAGE as FMT instead of probing (qcow2; qcow and raw
                     have nothing to check)
   --output=json     the report as qemu-img's JSON (also --json)
+  -r, --repair=leaks  lower refcounts that are too high (leaked clusters)
+  -r, --repair=all  also raise refcounts that are too low, rebuild a broken
+                    refcount structure, fix COPIED flags; then check again
+                    (as qemu-img, which writes the same repairs; the image
+                    must fit in one window of 2 Mi host clusters)
   -q, --quiet       print no report (problems still go to standard error)
   -U, --force-share accepted for qemu-img's sake (images are never locked)
   -h, --help        show this help
@@ -47,7 +65,7 @@ stopped the check (usage errors too), 63 a format without checks (raw, qcow).
 Memory: the rebuilt refcounts of 2 Mi host clusters (8 MiB) are held at a
 time, whatever the image's size.
 
-Needs: --allow-read=IMAGE
+Needs: --allow-read=IMAGE (and --allow-write=IMAGE with -r)
 
 ${unsupportedHelp("check", SPEC)}`;
 
@@ -78,9 +96,21 @@ export async function runCheck(
     throw new UsageError("Expecting one image file name", "check", 1);
   }
   const given = imageFormat(flags.format, "-f", "check", 1);
+  const repair = flags.repair as string | undefined;
+  if (repair !== undefined && repair !== "leaks" && repair !== "all") {
+    // qemu-img's words.
+    throw new UsageError(
+      "Unknown option value for -r (expecting 'leaks' or 'all'): " + repair,
+      "check",
+      1,
+    );
+  }
   const path = files[0];
   const quiet = Boolean(flags.quiet);
-  const file = await openPath(path);
+  const json = flags.output === "json";
+  const file: ByteSource & { close?(): void | Promise<void> } = repair
+    ? fsFileStore(await Deno.open(path, { read: true, write: true }), true)
+    : await openPath(path);
   let result: CheckResult;
   try {
     const start = new Uint8Array(Math.min(8, file.size));
@@ -90,15 +120,34 @@ export async function runCheck(
       err(`${NAME}: This image format does not support checks\n`);
       return 63;
     }
-    result = await checkQcow2(file, { onMessage: (line) => err(line + "\n") });
+    const onMessage = (line: string) => err(line + "\n");
+    result = await checkQcow2(file, { onMessage, repair });
+    if (result.failed !== undefined) {
+      err(`${NAME}: Check failed: ${result.failed}\n`);
+      return 1;
+    }
+    if (result.corruptionsFixed || result.leaksFixed) {
+      if (!json && !quiet) {
+        out(
+          "The following inconsistencies were found and repaired:\n\n" +
+            `    ${result.leaksFixed} leaked clusters\n` +
+            `    ${result.corruptionsFixed} corruptions\n\n` +
+            "Double checking the fixed image now...\n",
+        );
+      }
+      const { corruptionsFixed, leaksFixed } = result;
+      result = {
+        ...await checkQcow2(file, { onMessage }),
+        corruptionsFixed,
+        leaksFixed,
+      };
+    }
   } finally {
-    file.close?.();
+    await file.close?.();
   }
   if (!quiet) {
     out(
-      flags.output === "json"
-        ? checkJson(result, path) + "\n"
-        : checkText(result),
+      json ? checkJson(result, path) + "\n" : checkText(result),
     );
   }
   if (result.checkErrors) {
@@ -193,8 +242,8 @@ export function checkJson(r: CheckResult, filename: string): string {
     ["image-end-offset", r.imageEndOffset, false],
     ["corruptions", r.corruptions, false],
     ["leaks", r.leaks, false],
-    ["corruptions-fixed", 0, false],
-    ["leaks-fixed", 0, false],
+    ["corruptions-fixed", r.corruptionsFixed, false],
+    ["leaks-fixed", r.leaksFixed, false],
     ["total-clusters", r.totalClusters, false],
     ["allocated-clusters", r.allocatedClusters, false],
     ["fragmented-clusters", r.fragmentedClusters, false],

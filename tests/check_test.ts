@@ -329,3 +329,41 @@ Deno.test("check: memory stays bounded on a 16 GiB file of 512-byte clusters", a
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("check -r leaks and -r all: the same output, exit status and repaired bytes as qemu-img", async () => {
+  const damaged = DIRS[2];
+  const dir = await tempDir();
+  try {
+    const names = [
+      ...(await images(damaged)).map((n) => damaged + n),
+      DIRS[0] + "e2image.qcow2",
+      DIRS[0] + "zlib.qcow2",
+    ];
+    for (const source of names) {
+      for (const mode of ["leaks", "all"]) {
+        for (const output of ["human", "json"]) {
+          await Deno.copyFile(source, `${dir}/theirs.qcow2`);
+          await Deno.copyFile(source, `${dir}/ours.qcow2`);
+          const args = [`--output=${output}`, "-r", mode];
+          const theirs = await qemuCheck([...args, "theirs.qcow2"], dir);
+          const ours = await ourCheck([...args, "ours.qcow2"], dir);
+          const what = `check ${args.join(" ")} ${source}`;
+          assertEquals(ours.code, theirs.code, what);
+          assertEquals(
+            ours.stdout.replaceAll("ours.qcow2", "theirs.qcow2"),
+            theirs.stdout,
+            what,
+          );
+          assertEquals(messages(ours.stderr), messages(theirs.stderr), what);
+          assertEquals(
+            await Deno.readFile(`${dir}/ours.qcow2`),
+            await Deno.readFile(`${dir}/theirs.qcow2`),
+            `${what}: the repaired file`,
+          );
+        }
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -30,7 +30,9 @@ import {
   REFCOUNT_TABLE_RESERVED_MASK,
   ZERO_FLAG,
 } from "./layout.ts";
-import { refcountAt } from "./refcount_reader.ts";
+import { refcountAt, setRefcountAt } from "./refcount_reader.ts";
+import type { ByteStore } from "../io/store.ts";
+import { Qcow2Error } from "../errors.ts";
 
 /**
  * Host clusters whose rebuilt refcounts are held at once (4 bytes each:
@@ -76,6 +78,16 @@ export interface CheckResult {
   fragmentedClusters: number;
   /** Compressed clusters of the active L1 table. */
   compressedClusters: number;
+  /** Corruptions repaired (with `repair`). */
+  corruptionsFixed: number;
+  /** Leaked clusters repaired (with `repair`). */
+  leaksFixed: number;
+  /**
+   * Why the check stopped without a report, as qemu-img's "Check failed:
+   * REASON" says it ("Input/output error" where `repair: "leaks"` would need
+   * the refcount structure rebuilt).
+   */
+  failed?: string;
 }
 
 /**
@@ -97,6 +109,14 @@ export interface CheckOptions {
   onMessage?: (line: string) => void;
   /** Host clusters whose refcounts are rebuilt at once (default 2 Mi). */
   windowClusters?: number;
+  /**
+   * Repair as `qemu-img check -r` does: `"leaks"` lowers refcounts that are
+   * too high; `"all"` also raises those too low, rebuilds the refcount
+   * structure when a used cluster has refcount 0 or a refcount block is
+   * bad, and fixes the COPIED flags. The source must be a `ByteStore`
+   * (`writeAt`), and the image at most `windowClusters` host clusters.
+   */
+  repair?: "leaks" | "all";
 }
 
 /**
@@ -177,6 +197,12 @@ class Checker {
   #reftable: BigUint64Array | undefined;
   #snapshots: SnapshotEntry[] = [];
   #snapshotsSize = 0;
+  /** `-r`: what may be repaired, and where. */
+  #fixLeaks: boolean;
+  #fixErrors: boolean;
+  #store: ByteStore | undefined;
+  /** QEMU's `rebuild`: the refcount structure itself is broken. */
+  #rebuild = false;
 
   constructor(source: ByteSource, header: Qcow2Header, options: CheckOptions) {
     this.#source = source;
@@ -193,6 +219,14 @@ class Checker {
       ? 0xffffffff
       : 2 ** header.refcountBits - 1;
     this.#say = options.onMessage ?? (() => {});
+    this.#fixLeaks = options.repair !== undefined;
+    this.#fixErrors = options.repair === "all";
+    if (options.repair !== undefined) {
+      if (!("writeAt" in source)) {
+        throw new TypeError("check with repair needs a ByteStore (writeAt)");
+      }
+      this.#store = source as ByteStore;
+    }
     this.#windowClusters = Math.max(
       1,
       options.windowClusters ?? DEFAULT_WINDOW_CLUSTERS,
@@ -212,6 +246,8 @@ class Checker {
       allocatedClusters: 0,
       fragmentedClusters: 0,
       compressedClusters: 0,
+      corruptionsFixed: 0,
+      leaksFixed: 0,
     };
   }
 
@@ -221,6 +257,15 @@ class Checker {
     // The rebuilt refcounts may reach one cluster past the file's.
     const windows = Math.ceil((this.#nbClusters + 1) / span);
     const refblockCounts = new Map<number, number>();
+    if (this.#store) {
+      if (windows > 1) {
+        throw new Qcow2Error(
+          "TOO_LARGE",
+          `Cannot repair the image: it has ${this.#nbClusters} host clusters, more than the ${span} whose refcounts are held at once`,
+        );
+      }
+      return await this.#repair(refblockCounts);
+    }
     if (windows === 1) {
       this.#from = 0;
       this.#emit = true;
@@ -251,6 +296,201 @@ class Checker {
     }
     await this.#checkCopied();
     return this.#res;
+  }
+
+  /**
+   * `qcow2_check_refcounts` with `fix`, the image in one window: leaks
+   * lowered, low refcounts raised, the refcount structure rebuilt where it
+   * is broken (`-r all`), then the COPIED flags, and the dirty and corrupt
+   * bits cleared when nothing is left.
+   */
+  async #repair(refblockCounts: Map<number, number>): Promise<CheckResult> {
+    this.#from = 0;
+    this.#emit = true;
+    await this.#walk();
+    await this.#refblocks(refblockCounts, true);
+    const pre = { ...this.#res };
+    await this.#compare();
+    if (this.#pendingCorrupt) await this.#setFeatures(2n, 0n);
+    if (this.#rebuild && this.#fixErrors) {
+      const old = { ...this.#res };
+      this.#say("Rebuilding refcount structure");
+      if (this.#disabled) {
+        this.#say("ERROR writing refblock: Input/output error");
+        this.#res.checkErrors++;
+        this.#res.failed = "Input/output error";
+        return this.#res;
+      }
+      await this.#rebuildStructure();
+      this.#res.corruptions = 0;
+      this.#res.leaks = 0;
+      this.#rebuild = false;
+      this.#restart();
+      await this.#walk();
+      await this.#refblocks(refblockCounts, true);
+      // The old structure's clusters are leaked now: repaired, not counted.
+      const saved = { ...this.#res };
+      this.#res = {
+        ...saved,
+        checkErrors: 0,
+        corruptions: 0,
+        leaks: 0,
+        imageEndOffset: 0,
+      };
+      await this.#compare(true, false);
+      if (this.#rebuild) {
+        this.#say("ERROR rebuilt refcount structure is still broken");
+      }
+      const freshLeaks = this.#res.leaks;
+      const end = this.#res.imageEndOffset;
+      this.#res = { ...saved, imageEndOffset: end };
+      if (this.#res.corruptions < old.corruptions) {
+        this.#res.corruptionsFixed += old.corruptions - this.#res.corruptions;
+      }
+      if (this.#res.leaks < old.leaks) {
+        this.#res.leaksFixed += old.leaks - this.#res.leaks;
+      }
+      this.#res.leaks += freshLeaks;
+    } else {
+      if (this.#rebuild) {
+        this.#say("ERROR need to rebuild refcount structures");
+        this.#res.checkErrors++;
+        this.#res.failed = "Input/output error";
+        // Closing a writable image clears the dirty bit (qcow2_inactivate).
+        if (!this.#disabled) await this.#setFeatures(0n, 1n);
+        await this.#store!.flush?.();
+        return this.#res;
+      }
+      if (this.#res.leaks || this.#res.corruptions) {
+        this.#res = { ...pre };
+        await this.#compare(this.#fixLeaks, this.#fixErrors);
+      }
+    }
+    const r = this.#res;
+    await this.#checkCopied(
+      this.#fixErrors || (!r.checkErrors && !r.corruptions && !r.leaks),
+    );
+    // qcow2_mark_clean and qcow2_mark_consistent when all is repaired; the
+    // dirty bit goes in any case when the image is closed (qcow2_inactivate).
+    if (!this.#disabled) {
+      await this.#setFeatures(0n, !r.checkErrors && !r.corruptions ? 3n : 1n);
+    }
+    await this.#store!.flush?.();
+    return this.#res;
+  }
+
+  /** A fresh window over the file as it is now (after a rebuild). */
+  #restart(): void {
+    this.#fileLength = Math.ceil(this.#source.size / 512) * 512;
+    this.#nbClusters = Math.ceil(this.#fileLength / this.#cs);
+    this.#counts = new Uint32Array(this.#nbClusters + 1);
+    this.#grown = false;
+    this.#reftable = undefined;
+    this.#blockIndex = -1;
+    this.#overflows.clear();
+    this.#from = 0;
+  }
+
+  /**
+   * QEMU's `rebuild_refcount_structure`: refcount blocks written from the
+   * rebuilt refcounts, each where `alloc_clusters_imrt` finds room (in the
+   * block's own range or later), then the refcount table, first fit, until
+   * it no longer grows; then the header points at it.
+   */
+  async #rebuildStructure(): Promise<void> {
+    const cs = this.#cs;
+    const order = this.#h.refcountOrder;
+    const per = cs * 8 / this.#h.refcountBits;
+    const store = this.#store!;
+    let counts = this.#counts;
+    let size = this.#nbClusters + (this.#grown ? 1 : 0);
+    const count = (c: number) => c < counts.length ? counts[c] : 0;
+    const ensure = (n: number) => {
+      if (n > counts.length) {
+        const grown = new Uint32Array(Math.max(n, counts.length * 2));
+        grown.set(counts);
+        counts = grown;
+      }
+      if (n > size) size = n;
+    };
+    // alloc_clusters_imrt
+    const alloc = (n: number, free: { at: number }): number => {
+      let cluster = free.at;
+      let firstGap = true;
+      let contiguous = 0;
+      for (; cluster < size && contiguous < n; cluster++) {
+        if (!count(cluster)) {
+          contiguous++;
+          if (firstGap) {
+            free.at = cluster;
+            firstGap = false;
+          }
+        } else contiguous = 0;
+      }
+      if (contiguous < n) ensure(cluster + n - contiguous);
+      cluster -= contiguous;
+      for (let i = 0; i < n; i++) counts[cluster + i] = 1;
+      return cluster * cs;
+    };
+    const table: number[] = [];
+    // rebuild_refcounts_write_refblocks
+    const writeBlocks = async (first: number, end: number) => {
+      const free = { at: 0 };
+      let grown = false;
+      for (let cluster = first; cluster < end; cluster++) {
+        if (!count(cluster)) continue;
+        const index = Math.floor(cluster / per);
+        const start = index * per;
+        let offset: number;
+        if (table.length > index && table[index]) {
+          offset = table[index];
+        } else {
+          if (free.at < start) free.at = start;
+          offset = alloc(1, free);
+          if (offset / cs >= end) end = offset / cs + 1;
+          if (table.length <= index) {
+            const entries = Math.ceil((index + 1) * 8 / cs) * cs / 8;
+            while (table.length < entries) table.push(0);
+            grown = true;
+          }
+          table[index] = offset;
+        }
+        const block = new Uint8Array(cs);
+        for (let i = 0; i < per; i++) {
+          const value = count(start + i);
+          if (value) setRefcountAt(block, order, i, value);
+        }
+        await store.writeAt(offset, block);
+        cluster = start + per - 1;
+      }
+      return grown;
+    };
+    await writeBlocks(0, size);
+    let tableOffset: number;
+    let tableClusters: number;
+    let changed: boolean;
+    do {
+      tableClusters = Math.ceil(table.length * 8 / cs);
+      tableOffset = alloc(tableClusters, { at: 0 });
+      const first = tableOffset / cs;
+      changed = await writeBlocks(first, first + tableClusters);
+    } while (changed);
+    const bytes = new Uint8Array(table.length * 8);
+    const view = new DataView(bytes.buffer);
+    table.forEach((offset, i) => view.setBigUint64(i * 8, BigInt(offset)));
+    await store.writeAt(tableOffset, bytes);
+    await store.flush?.();
+    const location = new Uint8Array(12);
+    const lv = new DataView(location.buffer);
+    lv.setBigUint64(0, BigInt(tableOffset));
+    lv.setUint32(8, tableClusters);
+    await store.writeAt(48, location);
+    await store.flush?.();
+    this.#h = {
+      ...this.#h,
+      refcountTableOffset: tableOffset,
+      refcountTableClusters: tableClusters,
+    };
   }
 
   /** Makes the window start at cluster `from`, with no references counted. */
@@ -582,7 +822,7 @@ class Checker {
     stored = false,
   ): Promise<void> {
     const table = await this.#table();
-    const nb = this.#nbClusters + (this.#grown ? 1 : 0);
+
     for (let i = 0; i < table.length; i++) {
       const raw = table[i];
       if (raw & REFCOUNT_TABLE_RESERVED_MASK) {
@@ -590,6 +830,7 @@ class Checker {
           this.#corruption(
             `ERROR refcount table entry ${i} has reserved bits set`,
           );
+          this.#rebuild = true;
         }
         continue;
       }
@@ -599,11 +840,29 @@ class Checker {
           this.#corruption(
             `ERROR refcount block ${i} is not cluster aligned; refcount table entry corrupted`,
           );
+          this.#rebuild = true;
         }
         continue;
       }
       const cluster = Number(offset >> BigInt(this.#bits));
-      if (cluster >= nb) {
+      if (cluster >= this.#nbClusters + (this.#grown ? 1 : 0)) {
+        if (print && this.#fixErrors && this.#store?.truncate) {
+          // check_refblocks with BDRV_FIX_ERRORS: the file grows to hold
+          // the block, which is then counted (zeros: refcount 0 on disk).
+          this.#say(`Repairing refcount block ${i} is outside image`);
+          await this.#store.truncate(Number(offset) + this.#cs);
+          this.#fileLength = Math.ceil(this.#source.size / 512) * 512;
+          this.#nbClusters = Math.ceil(this.#fileLength / this.#cs);
+          if (this.#counts.length < this.#nbClusters + 1) {
+            const counts = new Uint32Array(this.#nbClusters + 1);
+            counts.set(this.#counts);
+            this.#counts = counts;
+          }
+          this.#res.corruptionsFixed++;
+          this.#inc(offset, this.#csBig);
+          counts.set(i, 1);
+          continue;
+        }
         if (print) {
           this.#corruption(`ERROR refcount block ${i} is outside image`);
         }
@@ -623,12 +882,16 @@ class Checker {
       }
       if (print && count !== undefined && count !== 1) {
         this.#corruption(`ERROR refcount block ${i} refcount=${count}`);
+        this.#rebuild = true;
       }
     }
   }
 
-  /** `compare_refcounts` over the window. */
-  async #compare(): Promise<void> {
+  /**
+   * `compare_refcounts` over the window; with `leaks`/`errors`, refcounts
+   * too high/too low (but not 0) are set to the count on disk.
+   */
+  async #compare(leaks = false, errors = false): Promise<void> {
     const table = await this.#table();
     const nb = this.#nbClusters + (this.#grown ? 1 : 0);
     const end = Math.min(nb, this.#from + this.#counts.length);
@@ -638,6 +901,9 @@ class Checker {
       const index = Math.floor(i / per);
       const blockEnd = Math.min(end, (index + 1) * per);
       let block: Uint8Array | undefined;
+      let blockOffset = 0;
+      let dirty = false;
+      const freed: number[] = [];
       let failed = false;
       if (index < table.length) {
         const offset = table[index] & REFCOUNT_TABLE_OFFSET_MASK;
@@ -646,7 +912,8 @@ class Checker {
             failed = true;
             this.#unalignedRefblock(offset, index);
           } else {
-            block = await this.#read(Number(offset), this.#cs);
+            blockOffset = Number(offset);
+            block = await this.#read(blockOffset, this.#cs);
           }
         }
       }
@@ -664,14 +931,30 @@ class Checker {
           this.#res.imageEndOffset = (i + 1) * this.#cs;
         }
         if (onDisk !== rebuilt) {
+          let fixed: "corruptionsFixed" | "leaksFixed" | undefined;
+          if (onDisk === 0) this.#rebuild = true;
+          else if (onDisk > rebuilt && leaks) fixed = "leaksFixed";
+          else if (onDisk < rebuilt && errors) fixed = "corruptionsFixed";
           this.#say(
             `${
-              onDisk < rebuilt ? "ERROR" : "Leaked"
+              fixed ? "Repairing" : onDisk < rebuilt ? "ERROR" : "Leaked"
             } cluster ${i} refcount=${onDisk} reference=${rebuilt}`,
           );
+          if (fixed && block) {
+            setRefcountAt(block, order, i % per, rebuilt);
+            dirty = true;
+            this.#res[fixed]++;
+            if (rebuilt === 0) freed.push(i);
+            continue;
+          }
           if (onDisk < rebuilt) this.#res.corruptions++;
           else this.#res.leaks++;
         }
+      }
+      if (dirty) {
+        await this.#store!.writeAt(blockOffset, block!);
+        this.#blockIndex = -1;
+        for (const cluster of freed.splice(0)) await this.#discard(cluster);
       }
     }
     if (this.#res.imageEndOffset === 0) this.#res.imageEndOffset = this.#cs;
@@ -703,18 +986,56 @@ class Checker {
   #unalignedRefblock(offset: bigint, index: number): void {
     if (this.#signaled) return;
     this.#signaled = true;
-    this.#say(
-      `qcow2: Image is corrupt: Refblock offset ${
-        hx(offset)
-      } unaligned (reftable index: ${
-        hx(index)
-      }); further non-fatal corruption events will be suppressed`,
-    );
+    const what = `Refblock offset ${hx(offset)} unaligned (reftable index: ${
+      hx(index)
+    })`;
+    if (this.#store) {
+      // Fatal on a writable image: marked corrupt, and nothing more is
+      // written to it.
+      this.#say(
+        `qcow2: Marking image as corrupt: ${what}; further corruption events will be suppressed`,
+      );
+      this.#disabled = true;
+      this.#pendingCorrupt = true;
+    } else {
+      this.#say(
+        `qcow2: Image is corrupt: ${what}; further non-fatal corruption events will be suppressed`,
+      );
+    }
+  }
+  /** A fatal corruption disabled the image (QEMU's `bs->drv = NULL`). */
+  #disabled = false;
+  /** The corrupt bit is to be set in the header. */
+  #pendingCorrupt = false;
+
+  /** Sets or clears incompatible feature bits in the header. */
+  async #setFeatures(set: bigint, clear: bigint): Promise<void> {
+    const bits = this.#h.incompatibleFeatures;
+    const next = (bits | set) & ~clear;
+    if (this.#h.version < 3 || next === bits) return;
+    const bytes = new Uint8Array(8);
+    new DataView(bytes.buffer).setBigUint64(0, next);
+    await this.#store!.writeAt(72, bytes);
+    this.#h = { ...this.#h, incompatibleFeatures: next };
   }
 
-  /** `check_oflag_copied`: COPIED iff the refcount is 1, in the active tables. */
-  async #checkCopied(): Promise<void> {
+  /**
+   * What QEMU does to a freed cluster (`QCOW2_DISCARD_ALWAYS`): the host
+   * file forgets it; here its bytes are zeroed, inside the file.
+   */
+  async #discard(cluster: number): Promise<void> {
+    const from = cluster * this.#cs;
+    const to = Math.min(from + this.#cs, this.#source.size);
+    if (from < to) await this.#store!.writeAt(from, new Uint8Array(to - from));
+  }
+
+  /**
+   * `check_oflag_copied`: COPIED iff the refcount is 1, in the active
+   * tables; set right where `repair`.
+   */
+  async #checkCopied(repair = false): Promise<void> {
     const h = this.#h;
+    const word = repair ? "Repairing" : "ERROR";
     const l1 = await this.#read(h.l1TableOffset, h.l1Size * 8);
     const view = new DataView(l1.buffer);
     for (let i = 0; i < h.l1Size; i++) {
@@ -727,16 +1048,25 @@ class Checker {
       // QEMU skips the table when the refcount cannot be read.
       if (refcount === undefined) continue;
       if ((refcount === 1) !== ((l1Entry & COPIED) !== 0n)) {
-        this.#res.corruptions++;
         this.#say(
-          `ERROR OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${
+          `${word} OFLAG_COPIED L2 cluster: l1_index=${i} l1_entry=${
             x(l1Entry)
           } refcount=${refcount}`,
         );
+        if (repair) {
+          const fixed = refcount === 1 ? l1Entry | COPIED : l1Entry & ~COPIED;
+          view.setBigUint64(i * 8, fixed);
+          await this.#store!.writeAt(
+            h.l1TableOffset + i * 8,
+            l1.subarray(i * 8, i * 8 + 8),
+          );
+          this.#res.corruptionsFixed++;
+        } else this.#res.corruptions++;
       }
       const table = await this.#read(Number(l2Offset), this.#cs);
       const tv = new DataView(table.buffer);
       const entries = this.#cs / this.#entryBytes;
+      let dirty = 0;
       for (let j = 0; j < entries; j++) {
         const entry = tv.getBigUint64(j * this.#entryBytes);
         if (entry === 0n) continue;
@@ -748,13 +1078,23 @@ class Checker {
           : await this.#onDisk(Number(data >> BigInt(this.#bits)));
         if (count === undefined) continue;
         if ((count === 1) !== ((entry & COPIED) !== 0n)) {
-          this.#res.corruptions++;
           this.#say(
-            `ERROR OFLAG_COPIED data cluster: l2_entry=${
+            `${word} OFLAG_COPIED data cluster: l2_entry=${
               x(entry)
             } refcount=${count}`,
           );
+          if (repair) {
+            tv.setBigUint64(
+              j * this.#entryBytes,
+              count === 1 ? entry | COPIED : entry & ~COPIED,
+            );
+            dirty++;
+          } else this.#res.corruptions++;
         }
+      }
+      if (dirty > 0) {
+        await this.#store!.writeAt(Number(l2Offset), table);
+        this.#res.corruptionsFixed += dirty;
       }
     }
   }

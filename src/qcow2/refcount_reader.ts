@@ -158,3 +158,45 @@ export function refcountAt(
     }
   }
 }
+
+/**
+ * Sets entry `i` of a refcount block of `1 << order`-bit entries.
+ *
+ * @param block The refcount block's bytes.
+ * @param order The refcount order (0..6).
+ * @param i The entry's index.
+ * @param value The refcount (at most the width's maximum).
+ *
+ * @example A 16-bit entry
+ * ```ts
+ * import { refcountAt, setRefcountAt } from "./refcount_reader.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const block = new Uint8Array(512);
+ * setRefcountAt(block, 4, 3, 0x1234);
+ * assertEquals([block[6], block[7]], [0x12, 0x34]);
+ * assertEquals(refcountAt(block, 4, 3), 0x1234);
+ * ```
+ */
+export function setRefcountAt(
+  block: Uint8Array,
+  order: number,
+  i: number,
+  value: number,
+): void {
+  if (order <= 2) {
+    const bits = 1 << order;
+    const perByte = 8 / bits;
+    const at = Math.floor(i / perByte);
+    const shift = (i % perByte) * bits;
+    const mask = ((1 << bits) - 1) << shift;
+    block[at] = (block[at] & ~mask) | ((value << shift) & mask);
+    return;
+  }
+  const bytes = 1 << (order - 3);
+  const view = new DataView(block.buffer, block.byteOffset + i * bytes, bytes);
+  if (bytes === 1) view.setUint8(0, value);
+  else if (bytes === 2) view.setUint16(0, value);
+  else if (bytes === 4) view.setUint32(0, value);
+  else view.setBigUint64(0, BigInt(value));
+}
