@@ -6,26 +6,14 @@
  * @module
  */
 
-import {
-  type CompressedRead,
-  readCompressedRuns,
-  readData,
-} from "../qcow2/cluster_reads.ts";
-import { type Codecs, webCodecs } from "../codecs/codecs.ts";
-import {
-  checkRange,
-  type DiskImage,
-  type Extent,
-  readBacking,
-  throughBacking,
-} from "../disk.ts";
-import { ExtentRuns } from "../extent_runs.ts";
-import { withJobs } from "../jobs.ts";
+import type { Codecs } from "../codecs/codecs.ts";
+import type { DiskImage } from "../disk.ts";
+import type { ExtentRuns } from "../extent_runs.ts";
 import { checkOpenable, imageName } from "../qcow2/names.ts";
+import { type L2Span, TwoLevelImage } from "../qcow2/walk.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import { QCOW2_MAGIC } from "../qcow2/header.ts";
 import { type ByteSource, readExact } from "../io/source.ts";
-import { L2Cache, l2TableLoader } from "../qcow2/l2_cache.ts";
 
 /**
  * The header of a qcow version 1 image.
@@ -339,21 +327,12 @@ export async function openQcow1(
  * await image.read(0, first);
  * ```
  */
-export class QcowImage implements DiskImage {
+export class QcowImage extends TwoLevelImage {
+  /** Tells a qcow image from the other formats `openImage` returns. */
+  readonly format = "qcow" as const;
   /** The parsed header. */
   readonly header: QcowHeader;
-  /** The image file. */
-  readonly source: ByteSource;
-  /** Virtual disk size in bytes (rounded down to 512, as QEMU does). */
-  readonly size: number;
-  /** Cluster size in bytes. */
-  readonly clusterSize: number;
-  /** The backing image, when one is followed. */
-  readonly backing?: DiskImage;
   #l1: DataView;
-  #cache: L2Cache;
-  #codecs: Codecs;
-  #close?: () => void;
 
   /** @internal Use `openImage`. */
   constructor(
@@ -363,131 +342,55 @@ export class QcowImage implements DiskImage {
     backing: DiskImage | undefined,
     options: QcowOpenOptions,
   ) {
-    this.header = header;
-    this.source = source;
-    this.size = Math.floor(header.size / 512) * 512;
-    this.clusterSize = header.clusterSize;
-    this.backing = backing;
-    this.#l1 = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
-    this.#cache = new L2Cache(64, 8 * 2 ** header.l2Bits);
-    this.#codecs = options.codecs ?? webCodecs;
-    this.#close = options.close;
-  }
-
-  /** The extents of `[start, end)` through the backing chain. */
-  async *extents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
-    yield* throughBacking(this.ownExtents(start, end), this.backing);
-  }
-
-  /** The extents of this image alone, merged like qcow2's. */
-  async *ownExtents(
-    start = 0,
-    end: number = this.size,
-  ): AsyncGenerator<Extent> {
-    checkRange(start, end - start, this.size);
-    if (start >= end) return;
-    const cs = this.clusterSize;
-    const bits = this.header.clusterBits;
-    const l2Entries = 2 ** this.header.l2Bits;
-    const span = cs * l2Entries;
-    const runs = new ExtentRuns(start, end);
-    for (
-      let l1Index = Math.floor(start / span);
-      l1Index * span < end;
-      l1Index++
-    ) {
-      const spanStart = l1Index * span;
-      const l2Offset = l1Index < this.header.l1Size
-        ? this.#safe(
-          this.#l1.getBigUint64(l1Index * 8),
-          this.header.l1TableOffset + l1Index * 8,
-        )
-        : 0;
-      if (l2Offset === 0) {
-        runs.add("unallocated", spanStart, spanStart + span);
-        continue;
-      }
-      const first = spanStart < start
-        ? Math.floor((start - spanStart) / cs)
-        : 0;
-      const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
-      await this.#cache.use(
-        l2Offset,
-        l2TableLoader(
-          this.source,
-          l2Offset,
-          l1Index,
-          this.header.l1TableOffset,
-          "qcow",
-        ),
-        (table) => {
-          const view = new DataView(
-            table.buffer,
-            table.byteOffset,
-            table.byteLength,
-          );
-          for (let i = first; i < last; i++) {
-            const g = spanStart + i * cs;
-            const raw = view.getBigUint64(i * 8);
-            if (raw >> 63n) {
-              // Compressed: the byte count above bit 63 - cluster_bits, the
-              // offset below it.
-              const shift = BigInt(63 - bits);
-              const length = Number((raw >> shift) & BigInt(cs - 1));
-              const host = this.#safe(
-                raw & ((1n << shift) - 1n),
-                l2Offset + i * 8,
-              );
-              runs.addCompressed(g, g + cs, host, length);
-            } else if (raw === 0n) {
-              runs.add("unallocated", g, g + cs);
-            } else {
-              runs.add("data", g, g + cs, this.#safe(raw, l2Offset + i * 8));
-            }
-          }
-        },
-      );
-      yield* runs.take();
-    }
-    yield* runs.finish();
-  }
-
-  /** Fills `buffer` with the guest bytes at `position`. */
-  async read(position: number, buffer: Uint8Array): Promise<void> {
-    const compressed: CompressedRead[] = [];
-    // Reads start as their extents are found, while the walk goes on
-    // loading L2 tables: see src/jobs.ts.
-    await withJobs(async (start) => {
-      for await (
-        const e of this.ownExtents(position, position + buffer.length)
-      ) {
-        const into = buffer.subarray(
-          e.start - position,
-          e.start - position + e.length,
-        );
-        if (e.kind === "data") {
-          start(readData(this.source, e.hostOffset!, into, e.start, "qcow"));
-        } else if (e.kind === "compressed") {
-          compressed.push({ extent: e, into });
-        } else {
-          start(readBacking(this.backing, e.start, into));
-        }
-      }
-      start(readCompressedRuns(
-        this.source,
-        compressed,
-        this.clusterSize,
-        this.#codecs,
-        "zlib",
-        "qcow",
-      ));
+    super({
+      source,
+      // Rounded down to 512, as QEMU does.
+      size: Math.floor(header.size / 512) * 512,
+      clusterBits: header.clusterBits,
+      l2Entries: 2 ** header.l2Bits,
+      l2TableBytes: 8 * 2 ** header.l2Bits,
+      cachedTables: 64,
+      l1TableOffset: header.l1TableOffset,
+      backing,
+      compressionType: "zlib",
+      codecs: options.codecs,
+      close: options.close,
     });
+    this.header = header;
+    this.#l1 = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
   }
 
-  /** Closes the files opened for this image. */
-  close(): void {
-    this.#close?.();
-    this.#close = undefined;
+  /** The L2 table offset in L1 entry `l1Index`, or 0. */
+  protected l2TableOffset(l1Index: number): number {
+    return l1Index < this.header.l1Size
+      ? this.#safe(
+        this.#l1.getBigUint64(l1Index * 8),
+        this.header.l1TableOffset + l1Index * 8,
+      )
+      : 0;
+  }
+
+  /** Adds L2 entries `[first, last)`: data, compressed or unallocated. */
+  protected addEntries(runs: ExtentRuns, view: DataView, span: L2Span): void {
+    const { l2Offset, spanStart, first, last } = span;
+    const bits = this.header.clusterBits;
+    const cs = this.clusterSize;
+    for (let i = first; i < last; i++) {
+      const g = spanStart + i * cs;
+      const raw = view.getBigUint64(i * 8);
+      if (raw >> 63n) {
+        // Compressed: the byte count above bit 63 - cluster_bits, the
+        // offset below it.
+        const shift = BigInt(63 - bits);
+        const length = Number((raw >> shift) & BigInt(cs - 1));
+        const host = this.#safe(raw & ((1n << shift) - 1n), l2Offset + i * 8);
+        runs.addCompressed(g, g + cs, host, length);
+      } else if (raw === 0n) {
+        runs.add("unallocated", g, g + cs);
+      } else {
+        runs.add("data", g, g + cs, this.#safe(raw, l2Offset + i * 8));
+      }
+    }
   }
 
   #safe(value: bigint, at: number): number {

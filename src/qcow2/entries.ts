@@ -559,6 +559,75 @@ export function hostClusterOffsetOf(hi: number, lo: number): number {
   return (hi & 0x001fffff) * TWO_32 + ((lo & 0xfffffe00) >>> 0);
 }
 
+/**
+ * The host offset of a compressed cluster descriptor given as two
+ * big-endian 32-bit halves of its L2 entry, without allocating (the
+ * reader's hot path).
+ *
+ * @param hi Bits 32-63 of the entry.
+ * @param lo Bits 0-31 of the entry.
+ * @param clusterBits The header's `cluster_bits`, 9 to 21.
+ * @returns The host offset (bits 0 to x-1), or -1 if it is 2^53 or more.
+ *
+ * @example
+ * ```ts
+ * import { compressedHostOffsetOf } from "./entries.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * // 64 KiB clusters (x = 54): 3 additional sectors, host offset 0x50123.
+ * assertEquals(compressedHostOffsetOf(0x40000000 | (3 << 22), 0x50123, 16), 0x50123);
+ * ```
+ */
+export function compressedHostOffsetOf(
+  hi: number,
+  lo: number,
+  clusterBits: number,
+): number {
+  const high = hi & ((1 << (compressedOffsetBits(clusterBits) - 32)) - 1);
+  return high >= 0x200000 ? -1 : high * TWO_32 + (lo >>> 0);
+}
+
+/**
+ * The additional sectors count of a compressed cluster descriptor, from the
+ * high 32-bit half of its L2 entry.
+ *
+ * @param hi Bits 32-63 of the entry.
+ * @param clusterBits The header's `cluster_bits`, 9 to 21.
+ * @returns The count (bits x to 61).
+ *
+ * @example
+ * ```ts
+ * import { additionalSectorsOf } from "./entries.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(additionalSectorsOf(0x40000000 | (3 << 22), 16), 3);
+ * ```
+ */
+export function additionalSectorsOf(hi: number, clusterBits: number): number {
+  return (hi >>> (compressedOffsetBits(clusterBits) - 32)) &
+    ((1 << (clusterBits - 8)) - 1);
+}
+
+/**
+ * An entry's 64 bits from its two big-endian 32-bit halves (for messages
+ * about an entry the hot path refused).
+ *
+ * @param hi Bits 32-63.
+ * @param lo Bits 0-31.
+ * @returns The entry.
+ *
+ * @example
+ * ```ts
+ * import { entryBits } from "./entries.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(entryBits(0x80000000, 0x10000), 0x8000000000010000n);
+ * ```
+ */
+export function entryBits(hi: number, lo: number): bigint {
+  return BigInt(hi >>> 0) << 32n | BigInt(lo >>> 0);
+}
+
 // ---------------------------------------------------------------------------
 // Refcount table entries
 

@@ -1,0 +1,255 @@
+/**
+ * The two-level walk qcow2 and qcow (version 1) share: an L1 table names L2
+ * tables, each L2 table maps a run of guest clusters. This file walks the
+ * guest range, loads L2 tables through the cache, merges the clusters into
+ * extents, reads them (data, compressed, zero, backing) and closes the
+ * files; each format supplies only its L1 entry and L2 entry decoding.
+ *
+ * Source: `docs/interop/qcow2.txt` "Cluster mapping"; QEMU
+ * `qcow2_get_host_offset` and `block/qcow.c` `get_cluster_offset`.
+ *
+ * @module
+ */
+
+import {
+  type CompressedRead,
+  readCompressedRuns,
+  readData,
+} from "./cluster_reads.ts";
+import { type Codecs, webCodecs } from "../codecs/codecs.ts";
+import {
+  checkRange,
+  type DiskImage,
+  type Extent,
+  readBacking,
+  throughBacking,
+} from "../disk.ts";
+import { ExtentRuns } from "../extent_runs.ts";
+import { withJobs } from "../jobs.ts";
+import type { ByteSource } from "../io/source.ts";
+import { L2Cache, l2TableLoader } from "./l2_cache.ts";
+import type { CompressionType } from "./header.ts";
+
+/** What {@linkcode TwoLevelImage} is built from. */
+export interface TwoLevelParts {
+  /** The image file (metadata, and data without a data file). */
+  source: ByteSource;
+  /** Virtual disk size in bytes. */
+  size: number;
+  /** log2 of the cluster size. */
+  clusterBits: number;
+  /** Entries per L2 table. */
+  l2Entries: number;
+  /** Bytes of one L2 table. */
+  l2TableBytes: number;
+  /** L2 tables to keep cached. */
+  cachedTables: number;
+  /** File offset of the L1 table (where errors about its entries point). */
+  l1TableOffset: number;
+  /** What unallocated clusters read from; zeros without one. */
+  backing?: DiskImage;
+  /** Where data clusters lie, when not in `source` (qcow2 data file). */
+  dataFile?: ByteSource;
+  /** The codec of compressed clusters. */
+  compressionType: CompressionType;
+  /** Decompressors. */
+  codecs?: Codecs;
+  /** Closes the files opened for this image (backing and data files). */
+  close?: () => void;
+}
+
+/** Which entries of which L2 table {@linkcode TwoLevelImage.addEntries} adds. */
+export interface L2Span {
+  /** File offset of the L2 table. */
+  l2Offset: number;
+  /** Guest offset that the table's first entry maps. */
+  spanStart: number;
+  /** First entry to add. */
+  first: number;
+  /** Entry after the last to add. */
+  last: number;
+}
+
+/**
+ * A disk image mapped by an L1 table and L2 tables. Subclasses decode the
+ * entries: {@linkcode TwoLevelImage.l2TableOffset} for L1 entries and
+ * {@linkcode TwoLevelImage.addEntries} for a run of L2 entries.
+ */
+export abstract class TwoLevelImage implements DiskImage {
+  /** The image format, for messages and for callers to tell images apart. */
+  abstract readonly format: "qcow2" | "qcow";
+  /** The image file. */
+  readonly source: ByteSource;
+  /** Virtual disk size in bytes. */
+  readonly size: number;
+  /** Cluster size in bytes. */
+  readonly clusterSize: number;
+  /** The next layer of the backing chain, if any is followed. */
+  readonly backing?: DiskImage;
+  /** The external data file, when the image keeps its data in one. */
+  readonly dataFile?: ByteSource;
+  #l2Entries: number;
+  #l1TableOffset: number;
+  #cache: L2Cache;
+  #codecs: Codecs;
+  #compressionType: CompressionType;
+  #close?: () => void;
+
+  /** @param parts What the image is built from. */
+  protected constructor(parts: TwoLevelParts) {
+    this.source = parts.source;
+    this.size = parts.size;
+    this.clusterSize = 2 ** parts.clusterBits;
+    this.backing = parts.backing;
+    this.dataFile = parts.dataFile;
+    this.#l2Entries = parts.l2Entries;
+    this.#l1TableOffset = parts.l1TableOffset;
+    this.#cache = new L2Cache(parts.cachedTables, parts.l2TableBytes);
+    this.#codecs = parts.codecs ?? webCodecs;
+    this.#compressionType = parts.compressionType;
+    this.#close = parts.close;
+  }
+
+  /**
+   * The L2 table offset in L1 entry `l1Index`, or 0 when unallocated (or
+   * past the L1 table).
+   *
+   * @throws {Qcow2Error} For an invalid L1 entry.
+   */
+  protected abstract l2TableOffset(l1Index: number): number;
+
+  /**
+   * Adds the extents of entries `[span.first, span.last)` of the L2 table
+   * at `span.l2Offset`, which maps the guest bytes from `span.spanStart`,
+   * to `runs`.
+   *
+   * @throws {Qcow2Error} For an invalid L2 entry.
+   */
+  protected abstract addEntries(
+    runs: ExtentRuns,
+    table: DataView,
+    span: L2Span,
+  ): void;
+
+  /**
+   * The extents covering guest bytes `[start, end)`, in order, through the
+   * backing chain: what this image does not allocate is described by the
+   * layers below (`depth` says which), and past them is `unallocated`.
+   *
+   * @param start First guest byte (default 0).
+   * @param end Guest byte after the last (default the virtual size).
+   * @returns The extents, clipped to the range.
+   * @throws {Qcow2Error} For an invalid L1 or L2 entry (`UNALIGNED_OFFSET`,
+   * `OFFSET_PAST_END`, `METADATA_OVERLAP`, `BAD_SUBCLUSTER_BITMAP`,
+   * `BAD_TABLE_ENTRY`).
+   */
+  async *extents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
+    yield* throughBacking(this.ownExtents(start, end), this.backing);
+  }
+
+  /**
+   * The extents of this layer alone: `unallocated` where it would fall
+   * through to its backing file. Adjacent clusters of one kind are merged
+   * (data only where the file offsets are contiguous too).
+   *
+   * @param start First guest byte (default 0).
+   * @param end Guest byte after the last (default the virtual size).
+   * @returns The extents, clipped to the range, all at depth 0.
+   */
+  async *ownExtents(
+    start = 0,
+    end: number = this.size,
+  ): AsyncGenerator<Extent> {
+    checkRange(start, end - start, this.size);
+    if (start >= end) return;
+    const cs = this.clusterSize;
+    const l2Entries = this.#l2Entries;
+    const l1Span = cs * l2Entries;
+    const runs = new ExtentRuns(start, end);
+    for (
+      let l1Index = Math.floor(start / l1Span);
+      l1Index * l1Span < end;
+      l1Index++
+    ) {
+      const spanStart = l1Index * l1Span;
+      const l2Offset = this.l2TableOffset(l1Index);
+      if (l2Offset === 0) {
+        runs.add("unallocated", spanStart, spanStart + l1Span);
+      } else {
+        const first = spanStart < start
+          ? Math.floor((start - spanStart) / cs)
+          : 0;
+        const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
+        await this.#cache.use(
+          l2Offset,
+          l2TableLoader(
+            this.source,
+            l2Offset,
+            l1Index,
+            this.#l1TableOffset,
+            this.format,
+          ),
+          (table) =>
+            this.addEntries(
+              runs,
+              new DataView(table.buffer, table.byteOffset, table.byteLength),
+              { l2Offset, spanStart, first, last },
+            ),
+        );
+      }
+      yield* runs.take();
+    }
+    yield* runs.finish();
+  }
+
+  /**
+   * Fills `buffer` with the guest bytes at `position`, reading through the
+   * backing chain where this image allocates nothing.
+   *
+   * @param position Guest offset of the first byte.
+   * @param buffer Where the bytes go; its length is how many are read.
+   * @throws {RangeError} If the range runs past the virtual size.
+   * @throws {Qcow2Error} If the image is corrupt where the bytes lie.
+   */
+  async read(position: number, buffer: Uint8Array): Promise<void> {
+    const end = position + buffer.length;
+    const compressed: CompressedRead[] = [];
+    const data = this.dataFile ?? this.source;
+    const external = this.dataFile !== undefined;
+    // Reads start as their extents are found, while the walk goes on
+    // loading L2 tables: see src/jobs.ts.
+    await withJobs(async (start) => {
+      for await (const e of this.ownExtents(position, end)) {
+        const into = buffer.subarray(
+          e.start - position,
+          e.start - position + e.length,
+        );
+        if (e.kind === "data") {
+          start(
+            readData(data, e.hostOffset!, into, e.start, this.format, external),
+          );
+        } else if (e.kind === "compressed") {
+          compressed.push({ extent: e, into });
+        } else if (e.kind === "unallocated" && this.backing) {
+          start(readBacking(this.backing, e.start, into));
+        } else {
+          into.fill(0);
+        }
+      }
+      start(readCompressedRuns(
+        this.source,
+        compressed,
+        this.clusterSize,
+        this.#codecs,
+        this.#compressionType,
+        this.format,
+      ));
+    });
+  }
+
+  /** Closes the backing and data files opened for this image. */
+  close(): void {
+    this.#close?.();
+    this.#close = undefined;
+  }
+}
