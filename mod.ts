@@ -114,6 +114,7 @@ export {
 } from "./src/io/file_handle_writer.ts";
 export type { DiskImage, Extent, ExtentKind } from "./src/disk.ts";
 export type { Qcow2Image } from "./src/qcow2/image.ts";
+export type { TwoLevelImage } from "./src/qcow2/walk.ts";
 export type { WritableQcow2Image } from "./src/qcow2/writable.ts";
 export type { WritableInput } from "./src/qcow2/open_writable.ts";
 export {

@@ -360,7 +360,10 @@ export class QcowImage extends TwoLevelImage {
     this.#l1 = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
   }
 
-  /** The L2 table offset in L1 entry `l1Index`, or 0. */
+  /**
+   * The L2 table offset in L1 entry `l1Index`, or 0.
+   * @ignore
+   */
   protected l2TableOffset(l1Index: number): number {
     return l1Index < this.header.l1Size
       ? this.#safe(
@@ -370,7 +373,10 @@ export class QcowImage extends TwoLevelImage {
       : 0;
   }
 
-  /** Adds L2 entries `[first, last)`: data, compressed or unallocated. */
+  /**
+   * Adds L2 entries `[first, last)`: data, compressed or unallocated.
+   * @ignore
+   */
   protected addEntries(runs: ExtentRuns, view: DataView, span: L2Span): void {
     const { l2Offset, spanStart, first, last } = span;
     const bits = this.header.clusterBits;

@@ -138,6 +138,7 @@ export class Qcow2Image extends TwoLevelImage {
    * Adds entries `[span.first, span.last)` of an L2 table to `runs`:
    * standard or extended entries, compressed descriptors, and runs of
    * unallocated entries skipped in one scan.
+   * @ignore
    */
   protected addEntries(runs: ExtentRuns, view: DataView, span: L2Span): void {
     const { l2Offset, spanStart, first, last } = span;
@@ -282,7 +283,10 @@ export class Qcow2Image extends TwoLevelImage {
       : { kind: "unallocated", host: -1 };
   }
 
-  /** The L2 table offset in L1 entry `index`, or 0 when unallocated. */
+  /**
+   * The L2 table offset in L1 entry `index`, or 0 when unallocated.
+   * @ignore
+   */
   protected l2TableOffset(index: number): number {
     if (index >= this.#l1Entries) return 0;
     const hi = this.#l1.getUint32(index * ENTRY_SIZE);

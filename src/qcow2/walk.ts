@@ -71,9 +71,25 @@ export interface L2Span {
 }
 
 /**
- * A disk image mapped by an L1 table and L2 tables. Subclasses decode the
- * entries: {@linkcode TwoLevelImage.l2TableOffset} for L1 entries and
- * {@linkcode TwoLevelImage.addEntries} for a run of L2 entries.
+ * A disk image mapped by an L1 table and L2 tables: what qcow2 and qcow
+ * (version 1) images share. Subclasses decode the entries (L1 entries into
+ * L2 table offsets, L2 entries into extents); extents, reads and closing
+ * are written once, here.
+ *
+ * @example Both formats read through the same walk
+ * ```ts
+ * import { openImage, type TwoLevelImage } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const dir = new URL("../../tests/fixtures/layouts/", import.meta.url);
+ * for (const name of ["v1.qcow", "sub_nobacking.qcow2"]) {
+ *   const image: TwoLevelImage = await openImage(await Deno.readFile(new URL(name, dir)));
+ *   assertEquals(image.format, name.endsWith(".qcow") ? "qcow" : "qcow2");
+ *   const first = new Uint8Array(512);
+ *   await image.read(0, first);
+ *   image.close();
+ * }
+ * ```
  */
 export abstract class TwoLevelImage implements DiskImage {
   /** The image format, for messages and for callers to tell images apart. */
@@ -115,6 +131,7 @@ export abstract class TwoLevelImage implements DiskImage {
    * past the L1 table).
    *
    * @throws {Qcow2Error} For an invalid L1 entry.
+   * @ignore
    */
   protected abstract l2TableOffset(l1Index: number): number;
 
@@ -124,6 +141,7 @@ export abstract class TwoLevelImage implements DiskImage {
    * to `runs`.
    *
    * @throws {Qcow2Error} For an invalid L2 entry.
+   * @ignore
    */
   protected abstract addEntries(
     runs: ExtentRuns,
