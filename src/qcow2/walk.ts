@@ -111,7 +111,11 @@ export abstract class TwoLevelImage implements DiskImage {
   #compressionType: CompressionType;
   #close?: () => void;
 
-  /** @param parts What the image is built from. */
+  /**
+   * Sets up the walk over the L1 table the subclass decodes.
+   *
+   * @param parts What the image is built from.
+   */
   protected constructor(parts: TwoLevelParts) {
     this.source = parts.source;
     this.size = parts.size;
