@@ -65,6 +65,8 @@ for (
     [TOP, "fixtures"],
     [LAYOUTS, "layouts"],
     [DAMAGED, "damaged (errors included)"],
+    [new URL("bitmaps/", FIXTURES).pathname, "bitmaps"],
+    [new URL("resized/", FIXTURES).pathname, "resized"],
   ]
 ) {
   Deno.test(`map: every image of ${label} as qemu-img, both forms`, async () => {
