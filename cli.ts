@@ -29,6 +29,7 @@ import * as info from "./cli/info.ts";
 import * as map from "./cli/map.ts";
 import { Interrupted, INTERRUPTED_STATUS } from "./cli/_interrupt.ts";
 import * as measure from "./cli/measure.ts";
+import * as compare from "./cli/compare.ts";
 
 /** A command: its `main`, its help text and its line in the command list. */
 interface Command {
@@ -45,6 +46,7 @@ const COMMANDS: Record<string, Command> = {
   map,
   check,
   measure,
+  compare,
 };
 
 const HELP = `${NAME} ${denoJson.version}: inspect and convert qcow2 disk images

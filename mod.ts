@@ -158,6 +158,13 @@ export {
   refcountMetadataSize,
 } from "./src/qcow2/measure.ts";
 export {
+  type ByteTests,
+  compareImages,
+  type CompareOptions,
+  type CompareResult,
+  portableByteTests,
+} from "./src/ops/compare.ts";
+export {
   measure,
   type Measurement,
   type MeasureOptions,
