@@ -39,7 +39,9 @@ async function checkout(): Promise<string> {
 /** Runs a shell command line as a user types it, in `cwd`. */
 async function sh(line: string, cwd: string) {
   const out = await new Deno.Command("bash", {
-    args: ["-c", `set -o pipefail; ${line}`],
+    // A terminal has no INIT_CWD; `deno task test`, which runs this, set one
+    // (and Deno keeps an INIT_CWD it finds, as npm does).
+    args: ["-c", `unset INIT_CWD; set -o pipefail; ${line}`],
     cwd,
     stdout: "piped",
     stderr: "piped",
