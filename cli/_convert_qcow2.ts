@@ -9,6 +9,8 @@ import {
   convertToQcow2,
   type ConvertToQcow2Options,
   type ConvertToQcow2Summary,
+  type DiskImage,
+  type Extent,
   nodeCodecs,
   openImage,
   openPath,
@@ -18,6 +20,7 @@ import {
   splitOptions,
 } from "../mod.ts";
 import { InFile } from "../native/explain.ts";
+import { type HostFile, hostFile } from "../native/holes.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";
 import { workerCompressors } from "../native/compress_pool.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
@@ -56,6 +59,45 @@ async function probe(path: string): Promise<FormatName> {
   } finally {
     file.close?.();
   }
+}
+
+/**
+ * `image` (a raw file) with its extents from the file system: holes are
+ * `zero` extents, read no more. Without FFI, all is data, as before.
+ */
+function withHoles(image: DiskImage, host: HostFile): DiskImage {
+  return {
+    size: image.size,
+    read: (position, buffer) => image.read(position, buffer),
+    close() {
+      host.close();
+      image.close();
+    },
+    async *extents(start = 0, end = image.size): AsyncGenerator<Extent> {
+      let at = start;
+      while (at < end) {
+        const run = host.at(at);
+        if (run === undefined || run === null) {
+          // Unknown: data; past the last data: a hole to the end.
+          yield {
+            start: at,
+            length: end - at,
+            kind: run === null ? "zero" : "data",
+            depth: 0,
+          };
+          return;
+        }
+        const to = Math.min(end, run.end);
+        yield {
+          start: at,
+          length: to - at,
+          kind: run.data ? "data" : "zero",
+          depth: 0,
+        };
+        at = to;
+      }
+    },
+  };
 }
 
 /** What `convert -O qcow2` was asked. */
@@ -140,7 +182,7 @@ export async function convertToQcow2Command(
   // qemu-img reads a file without the qcow magic as raw.
   const srcFormat = command.srcFormat ??
     await probe(srcPath).catch(() => undefined);
-  const { image } = await openInput(srcPath, srcFormat, {
+  const { image: opened, format } = await openInput(srcPath, srcFormat, {
     snapshot: command.snapshot,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,
@@ -150,6 +192,10 @@ export async function convertToQcow2Command(
       return await openPath(path);
     },
   }).catch((e) => Promise.reject(new InFile(srcPath, e)));
+  // A raw file's holes, where FFI tells them (as QEMU's SEEK_DATA): not read.
+  const image = format === "raw"
+    ? withHoles(opened, hostFile(srcPath))
+    : opened;
   const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
     ? progressBar({ write: writeStderr, columns: terminalColumns() })
     : undefined;

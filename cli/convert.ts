@@ -86,7 +86,9 @@ Options:
   -h, --help      show this help
 
 Needs: --allow-read=SRC --allow-write=DST, and read access to each backing
-file and the external data file the image names. With read and write access
+file and the external data file the image names (and -B's file). With
+--allow-ffi, a raw SRC's holes are found as qemu-img finds them (SEEK_DATA)
+and not read. With read and write access
 to DST's directory instead, DST is replaced only once the conversion succeeded.
 
 ${unsupportedHelp("convert", SPEC)}`;
