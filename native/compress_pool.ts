@@ -33,10 +33,16 @@ import {
  */
 export interface WorkerCompressorsOptions {
   /**
-   * Workers to run (default: the logical cores, at most 8). 0 compresses
-   * on the calling thread.
+   * Workers to run (default: one less than the logical cores, at most 8,
+   * at least 1). 0 compresses on the calling thread alone.
    */
   workers?: number;
+  /**
+   * Whether the calling thread takes its share of the clusters too, one in
+   * `workers + 1` (default true: the thread that reads and writes is idle
+   * most of the time, and a worker costs memory).
+   */
+  shareCallingThread?: boolean;
   /** Compression levels (default QEMU's). */
   settings?: CompressSettings;
 }
@@ -116,12 +122,17 @@ export function workerCompressors(
 ): WorkerCompressors {
   const count = Math.max(
     0,
-    Math.min(8, options.workers ?? navigator.hardwareConcurrency ?? 2),
+    Math.min(
+      8,
+      options.workers ??
+        Math.max(1, (navigator.hardwareConcurrency ?? 2) - 1),
+    ),
   );
   const settings = options.settings ?? {};
-  if (count === 0) {
-    return { ...makeNodeCompressors(settings), close() {} };
-  }
+  const local = makeNodeCompressors(settings);
+  if (count === 0) return { ...local, close() {} };
+  const share = options.shareCallingThread ?? true;
+  let turn = 0;
   let slots: Slot[] = [];
   let nextId = 1;
   const start = (): Slot[] => {
@@ -158,6 +169,9 @@ export function workerCompressors(
     });
   };
   const run = (type: "zlib" | "zstd"): Compressor => (input, maxOutput) => {
+    if (share && turn++ % (count + 1) === count) {
+      return local[type]!(input, maxOutput);
+    }
     if (slots.length === 0) slots = start();
     let slot = slots[0];
     for (const s of slots) if (s.busy.size < slot.busy.size) slot = s;

@@ -398,7 +398,7 @@ function boundOf(c: Classify): number {
   let lastTable = -1;
   const all = c.sparse === 0 && !c.backing;
   for (const run of c.runs) {
-    if (!run.data && !run.top && !all) continue;
+    if (!run.data && !(c.backing && run.top) && !all) continue;
     clusters += run.count;
     const first = Math.floor(run.cluster / l2Entries);
     const last = Math.floor((run.cluster + run.count - 1) / l2Entries);
