@@ -75,6 +75,7 @@ import {
   type ConvertToQcow2Summary,
   type Qcow2Destination,
 } from "./src/ops/convert_qcow2.ts";
+import { nodeCrypto } from "./native/crypto.ts";
 import { openDenoFile } from "./native/deno_file.ts";
 import { importNode } from "./native/node_builtin.ts";
 
@@ -149,6 +150,48 @@ export {
   readSnapshots,
   type Snapshot,
 } from "./src/qcow2/snapshots.ts";
+export { afMerge, afSplit } from "./src/crypto/afsplit.ts";
+export {
+  type BlockCipher,
+  type CryptoProvider,
+  HASH_LENGTHS,
+  type HashAlgorithm,
+  webCrypto,
+} from "./src/crypto/provider.ts";
+export {
+  type CipherAlgorithm,
+  cipherKeyLength,
+  type CipherMode,
+  type CipherSpec,
+  type IvGenerator,
+  SectorCipher,
+  sectorCipher,
+} from "./src/crypto/sector_cipher.ts";
+export {
+  encodeLuksHeader,
+  luksCipherSpec,
+  type LuksHeader,
+  type LuksHeaderFields,
+  type LuksKeySlot,
+  luksLayout,
+  parseLuksHeader,
+} from "./src/crypto/luks_header.ts";
+export {
+  type EncryptedImageHeader,
+  type ImageEncryption,
+  legacyAesKey,
+  openEncryption,
+  readLuksHeader,
+  sectorEncryption,
+  unlockLuks,
+} from "./src/crypto/encryption.ts";
+export {
+  type EncryptInfo,
+  type LuksEncryptInfo,
+  luksInfo,
+  type LuksSlotInfo,
+  readEncryptInfo,
+} from "./src/crypto/encrypt_info.ts";
 export { type Bitmap, readBitmaps } from "./src/qcow2/bitmaps.ts";
 export {
   bitmapsSize,
@@ -216,6 +259,7 @@ export {
   type SnapshotInfo,
 } from "./src/ops/info.ts";
 export { nodeCodecs };
+export { nodeCrypto } from "./native/crypto.ts";
 
 /**
  * Reads and validates the header of a qcow2 image.
@@ -370,6 +414,7 @@ export async function openImage(
   options: OpenOptions = {},
 ): Promise<Qcow2Image | QcowImage | WritableQcow2Image> {
   const codecs = options.codecs ?? nodeCodecs;
+  const crypto = options.crypto ?? nodeCrypto;
   if (options.writable) {
     return await openImageWritable(input as WritableInput | string, {
       ...options,
@@ -378,7 +423,7 @@ export async function openImage(
   }
   input = input as ImageInput | string;
   if (typeof input !== "string") {
-    return openDisk(await toByteSource(input), { ...options, codecs });
+    return openDisk(await toByteSource(input), { ...options, codecs, crypto });
   }
   const file = await openPath(input);
   try {
@@ -387,6 +432,7 @@ export async function openImage(
       path: input,
       ...options,
       codecs,
+      crypto,
     });
     const closeLayers = image.close.bind(image);
     image.close = () => {

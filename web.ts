@@ -145,6 +145,48 @@ export {
   readSnapshots,
   type Snapshot,
 } from "./src/qcow2/snapshots.ts";
+export { afMerge, afSplit } from "./src/crypto/afsplit.ts";
+export {
+  type BlockCipher,
+  type CryptoProvider,
+  HASH_LENGTHS,
+  type HashAlgorithm,
+  webCrypto,
+} from "./src/crypto/provider.ts";
+export {
+  type CipherAlgorithm,
+  cipherKeyLength,
+  type CipherMode,
+  type CipherSpec,
+  type IvGenerator,
+  SectorCipher,
+  sectorCipher,
+} from "./src/crypto/sector_cipher.ts";
+export {
+  encodeLuksHeader,
+  luksCipherSpec,
+  type LuksHeader,
+  type LuksHeaderFields,
+  type LuksKeySlot,
+  luksLayout,
+  parseLuksHeader,
+} from "./src/crypto/luks_header.ts";
+export {
+  type EncryptedImageHeader,
+  type ImageEncryption,
+  legacyAesKey,
+  openEncryption,
+  readLuksHeader,
+  sectorEncryption,
+  unlockLuks,
+} from "./src/crypto/encryption.ts";
+export {
+  type EncryptInfo,
+  type LuksEncryptInfo,
+  luksInfo,
+  type LuksSlotInfo,
+  readEncryptInfo,
+} from "./src/crypto/encrypt_info.ts";
 export { type Bitmap, readBitmaps } from "./src/qcow2/bitmaps.ts";
 export {
   bitmapsSize,

@@ -74,6 +74,8 @@ export interface CommandSpec {
   string?: string[];
   /** Options with a value that may be repeated; values are joined with ",". */
   list?: string[];
+  /** Options with a value that may be repeated, kept apart (`--object`). */
+  repeat?: string[];
   /** Other names: `{ s: "start-offset" }` makes `-s` a spelling of `--start-offset`. */
   alias?: Record<string, string>;
   /** The command takes `--output=human|json` and `--json`. */
@@ -234,6 +236,7 @@ export function parse(
   const strings = [
     ...(spec.string ?? []),
     ...(spec.list ?? []),
+    ...(spec.repeat ?? []),
     "format",
     ...(spec.output ? ["output"] : []),
   ];
@@ -274,6 +277,14 @@ export function parse(
   });
   for (const name of strings) {
     const value: unknown = flags[name];
+    if (spec.repeat?.includes(name)) {
+      const values = (value ?? []) as string[];
+      if (values.some((v) => v === "")) {
+        throw error(`${dashed(name)} needs a value`);
+      }
+      flags[name] = values;
+      continue;
+    }
     if (spec.list?.includes(name)) {
       const values = (value ?? []) as string[];
       if (values.some((v) => v === "")) {

@@ -26,6 +26,7 @@ import {
   UsageError,
 } from "./_args.ts";
 import { openInput } from "./_open.ts";
+import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
 import { interruptible } from "./_interrupt.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
 import { convertToQcow2Command } from "./_convert_qcow2.ts";
@@ -36,9 +37,10 @@ export const summary = "convert an image to a raw disk image or a qcow2 image";
 
 /** The options `convert` takes beyond those of every command. */
 const SPEC: CommandSpec = {
-  boolean: ["p", "top", "json", "c"],
-  string: ["O", "S", "l", "B", "F"],
+  boolean: ["p", "top", "json", "c", ...SECRET_FLAGS.boolean],
+  string: ["O", "S", "l", "B", "F", ...SECRET_FLAGS.string],
   list: ["o"],
+  repeat: SECRET_FLAGS.repeat,
 };
 
 /** The command's help text. */
@@ -83,6 +85,7 @@ Options:
                   files-read, ... (not with DST '-'); with -l on an image
                   resized since the snapshot, image-virtual-size too
   -U, --force-share  accepted for qemu-img's sake (images are never locked)
+${SECRET_HELP}
   -h, --help      show this help
 
 Needs: --allow-read=SRC --allow-write=DST, and read access to each backing
@@ -133,7 +136,12 @@ export async function main(args: string[]): Promise<number> {
   if (files.length !== 2) {
     throw usageError(`convert takes SRC and DST (${files.length} given)`);
   }
-  const [srcPath, dstPath] = files;
+  const [{ path: srcPath, password }] = await namedImages(
+    flags,
+    [files[0]],
+    "convert",
+  );
+  const dstPath = files[1];
   if (flags.quiet && flags.json) {
     throw usageError(
       "-q prints nothing and --json prints a summary: choose one",
@@ -165,6 +173,7 @@ export async function main(args: string[]): Promise<number> {
   const inputs: InputFile[] = [srcPath];
   await requireRead(srcPath);
   const { image } = await openInput(srcPath, srcFormat, {
+    password,
     snapshot,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,
@@ -173,7 +182,8 @@ export async function main(args: string[]): Promise<number> {
       inputs.push({ path, what: roleIn(srcPath, request) });
       return await openPath(path);
     },
-  }).catch((e) => Promise.reject(new InFile(srcPath, e)));
+  }).catch((e) => Promise.reject(new InFile(srcPath, e)))
+    .finally(() => password?.fill(0));
   const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
     ? progressBar({ write: writeStderr, columns: terminalColumns() })
     : undefined;

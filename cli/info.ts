@@ -14,6 +14,7 @@ import {
   qcowInfo,
   rawInfo,
   readBitmaps,
+  readEncryptInfo,
   readHeader,
   readQcowHeader,
   readSnapshots,
@@ -30,12 +31,18 @@ import {
   unsupportedHelp,
   UsageError,
 } from "./_args.ts";
+import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "show what an image is";
 
 /** The options `info` takes beyond those of every command. */
-const SPEC: CommandSpec = { boolean: ["backing-chain"], output: true };
+const SPEC: CommandSpec = {
+  boolean: ["backing-chain", ...SECRET_FLAGS.boolean],
+  string: SECRET_FLAGS.string,
+  repeat: SECRET_FLAGS.repeat,
+  output: true,
+};
 
 /** The command's help text. */
 export const usage =
@@ -54,6 +61,9 @@ Options:
                     (the exit status says whether it could)
   -U, --force-share accepted for qemu-img's sake (images are never locked)
   -h, --help        show this help
+An encrypted image's info needs no password; these are taken as qemu-img
+takes them, and not used:
+${SECRET_HELP}
 
 Needs: --allow-read=IMAGE (and each backing file, with --backing-chain)
 
@@ -73,13 +83,14 @@ export async function main(args: string[]): Promise<number> {
     );
   }
   const format = imageFormat(flags.format, "-f", "info");
-  const files = flags._.map(String);
-  if (files.length !== 1) {
+  const names = flags._.map(String);
+  if (names.length !== 1) {
     throw new UsageError(
-      `info takes exactly one IMAGE (${files.length} given)`,
+      `info takes exactly one IMAGE (${names.length} given)`,
       "info",
     );
   }
+  const files = (await namedImages(flags, names, "info")).map((i) => i.path);
   const reports: ImageInfo[] = [];
   let layer: { path: string; format?: string } | undefined = {
     path: files[0],
@@ -177,6 +188,10 @@ async function describe(
       snapshots,
       bitmaps,
       fullBackingFilename: full,
+      encrypt: await readEncryptInfo(source, {
+        cryptMethod: header.cryptMethod,
+        encryptionArea: header.extensions.encryption,
+      }),
     }),
     next: full !== undefined
       ? { path: full, format: header.extensions.backingFormat }

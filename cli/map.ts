@@ -23,6 +23,7 @@ import {
   UsageError,
 } from "./_args.ts";
 import { openInput } from "./_open.ts";
+import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
 import { parseOffset } from "./_size.ts";
 
 /** One line for the command list of `qcow2 --help`. */
@@ -30,7 +31,9 @@ export const summary = "show where an image's data lies";
 
 /** The options `map` takes beyond those of every command. */
 const SPEC: CommandSpec = {
-  string: ["start-offset", "max-length"],
+  boolean: SECRET_FLAGS.boolean,
+  repeat: SECRET_FLAGS.repeat,
+  string: ["start-offset", "max-length", ...SECRET_FLAGS.string],
   alias: { s: "start-offset", l: "max-length" },
   output: true,
   usageStatus: 1,
@@ -53,6 +56,7 @@ Options:
   -s, --start-offset=OFFSET  start there (k, M, G, T, P, E suffixes)
   -l, --max-length=LENGTH  map at most this many bytes
   -U, --force-share        accepted for qemu-img's sake (images are never locked)
+${SECRET_HELP}
   -h, --help               show this help
 
 Holes in the host files (raw images, and qcow2 images whose clusters QEMU
@@ -88,10 +92,12 @@ export async function runMap(
     console.log(usage);
     return 0;
   }
-  const files = flags._.map(String);
-  if (files.length !== 1) {
+  const names_ = flags._.map(String);
+  if (names_.length !== 1) {
     throw new UsageError("Expecting one image file name", "map", 1);
   }
+  const [{ path, password }] = await namedImages(flags, names_, "map", 1);
+  const files = [path];
   // qemu-img probes a file without the qcow magic as raw.
   const format = imageFormat(flags.format, "-f", "map", 1) ??
     await probe(files[0]);
@@ -109,6 +115,7 @@ export async function runMap(
   const hosts: HostFile[] = [];
   const hostOf = new WeakMap<ByteSource, HostFile>();
   const { image } = await openInput(files[0], format, {
+    password,
     openFile: async (path, request) => {
       const file = await openPath(path);
       // QEMU 7.2 opens a data file by its stored name.

@@ -38,8 +38,14 @@ export type Qcow2ErrorCode =
   | "BAD_EXTENSION"
   /** The image uses an incompatible feature this library does not know. */
   | "UNSUPPORTED_FEATURE"
-  /** The image is encrypted; decryption is not supported. */
+  /** The image is encrypted and no password was given. */
   | "ENCRYPTED"
+  /** No key slot of a LUKS image opens with the password given. */
+  | "WRONG_PASSWORD"
+  /** The LUKS header is damaged (the message names the field). */
+  | "BAD_LUKS_HEADER"
+  /** The image is encrypted with a cipher or hash this library lacks. */
+  | "UNSUPPORTED_CIPHER"
   /** The image uses a compression type that is unknown or not available. */
   | "UNSUPPORTED_COMPRESSION"
   /** A backing file cannot be opened, loops, or the chain is too deep. */

@@ -7,6 +7,8 @@
 
 import { checkOpenable } from "./qcow2/names.ts";
 import type { Codecs } from "./codecs/codecs.ts";
+import { type ImageEncryption, openEncryption } from "./crypto/encryption.ts";
+import { type CryptoProvider, webCrypto } from "./crypto/provider.ts";
 import type { DiskImage } from "./disk.ts";
 import { hex, Qcow2Error } from "./errors.ts";
 import {
@@ -174,6 +176,14 @@ export interface OpenOptions {
    * `writeZeroes`, `discard` and `flush`, and `close` returns a promise.
    */
   writable?: boolean;
+  /**
+   * The password of an encrypted image (LUKS or legacy AES), as text or as
+   * bytes (a secret file's contents, used as they are). It is tried on
+   * every encrypted layer of the backing chain.
+   */
+  password?: string | Uint8Array;
+  /** Ciphers, PBKDF2 and digests; `mod.ts` defaults to `node:crypto`'s. */
+  crypto?: CryptoProvider;
 }
 
 /**
@@ -307,6 +317,7 @@ async function openQcow2Layer(
   const header = await readHeader(source);
   checkSupported(header);
   const closers = chain.closers;
+  const encryption = await openLayerEncryption(source, header, options, chain);
   const snapshots = header.nbSnapshots > 0
     ? await readSnapshots(source, header)
     : [];
@@ -389,7 +400,33 @@ async function openQcow2Layer(
     codecs: options.codecs,
     l2CacheBytes: options.l2CacheBytes,
     close,
+    encryption,
   });
+}
+
+/**
+ * Opens a layer's encryption with `options.password`; its key is
+ * forgotten when the image is closed.
+ */
+async function openLayerEncryption(
+  source: ByteSource,
+  header: { cryptMethod: number; extensions?: Qcow2Header["extensions"] },
+  options: OpenOptions,
+  chain: Chain,
+  format = "qcow2",
+): Promise<ImageEncryption | undefined> {
+  const encryption = await openEncryption(
+    options.crypto ?? webCrypto,
+    source,
+    {
+      cryptMethod: header.cryptMethod,
+      encryptionArea: header.extensions?.encryption,
+    },
+    options.password,
+    format,
+  );
+  if (encryption) chain.closers.push(() => encryption.close());
+  return encryption;
 }
 
 async function openQcow(
@@ -399,6 +436,8 @@ async function openQcow(
 ): Promise<QcowImage> {
   return await openQcow1(source, {
     codecs: options.codecs,
+    openEncryption: (header) =>
+      openLayerEncryption(source, header, options, chain, "qcow"),
     close: chain.depth === 0 ? () => closeAll(chain.closers) : undefined,
     openBacking: options.ignoreBackingFile && chain.depth === 0
       ? undefined
@@ -510,15 +549,6 @@ async function openNamed(
  */
 export function checkSupported(header: Qcow2Header): void {
   checkKnownFeatures(header);
-  if (header.cryptMethod !== 0) {
-    throw new Qcow2Error(
-      "ENCRYPTED",
-      `Cannot read qcow2 image: it is encrypted (${
-        header.cryptMethod === 1 ? "AES" : "LUKS"
-      }), which is not supported; decrypt it with 'qemu-img convert' first`,
-      { offset: 32 },
-    );
-  }
 }
 
 function closeAll(closers: (() => void)[]): void {

@@ -5,6 +5,7 @@
  * @module
  */
 
+import type { EncryptInfo } from "../crypto/encrypt_info.ts";
 import {
   LISTED_ID_BYTES,
   LISTED_NAME_BYTES,
@@ -54,6 +55,8 @@ export interface Qcow2SpecificInfo {
   bitmaps?: BitmapInfo[];
   /** Refcount width in bits. */
   "refcount-bits": number;
+  /** The encryption, for an encrypted image (no password needed). */
+  encrypt?: EncryptInfo;
   /** Incompatible bit 1 (version 3 only). */
   corrupt?: boolean;
   /** Incompatible bit 4 (version 3 only). */
@@ -253,6 +256,8 @@ export interface InfoExtras {
   fullBackingFilename?: string;
   /** The persistent dirty bitmaps (from `readBitmaps`); listed for version 3. */
   bitmaps?: readonly Bitmap[];
+  /** The encryption, from {@linkcode readEncryptInfo}. */
+  encrypt?: EncryptInfo;
 }
 
 /**
@@ -311,6 +316,7 @@ export function imageInfo(
     }
   }
   data["refcount-bits"] = header.refcountBits;
+  if (extras.encrypt) data.encrypt = extras.encrypt;
   if (v3) {
     if (header.extensions.externalDataFile !== undefined) {
       data["data-file"] = header.extensions.externalDataFile;
@@ -326,7 +332,6 @@ export function imageInfo(
     "cluster-size": header.clusterSize,
     format: "qcow2",
     "actual-size": extras.actualSize,
-    encrypted: header.cryptMethod !== 0 ? true : undefined,
     "backing-filename": header.backingFile,
     "full-backing-filename": header.backingFile !== undefined
       ? extras.fullBackingFilename
@@ -338,6 +343,7 @@ export function imageInfo(
       ? extras.snapshots.map(snapshotInfo)
       : undefined,
     "format-specific": { type: "qcow2", data },
+    encrypted: header.cryptMethod !== 0 ? true : undefined,
     "dirty-flag": header.features.dirty,
     "qcow2-header": headerInfo(header),
   };
@@ -537,10 +543,10 @@ export function formatInfo(info: ImageInfo): string {
   if (info["actual-size"] !== undefined) {
     lines.push(`disk size: ${formatSize(info["actual-size"])}`);
   }
+  if (info.encrypted) lines.push("encrypted: yes");
   if (info["cluster-size"] !== undefined) {
     lines.push(`cluster_size: ${info["cluster-size"]}`);
   }
-  if (info.encrypted) lines.push("encrypted: yes");
   const backing = info["backing-filename"];
   if (backing !== undefined) {
     const full = info["full-backing-filename"];
@@ -581,6 +587,7 @@ export function formatInfo(info: ImageInfo): string {
       });
     }
     lines.push(`    refcount bits: ${d["refcount-bits"]}`);
+    if (d.encrypt) lines.push(...encryptLines(d.encrypt));
     if (d["data-file"] !== undefined) {
       lines.push(`    data file: ${d["data-file"]}`);
       lines.push(`    data file raw: ${d["data-file-raw"]}`);
@@ -592,6 +599,28 @@ export function formatInfo(info: ImageInfo): string {
   }
   if (info["dirty-flag"]) lines.push("dirty flag: yes");
   return lines.join("\n") + "\n";
+}
+
+/**
+ * The `encrypt:` lines of the text, as qemu-img prints a QDict: keys with
+ * spaces for dashes, lists as `[i]:` items, 4 more spaces per level.
+ */
+function encryptLines(encrypt: EncryptInfo): string[] {
+  const lines = ["    encrypt:"];
+  const walk = (value: Record<string, unknown>, indent: string) => {
+    for (const [key, v] of Object.entries(value)) {
+      const name = key.replaceAll("-", " ");
+      if (Array.isArray(v)) {
+        lines.push(`${indent}${name}:`);
+        v.forEach((item, i) => {
+          lines.push(`${indent}    [${i}]:`);
+          walk(item as Record<string, unknown>, indent + "        ");
+        });
+      } else lines.push(`${indent}${name}: ${v}`);
+    }
+  };
+  walk(encrypt as unknown as Record<string, unknown>, "        ");
+  return lines;
 }
 
 /** One row of the snapshot list, as QEMU lays it out (local time). */

@@ -255,7 +255,10 @@ class Walk {
       const { start: s, length } = e;
       switch (e.kind) {
         case "data":
-          if (recurse) yield* this.#host(file, e, depth);
+          // QEMU gives no offset for encrypted clusters (qcow2_co_block_status).
+          if (image.encryption) {
+            yield entry(s, length, depth, true, false, true);
+          } else if (recurse) yield* this.#host(file, e, depth);
           else {
             yield entry(
               s,

@@ -7,6 +7,7 @@
  */
 
 import type { Codecs } from "../codecs/codecs.ts";
+import type { ImageEncryption } from "../crypto/encryption.ts";
 import type { DiskImage } from "../disk.ts";
 import type { ExtentRuns } from "../extent_runs.ts";
 import { checkOpenable, imageName } from "../qcow2/names.ts";
@@ -267,6 +268,8 @@ export interface QcowOpenOptions {
   openBacking?: (name: string) => Promise<DiskImage>;
   /** Closes the files opened for this image. */
   close?: () => void;
+  /** Opens the image's legacy AES encryption (with the password). */
+  openEncryption?: (header: QcowHeader) => Promise<ImageEncryption | undefined>;
 }
 
 /**
@@ -281,13 +284,18 @@ export async function openQcow1(
   options: QcowOpenOptions = {},
 ): Promise<QcowImage> {
   const header = await readQcowHeader(source);
+  let encryption: ImageEncryption | undefined;
   if (header.cryptMethod !== 0) {
-    throw new Qcow2Error(
-      "ENCRYPTED",
-      "Cannot read qcow image: it is AES-encrypted, which is not supported; decrypt it with 'qemu-img convert' first",
-      { offset: 36 },
-    );
+    if (!options.openEncryption) {
+      throw new Qcow2Error(
+        "ENCRYPTED",
+        "Cannot read qcow image: it is encrypted (legacy AES): give --password-file FILE (in the library, the 'password' option)",
+        { offset: 36 },
+      );
+    }
+    encryption = await options.openEncryption(header);
   }
+
   if (header.l1TableOffset + header.l1Size * 8 > source.size) {
     throw new Qcow2Error(
       "TRUNCATED",
@@ -309,7 +317,10 @@ export async function openQcow1(
   const backing = header.backingFile !== undefined && options.openBacking
     ? await options.openBacking(header.backingFile)
     : undefined;
-  return new QcowImage(header, source, l1, backing, options);
+  return new QcowImage(header, source, l1, backing, {
+    ...options,
+    encryption,
+  });
 }
 
 /**
@@ -340,7 +351,7 @@ export class QcowImage extends TwoLevelImage {
     source: ByteSource,
     l1: Uint8Array,
     backing: DiskImage | undefined,
-    options: QcowOpenOptions,
+    options: QcowOpenOptions & { encryption?: ImageEncryption },
   ) {
     super({
       source,
@@ -355,6 +366,7 @@ export class QcowImage extends TwoLevelImage {
       compressionType: "zlib",
       codecs: options.codecs,
       close: options.close,
+      encryption: options.encryption,
     });
     this.header = header;
     this.#l1 = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);

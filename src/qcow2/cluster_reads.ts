@@ -6,6 +6,7 @@
  */
 
 import { type Codecs, decompressCluster } from "../codecs/codecs.ts";
+import type { ImageEncryption } from "../crypto/encryption.ts";
 import type { Extent } from "../disk.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import { withJobs } from "../jobs.ts";
@@ -36,6 +37,42 @@ export async function readData(
   }
   const n = host >= file.size ? 0 : await file.readAt(host, into);
   into.fill(0, n);
+}
+
+/**
+ * Reads encrypted data at file offset `host` into `into` and decrypts it.
+ * Whole 512-byte sectors are read and decrypted (a run that starts or ends
+ * inside one goes through a bounce buffer), numbered by host offset for
+ * LUKS and by guest offset for legacy AES (QEMU's `crypt_physical_offset`).
+ * `guest` and `host` lie at the same offset within a sector.
+ */
+export async function readEncrypted(
+  file: ByteSource,
+  encryption: ImageEncryption,
+  host: number,
+  into: Uint8Array,
+  guest: number,
+  format: string,
+  pastEndIsZero = false,
+): Promise<void> {
+  const lead = guest % 512;
+  const length = Math.ceil((lead + into.length) / 512) * 512;
+  const buffer = lead === 0 && length === into.length
+    ? into
+    : new Uint8Array(length);
+  await readData(
+    file,
+    host - lead,
+    buffer,
+    guest - lead,
+    format,
+    pastEndIsZero,
+  );
+  await encryption.decrypt(
+    (encryption.physical ? host : guest) - lead,
+    buffer,
+  );
+  if (buffer !== into) into.set(buffer.subarray(lead, lead + into.length));
 }
 
 /** Reads and decompresses the cluster a `compressed` extent lies in. */

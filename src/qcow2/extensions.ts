@@ -72,7 +72,7 @@ export interface BitmapsExtension {
 /**
  * The full disk encryption extension: where the LUKS header lies.
  *
- * @example A LUKS-encrypted header parses; the image does not open
+ * @example A LUKS-encrypted header parses; without a LUKS header the image does not open
  * ```ts
  * import { openImage, parseHeader, Qcow2Error } from "@qcow2/qcow2";
  * import { assertEquals, assertRejects } from "@std/assert";
@@ -88,8 +88,9 @@ export interface BitmapsExtension {
  * view.setBigUint64(128, 0x100000n); // LUKS header length
  * view.setBigUint64(136, 0n); // end of the extensions
  * assertEquals(parseHeader(bytes).extensions.encryption, { offset: 0x30000, length: 0x100000 });
+ * // The file ends before 0x30000: there is no LUKS header to read.
  * const error = await assertRejects(() => openImage(bytes), Qcow2Error);
- * assertEquals(error.code, "ENCRYPTED");
+ * assertEquals(error.code, "TRUNCATED");
  * ```
  */
 export interface EncryptionExtension {

@@ -8,6 +8,7 @@
 import type { Codecs } from "../codecs/codecs.ts";
 import type { DiskImage } from "../disk.ts";
 import type { ExtentRuns } from "../extent_runs.ts";
+import type { ImageEncryption } from "../crypto/encryption.ts";
 import { hex, Qcow2Error, type Qcow2ErrorCode } from "../errors.ts";
 import { MetadataMap } from "./metadata.ts";
 import type { Qcow2Header } from "./header.ts";
@@ -66,6 +67,8 @@ export interface Qcow2Parts {
   l2CacheBytes?: number;
   /** Closes the files opened for this image (backing and data files). */
   close?: () => void;
+  /** The unlocked encryption of an encrypted image. */
+  encryption?: ImageEncryption;
 }
 
 /**
@@ -119,6 +122,7 @@ export class Qcow2Image extends TwoLevelImage {
       compressionType: header.compressionType,
       codecs: parts.codecs,
       close: parts.close,
+      encryption: parts.encryption,
     });
     this.header = header;
     this.snapshots = parts.snapshots;

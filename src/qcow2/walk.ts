@@ -15,6 +15,7 @@ import {
   type CompressedRead,
   readCompressedRuns,
   readData,
+  readEncrypted,
 } from "./cluster_reads.ts";
 import { type Codecs, webCodecs } from "../codecs/codecs.ts";
 import {
@@ -26,6 +27,7 @@ import {
 } from "../disk.ts";
 import { ExtentRuns } from "../extent_runs.ts";
 import { withJobs } from "../jobs.ts";
+import type { ImageEncryption } from "../crypto/encryption.ts";
 import type { ByteSource } from "../io/source.ts";
 import { L2Cache, l2TableLoader } from "./l2_cache.ts";
 import type { CompressionType } from "./header.ts";
@@ -56,6 +58,8 @@ export interface TwoLevelParts {
   codecs?: Codecs;
   /** Closes the files opened for this image (backing and data files). */
   close?: () => void;
+  /** The unlocked encryption of an encrypted image. */
+  encryption?: ImageEncryption;
 }
 
 /** Which entries of which L2 table {@linkcode TwoLevelImage.addEntries} adds. */
@@ -104,6 +108,8 @@ export abstract class TwoLevelImage implements DiskImage {
   readonly backing?: DiskImage;
   /** The external data file, when the image keeps its data in one. */
   readonly dataFile?: ByteSource;
+  /** The unlocked encryption of an encrypted image (legacy AES or LUKS). */
+  readonly encryption?: ImageEncryption;
   #l2Entries: number;
   #l1TableOffset: number;
   #cache: L2Cache;
@@ -122,6 +128,7 @@ export abstract class TwoLevelImage implements DiskImage {
     this.clusterSize = 2 ** parts.clusterBits;
     this.backing = parts.backing;
     this.dataFile = parts.dataFile;
+    this.encryption = parts.encryption;
     this.#l2Entries = parts.l2Entries;
     this.#l1TableOffset = parts.l1TableOffset;
     this.#cache = new L2Cache(parts.cachedTables, parts.l2TableBytes);
@@ -248,7 +255,24 @@ export abstract class TwoLevelImage implements DiskImage {
         );
         if (e.kind === "data") {
           start(
-            readData(data, e.hostOffset!, into, e.start, this.format, external),
+            this.encryption
+              ? readEncrypted(
+                data,
+                this.encryption,
+                e.hostOffset!,
+                into,
+                e.start,
+                this.format,
+                external,
+              )
+              : readData(
+                data,
+                e.hostOffset!,
+                into,
+                e.start,
+                this.format,
+                external,
+              ),
           );
         } else if (e.kind === "compressed") {
           compressed.push({ extent: e, into });
