@@ -43,6 +43,29 @@ export interface ByteStore extends ByteSource {
   flush?(): Promise<void>;
   /** Releases the file. Writable images call it when closed, if they opened it. */
   close?(): void | Promise<void>;
+  /**
+   * Optional: writes every piece, in any order or at once (they never
+   * overlap); resolves when all are written. Stores that can write in
+   * parallel offer it; without it pieces are written one by one.
+   */
+  writeMany?(pieces: readonly StorePiece[]): Promise<void>;
+}
+
+/**
+ * Bytes to write at a position, for {@linkcode ByteStore.writeMany}.
+ *
+ * @example
+ * ```ts
+ * import type { StorePiece } from "@qcow2/qcow2";
+ *
+ * const piece: StorePiece = { position: 65536, bytes: new Uint8Array(512) };
+ * ```
+ */
+export interface StorePiece {
+  /** File offset. */
+  position: number;
+  /** The bytes. */
+  bytes: Uint8Array;
 }
 
 /**
@@ -432,7 +455,7 @@ export async function fileHandleStore(
   owned = false,
 ): Promise<ByteStore> {
   let size = Number((await handle.stat()).size);
-  return {
+  const store: ByteStore = {
     get size() {
       return size;
     },
@@ -471,5 +494,14 @@ export async function fileHandleStore(
     async close(): Promise<void> {
       if (owned) await handle.close?.();
     },
+    // pwrite at any position: many at once are safe.
+    async writeMany(pieces: readonly StorePiece[]): Promise<void> {
+      const settled = await Promise.allSettled(
+        pieces.map((p) => store.writeAt(p.position, p.bytes)),
+      );
+      const failed = settled.find((r) => r.status === "rejected");
+      if (failed) throw (failed as PromiseRejectedResult).reason;
+    },
   };
+  return store;
 }

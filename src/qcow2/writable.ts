@@ -70,6 +70,36 @@ export interface WritableParts {
   close?: () => void | Promise<void>;
 }
 
+/** Bytes of data a write group holds before it is written. */
+const GROUP_BYTES = 32 * 1024 * 1024;
+
+/** A guest write waiting in the queue. */
+interface WriteRequest {
+  position: number;
+  bytes: Uint8Array;
+  resolve: () => void;
+  reject: (e: unknown) => void;
+}
+
+/** Writes planned together: their clusters, data and changed L2 entries. */
+interface WriteGroup {
+  touched: Set<number>;
+  pieces: Piece[];
+  pieceBytes: number;
+  tables: Map<number, { table: { bytes: Uint8Array }; lo: number; hi: number }>;
+  olds: Mapping[];
+}
+
+function newGroup(): WriteGroup {
+  return {
+    touched: new Set(),
+    pieces: [],
+    pieceBytes: 0,
+    tables: new Map(),
+    olds: [],
+  };
+}
+
 /** One write into a guest cluster, planned. */
 interface Piece {
   host: number;
@@ -140,6 +170,13 @@ export class WritableQcow2Image implements DiskImage {
   #broken?: Qcow2Error;
   #closed = false;
   #tail: Promise<unknown> = Promise.resolve();
+  /** Writes queued together, not yet started. */
+  #batch?: WriteRequest[];
+  /** L2 tables changed in memory by the group being planned, by offset. */
+  readonly #dirtyTables = new Map<
+    number,
+    { bytes: Uint8Array; view: DataView }
+  >();
   #close?: () => void | Promise<void>;
 
   private constructor(parts: WritableParts, l1: Uint8Array) {
@@ -268,6 +305,7 @@ export class WritableQcow2Image implements DiskImage {
 
   /** Runs `op` after every operation called before it. */
   #enqueue<T>(op: () => Promise<T>): Promise<T> {
+    this.#batch = undefined; // later writes queue after this operation
     const run = this.#tail.then(() => {
       if (this.#closed) {
         throw new TypeError("Cannot use qcow2 image: it is closed");
@@ -616,57 +654,146 @@ export class WritableQcow2Image implements DiskImage {
    */
   write(position: number, bytes: Uint8Array): Promise<void> {
     checkRange(position, bytes.length, this.size);
-    return this.#enqueue(() => this.#write(position, bytes));
+    return new Promise<void>((resolve, reject) => {
+      const request: WriteRequest = { position, bytes, resolve, reject };
+      if (this.#batch) {
+        this.#batch.push(request);
+        return;
+      }
+      const batch = [request];
+      this.#enqueue(() => {
+        if (this.#batch === batch) this.#batch = undefined;
+        return this.#writeBatch(batch);
+      }).catch((e) => {
+        // Refused before it ran (closed, or corrupt): settle every request.
+        for (const r of batch) r.reject(e);
+      });
+      this.#batch = batch;
+    });
   }
 
+  /**
+   * Writes queued requests in call order, as few metadata writes as
+   * possible: requests are planned into a group (clusters allocated, L2
+   * entries changed in memory) until one touches a cluster the group
+   * already has; then the group is written (refcounts, data, L2 entries,
+   * releases) and its requests resolved.
+   */
+  async #writeBatch(batch: WriteRequest[]): Promise<void> {
+    let group = newGroup();
+    let settled = 0;
+    try {
+      if (this.#closed) {
+        throw new TypeError("Cannot use qcow2 image: it is closed");
+      }
+      if (this.#broken) throw this.#broken;
+      await this.#markDirty();
+      for (let k = 0; k < batch.length; k++) {
+        const r = batch[k];
+        if (
+          this.#conflicts(group, r.position, r.bytes.length) ||
+          group.pieceBytes > GROUP_BYTES
+        ) {
+          await this.#commit(group);
+          for (; settled < k; settled++) batch[settled].resolve();
+          group = newGroup();
+        }
+        await this.#planWrite(group, r.position, r.bytes);
+      }
+      await this.#commit(group);
+      for (; settled < batch.length; settled++) batch[settled].resolve();
+    } catch (e) {
+      this.#dirtyTables.clear();
+      for (; settled < batch.length; settled++) batch[settled].reject(e);
+    }
+  }
+
+  /** Whether guest bytes `[position, +length)` touch a cluster of `group`. */
+  #conflicts(group: WriteGroup, position: number, length: number): boolean {
+    if (length === 0) return false;
+    const cs = this.#cs;
+    for (
+      let c = Math.floor(position / cs);
+      c <= Math.floor((position + length - 1) / cs);
+      c++
+    ) {
+      if (group.touched.has(c)) return true;
+    }
+    return false;
+  }
+
+  /** Writes guest bytes at once (as a group of one). */
   async #write(position: number, bytes: Uint8Array): Promise<void> {
     if (bytes.length === 0) return;
     await this.#markDirty();
+    const group = newGroup();
+    try {
+      await this.#planWrite(group, position, bytes);
+      await this.#commit(group);
+    } finally {
+      this.#dirtyTables.clear();
+    }
+  }
+
+  /** Plans guest bytes into `group`, table by table. */
+  async #planWrite(
+    group: WriteGroup,
+    position: number,
+    bytes: Uint8Array,
+  ): Promise<void> {
     const cs = this.#cs;
     const span = cs * this.#l2Entries;
     const end = position + bytes.length;
     for (let from = position; from < end;) {
       const l1Index = Math.floor(from / span);
       const to = Math.min(end, (l1Index + 1) * span);
-      await this.#writeInTable(
-        l1Index,
-        from,
-        bytes.subarray(from - position, to - position),
-      );
+      const part = bytes.subarray(from - position, to - position);
+      const l2 = await this.#l2ForWrite(l1Index);
+      this.#dirtyTables.set(l2.offset, l2);
+      const base = l1Index * span;
+      const first = Math.floor((from - base) / cs);
+      const last = Math.floor((to - 1 - base) / cs);
+      for (let i = first; i <= last; i++) {
+        const g = base + i * cs;
+        const a = Math.max(from, g) - g;
+        const b = Math.min(to, g + cs) - g;
+        const data = part.subarray(g + a - from, g + b - from);
+        const m = await this.#mapping(l2, i, g);
+        const plan = await this.#planCluster(m, g, a, b, data);
+        for (const p of plan.pieces) {
+          group.pieces.push(p);
+          group.pieceBytes += p.bytes.length;
+        }
+        encodeL2(l2.view, i, this.#extended, this.#bits, plan.next);
+        const range = group.tables.get(l2.offset);
+        if (range) {
+          range.lo = Math.min(range.lo, i);
+          range.hi = Math.max(range.hi, i);
+        } else group.tables.set(l2.offset, { table: l2, lo: i, hi: i });
+        if (plan.old) group.olds.push(plan.old);
+        group.touched.add(g / cs);
+      }
       from = to;
     }
   }
 
-  /** Writes guest bytes that one L2 table maps. */
-  async #writeInTable(
-    l1Index: number,
-    position: number,
-    bytes: Uint8Array,
-  ): Promise<void> {
-    const cs = this.#cs;
-    const l2 = await this.#l2ForWrite(l1Index);
-    const base = l1Index * cs * this.#l2Entries;
-    const first = Math.floor((position - base) / cs);
-    const last = Math.floor((position + bytes.length - 1 - base) / cs);
-    const pieces: Piece[] = [];
-    const olds: Mapping[] = [];
-    const updates: [number, Mapping][] = [];
-    for (let i = first; i <= last; i++) {
-      const g = base + i * cs;
-      const a = Math.max(position, g) - g;
-      const b = Math.min(position + bytes.length, g + cs) - g;
-      const data = bytes.subarray(g + a - position, g + b - position);
-      const m = await this.#mapping(l2, i, g);
-      const plan = await this.#planCluster(m, g, a, b, data);
-      pieces.push(...plan.pieces);
-      updates.push([i, plan.next]);
-      if (plan.old) olds.push(plan.old);
-    }
+  /**
+   * Writes a planned group in crash-safe order: refcount increments, data,
+   * L2 entries, then the releases of what the entries no longer name.
+   */
+  async #commit(group: WriteGroup): Promise<void> {
     await this.#refcounts.writeDirty();
-    await this.#writePieces(pieces);
-    await this.#writeEntries(l2, updates);
-    if (olds.length > 0) {
-      for (const old of olds) await this.#releaseMapping(old);
+    await this.#writePieces(group.pieces);
+    const eb = this.#entryBytes;
+    for (const [offset, { table, lo, hi }] of group.tables) {
+      await this.#store.writeAt(
+        offset + lo * eb,
+        table.bytes.subarray(lo * eb, (hi + 1) * eb),
+      );
+    }
+    this.#dirtyTables.clear();
+    if (group.olds.length > 0) {
+      for (const old of group.olds) await this.#releaseMapping(old);
       await this.#refcounts.writeDirty();
     }
   }
@@ -835,8 +962,13 @@ export class WritableQcow2Image implements DiskImage {
     return into;
   }
 
-  /** Writes the planned data, merging pieces that are contiguous in file and memory. */
+  /**
+   * Writes the planned data, merging pieces that are contiguous in file and
+   * memory; many at once where the store can.
+   */
   async #writePieces(pieces: Piece[]): Promise<void> {
+    const merged: { store: ByteStore; position: number; bytes: Uint8Array }[] =
+      [];
     let i = 0;
     while (i < pieces.length) {
       const p = pieces[i];
@@ -856,8 +988,17 @@ export class WritableQcow2Image implements DiskImage {
         );
         j++;
       }
-      await (p.external ? this.#data : this.#store).writeAt(p.host, bytes);
+      merged.push({
+        store: p.external ? this.#data : this.#store,
+        position: p.host,
+        bytes,
+      });
       i = j;
+    }
+    for (const store of new Set(merged.map((m) => m.store))) {
+      const mine = merged.filter((m) => m.store === store);
+      if (mine.length > 1 && store.writeMany) await store.writeMany(mine);
+      else for (const m of mine) await store.writeAt(m.position, m.bytes);
     }
   }
 
@@ -1115,6 +1256,7 @@ export class WritableQcow2Image implements DiskImage {
    * closes the files it opened. Later calls fail.
    */
   close(): Promise<void> {
+    this.#batch = undefined;
     const run = this.#tail.then(async () => {
       if (this.#closed) return;
       try {
