@@ -122,6 +122,7 @@ export {
   type MemoryStore,
   memoryStore,
   type ReadWriteFileHandleLike,
+  type StorePiece,
 } from "./src/io/store.ts";
 export { opfsStore, type SyncAccessHandleLike } from "./src/io/opfs.ts";
 export {
