@@ -115,6 +115,10 @@ Deno.test("check: the damaged images are damaged as intended", async () => {
     "subclusters.qcow2": [2, /corrupted subcluster allocation bitmap/],
     "overflow.qcow2": [2, /^ERROR: overflow cluster offset=0x5000$/m],
     "lazy_crash.qcow2": [2, /^ERROR cluster 5 refcount=0 reference=1$/m],
+    "snapshot_incomplete.qcow2": [
+      2,
+      /^ERROR snapshot table entry 0 is incomplete$/m,
+    ],
   };
   for (const [name, [status, message]] of Object.entries(expect)) {
     const r = await ourCheck([name], dir);
@@ -353,8 +357,12 @@ Deno.test("check -r leaks and -r all: the same output, exit status and repaired 
   const damaged = DIRS[2];
   const dir = await tempDir();
   try {
+    // Not repaired: a snapshot table entry without extra data (qemu-img
+    // -r all rewrites the table).
     const names = [
-      ...(await images(damaged)).map((n) => damaged + n),
+      ...(await images(damaged))
+        .filter((n) => n !== "snapshot_incomplete.qcow2")
+        .map((n) => damaged + n),
       DIRS[0] + "e2image.qcow2",
       DIRS[0] + "zlib.qcow2",
     ];

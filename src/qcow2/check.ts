@@ -165,6 +165,7 @@ interface SnapshotEntry {
   name: string;
   l1TableOffset: bigint;
   l1Size: number;
+  extraSize: number;
 }
 
 class Checker {
@@ -253,6 +254,14 @@ class Checker {
 
   async run(): Promise<CheckResult> {
     await this.#readSnapshotTable();
+    // qcow2_check_read_snapshot_table: entries without the 16 bytes of
+    // extra data that hold the VM state size and the disk size.
+    this.#snapshots.forEach((sn, i) => {
+      if (sn.extraSize < 16) {
+        this.#res.corruptions++;
+        this.#say(`ERROR snapshot table entry ${i} is incomplete`);
+      }
+    });
     const span = this.#counts.length;
     // The rebuilt refcounts may reach one cluster past the file's.
     const windows = Math.ceil((this.#nbClusters + 1) / span);
@@ -1121,6 +1130,7 @@ class Checker {
         name: decoder.decode(name),
         l1TableOffset: v.getBigUint64(0),
         l1Size: v.getUint32(8),
+        extraSize: extra,
       });
     }
     this.#snapshotsSize = offset - h.snapshotsOffset;
