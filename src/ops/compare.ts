@@ -45,7 +45,7 @@ export interface CompareOptions {
   allocation?: (file: ByteSource) => HostAllocation | undefined;
   /** Faster byte tests than the portable ones (same answers). */
   bytes?: ByteTests;
-  /** Bytes read from each disk at a time (default 4 MiB). */
+  /** Bytes read from each disk at a time (default 2 MiB, as qemu-img). */
   chunkSize?: number;
   /** Told the bytes walked so far and the larger disk's size. */
   onProgress?: (done: number, total: number) => void;
@@ -203,7 +203,7 @@ export async function compareImages(
   const size2 = mapSize(b);
   if (options.strict && size1 !== size2) return { kind: "size" };
   const tests = options.bytes ?? portableByteTests;
-  const chunkSize = options.chunkSize ?? 4 * 1024 * 1024;
+  const chunkSize = options.chunkSize ?? 2 * 1024 * 1024;
   const common = Math.min(size1, size2);
   const total = Math.max(size1, size2);
   const buf1 = new Uint8Array(chunkSize);
