@@ -37,10 +37,11 @@ export const summary = "convert an image to a raw disk image or a qcow2 image";
 
 /** The options `convert` takes beyond those of every command. */
 const SPEC: CommandSpec = {
-  boolean: ["p", "top", "json", "c", ...SECRET_FLAGS.boolean],
+  boolean: ["p", "top", "c", ...SECRET_FLAGS.boolean],
   string: ["O", "S", "l", "B", "F", ...SECRET_FLAGS.string],
   list: ["o"],
   repeat: SECRET_FLAGS.repeat,
+  output: true,
 };
 
 /** The command's help text. */
@@ -79,7 +80,8 @@ Options:
                   reads as zeros; no backing file is opened)
   -p              show a progress bar on standard error, if it is a terminal
   -q, --quiet     print nothing but errors (overrides -p)
-  --json          when done, print a JSON summary on standard output: source,
+  --json, --output=json
+                  when done, print a JSON summary on standard output: source,
                   destination, virtual-size (DST's size: with -l, the
                   snapshot's), bytes-written, bytes-skipped, duration-ms,
                   files-read, ... (not with DST '-'); with -l on an image
