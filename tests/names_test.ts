@@ -22,6 +22,7 @@ type Extension = [number, Uint8Array];
 const BACKING_FORMAT = 0xe2792aca;
 const DATA_FILE = 0x44415441;
 const FEATURE_NAMES = 0x6803f857;
+const BITMAPS = 0x23852875;
 
 function extensionsOf(b: Uint8Array): Extension[] {
   const v = new DataView(b.buffer, b.byteOffset);
@@ -138,6 +139,50 @@ function patchSnapshot(
   return b;
 }
 
+/** The image with the name of bitmap `i` of its directory replaced. */
+function patchBitmapName(image: Uint8Array, i: number, name: Uint8Array) {
+  // The directory may end the file short of its cluster's end: make room
+  // up to it (the cluster is allocated whole).
+  const clusterSize = 2 ** new DataView(image.buffer).getUint32(20);
+  const b = new Uint8Array(
+    Math.ceil(image.length / clusterSize) * clusterSize,
+  );
+  b.set(image);
+  const v = new DataView(b.buffer);
+  let at = v.getUint32(100);
+  for (;;) {
+    const type = v.getUint32(at);
+    if (type === 0) throw new Error("no bitmaps extension");
+    if (type === BITMAPS) break;
+    at += 8 + Math.ceil(v.getUint32(at + 4) / 8) * 8;
+  }
+  const count = v.getUint32(at + 8);
+  const dirSizeAt = at + 16;
+  const dirOffset = Number(v.getBigUint64(at + 24));
+  const entries: Uint8Array[][] = [];
+  for (let n = 0, p = dirOffset; n < count; n++) {
+    const extra = v.getUint32(p + 20);
+    const nameSize = v.getUint16(p + 18);
+    entries.push([
+      b.slice(p, p + 24 + extra),
+      b.slice(p + 24 + extra, p + 24 + extra + nameSize),
+    ]);
+    p += Math.ceil((24 + extra + nameSize) / 8) * 8;
+  }
+  entries[i][1] = name;
+  let p = dirOffset;
+  for (const [fixed, n] of entries) {
+    new DataView(fixed.buffer).setUint16(18, n.length);
+    b.set(fixed, p);
+    b.set(n, p + fixed.length);
+    const end = p + Math.ceil((fixed.length + n.length) / 8) * 8;
+    b.fill(0, p + fixed.length + n.length, end);
+    p = end;
+  }
+  v.setBigUint64(dirSizeAt, BigInt(p - dirOffset));
+  return b;
+}
+
 /** Runs a command; its exit code and output (read as UTF-8). */
 async function exec(cmd: string, args: string[], cwd: string) {
   const out = await new Deno.Command(cmd, {
@@ -175,6 +220,12 @@ interface Case {
   opens: boolean;
   /** Whether `convert` succeeds. */
   converts: boolean;
+  /**
+   * Where our `convert` differs on purpose: it reads no bitmap directory
+   * (the disk's data does not need it), so a bad one stops only `info`,
+   * where QEMU refuses to open the image at all.
+   */
+  oursConverts?: boolean;
   /** A line our `info` must show (and qemu-img's, since both are equal). */
   shows?: string;
   /** A line neither shows. */
@@ -347,6 +398,25 @@ const cases: Case[] = [
     converts: true,
   })),
   ...[
+    ["an empty bitmap name", new Uint8Array(), true],
+    ["a bitmap name cut by a NUL", latin1("bi\0tmap"), true],
+    ["a bitmap name that is not UTF-8", latin1("bi\xfftmap"), true],
+    ["a bitmap name of 1023 bytes", latin1("b".repeat(1023)), true],
+    ["a bitmap name of 1024 bytes is refused", latin1("b".repeat(1024)), false],
+  ].map(([name, bytes, opens]) => ({
+    name: name as string,
+    beside: [],
+    make: async () =>
+      patchBitmapName(
+        await read("bitmaps/bitmaps.qcow2"),
+        0,
+        bytes as Uint8Array,
+      ),
+    opens: opens as boolean,
+    converts: opens as boolean,
+    oursConverts: true,
+  })),
+  ...[
     ["an empty feature name ends the table", ["", "foo"], [], ["foo"]],
     ["a feature name ends at its first NUL", ["ab\0cd", "foo"], [
       " ab",
@@ -421,13 +491,14 @@ for (const c of cases) {
         ], dir);
         const convert = await ours(["convert", "image.qcow2", "o.raw"], dir);
         assertEquals(qConvert.code === 0, c.converts, qConvert.stderr);
-        assertEquals(convert.code, c.converts ? 0 : 1, convert.stderr);
+        const converts = c.oursConverts ?? c.converts;
+        assertEquals(convert.code, converts ? 0 : 1, convert.stderr);
         if (c.converts) {
           assertEquals(
             await sha256File(`${dir}/o.raw`),
             await sha256File(`${dir}/q.raw`),
           );
-        } else {
+        } else if (!converts) {
           // One line, no stack, nothing left under DST's name.
           assertEquals(convert.stderr.split("\n").length, 2, convert.stderr);
           assertEquals(

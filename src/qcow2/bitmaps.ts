@@ -7,6 +7,7 @@
  * @module
  */
 
+import { imageName } from "./names.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import type { ByteSource } from "../io/source.ts";
 import type { Qcow2Header } from "./header.ts";
@@ -51,7 +52,10 @@ const TABLE_ENTRY_ALL_ONES = 1n;
  * ```
  */
 export interface Bitmap {
-  /** The bitmap's name (UTF-8; bytes that are not show as U+FFFD). */
+  /**
+   * The bitmap's name, up to its first NUL byte (UTF-8; bytes that are not
+   * show as U+FFFD).
+   */
   name: string;
   /** Guest bytes per bit: a power of two from 512 bytes to 2 GiB. */
   granularity: number;
@@ -118,7 +122,6 @@ export async function readBitmaps(
   }
   const dir = await readZeroFilled(source, offset, size);
   const view = new DataView(dir.buffer, dir.byteOffset, dir.byteLength);
-  const text = new TextDecoder();
   const bitmaps: Bitmap[] = [];
   const clusterSize = header.clusterSize;
   let at = 0;
@@ -165,7 +168,8 @@ export async function readBitmaps(
       );
     }
     const nameStart = at + BITMAP_DIRECTORY_ENTRY_SIZE + extraDataSize;
-    const name = text.decode(dir.subarray(nameStart, nameStart + nameSize));
+    // g_strndup in QEMU's bitmap_list_load: cut at NUL.
+    const name = imageName(dir.subarray(nameStart, nameStart + nameSize)).text;
     const why = entryProblem({
       tableOffset,
       tableSize,
