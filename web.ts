@@ -38,42 +38,24 @@
  * @module
  */
 
-import {
-  CONVERT_L2_CACHE_BYTES,
-  convertImage,
-  type ConvertOptions,
-  type ConvertSummary,
-} from "./src/ops/convert.ts";
-import type { DiskImage } from "./src/disk.ts";
-import type { Qcow2Image } from "./src/qcow2/image.ts";
-import {
-  type ImageInput,
-  type SeekableWriter,
-  toByteSource,
-} from "./src/io/source.ts";
-import {
-  type Qcow2Header,
-  readHeader as readHeaderFrom,
-} from "./src/qcow2/header.ts";
-import { openDisk, type OpenOptions } from "./src/open.ts";
-import type { QcowImage } from "./src/qcow/image.ts";
-import { RawImage } from "./src/raw.ts";
-import { Qcow2Error } from "./src/errors.ts";
-import { type RawSink, toRawSink } from "./src/io/sink.ts";
 import { webCodecs } from "./src/codecs/codecs.ts";
 import {
-  convertToQcow2Destination,
-  type ConvertToQcow2Options,
-  type ConvertToQcow2Summary,
-  type Qcow2Destination,
-} from "./src/ops/convert_qcow2.ts";
-import {
-  openWritable,
-  toByteStore,
-  type WritableInput,
-} from "./src/qcow2/open_writable.ts";
-import type { WritableQcow2Image } from "./src/qcow2/writable.ts";
+  type ConvertFunction,
+  type ConvertToQcow2Function,
+  makeFace,
+  type OpenImageFunction,
+  type ReadHeaderFunction,
+} from "./src/face.ts";
 
+/** The face over the portable defaults: web codecs, no paths. */
+const face = makeFace({ codecs: webCodecs });
+
+export type {
+  ConvertFunction,
+  ConvertToQcow2Function,
+  OpenImageFunction,
+  ReadHeaderFunction,
+} from "./src/face.ts";
 export {
   Qcow2Error,
   type Qcow2ErrorCode,
@@ -270,42 +252,8 @@ export {
  * assertEquals(header.compressionType, "zlib");
  * ```
  */
-export async function readHeader(input: ImageInput): Promise<Qcow2Header> {
-  return readHeaderFrom(await toByteSource(input));
-}
+export const readHeader: ReadHeaderFunction = face.readHeader;
 
-/**
- * Opens a qcow2 image read-write: `options.writable` set. The image gets
- * `write`, `writeZeroes`, `discard` and `flush`, all applied in call order
- * (one queue per image, so `Promise.all` of many writes is fine), and reads
- * see every earlier write; `close()` flushes, clears the dirty bit it set
- * (lazy refcounts) and closes the files it opened.
- *
- * @param input A path (not in web.ts), a {@linkcode ByteStore} (`memoryStore`, `opfsStore`), a `Deno.FsFile` or Node `FileHandle` open read-write, or bytes (copied into a `memoryStore`).
- * @param options `writable: true`, and the options of reading.
- * @returns The writable image.
- * @throws {Qcow2Error} `NOT_WRITABLE` for qcow v1, the corrupt bit, an
- * encrypted image or a read-only file; what reading throws otherwise.
- *
- * @example Writing a pattern and reading it back
- * ```ts
- * import { memoryStore, openImage } from "@qcow2/qcow2/web";
- * import { assertEquals } from "@std/assert";
- *
- * const bytes = await Deno.readFile(new URL("./tests/fixtures/empty.qcow2", import.meta.url));
- * const store = memoryStore(bytes);
- * const image = await openImage(store, { writable: true });
- * await Promise.all([image.write(0, new Uint8Array(4096).fill(0xa5)), image.discard(0, 65536)]);
- * const back = new Uint8Array(1);
- * await image.read(0, back);
- * assertEquals(back[0], 0); // the discard came after the write
- * await image.close();
- * ```
- */
-export async function openImage(
-  input: WritableInput,
-  options: OpenOptions & { writable: true },
-): Promise<WritableQcow2Image>;
 /**
  * Opens a qcow2 (or legacy qcow) image for random-access reads of guest
  * bytes, through its backing chain. Compressed clusters use
@@ -316,10 +264,63 @@ export async function openImage(
  * one fails with `BACKING_FILE` or `EXTERNAL_DATA_FILE`, unless
  * `options.ignoreBackingFile` reads its top layer alone.
  *
+/**
+ * Opens a qcow2 (or legacy qcow) image for random-access reads of guest
+ * bytes, through its backing chain. Compressed clusters use
+ * {@linkcode webCodecs} (zlib only) unless `options.codecs` says otherwise.
+ *
+ * Backing and data files are opened only through `options.openFile` (with
+ * `options.path` to resolve their names); without it, an image that names
+ * one fails with `BACKING_FILE` or `EXTERNAL_DATA_FILE`, unless
+ * `options.ignoreBackingFile` reads its top layer alone.
+ *
+ * With `options.writable` set, it opens a qcow2 image read-write: the image
+ * gets
+ * `write`, `writeZeroes`, `discard` and `flush`, all applied in call order
+ * (one queue per image, so `Promise.all` of many writes is fine), and reads
+ * see every earlier write; `close()` flushes, clears the dirty bit it set
+ * (lazy refcounts) and closes the files it opened.
+ *
  * @param input A `Blob` or `File`, bytes in memory, a {@linkcode ByteSource},
  * or a `Deno.FsFile`-shaped file.
  * @param options Codecs, cache size, snapshot, and how to open named files.
- * @returns The open image.
+ * @returns The open image (writable with `writable: true`).
+ * @throws {Qcow2Error} If the image or a file it needs is invalid, missing or
+ * unsupported.
+ *
+ * @example Reading guest bytes and extents of a Blob
+ * ```ts
+ * import { openImage } from "@qcow2/qcow2/web";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/v3_64k.qcow2", import.meta.url));
+ * const image = await openImage(new Blob([bytes]));
+ * assertEquals(image.size, 4 * 1024 * 1024);
+ * const sector = new Uint8Array(512);
+ * await image.read(0, sector);
+ * let covered = 0;
+ * for await (const extent of image.extents()) covered += extent.length;
+ * assertEquals(covered, image.size);
+ * ```
+ *
+ * @example Backing files the user picked, matched by name
+ * ```ts ignore
+ * import { blobSource, openImage } from "jsr:@qcow2/qcow2/web";
+ *
+ * const picker = document.querySelector<HTMLInputElement>("input[type=file]")!;
+ * const files = [...picker.files!]; // the overlay and its backing files
+ * const byName = (name: string) => files.find((f) => f.name === name.split("/").pop());
+ * const image = await openImage(byName("overlay.qcow2")!, {
+ *   openFile: async (_path, request) => {
+ *     const file = byName(request.name);
+ *     if (!file) throw new Error(`pick '${request.name}' too`);
+ *     return blobSource(file);
+ *   },
+ * });
+ * ``` A `Blob` or `File`, bytes in memory, a {@linkcode ByteSource},
+ * or a `Deno.FsFile`-shaped file.
+ * @param options Codecs, cache size, snapshot, and how to open named files.
+ * @returns The open image (writable with `writable: true`).
  * @throws {Qcow2Error} If the image or a file it needs is invalid, missing or
  * unsupported.
  *
@@ -353,26 +354,23 @@ export async function openImage(
  *   },
  * });
  * ```
+ *
+ * @example Writing a pattern and reading it back
+ * ```ts
+ * import { memoryStore, openImage } from "@qcow2/qcow2/web";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const bytes = await Deno.readFile(new URL("./tests/fixtures/empty.qcow2", import.meta.url));
+ * const store = memoryStore(bytes);
+ * const image = await openImage(store, { writable: true });
+ * await Promise.all([image.write(0, new Uint8Array(4096).fill(0xa5)), image.discard(0, 65536)]);
+ * const back = new Uint8Array(1);
+ * await image.read(0, back);
+ * assertEquals(back[0], 0); // the discard came after the write
+ * await image.close();
+ * ```
  */
-export async function openImage(
-  input: ImageInput,
-  options?: OpenOptions,
-): Promise<Qcow2Image | QcowImage>;
-export async function openImage(
-  input: ImageInput | WritableInput,
-  options: OpenOptions = {},
-): Promise<Qcow2Image | QcowImage | WritableQcow2Image> {
-  if (options.writable) {
-    return await openWritable(await toByteStore(input as WritableInput), {
-      ...options,
-      codecs: options.codecs ?? webCodecs,
-    });
-  }
-  return await openDisk(await toByteSource(input as ImageInput), {
-    ...options,
-    codecs: options.codecs ?? webCodecs,
-  });
-}
+export const openImage: OpenImageFunction = face.openImage;
 
 /**
  * Converts a qcow2 image to a raw disk image. To a `WritableStream` every
@@ -403,25 +401,7 @@ export async function openImage(
  * assertEquals(raw.size, summary.virtualSize);
  * ```
  */
-export async function convert(
-  src: ImageInput | DiskImage,
-  dst: SeekableWriter | WritableStream<Uint8Array> | RawSink,
-  options: ConvertOptions & OpenOptions = {},
-): Promise<ConvertSummary> {
-  const opened = !("extents" in src);
-  const image = opened
-    ? await openImage(src, { l2CacheBytes: CONVERT_L2_CACHE_BYTES, ...options })
-    : src;
-  try {
-    return await convertImage(
-      image,
-      await toRawSink(dst, options.signal),
-      options,
-    );
-  } finally {
-    if (opened) image.close();
-  }
-}
+export const convert: ConvertFunction = face.convert;
 
 export {
   CREATE_OPTIONS_HELP,
@@ -481,35 +461,4 @@ export type {
  * assertEquals(image.size, 4 * 1024 * 1024);
  * ```
  */
-export async function convertToQcow2(
-  src: ImageInput | DiskImage,
-  dst: Qcow2Destination,
-  options: ConvertToQcow2Options & OpenOptions = {},
-): Promise<ConvertToQcow2Summary> {
-  const opened = !("extents" in src);
-  const image = opened ? await openSource(src, options) : src;
-  try {
-    return await convertToQcow2Destination(image, dst, {
-      ...options,
-      codecs: { ...webCodecs, ...options.codecs },
-    });
-  } finally {
-    if (opened) image.close();
-  }
-}
-
-/** Opens `src` as an image, or as a raw disk if it is no qcow2 or qcow image. */
-async function openSource(
-  src: ImageInput,
-  options: OpenOptions,
-): Promise<DiskImage> {
-  try {
-    return await openImage(src, {
-      l2CacheBytes: CONVERT_L2_CACHE_BYTES,
-      ...options,
-    });
-  } catch (e) {
-    if (!(e instanceof Qcow2Error) || e.code !== "BAD_MAGIC") throw e;
-  }
-  return new RawImage(await toByteSource(src));
-}
+export const convertToQcow2: ConvertToQcow2Function = face.convertToQcow2;
