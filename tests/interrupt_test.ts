@@ -151,3 +151,29 @@ Deno.test({
       assert(written < 8 << 20, `${written} bytes written after the abort`);
     }),
 });
+
+Deno.test({
+  name:
+    "SIGINT: convert -O qcow2 -S 0 to a temporary file exits 130, DST as it was",
+  ...needs,
+  fn: () =>
+    withImage(async (dir, src) => {
+      const out = `${dir}/out`;
+      await Deno.mkdir(out);
+      const dst = `${out}/disk.qcow2`;
+      await Deno.writeTextFile(dst, "precious");
+      const child = spawn(
+        [`--allow-read=${src},${out}`, `--allow-write=${out}`],
+        ["convert", "-O", "qcow2", "-S", "0", src, dst],
+      );
+      const partial = async () => {
+        for await (const e of Deno.readDir(out)) {
+          if (e.name.endsWith(".partial")) return `${out}/${e.name}`;
+        }
+      };
+      await grown(partial, 8 << 20);
+      await interrupted(child);
+      assertEquals(await partial(), undefined, "the temporary file is removed");
+      assertEquals(await Deno.readTextFile(dst), "precious");
+    }),
+});

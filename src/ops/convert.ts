@@ -308,7 +308,7 @@ async function settledWithin(
  * rather than `setTimeout`: in Deno the first `setTimeout` loads the timers
  * implementation (about 18 ms, against 2 ms for `MessageChannel`).
  */
-function nextTask(): Promise<void> {
+export function nextTask(): Promise<void> {
   if (typeof MessageChannel !== "function") {
     return new Promise((resolve) => setTimeout(resolve, 0));
   }

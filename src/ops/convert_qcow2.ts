@@ -23,7 +23,7 @@ import {
   Qcow2Writer,
   writeStream,
 } from "../qcow2/writer.ts";
-import type { ConvertProgress } from "./convert.ts";
+import { type ConvertProgress, nextTask } from "./convert.ts";
 import { fileSink, streamSink } from "../io/sink.ts";
 import type { SeekableWriter } from "../io/source.ts";
 
@@ -111,6 +111,8 @@ interface SourceRun {
 }
 
 const MAX_SPARSE = 16 * 1024 * 1024;
+/** Guest bytes read between turns given to the event loop. */
+const YIELD_EVERY = 128 * 1024 * 1024;
 const CHUNK = 1024 * 1024;
 
 /**
@@ -245,6 +247,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
   const buffer = new Uint8Array(chunkClusters * cs);
   const queue: Promise<ClusterWrite>[] = [];
   let done = 0;
+  let sinceYield = 0;
   const progress = (to: number) => {
     if (to > done) {
       done = Math.min(to, size);
@@ -282,6 +285,11 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
     if (!run.data) {
       // -S 0 without a backing file: every cluster allocated, zeros too.
       for (let i = 0; i < run.count; i++) {
+        if ((sinceYield += cs) >= YIELD_EVERY) {
+          sinceYield = 0;
+          await nextTask();
+          c.signal?.throwIfAborted();
+        }
         yield* push({ cluster: run.cluster + i, kind: "data", bytes: zeros });
         while (queue.length > 0 && queue.length >= c.inFlight) {
           yield await queue.shift()!;
@@ -291,6 +299,12 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
       continue;
     }
     for (let at = 0; at < run.count; at += chunkClusters) {
+      // Reads and writes may all be synchronous: give the event loop a turn
+      // now and then, so that a signal (Ctrl-C) is seen.
+      if ((sinceYield += chunkClusters * cs) >= YIELD_EVERY) {
+        sinceYield = 0;
+        await nextTask();
+      }
       c.signal?.throwIfAborted();
       const n = Math.min(chunkClusters, run.count - at);
       const first = run.cluster + at;
