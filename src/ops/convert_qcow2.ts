@@ -259,6 +259,19 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
     c.backing && cluster * cs < c.backingSize
       ? { cluster, kind: zeroCluster, bytes: v3 ? undefined : zeros }
       : undefined;
+  /** Cluster copies the writer is done with, to fill again. */
+  const spare: Uint8Array[] = [];
+  /** Yields the oldest compression, then takes back its copy. */
+  const settle = async function* () {
+    const item = await queue.shift()!;
+    yield item;
+    // The writer has written or copied the bytes by the time it asks again.
+    if (
+      item.kind === "data" && item.bytes !== zeros && spare.length < c.inFlight
+    ) {
+      spare.push(item.bytes!);
+    }
+  };
   const push = function* (item: ClusterWrite | Promise<ClusterWrite>) {
     if (!c.compressor) {
       yield item as ClusterWrite;
@@ -292,7 +305,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         }
         yield* push({ cluster: run.cluster + i, kind: "data", bytes: zeros });
         while (queue.length > 0 && queue.length >= c.inFlight) {
-          yield await queue.shift()!;
+          yield* settle();
         }
       }
       progress((run.cluster + run.count) * cs);
@@ -327,25 +340,30 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         } else if (!c.compressor) {
           yield { cluster, kind: "data", bytes };
         } else {
-          const copy = bytes.slice();
+          // A copy of its own (the chunk is read into again), from the
+          // copies that came back: less garbage, less memory.
+          const copy = spare.pop() ?? new Uint8Array(cs);
+          copy.set(bytes);
           const compressor = c.compressor;
           // QEMU stores a cluster compressed only in cs - 1 bytes or fewer.
           yield* push(
-            compressor(copy, cs - 1).then((packed): ClusterWrite =>
-              packed !== undefined && packed.length < cs
-                ? { cluster, kind: "compressed", bytes: packed }
-                : { cluster, kind: "data", bytes: copy }
-            ),
+            compressor(copy, cs - 1).then((packed): ClusterWrite => {
+              if (packed !== undefined && packed.length < cs) {
+                spare.push(copy); // the compressor is done with it
+                return { cluster, kind: "compressed", bytes: packed };
+              }
+              return { cluster, kind: "data", bytes: copy };
+            }),
           );
         }
         while (queue.length > 0 && queue.length >= c.inFlight) {
-          yield await queue.shift()!;
+          yield* settle();
         }
       }
       progress((first + n) * cs);
     }
   }
-  while (queue.length > 0) yield await queue.shift()!;
+  while (queue.length > 0) yield* settle();
   progress(size);
 }
 
