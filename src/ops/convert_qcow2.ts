@@ -164,6 +164,17 @@ async function sourceRuns(
   return runs;
 }
 
+/**
+ * A buffer for a copy of one cluster: in shared memory where there is
+ * some, so that a compressor on a worker reads it there rather than from a
+ * copy of its own made for each message.
+ */
+function newCopy(size: number): Uint8Array {
+  return typeof SharedArrayBuffer === "function"
+    ? new Uint8Array(new SharedArrayBuffer(size))
+    : new Uint8Array(size);
+}
+
 /** Whether `bytes[from, to)` are all zero. */
 function isZero(bytes: Uint8Array, from: number, to: number): boolean {
   let i = from;
@@ -342,7 +353,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         } else {
           // A copy of its own (the chunk is read into again), from the
           // copies that came back: less garbage, less memory.
-          const copy = spare.pop() ?? new Uint8Array(cs);
+          const copy = spare.pop() ?? newCopy(cs);
           copy.set(bytes);
           const compressor = c.compressor;
           // QEMU stores a cluster compressed only in cs - 1 bytes or fewer.
