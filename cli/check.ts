@@ -22,13 +22,16 @@ import {
   UsageError,
 } from "./_args.ts";
 import { writeStderr } from "./_output.ts";
+import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "check an image's refcounts and tables";
 
 /** The options `check` takes beyond those of every command. */
 const SPEC: CommandSpec = {
-  string: ["repair"],
+  boolean: SECRET_FLAGS.boolean,
+  repeat: SECRET_FLAGS.repeat,
+  string: ["repair", ...SECRET_FLAGS.string],
   alias: { r: "repair" },
   output: true,
   usageStatus: 1,
@@ -56,6 +59,8 @@ Options:
                     (as qemu-img, which writes the same repairs; the image
                     must fit in one window of 2 Mi host clusters)
   -q, --quiet       print no report (problems still go to standard error)
+${SECRET_HELP}
+                    (taken as qemu-img takes them; checking needs no key)
   -U, --force-share accepted for qemu-img's sake (images are never locked)
   -h, --help        show this help
 
@@ -105,7 +110,8 @@ export async function runCheck(
       1,
     );
   }
-  const path = files[0];
+  // --image-opts and --object as qemu-img takes them; no key is needed.
+  const [{ path }] = await namedImages(flags, files, "check", 1);
   const quiet = Boolean(flags.quiet);
   const json = flags.output === "json";
   const file: ByteSource & { close?(): void | Promise<void> } = repair
@@ -147,7 +153,7 @@ export async function runCheck(
   }
   if (!quiet) {
     out(
-      json ? checkJson(result, path) + "\n" : checkText(result),
+      json ? checkJson(result, files[0]) + "\n" : checkText(result),
     );
   }
   if (result.checkErrors) {

@@ -394,3 +394,29 @@ Deno.test("check -r leaks and -r all: the same output, exit status and repaired 
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("check: encrypted images, with qemu-img's --object and --image-opts", async () => {
+  const dir = await tempDir();
+  try {
+    const crypto = new URL("crypto/", FIXTURES).pathname;
+    for (const name of ["luks_default.qcow2", "aes.qcow2", "aes.qcow"]) {
+      const packed = await Deno.readFile(`${crypto}${name}.gz`);
+      const stream = new Blob([packed]).stream().pipeThrough(
+        new DecompressionStream("gzip"),
+      );
+      await Deno.writeFile(`${dir}/${name}`, stream);
+      const driver = name.endsWith(".qcow") ? "qcow" : "qcow2";
+      for (const output of ["json", "human"]) {
+        await same([
+          `--output=${output}`,
+          "--object",
+          "secret,id=s0,data=fixture-password",
+          "--image-opts",
+          `driver=${driver},file.filename=${name},encrypt.key-secret=s0`,
+        ], dir);
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
