@@ -231,6 +231,12 @@ export {
   rawInfo,
   type SnapshotInfo,
 } from "./src/ops/info.ts";
+export {
+  type InfoFile,
+  MAX_INFO_CHAIN_DEPTH,
+  readInfo,
+  type ReadInfoOptions,
+} from "./src/ops/read_info.ts";
 
 /**
  * Reads and validates the header of a qcow2 image.

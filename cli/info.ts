@@ -8,17 +8,9 @@ import {
   fileSource,
   formatInfo,
   type ImageInfo,
-  imageInfo,
-  probeFormat,
+  type InfoFile,
   Qcow2Error,
-  qcowInfo,
-  rawInfo,
-  readBitmaps,
-  readEncryptInfo,
-  readHeader,
-  readQcowHeader,
-  readSnapshots,
-  resolveName,
+  readInfo,
 } from "../mod.ts";
 import { InFile } from "../native/explain.ts";
 import { qemuJson } from "./_json.ts";
@@ -91,43 +83,17 @@ export async function main(args: string[]): Promise<number> {
     );
   }
   const files = (await namedImages(flags, names, "info")).map((i) => i.path);
-  const reports: ImageInfo[] = [];
-  let layer: { path: string; format?: string } | undefined = {
-    path: files[0],
-    format,
-  };
-  const seen = new Set<string>();
-  while (layer) {
-    if (seen.has(layer.path) || seen.size > 64) {
-      throw new Qcow2Error(
-        "BACKING_FILE",
-        `Cannot follow the backing chain: it loops or is deeper than 64 layers at '${layer.path}'`,
-      );
-    }
-    seen.add(layer.path);
-    let described: Awaited<ReturnType<typeof describe>>;
-    try {
-      described = await describe(
-        layer.path,
-        reports.length === 0,
-        layer.format,
-      );
-    } catch (e) {
-      const from = reports.at(-1)?.filename;
-      if (from === undefined || e instanceof Qcow2Error) {
-        throw new InFile(layer.path, e);
-      }
-      // Said as the library says it of a backing file it cannot open.
-      throw new Qcow2Error(
-        "BACKING_FILE",
-        `Cannot open backing file '${layer.path}' (named by '${from}'): ${
-          e instanceof Error ? e.message.split("\n")[0] : e
-        }`,
-        { cause: e },
-      );
-    }
-    reports.push(described.report);
-    layer = flags["backing-chain"] ? described.next : undefined;
+  let reports: ImageInfo[];
+  try {
+    reports = await readInfo(files[0], {
+      format,
+      backingChain: flags["backing-chain"] === true,
+      openFile: openInfoFile,
+    });
+  } catch (e) {
+    // Named by the file it concerns, as the library names it.
+    if (!(e instanceof Qcow2Error)) throw new InFile(files[0], e);
+    throw e.file === undefined ? e : new InFile(e.file, e);
   }
   if (flags.quiet) return 0;
   if (flags.json) {
@@ -140,61 +106,20 @@ export async function main(args: string[]): Promise<number> {
   return 0;
 }
 
-/** The info report of one file, and the backing file it names. */
-async function describe(
-  path: string,
-  top: boolean,
-  format?: string,
-): Promise<{ report: ImageInfo; next?: { path: string; format?: string } }> {
+/** Opens a layer for `readInfo`: its bytes and the space it takes on disk. */
+async function openInfoFile(path: string): Promise<InfoFile> {
   await requireRead(path);
-  using file = await Deno.open(path);
-  const source = await fileSource(file);
-  const blocks = (await file.stat()).blocks;
-  const actualSize = blocks === null ? undefined : blocks * 512;
-  const start = new Uint8Array(Math.min(8, source.size));
-  await source.readAt(0, start);
-  const kind = format ?? probeFormat(start);
-  if (kind === "qcow") {
-    const header = await readQcowHeader(source);
-    const full = header.backingFile !== undefined
-      ? resolveName(path, header.backingFile)
-      : undefined;
+  const file = await Deno.open(path);
+  try {
+    const source = await fileSource(file);
+    const blocks = (await file.stat()).blocks;
     return {
-      report: qcowInfo(header, path, { actualSize, fullBackingFilename: full }),
-      next: full !== undefined ? { path: full } : undefined,
+      source,
+      actualSize: blocks === null ? undefined : blocks * 512,
+      close: () => file.close(),
     };
+  } catch (e) {
+    file.close();
+    throw e;
   }
-  if (kind === "raw" && (!top || format === "raw")) {
-    return { report: rawInfo(source.size, path, { actualSize }) };
-  }
-  if (kind !== "qcow2" && kind !== "raw") {
-    throw new Qcow2Error(
-      "BACKING_FILE",
-      `Cannot describe '${path}': its format '${kind}' is not supported`,
-    );
-  }
-  // The top image must be qcow2 (or qcow): a raw file fails on its magic here.
-  const header = await readHeader(source);
-  const snapshots = header.nbSnapshots > 0
-    ? await readSnapshots(source, header)
-    : [];
-  const bitmaps = header.version === 3 ? await readBitmaps(source, header) : [];
-  const full = header.backingFile !== undefined
-    ? resolveName(path, header.backingFile)
-    : undefined;
-  return {
-    report: imageInfo(header, path, {
-      actualSize,
-      snapshots,
-      bitmaps,
-      fullBackingFilename: full,
-      encrypt: await readEncryptInfo(source, {
-        cryptMethod: header.cryptMethod,
-        encryptionArea: header.extensions.encryption,
-      }),
-    }),
-    next: full !== undefined
-      ? { path: full, format: header.extensions.backingFormat }
-      : undefined,
-  };
 }

@@ -106,6 +106,12 @@ export type Qcow2ErrorCode =
 export interface Qcow2ErrorOptions extends ErrorOptions {
   /** Byte offset in the image file that the problem concerns, if any. */
   offset?: number;
+  /** The file (path or name) the problem is in, when known. */
+  file?: string;
+  /** The header field (spec name, e.g. `l1_size`) that is wrong, if any. */
+  field?: string;
+  /** The bad value, if any. */
+  value?: number | bigint | string;
 }
 
 /**
@@ -131,13 +137,20 @@ export class Qcow2Error extends Error {
   readonly code: Qcow2ErrorCode;
   /** Byte offset in the image file that the problem concerns, if known. */
   readonly offset?: number;
+  /** The file (path or name) the problem is in, when known. */
+  readonly file?: string;
+  /** The header field (spec name) that is wrong, if one is. */
+  readonly field?: string;
+  /** The bad value, if one is named. */
+  readonly value?: number | bigint | string;
 
   /**
    * Makes an error with a stable code.
    *
    * @param code The stable reason.
    * @param message What is wrong, where, and what the user can do.
-   * @param options The `cause` and the file `offset` concerned.
+   * @param options The `cause`, and the `file`, file `offset`, header
+   * `field` and bad `value` concerned.
    */
   constructor(
     code: Qcow2ErrorCode,
@@ -148,7 +161,29 @@ export class Qcow2Error extends Error {
     this.name = "Qcow2Error";
     this.code = code;
     if (options?.offset !== undefined) this.offset = options.offset;
+    if (options?.file !== undefined) this.file = options.file;
+    if (options?.field !== undefined) this.field = options.field;
+    if (options?.value !== undefined) this.value = options.value;
   }
+}
+
+/**
+ * `e` with the file it concerns named, if it is a {@linkcode Qcow2Error}
+ * that names none yet: the same code, message, offset, field and value.
+ *
+ * @param e What was thrown.
+ * @param file The file being worked on.
+ * @returns A Qcow2Error naming `file`, or `e` unchanged.
+ */
+export function inFile(e: unknown, file: string): unknown {
+  if (!(e instanceof Qcow2Error) || e.file !== undefined) return e;
+  return new Qcow2Error(e.code, e.message, {
+    cause: e.cause,
+    offset: e.offset,
+    file,
+    field: e.field,
+    value: e.value,
+  });
 }
 
 /** Formats a byte offset or value as `0x…` for messages. */
