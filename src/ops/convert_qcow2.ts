@@ -189,42 +189,51 @@ function isZero(bytes: Uint8Array, from: number, to: number): boolean {
 }
 
 /**
- * Which clusters of `chunk` (whole clusters) qemu-img writes with `-S
- * sparse`: those holding a non-zero byte, or a run of zero sectors shorter
- * than `sparse` between non-zero ones (`is_allocated_sectors_min`).
+ * Which clusters of `chunk` (whole clusters, from guest offset `start`)
+ * qemu-img writes with `-S sparse`: `is_allocated_sectors` aligns each run
+ * of data up (and of zeros down) to blocks of `pow2floor(sparse)` bytes of
+ * guest offsets (`alignment` in `img_convert`), so a block with one non-zero
+ * byte is written whole, and `is_allocated_sectors_min` writes a run of zero
+ * blocks shorter than `sparse` bytes that lies between blocks of data. A
+ * cluster is allocated if a byte of it is written.
  */
 function clustersToWrite(
   chunk: Uint8Array,
+  start: number,
   clusterSize: number,
   sparse: number,
 ): boolean[] {
   const clusters = chunk.length / clusterSize;
   const out = new Array<boolean>(clusters);
+  const block = 2 ** Math.floor(Math.log2(sparse));
   if (clusterSize >= sparse) {
     for (let c = 0; c < clusters; c++) {
       out[c] = !isZero(chunk, c * clusterSize, (c + 1) * clusterSize);
     }
     return out;
   }
-  const sectors = chunk.length / 512;
-  const nonZero = new Uint8Array(sectors);
-  for (let s = 0; s < sectors; s++) {
-    nonZero[s] = isZero(chunk, s * 512, (s + 1) * 512) ? 0 : 1;
+  // Blocks of guest offsets over the chunk (the first and last may be partial).
+  const first = Math.floor(start / block);
+  const count = Math.ceil((start + chunk.length) / block) - first;
+  const written = new Uint8Array(count);
+  for (let b = 0; b < count; b++) {
+    const from = Math.max(0, (first + b) * block - start);
+    const to = Math.min(chunk.length, (first + b + 1) * block - start);
+    written[b] = isZero(chunk, from, to) ? 0 : 1;
   }
-  const min = sparse / 512;
-  const written = nonZero.slice();
   let lastData = -1;
-  for (let s = 0; s < sectors; s++) {
-    if (!nonZero[s]) continue;
-    if (lastData >= 0 && s - lastData - 1 > 0 && s - lastData - 1 < min) {
-      written.fill(1, lastData + 1, s);
+  for (let b = 0; b < count; b++) {
+    if (!written[b]) continue;
+    const gap = b - lastData - 1;
+    if (lastData >= 0 && gap > 0 && gap * block < sparse) {
+      written.fill(1, lastData + 1, b);
     }
-    lastData = s;
+    lastData = b;
   }
-  const perCluster = clusterSize / 512;
   for (let c = 0; c < clusters; c++) {
-    out[c] = written.subarray(c * perCluster, (c + 1) * perCluster)
-      .some((x) => x !== 0);
+    const from = Math.floor((start + c * clusterSize) / block) - first;
+    const to = Math.floor((start + (c + 1) * clusterSize - 1) / block) - first;
+    out[c] = written.subarray(from, to + 1).some((x) => x !== 0);
   }
   return out;
 }
@@ -338,7 +347,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
       chunk.fill(0, inside);
       const written = c.compressor || c.sparse === 0
         ? null
-        : clustersToWrite(chunk, cs, c.sparse);
+        : clustersToWrite(chunk, first * cs, cs, c.sparse);
       for (let i = 0; i < n; i++) {
         const cluster = first + i;
         const bytes = chunk.subarray(i * cs, (i + 1) * cs);
