@@ -605,3 +605,60 @@ Deno.test("convert -O qcow2: refusals in one line, nothing left under DST, an ea
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test({
+  name:
+    "convert -O qcow2 -S: qemu-img's bytes, runs aligned and short zero gaps written as qemu-img does",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      // 60 runs of 1 to 3000 non-zero bytes over 4 MiB of zeros.
+      const raw = new Uint8Array(4 * 1024 * 1024);
+      const rand = prng(240, 5);
+      for (let k = 0; k < 60; k++) {
+        const at =
+          ((rand[4 * k] << 16) | (rand[4 * k + 1] << 8) | rand[4 * k + 2]) %
+          (raw.length - 3000);
+        raw.fill(0x41, at, at + [1, 100, 600, 3000][rand[4 * k + 3] % 4]);
+      }
+      await Deno.writeFile(`${dir}/sp.raw`, raw);
+      for (
+        const [cluster, sparse] of [
+          ["4k", "64k"],
+          ["64k", "4k"],
+          ["16k", "64k"],
+          ["4k", "12k"],
+          ["64k", "1M"],
+          ["64k", "0"],
+        ]
+      ) {
+        const o = ["-o", `cluster_size=${cluster}`, "-S", sparse];
+        await run("qemu-img", [
+          "convert",
+          "-O",
+          "qcow2",
+          ...o,
+          `${dir}/sp.raw`,
+          `${dir}/q.qcow2`,
+        ]);
+        const r = await cli([`--allow-read=${dir}`, `--allow-write=${dir}`], [
+          "convert",
+          "-O",
+          "qcow2",
+          ...o,
+          `${dir}/sp.raw`,
+          `${dir}/w.qcow2`,
+        ]);
+        assertEquals(r.code, 0, r.stderr);
+        assertEquals(
+          await Deno.readFile(`${dir}/w.qcow2`),
+          await Deno.readFile(`${dir}/q.qcow2`),
+          `-o cluster_size=${cluster} -S ${sparse}`,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
