@@ -115,6 +115,8 @@ Deno.test("check: the damaged images are damaged as intended", async () => {
     "subclusters.qcow2": [2, /corrupted subcluster allocation bitmap/],
     "overflow.qcow2": [2, /^ERROR: overflow cluster offset=0x5000$/m],
     "lazy_crash.qcow2": [2, /^ERROR cluster 5 refcount=0 reference=1$/m],
+    "no_reftable.qcow2": [2, /^ERROR cluster 0 refcount=0 reference=1$/m],
+    "corrupt_bit.qcow2": [0, /^$/],
     "snapshot_incomplete.qcow2": [
       2,
       /^ERROR snapshot table entry 0 is incomplete$/m,
@@ -416,6 +418,22 @@ Deno.test("check: encrypted images, with qemu-img's --object and --image-opts", 
         ], dir);
       }
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("check: an image qemu-img will not open is not checked (unknown incompatible feature)", async () => {
+  const dir = await tempDir();
+  try {
+    const bytes = await Deno.readFile(`${DIRS[2]}leak.qcow2`);
+    new DataView(bytes.buffer).setBigUint64(72, 1n << 63n);
+    await Deno.writeFile(`${dir}/unknown.qcow2`, bytes);
+    const theirs = await qemuCheck(["unknown.qcow2"], dir);
+    const ours = await cli(["--allow-read"], ["check", `${dir}/unknown.qcow2`]);
+    assertEquals([ours.code, ours.stdout], [theirs.code, theirs.stdout]);
+    assertEquals(ours.code, 1);
+    assert(ours.stderr.includes("incompatible features"), ours.stderr);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

@@ -16,7 +16,7 @@
  * @module
  */
 
-import { readHeader } from "./header.ts";
+import { checkKnownFeatures, readHeader } from "./header.ts";
 import type { Qcow2Header } from "./header.ts";
 import type { ByteSource } from "../io/source.ts";
 import {
@@ -145,7 +145,9 @@ export async function checkQcow2(
   source: ByteSource,
   options: CheckOptions = {},
 ): Promise<CheckResult> {
-  const header = await readHeader(source);
+  const header = await readHeader(source, { check: true });
+  // What QEMU refuses to open, it does not check either.
+  checkKnownFeatures(header);
   return await new Checker(source, header, options).run();
 }
 

@@ -229,6 +229,8 @@ export function headerSpan(start: Uint8Array): number {
  *
  * @param bytes The start of the file: at least `headerSpan(bytes)` bytes, or
  * the whole file if it is shorter.
+ * @param options `check`: accept what QEMU accepts only when checking an
+ * image (no refcount table: `refcount_table_clusters` 0).
  * @returns The header, with v3 defaults for a v2 image.
  * @throws {Qcow2Error} `BAD_MAGIC`, `UNSUPPORTED_VERSION`, `TRUNCATED`,
  * `BAD_HEADER`, `BAD_EXTENSION`, `TOO_LARGE`.
@@ -256,7 +258,10 @@ export function headerSpan(start: Uint8Array): number {
  * assertEquals(header.compressionType, "zlib");
  * ```
  */
-export function parseHeader(bytes: Uint8Array): Qcow2Header {
+export function parseHeader(
+  bytes: Uint8Array,
+  options: { check?: boolean } = {},
+): Qcow2Header {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
   const need = (end: number, what: string) => {
     if (bytes.length < end) {
@@ -414,7 +419,9 @@ export function parseHeader(bytes: Uint8Array): Qcow2Header {
     "refcount_table_offset",
   );
   const refcountTableClusters = u32(F.refcountTableClusters);
-  if (refcountTableClusters === 0) {
+  // QEMU opens an image without a refcount table only to check it
+  // (BDRV_O_CHECK in qcow2_do_open).
+  if (refcountTableClusters === 0 && !options.check) {
     throw bad(
       "refcount_table_clusters",
       F.refcountTableClusters,
@@ -579,6 +586,7 @@ export function parseHeader(bytes: Uint8Array): Qcow2Header {
  * Reads and parses the header of an image through a {@linkcode ByteSource}.
  *
  * @param source The image file.
+ * @param options As {@linkcode parseHeader}'s.
  * @returns The parsed header.
  * @throws {Qcow2Error} As {@linkcode parseHeader}.
  *
@@ -590,14 +598,17 @@ export function parseHeader(bytes: Uint8Array): Qcow2Header {
  * await assertRejects(() => readHeader(bytesSource(new Uint8Array(8))));
  * ```
  */
-export async function readHeader(source: ByteSource): Promise<Qcow2Header> {
+export async function readHeader(
+  source: ByteSource,
+  options: { check?: boolean } = {},
+): Promise<Qcow2Header> {
   const start = new Uint8Array(Math.min(112, source.size));
   await source.readAt(0, start);
   const span = Math.min(headerSpan(start), source.size);
   const bytes = span <= start.length
     ? start
     : await readExact(source, 0, span, "header");
-  return parseHeader(bytes);
+  return parseHeader(bytes, options);
 }
 
 /**
