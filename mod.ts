@@ -48,6 +48,10 @@ export { openPath } from "./native/open_path.ts";
 export { nodeCodecs } from "./native/zlib.ts";
 export { nodeCrypto } from "./native/crypto.ts";
 export {
+  workerCrypto,
+  type WorkerCryptoOptions,
+} from "./native/crypto_pool.ts";
+export {
   type WorkerCodecs,
   workerCodecs,
   type WorkerCodecsOptions,

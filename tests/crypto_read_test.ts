@@ -6,7 +6,7 @@
  * their codes.
  */
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { openImage, Qcow2Error, webCrypto } from "../mod.ts";
+import { openImage, Qcow2Error, webCrypto, workerCrypto } from "../mod.ts";
 import {
   CRYPTO_FIXTURES,
   cryptoFixture,
@@ -72,6 +72,14 @@ for (const { name, password } of readable) {
     assert(
       portable.every((b, i) => b === expected[i]),
       "webCrypto read differs",
+    );
+    const pool = await readAll(path, {
+      password,
+      crypto: workerCrypto({ workers: 2, minWorkerBytes: 0 }),
+    });
+    assert(
+      pool.every((b, i) => b === expected[i]),
+      "workerCrypto read differs",
     );
   });
 }

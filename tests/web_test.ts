@@ -21,6 +21,8 @@ const NODE_ONLY = [
   "WorkerCompressorsOptions",
   "nodeCodecs",
   "nodeCrypto",
+  "workerCrypto",
+  "WorkerCryptoOptions",
   "openPath",
   "workerCodecs",
   "WorkerCodecs",

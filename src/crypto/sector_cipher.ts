@@ -22,8 +22,6 @@ import {
 
 /** Bytes in an encryption sector, for LUKS1 and legacy AES. */
 export const SECTOR_SIZE = 512;
-const BLOCKS = SECTOR_SIZE / 16;
-const WORDS = SECTOR_SIZE / 4;
 
 /**
  * The AES variants encrypted images use.
@@ -142,18 +140,14 @@ if (new Uint8Array(new Uint32Array([1]).buffer)[0] !== 1) {
   throw new Error("Encrypted images need a little-endian machine");
 }
 
-/** A Uint32Array over `bytes`, copying only when they are not aligned. */
-function words(bytes: Uint8Array): Uint32Array {
-  return bytes.byteOffset % 4 === 0
-    ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2)
-    : new Uint32Array(bytes.slice().buffer);
-}
-
 /**
  * Encrypts and decrypts whole sectors in place, given the number of the
  * first. Obtain one with {@linkcode sectorCipher}. `data` is a multiple of
  * 16 bytes; a last sector shorter than 512 bytes is treated as the start of
  * a sector, as QEMU's helpers treat LUKS key material.
+ *
+ * The class refers to nothing outside itself (sector sizes are literals),
+ * so that its source text can run in a worker (`native/crypto_pool.ts`).
  *
  * @example Sector numbers change the ciphertext
  * ```ts
@@ -217,13 +211,13 @@ export class SectorCipher {
         } ${data.length} bytes: not whole 16-byte blocks`,
       );
     }
-    const whole = data.length - (data.length % SECTOR_SIZE);
+    const whole = data.length - (data.length % 512);
     if (whole > 0) this.#sectors(sector, data.subarray(0, whole), encrypt);
     if (whole < data.length) {
       // A short last sector: the start of a full one, as in QEMU.
-      const tail = new Uint8Array(SECTOR_SIZE);
+      const tail = new Uint8Array(512);
       tail.set(data.subarray(whole));
-      this.#sectors(sector + whole / SECTOR_SIZE, tail, encrypt);
+      this.#sectors(sector + whole / 512, tail, encrypt);
       data.set(tail.subarray(0, data.length - whole), whole);
     }
   }
@@ -239,7 +233,7 @@ export class SectorCipher {
     }
     if (!this.#essiv) return iv;
     const bytes = new Uint8Array(iv.buffer);
-    return words(this.#essiv.encrypt(bytes, bytes));
+    return this.#words(this.#essiv.encrypt(bytes, bytes));
   }
 
   #scratchWords(n: number): Uint32Array {
@@ -248,7 +242,7 @@ export class SectorCipher {
   }
 
   #sectors(sector: number, data: Uint8Array, encrypt: boolean): void {
-    const n = data.length / SECTOR_SIZE;
+    const n = data.length / 512;
     switch (this.spec.mode) {
       case "ecb": {
         const out = encrypt
@@ -276,16 +270,16 @@ export class SectorCipher {
    */
   #xts(sector: number, n: number, data: Uint8Array, encrypt: boolean): void {
     const ivs = new Uint8Array(this.#ivs(sector, n).buffer);
-    const t0 = words(this.#tweak!.encrypt(ivs, ivs));
-    const w = words(data);
+    const t0 = this.#words(this.#tweak!.encrypt(ivs, ivs));
+    const w = this.#words(data);
     const tw = this.#scratchWords(w.length);
     for (let s = 0; s < n; s++) {
       let a = t0[s * 4],
         b = t0[s * 4 + 1],
         c = t0[s * 4 + 2],
         d = t0[s * 4 + 3];
-      const end = (s + 1) * WORDS;
-      for (let i = s * WORDS; i < end; i += 4) {
+      const end = (s + 1) * 128;
+      for (let i = s * 128; i < end; i += 4) {
         tw[i] = a;
         tw[i + 1] = b;
         tw[i + 2] = c;
@@ -304,10 +298,9 @@ export class SectorCipher {
       }
     }
     const bytes = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
-    const out = words(
-      encrypt
-        ? this.#data.encrypt(bytes, bytes)
-        : this.#data.decrypt(bytes, bytes),
+    // Into a new array, XORed back in place: one pass, no copy.
+    const out = this.#words(
+      encrypt ? this.#data.encrypt(bytes) : this.#data.decrypt(bytes),
     );
     for (let i = 0; i < w.length; i++) w[i] = out[i] ^ tw[i];
     if (w.buffer !== data.buffer) data.set(bytes);
@@ -316,13 +309,13 @@ export class SectorCipher {
   /** CBC decryption: every block at once, then XOR the block before it. */
   #cbcDecrypt(sector: number, n: number, data: Uint8Array): void {
     const iv = this.#ivs(sector, n);
-    const w = words(data);
+    const w = this.#words(data);
     const bytes = new Uint8Array(w.buffer, w.byteOffset, w.byteLength);
-    const plain = words(this.#data.decrypt(bytes));
+    const plain = this.#words(this.#data.decrypt(bytes));
     for (let s = 0; s < n; s++) {
-      const first = s * WORDS;
+      const first = s * 128;
       // Backwards, so each block's predecessor is still ciphertext.
-      for (let i = first + WORDS - 4; i > first; i -= 4) {
+      for (let i = first + 128 - 4; i > first; i -= 4) {
         w[i] = plain[i] ^ w[i - 4];
         w[i + 1] = plain[i + 1] ^ w[i - 3];
         w[i + 2] = plain[i + 2] ^ w[i - 2];
@@ -341,19 +334,19 @@ export class SectorCipher {
    */
   #cbcEncrypt(sector: number, n: number, data: Uint8Array): void {
     const chain = this.#ivs(sector, n);
-    const w = words(data);
+    const w = this.#words(data);
     const column = new Uint32Array(n * 4);
     const columnBytes = new Uint8Array(column.buffer);
-    for (let j = 0; j < BLOCKS; j++) {
+    for (let j = 0; j < 32; j++) {
       for (let s = 0; s < n; s++) {
-        const at = s * WORDS + j * 4;
+        const at = s * 128 + j * 4;
         for (let k = 0; k < 4; k++) {
           column[s * 4 + k] = w[at + k] ^ chain[s * 4 + k];
         }
       }
-      const sealed = words(this.#data.encrypt(columnBytes));
+      const sealed = this.#words(this.#data.encrypt(columnBytes));
       for (let s = 0; s < n; s++) {
-        const at = s * WORDS + j * 4;
+        const at = s * 128 + j * 4;
         for (let k = 0; k < 4; k++) {
           w[at + k] = chain[s * 4 + k] = sealed[s * 4 + k];
         }
@@ -373,17 +366,23 @@ export class SectorCipher {
     const counters = new Uint8Array(data.length);
     for (let s = 0; s < n; s++) {
       const block = iv.subarray(s * 16, s * 16 + 16).slice();
-      for (let j = 0; j < BLOCKS; j++) {
-        counters.set(block, s * SECTOR_SIZE + j * 16);
+      for (let j = 0; j < 32; j++) {
+        counters.set(block, s * 512 + j * 16);
         for (let k = 15; k >= 0 && ++block[k] === 256; k--) block[k] = 0;
       }
     }
-    const stream = words(this.#data.encrypt(counters, counters));
-    const w = words(data);
+    const stream = this.#words(this.#data.encrypt(counters, counters));
+    const w = this.#words(data);
     for (let i = 0; i < w.length; i++) w[i] ^= stream[i];
     if (w.buffer !== data.buffer) {
       data.set(new Uint8Array(w.buffer, w.byteOffset, w.byteLength));
     }
+  }
+  /** A Uint32Array over `bytes`, copying only when they are not aligned. */
+  #words(bytes: Uint8Array): Uint32Array {
+    return bytes.byteOffset % 4 === 0
+      ? new Uint32Array(bytes.buffer, bytes.byteOffset, bytes.length >>> 2)
+      : new Uint32Array(bytes.slice().buffer);
   }
 }
 
@@ -418,6 +417,34 @@ export async function sectorCipher(
   spec: CipherSpec,
   key: Uint8Array,
 ): Promise<SectorCipher> {
+  const keys = await sectorCipherKeys(provider, spec, key);
+  try {
+    return new SectorCipher(
+      spec,
+      await provider.aes(keys.data),
+      keys.tweak && await provider.aes(keys.tweak),
+      keys.essiv && await provider.aes(keys.essiv),
+    );
+  } finally {
+    for (const k of Object.values(keys)) k?.fill(0);
+  }
+}
+
+/**
+ * The AES keys a {@linkcode SectorCipher} is made of: the data key, the
+ * XTS tweak key, and the ESSIV key (the `ivgenHash` digest of the whole
+ * key). Copies: the caller wipes them.
+ *
+ * @param provider The digests.
+ * @param spec The cipher.
+ * @param key `cipherKeyLength(spec)` bytes.
+ * @returns The keys.
+ */
+export async function sectorCipherKeys(
+  provider: CryptoProvider,
+  spec: CipherSpec,
+  key: Uint8Array,
+): Promise<{ data: Uint8Array; tweak?: Uint8Array; essiv?: Uint8Array }> {
   const length = cipherKeyLength(spec);
   if (key.length !== length) {
     throw new RangeError(
@@ -425,11 +452,9 @@ export async function sectorCipher(
     );
   }
   const half = AES_KEY_BYTES[spec.algorithm];
-  const data = await provider.aes(key.subarray(0, half));
-  const tweak = spec.mode === "xts"
-    ? await provider.aes(key.subarray(half))
-    : undefined;
-  let essiv: BlockCipher | undefined;
+  const data = key.slice(0, half);
+  const tweak = spec.mode === "xts" ? key.slice(half) : undefined;
+  let essiv: Uint8Array | undefined;
   if (spec.ivgen === "essiv" && spec.mode !== "ecb") {
     const hash = spec.ivgenHash;
     if (!hash || !aesForKeyLength(HASH_LENGTHS[hash])) {
@@ -437,9 +462,7 @@ export async function sectorCipher(
         `ESSIV needs a hash whose digest is an AES key (sha256), not ${hash}`,
       );
     }
-    const salt = await provider.digest(hash, key);
-    essiv = await provider.aes(salt);
-    salt.fill(0);
+    essiv = await provider.digest(hash, key);
   }
-  return new SectorCipher(spec, data, tweak, essiv);
+  return { data, tweak, essiv };
 }
