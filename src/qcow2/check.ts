@@ -168,6 +168,11 @@ interface SnapshotEntry {
   l1TableOffset: bigint;
   l1Size: number;
   extraSize: number;
+  /** The fixed 40 bytes, the extra data, the ID and name bytes. */
+  fixed: Uint8Array;
+  extra: Uint8Array;
+  idBytes: Uint8Array;
+  nameBytes: Uint8Array;
 }
 
 class Checker {
@@ -204,6 +209,8 @@ class Checker {
   #fixLeaks: boolean;
   #fixErrors: boolean;
   #store: ByteStore | undefined;
+  /** Snapshot table entries found incomplete. */
+  #snapshotCorruptions = 0;
   /** QEMU's `rebuild`: the refcount structure itself is broken. */
   #rebuild = false;
 
@@ -258,12 +265,19 @@ class Checker {
     await this.#readSnapshotTable();
     // qcow2_check_read_snapshot_table: entries without the 16 bytes of
     // extra data that hold the VM state size and the disk size.
+    // Counted apart, as QEMU's snapshot_res, and added at the end.
+    let incomplete = 0;
     this.#snapshots.forEach((sn, i) => {
       if (sn.extraSize < 16) {
-        this.#res.corruptions++;
-        this.#say(`ERROR snapshot table entry ${i} is incomplete`);
+        incomplete++;
+        this.#say(
+          `${
+            this.#fixErrors ? "Repairing" : "ERROR"
+          } snapshot table entry ${i} is incomplete`,
+        );
       }
     });
+    this.#snapshotCorruptions = incomplete;
     const span = this.#counts.length;
     // The rebuilt refcounts may reach one cluster past the file's.
     const windows = Math.ceil((this.#nbClusters + 1) / span);
@@ -277,6 +291,7 @@ class Checker {
       }
       return await this.#repair(refblockCounts);
     }
+    this.#res.corruptions += this.#snapshotCorruptions;
     if (windows === 1) {
       this.#from = 0;
       this.#emit = true;
@@ -365,6 +380,7 @@ class Checker {
     } else {
       if (this.#rebuild) {
         this.#say("ERROR need to rebuild refcount structures");
+        this.#res.corruptions += this.#snapshotCorruptions;
         this.#res.checkErrors++;
         this.#res.failed = "Input/output error";
         // Closing a writable image clears the dirty bit (qcow2_inactivate).
@@ -381,6 +397,11 @@ class Checker {
     await this.#checkCopied(
       this.#fixErrors || (!r.checkErrors && !r.corruptions && !r.leaks),
     );
+    // qcow2_check_fix_snapshot_table: the table written anew.
+    if (this.#snapshotCorruptions && this.#fixErrors && !this.#disabled) {
+      await this.#writeSnapshotTable();
+      r.corruptionsFixed += this.#snapshotCorruptions;
+    } else r.corruptions += this.#snapshotCorruptions;
     // qcow2_mark_clean and qcow2_mark_consistent when all is repaired; the
     // dirty bit goes in any case when the image is closed (qcow2_inactivate).
     if (!this.#disabled) {
@@ -388,6 +409,116 @@ class Checker {
     }
     await this.#store!.flush?.();
     return this.#res;
+  }
+
+  /**
+   * `qcow2_write_snapshots`, as `qcow2_check_fix_snapshot_table` calls it:
+   * every entry with at least the 24 bytes of extra data QEMU knows, in a
+   * table allocated first fit (`alloc_clusters_noref`), the header pointed
+   * at it, the old table freed.
+   */
+  async #writeSnapshotTable(): Promise<void> {
+    const cs = this.#cs;
+    const nul = (b: Uint8Array) => {
+      const at = b.indexOf(0);
+      return at < 0 ? b : b.subarray(0, at);
+    };
+    const parts: Uint8Array[] = [];
+    let size = 0;
+    for (const sn of this.#snapshots) {
+      const pad = (8 - size % 8) % 8;
+      if (pad) parts.push(new Uint8Array(pad));
+      size += pad;
+      const v = new DataView(sn.fixed.buffer);
+      const ev = new DataView(sn.extra.buffer);
+      const vmState = sn.extraSize >= 8
+        ? ev.getBigUint64(0)
+        : BigInt(v.getUint32(32));
+      const diskSize = sn.extraSize >= 16
+        ? ev.getBigUint64(8)
+        : BigInt(Math.floor(this.#h.size / 512) * 512);
+      const icount = sn.extraSize >= 24 ? ev.getBigUint64(16) : 2n ** 64n - 1n;
+      const id = nul(sn.idBytes);
+      const name = nul(sn.nameBytes);
+      const extraSize = Math.max(24, sn.extraSize);
+      const h = new Uint8Array(40 + extraSize);
+      const hv = new DataView(h.buffer);
+      h.set(sn.fixed.subarray(0, 12));
+      hv.setUint16(12, id.length);
+      hv.setUint16(14, name.length);
+      h.set(sn.fixed.subarray(16, 32), 16);
+      hv.setUint32(32, vmState <= 0xffffffffn ? Number(vmState) : 0);
+      hv.setUint32(36, extraSize);
+      hv.setBigUint64(40, vmState);
+      hv.setBigUint64(48, diskSize);
+      hv.setBigUint64(56, icount);
+      if (sn.extraSize > 24) h.set(sn.extra.subarray(24), 64);
+      parts.push(h, id, name);
+      size += h.length + id.length + name.length;
+    }
+    // alloc_clusters_noref from cluster 0, on the refcounts on disk.
+    const clusters = Math.ceil(size / cs);
+    let first = 0;
+    for (let run = 0; run < clusters;) {
+      const refcount = await this.#onDisk(first + run);
+      if (refcount !== 0) {
+        first += run + 1;
+        run = 0;
+      } else run++;
+    }
+    for (let c = first; c < first + clusters; c++) {
+      await this.#addOnDisk(c, 1);
+    }
+    const table = new Uint8Array(size);
+    let at = 0;
+    for (const part of parts) {
+      table.set(part, at);
+      at += part.length;
+    }
+    const offset = first * cs;
+    await this.#store!.writeAt(offset, table);
+    await this.#store!.flush?.();
+    const header = new Uint8Array(12);
+    const hv = new DataView(header.buffer);
+    hv.setUint32(0, this.#snapshots.length);
+    hv.setBigUint64(4, BigInt(offset));
+    await this.#store!.writeAt(60, header);
+    await this.#store!.flush?.();
+    // qcow2_free_clusters of the old table (QCOW2_DISCARD_SNAPSHOT).
+    const old = this.#h.snapshotsOffset;
+    if (this.#snapshotsSize > 0) {
+      const last = Math.floor((old + this.#snapshotsSize - 1) / cs);
+      for (let c = Math.floor(old / cs); c <= last; c++) {
+        if (await this.#addOnDisk(c, -1) === 0) await this.#discard(c);
+      }
+    }
+    this.#h = { ...this.#h, snapshotsOffset: offset };
+  }
+
+  /**
+   * Adds `delta` to the on-disk refcount of `cluster` (in a refcount block
+   * that exists) and returns the new refcount.
+   */
+  async #addOnDisk(cluster: number, delta: number): Promise<number> {
+    const table = await this.#table();
+    const per = this.#perBlock;
+    const index = Math.floor(cluster / per);
+    const offset = index < table.length
+      ? Number(table[index] & REFCOUNT_TABLE_OFFSET_MASK)
+      : 0;
+    if (offset === 0 || offset % this.#cs !== 0) {
+      throw new Qcow2Error(
+        "NOT_WRITABLE",
+        `Cannot repair the snapshot table: no refcount block covers cluster ${cluster}`,
+      );
+    }
+    const block = await this.#read(offset, this.#cs);
+    const value = refcountAt(block, this.#h.refcountOrder, cluster % per) +
+      delta;
+    setRefcountAt(block, this.#h.refcountOrder, cluster % per, value);
+    await this.#store!.writeAt(offset, block);
+    this.#blockIndex = -1;
+    return value;
   }
 
   /** A fresh window over the file as it is now (after a rebuild). */
@@ -1194,6 +1325,7 @@ class Checker {
       const idSize = v.getUint16(12);
       const nameSize = v.getUint16(14);
       const extra = v.getUint32(36);
+      const extraBytes = await this.#read(offset + 40, extra);
       offset += 40 + extra;
       const id = await this.#read(offset, idSize);
       offset += idSize;
@@ -1205,6 +1337,10 @@ class Checker {
         l1TableOffset: v.getBigUint64(0),
         l1Size: v.getUint32(8),
         extraSize: extra,
+        fixed,
+        extra: extraBytes,
+        idBytes: id,
+        nameBytes: name,
       });
     }
     this.#snapshotsSize = offset - h.snapshotsOffset;
