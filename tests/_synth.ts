@@ -1,8 +1,24 @@
 /**
  * Builds small qcow2 images in memory for unit tests, with every header field
  * and table entry under the test's control. Refcounts are left empty: the
- * reader never needs them.
+ * reader never needs them. Offsets and masks come from src/qcow2/layout.ts.
  */
+
+import { encodeL1Entry, encodeL2Entry } from "../src/qcow2/entries.ts";
+import {
+  COMPRESSED_SECTOR_SIZE,
+  ENTRY_SIZE,
+  EXTENDED_ENTRY_SIZE,
+  EXTENSION_HEADER_SIZE,
+  type Field,
+  HEADER,
+  INCOMPATIBLE,
+  MAGIC,
+  SUBCLUSTER_ALLOC_MASK,
+  SUBCLUSTER_ZERO_SHIFT,
+  V2_HEADER_LENGTH,
+  V3_HEADER_LENGTH,
+} from "../src/qcow2/layout.ts";
 
 export interface SynthHeader {
   version?: number;
@@ -29,41 +45,54 @@ export interface SynthHeader {
 /** Writes a header (and its extensions and backing name) into `out`. */
 export function writeHeader(out: Uint8Array, h: SynthHeader = {}): void {
   const v = new DataView(out.buffer, out.byteOffset, out.byteLength);
+  // Any value goes, valid or not: the tests are of the reader's checks.
+  const set = (field: Field, value: number | bigint) => {
+    if (field.size === 8) v.setBigUint64(field.offset, BigInt(value));
+    else if (field.size === 4) v.setUint32(field.offset, Number(value));
+    else out[field.offset] = Number(value);
+  };
   const version = h.version ?? 3;
-  const headerLength = h.headerLength ?? (version === 2 ? 72 : 112);
-  v.setUint32(0, 0x514649fb);
-  v.setUint32(4, version);
-  v.setUint32(20, h.clusterBits ?? 16);
-  v.setBigUint64(24, h.size ?? 1n << 20n);
-  v.setUint32(32, h.cryptMethod ?? 0);
-  v.setUint32(36, h.l1Size ?? 1);
-  v.setBigUint64(40, h.l1TableOffset ?? 0x30000n);
-  v.setBigUint64(48, h.refcountTableOffset ?? 0x10000n);
-  v.setUint32(56, h.refcountTableClusters ?? 1);
-  v.setUint32(60, h.nbSnapshots ?? 0);
-  v.setBigUint64(64, h.snapshotsOffset ?? 0n);
+  const headerLength = h.headerLength ??
+    (version === 2 ? V2_HEADER_LENGTH : V3_HEADER_LENGTH);
+  set(HEADER.magic, MAGIC);
+  set(HEADER.version, version);
+  set(HEADER.clusterBits, h.clusterBits ?? 16);
+  set(HEADER.size, h.size ?? 1n << 20n);
+  set(HEADER.cryptMethod, h.cryptMethod ?? 0);
+  set(HEADER.l1Size, h.l1Size ?? 1);
+  set(HEADER.l1TableOffset, h.l1TableOffset ?? 0x30000n);
+  set(HEADER.refcountTableOffset, h.refcountTableOffset ?? 0x10000n);
+  set(HEADER.refcountTableClusters, h.refcountTableClusters ?? 1);
+  set(HEADER.nbSnapshots, h.nbSnapshots ?? 0);
+  set(HEADER.snapshotsOffset, h.snapshotsOffset ?? 0n);
   if (version >= 3) {
     const compression = h.compressionType ?? 0;
-    v.setBigUint64(72, (h.incompatible ?? 0n) | (compression ? 8n : 0n));
-    v.setBigUint64(80, h.compatible ?? 0n);
-    v.setBigUint64(88, h.autoclear ?? 0n);
-    v.setUint32(96, h.refcountOrder ?? 4);
-    v.setUint32(100, headerLength);
-    if (headerLength > 104) out[104] = compression;
+    const bit3 = 1n << BigInt(INCOMPATIBLE.compressionType.bit);
+    set(
+      HEADER.incompatibleFeatures,
+      (h.incompatible ?? 0n) | (compression ? bit3 : 0n),
+    );
+    set(HEADER.compatibleFeatures, h.compatible ?? 0n);
+    set(HEADER.autoclearFeatures, h.autoclear ?? 0n);
+    set(HEADER.refcountOrder, h.refcountOrder ?? 4);
+    set(HEADER.headerLength, headerLength);
+    if (headerLength > HEADER.compressionType.offset) {
+      set(HEADER.compressionType, compression);
+    }
   }
   let p = headerLength;
   for (const e of h.extensions ?? []) {
     v.setUint32(p, e.type);
     v.setUint32(p + 4, e.data.length);
-    out.set(e.data, p + 8);
-    p += 8 + ((e.data.length + 7) & ~7);
+    out.set(e.data, p + EXTENSION_HEADER_SIZE);
+    p += EXTENSION_HEADER_SIZE + ((e.data.length + 7) & ~7);
   }
-  p += 8; // end marker (zeros)
+  p += EXTENSION_HEADER_SIZE; // end marker (zeros)
   if (h.backingFile !== undefined) {
     const name = new TextEncoder().encode(h.backingFile);
     const at = h.backingFileOffset ?? BigInt(p);
-    v.setBigUint64(8, at);
-    v.setUint32(16, name.length);
+    set(HEADER.backingFileOffset, at);
+    set(HEADER.backingFileSize, name.length);
     out.set(name, Number(at));
   }
 }
@@ -90,9 +119,17 @@ export function synthImage(
 ): Uint8Array {
   const bits = header.clusterBits ?? 16;
   const cs = 1 << bits;
-  const extended = ((header.incompatible ?? 0n) & 16n) !== 0n;
-  const entryBytes = extended ? 16 : 8;
+  const extended = ((header.incompatible ?? 0n) &
+    (1n << BigInt(INCOMPATIBLE.extendedL2.bit))) !==
+    0n;
+  const entryBytes = extended ? EXTENDED_ENTRY_SIZE : ENTRY_SIZE;
   const l2Entries = cs / entryBytes;
+  const standard = (
+    hostClusterOffset: number,
+    copied: boolean,
+    zero: boolean,
+  ) =>
+    encodeL2Entry({ kind: "standard", hostClusterOffset, copied, zero }, bits);
   const size = header.size ?? 1n << 20n;
   const l1Size = header.l1Size ??
     Math.max(1, Math.ceil(Number(size) / (cs * l2Entries)));
@@ -107,25 +144,35 @@ export function synthImage(
   const dataChunks: [number, Uint8Array][] = [];
   for (const [g, c] of clusters) {
     if (c.kind === "data") {
-      entries.set(g, BigInt(next) | (1n << 63n));
+      entries.set(g, standard(next, true, false));
       dataChunks.push([next, c.bytes]);
       next += cs;
     } else if (c.kind === "zero") {
       if (c.allocated) {
-        entries.set(g, BigInt(next) | 1n);
+        entries.set(g, standard(next, false, true));
         next += cs;
-      } else entries.set(g, 1n);
+      } else entries.set(g, standard(0, false, true));
     } else if (c.kind === "raw") {
       entries.set(g, c.entry);
       if (c.bitmap !== undefined) bitmaps.set(g, c.bitmap);
     }
   }
   // Compressed data packed after the data clusters.
-  const x = BigInt(70 - bits);
   for (const [g, c] of clusters) {
     if (c.kind !== "compressed") continue;
-    const sectors = BigInt(Math.ceil(((next % 512) + c.bytes.length) / 512));
-    entries.set(g, (1n << 62n) | ((sectors - 1n) << x) | BigInt(next));
+    const sectors = Math.ceil(
+      ((next % COMPRESSED_SECTOR_SIZE) + c.bytes.length) /
+        COMPRESSED_SECTOR_SIZE,
+    );
+    entries.set(
+      g,
+      encodeL2Entry({
+        kind: "compressed",
+        hostOffset: next,
+        additionalSectors: sectors - 1,
+        copied: false,
+      }, bits),
+    );
     dataChunks.push([next, c.bytes]);
     next += c.bytes.length;
   }
@@ -138,7 +185,10 @@ export function synthImage(
   });
   const v = new DataView(out.buffer);
   for (const [i, at] of l2At) {
-    v.setBigUint64(2 * cs + i * 8, BigInt(at) | (1n << 63n));
+    v.setBigUint64(
+      2 * cs + i * ENTRY_SIZE,
+      encodeL1Entry({ l2TableOffset: at, copied: true }),
+    );
   }
   for (const [g, e] of entries) {
     const l2 = l2At.get(Math.floor(g / l2Entries))!;
@@ -148,9 +198,9 @@ export function synthImage(
       const c = clusters.get(g)!;
       const bitmap = bitmaps.get(g) ??
         (c.kind === "data"
-          ? 0xffffffffn
+          ? SUBCLUSTER_ALLOC_MASK
           : c.kind === "zero"
-          ? 0xffffffffn << 32n
+          ? SUBCLUSTER_ALLOC_MASK << SUBCLUSTER_ZERO_SHIFT
           : 0n);
       v.setBigUint64(l2 + (g % l2Entries) * entryBytes + 8, bitmap);
     }

@@ -13,11 +13,13 @@ import {
   padName,
 } from "../qcow2/names.ts";
 import { hex } from "../errors.ts";
+import { checkKnownFeatures, type Qcow2Header } from "../qcow2/header.ts";
 import {
-  checkKnownFeatures,
-  INCOMPATIBLE_FEATURES,
-  type Qcow2Header,
-} from "../qcow2/header.ts";
+  AUTOCLEAR,
+  COMPATIBLE,
+  type FeatureBit,
+  INCOMPATIBLE,
+} from "../qcow2/layout.ts";
 import type { QcowHeader } from "../qcow/image.ts";
 import type { Snapshot } from "../qcow2/snapshots.ts";
 import type { Bitmap } from "../qcow2/bitmaps.ts";
@@ -447,11 +449,15 @@ function snapshotInfo(s: Snapshot): SnapshotInfo {
 }
 
 function headerInfo(header: Qcow2Header): Qcow2HeaderInfo {
-  const names = (mask: bigint, known: Record<string, number>, type: string) => {
+  const names = (
+    mask: bigint,
+    known: Record<string, FeatureBit>,
+    type: string,
+  ) => {
     const out: string[] = [];
     for (let b = 0; b < 64; b++) {
       if ((mask & (1n << BigInt(b))) === 0n) continue;
-      const name = Object.entries(known).find(([, bit]) => bit === b)?.[0] ??
+      const name = Object.values(known).find(({ bit }) => bit === b)?.label ??
         header.extensions.featureNames.find((f) =>
           f.type === type && f.bit === b
         )
@@ -473,17 +479,17 @@ function headerInfo(header: Qcow2Header): Qcow2HeaderInfo {
     "crypt-method": header.cryptMethod,
     "incompatible-features": names(
       header.incompatibleFeatures,
-      INCOMPATIBLE_FEATURES,
+      INCOMPATIBLE,
       "incompatible",
     ),
     "compatible-features": names(
       header.compatibleFeatures,
-      { "lazy refcounts": 0 },
+      COMPATIBLE,
       "compatible",
     ),
     "autoclear-features": names(
       header.autoclearFeatures,
-      { bitmaps: 0, "raw external data": 1 },
+      AUTOCLEAR,
       "autoclear",
     ),
     "unknown-extensions": header.extensions.unknown.map((e) => hex(e.type)),

@@ -9,6 +9,23 @@ import { imageName } from "./names.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import { type ByteSource, readExact } from "../io/source.ts";
 import { type HeaderExtensions, parseExtensions } from "./extensions.ts";
+import {
+  AUTOCLEAR,
+  COMPATIBLE,
+  COMPRESSION_TYPE,
+  CRYPT_METHOD,
+  type Field,
+  HEADER,
+  INCOMPATIBLE,
+  KNOWN_INCOMPATIBLE_MASK,
+  MAGIC,
+  MAX_BACKING_FILE_SIZE,
+  MAX_CLUSTER_BITS,
+  MAX_REFCOUNT_ORDER,
+  MIN_CLUSTER_BITS,
+  V2_HEADER_LENGTH,
+  V3_MIN_HEADER_LENGTH,
+} from "./layout.ts";
 
 /**
  * The four bytes every qcow2 (and qcow) image starts with: `QFI\xfb`, read
@@ -23,53 +40,14 @@ import { type HeaderExtensions, parseExtensions } from "./extensions.ts";
  * assert(new DataView(start.buffer).getUint32(0) === QCOW2_MAGIC);
  * ```
  */
-export const QCOW2_MAGIC = 0x514649fb;
+export const QCOW2_MAGIC: number = MAGIC;
 
-/** Offset and size of each fixed header field, named once. */
-const F = {
-  magic: 0,
-  version: 4,
-  backingFileOffset: 8,
-  backingFileSize: 16,
-  clusterBits: 20,
-  size: 24,
-  cryptMethod: 32,
-  l1Size: 36,
-  l1TableOffset: 40,
-  refcountTableOffset: 48,
-  refcountTableClusters: 56,
-  nbSnapshots: 60,
-  snapshotsOffset: 64,
-  incompatibleFeatures: 72,
-  compatibleFeatures: 80,
-  autoclearFeatures: 88,
-  refcountOrder: 96,
-  headerLength: 100,
-  compressionType: 104,
-} as const;
-
-/** Header length of a version 2 image; version 3 needs at least 104. */
-const V2_HEADER_LENGTH = 72;
-const V3_MIN_HEADER_LENGTH = 104;
 /** Largest active L1 table QEMU opens (32 MiB). */
 const MAX_L1_BYTES = 32 * 1024 * 1024;
 /** Largest refcount table QEMU opens (8 MiB). */
 const MAX_REFCOUNT_TABLE_BYTES = 8 * 1024 * 1024;
 /** Most snapshots QEMU opens. */
 const MAX_SNAPSHOTS = 65536;
-/** Longest backing file name QEMU reads. */
-const MAX_BACKING_NAME = 1023;
-
-/** Bit numbers of the incompatible features this library knows. */
-export const INCOMPATIBLE_FEATURES: Readonly<Record<string, number>> = {
-  dirty: 0,
-  corrupt: 1,
-  "external data file": 2,
-  "compression type": 3,
-  "extended L2 entries": 4,
-};
-/** Mask of every known incompatible feature bit. */
-const KNOWN_INCOMPATIBLE = 0x1fn;
 
 /**
  * The compression types a qcow2 v3 header can name.
@@ -214,11 +192,14 @@ export interface Qcow2Header {
 export function headerSpan(start: Uint8Array): number {
   if (start.length < 24) return 112;
   const view = new DataView(start.buffer, start.byteOffset, start.byteLength);
-  const bits = view.getUint32(F.clusterBits);
-  if (view.getUint32(F.magic) !== QCOW2_MAGIC || bits < 9 || bits > 21) {
+  const bits = view.getUint32(HEADER.clusterBits.offset);
+  if (
+    view.getUint32(HEADER.magic.offset) !== QCOW2_MAGIC ||
+    bits < MIN_CLUSTER_BITS || bits > MAX_CLUSTER_BITS
+  ) {
     return 112;
   }
-  return (1 << bits) + MAX_BACKING_NAME + 1;
+  return (1 << bits) + MAX_BACKING_FILE_SIZE + 1;
 }
 
 /**
@@ -271,7 +252,7 @@ export function parseHeader(
       );
     }
   };
-  if (bytes.length < 4 || view.getUint32(F.magic) !== QCOW2_MAGIC) {
+  if (bytes.length < 4 || view.getUint32(HEADER.magic.offset) !== QCOW2_MAGIC) {
     throw new Qcow2Error(
       "BAD_MAGIC",
       "Cannot read qcow2 image: the file does not start with the qcow2 magic 'QFI\\xfb'",
@@ -279,37 +260,31 @@ export function parseHeader(
     );
   }
   need(8, "header");
-  const version = view.getUint32(F.version);
+  const version = view.getUint32(HEADER.version.offset);
   if (version !== 2 && version !== 3) {
     throw new Qcow2Error(
       "UNSUPPORTED_VERSION",
       `Cannot read qcow2 image: unsupported qcow2 version ${version} (only 2 and 3 exist)`,
-      { offset: F.version },
+      { offset: HEADER.version.offset, field: "version", value: version },
     );
   }
   need(V2_HEADER_LENGTH, "header");
-  const u32 = (off: number) => view.getUint32(off);
-  const u64 = (off: number, field: string) =>
-    safe(view.getBigUint64(off), field, off);
-  const bad = (
-    field: string,
-    off: number,
-    value: number | bigint,
-    why: string,
-  ) =>
+  const u32 = (field: Field) => view.getUint32(field.offset);
+  const u64 = (field: Field) =>
+    safe(view.getBigUint64(field.offset), field.name, field.offset);
+  const bad = (field: Field, value: number | bigint, why: string) =>
     new Qcow2Error(
       "BAD_HEADER",
-      `Cannot read qcow2 image: header field ${field} = ${
+      `Cannot read qcow2 image: header field ${field.name} = ${
         typeof value === "bigint" || value > 9 ? hex(value) : value
       } ${why}`,
-      { offset: off },
+      { offset: field.offset, field: field.name, value },
     );
 
-  const clusterBits = u32(F.clusterBits);
-  if (clusterBits < 9 || clusterBits > 21) {
+  const clusterBits = u32(HEADER.clusterBits);
+  if (clusterBits < MIN_CLUSTER_BITS || clusterBits > MAX_CLUSTER_BITS) {
     throw bad(
-      "cluster_bits",
-      F.clusterBits,
+      HEADER.clusterBits,
       clusterBits,
       "is outside 9..21 (cluster sizes 512 B to 2 MiB)",
     );
@@ -325,53 +300,50 @@ export function parseHeader(
   let compressionType: CompressionType = "zlib";
   if (version === 3) {
     need(V3_MIN_HEADER_LENGTH, "version 3 header");
-    headerLength = u32(F.headerLength);
+    headerLength = u32(HEADER.headerLength);
     if (headerLength < V3_MIN_HEADER_LENGTH) {
       throw bad(
-        "header_length",
-        F.headerLength,
+        HEADER.headerLength,
         headerLength,
         "is shorter than the 104 bytes a version 3 header has",
       );
     }
     if (headerLength > clusterSize) {
       throw bad(
-        "header_length",
-        F.headerLength,
+        HEADER.headerLength,
         headerLength,
         `exceeds the cluster size (${clusterSize})`,
       );
     }
-    incompatibleFeatures = view.getBigUint64(F.incompatibleFeatures);
-    compatibleFeatures = view.getBigUint64(F.compatibleFeatures);
-    autoclearFeatures = view.getBigUint64(F.autoclearFeatures);
-    refcountOrder = u32(F.refcountOrder);
-    if (refcountOrder > 6) {
+    incompatibleFeatures = view.getBigUint64(
+      HEADER.incompatibleFeatures.offset,
+    );
+    compatibleFeatures = view.getBigUint64(HEADER.compatibleFeatures.offset);
+    autoclearFeatures = view.getBigUint64(HEADER.autoclearFeatures.offset);
+    refcountOrder = u32(HEADER.refcountOrder);
+    if (refcountOrder > MAX_REFCOUNT_ORDER) {
       throw bad(
-        "refcount_order",
-        F.refcountOrder,
+        HEADER.refcountOrder,
         refcountOrder,
         "is above 6 (refcounts are at most 64 bits wide)",
       );
     }
-    if (headerLength > F.compressionType) {
-      need(F.compressionType + 1, "header");
-      const type = bytes[F.compressionType];
-      if (type > 1) {
+    if (headerLength > HEADER.compressionType.offset) {
+      need(HEADER.compressionType.offset + 1, "header");
+      const type = bytes[HEADER.compressionType.offset];
+      if (type > COMPRESSION_TYPE.zstd) {
         throw bad(
-          "compression_type",
-          F.compressionType,
+          HEADER.compressionType,
           type,
           "is unknown (0 is zlib, 1 is zstd)",
         );
       }
-      compressionType = type === 1 ? "zstd" : "zlib";
+      compressionType = type === COMPRESSION_TYPE.zstd ? "zstd" : "zlib";
     }
-    const bit3 = (incompatibleFeatures & 8n) !== 0n;
+    const bit3 = bit(incompatibleFeatures, INCOMPATIBLE.compressionType.bit);
     if (bit3 !== (compressionType !== "zlib")) {
       throw bad(
-        "incompatible_features",
-        F.incompatibleFeatures,
+        HEADER.incompatibleFeatures,
         incompatibleFeatures,
         bit3
           ? "has the compression type bit set, but the compression type is zlib"
@@ -380,12 +352,11 @@ export function parseHeader(
     }
   }
 
-  const backingFileOffset = u64(F.backingFileOffset, "backing_file_offset");
-  const backingFileSize = u32(F.backingFileSize);
+  const backingFileOffset = u64(HEADER.backingFileOffset);
+  const backingFileSize = u32(HEADER.backingFileSize);
   if (backingFileOffset > clusterSize) {
     throw bad(
-      "backing_file_offset",
-      F.backingFileOffset,
+      HEADER.backingFileOffset,
       backingFileOffset,
       `lies beyond the first cluster (${clusterSize} bytes)`,
     );
@@ -393,93 +364,82 @@ export function parseHeader(
   if (
     backingFileOffset !== 0 &&
     backingFileSize >
-      Math.min(MAX_BACKING_NAME, clusterSize - backingFileOffset)
+      Math.min(MAX_BACKING_FILE_SIZE, clusterSize - backingFileOffset)
   ) {
     throw bad(
-      "backing_file_size",
-      F.backingFileSize,
+      HEADER.backingFileSize,
       backingFileSize,
       "is too long for a backing file name (at most 1023 bytes, inside the first cluster)",
     );
   }
 
-  const size = u64(F.size, "size");
-  const cryptMethod = u32(F.cryptMethod);
-  if (cryptMethod > 2) {
+  const size = u64(HEADER.size);
+  const cryptMethod = u32(HEADER.cryptMethod);
+  if (cryptMethod > CRYPT_METHOD.luks) {
     throw bad(
-      "crypt_method",
-      F.cryptMethod,
+      HEADER.cryptMethod,
       cryptMethod,
       "is unknown (0 none, 1 AES, 2 LUKS)",
     );
   }
 
-  const refcountTableOffset = u64(
-    F.refcountTableOffset,
-    "refcount_table_offset",
-  );
-  const refcountTableClusters = u32(F.refcountTableClusters);
+  const refcountTableOffset = u64(HEADER.refcountTableOffset);
+  const refcountTableClusters = u32(HEADER.refcountTableClusters);
   // QEMU opens an image without a refcount table only to check it
   // (BDRV_O_CHECK in qcow2_do_open).
   if (refcountTableClusters === 0 && !options.check) {
     throw bad(
-      "refcount_table_clusters",
-      F.refcountTableClusters,
+      HEADER.refcountTableClusters,
       0,
       "is 0: the image has no refcount table",
     );
   }
   if (refcountTableClusters * clusterSize > MAX_REFCOUNT_TABLE_BYTES) {
     throw bad(
-      "refcount_table_clusters",
-      F.refcountTableClusters,
+      HEADER.refcountTableClusters,
       refcountTableClusters,
       "makes the refcount table larger than 8 MiB",
     );
   }
   if (!isAligned(refcountTableOffset)) {
     throw bad(
-      "refcount_table_offset",
-      F.refcountTableOffset,
+      HEADER.refcountTableOffset,
       refcountTableOffset,
       "is not aligned to a cluster",
     );
   }
 
-  const nbSnapshots = u32(F.nbSnapshots);
-  const snapshotsOffset = u64(F.snapshotsOffset, "snapshots_offset");
+  const nbSnapshots = u32(HEADER.nbSnapshots);
+  const snapshotsOffset = u64(HEADER.snapshotsOffset);
   if (nbSnapshots > MAX_SNAPSHOTS) {
-    throw bad("nb_snapshots", F.nbSnapshots, nbSnapshots, "is above 65536");
+    throw bad(HEADER.nbSnapshots, nbSnapshots, "is above 65536");
   }
   if (!isAligned(snapshotsOffset)) {
     throw bad(
-      "snapshots_offset",
-      F.snapshotsOffset,
+      HEADER.snapshotsOffset,
       snapshotsOffset,
       "is not aligned to a cluster",
     );
   }
 
-  const l1Size = u32(F.l1Size);
-  const l1TableOffset = u64(F.l1TableOffset, "l1_table_offset");
+  const l1Size = u32(HEADER.l1Size);
+  const l1TableOffset = u64(HEADER.l1TableOffset);
   if (l1Size > MAX_L1_BYTES / 8) {
     throw bad(
-      "l1_size",
-      F.l1Size,
+      HEADER.l1Size,
       l1Size,
       "makes the active L1 table larger than 32 MiB",
     );
   }
   if (!isAligned(l1TableOffset)) {
     throw bad(
-      "l1_table_offset",
-      F.l1TableOffset,
+      HEADER.l1TableOffset,
       l1TableOffset,
       "is not aligned to a cluster",
     );
   }
   // The L1 table must cover the virtual size.
-  const extendedL2 = (incompatibleFeatures & 16n) !== 0n;
+  const extendedL2 = bit(incompatibleFeatures, INCOMPATIBLE.extendedL2.bit);
   const l2Bits = clusterBits - (extendedL2 ? 4 : 3);
   const bytesPerL1Entry = 2 ** (clusterBits + l2Bits);
   const l1Needed = Math.ceil(size / bytesPerL1Entry);
@@ -487,33 +447,36 @@ export function parseHeader(
     throw new Qcow2Error(
       "TOO_LARGE",
       `Cannot read qcow2 image: the virtual size ${size} is too big for ${clusterSize}-byte clusters`,
-      { offset: F.size },
+      { offset: HEADER.size.offset },
     );
   }
   if (l1Size < l1Needed) {
     throw bad(
-      "l1_size",
-      F.l1Size,
+      HEADER.l1Size,
       l1Size,
       `is too small for the virtual size ${size} (needs ${l1Needed} entries)`,
     );
   }
 
-  const bit = (mask: bigint, n: bigint) => (mask & (1n << n)) !== 0n;
   const features: Qcow2Features = {
-    dirty: bit(incompatibleFeatures, 0n),
-    corrupt: bit(incompatibleFeatures, 1n),
-    externalDataFile: bit(incompatibleFeatures, 2n),
-    compressionType: bit(incompatibleFeatures, 3n),
+    dirty: bit(incompatibleFeatures, INCOMPATIBLE.dirty.bit),
+    corrupt: bit(incompatibleFeatures, INCOMPATIBLE.corrupt.bit),
+    externalDataFile: bit(
+      incompatibleFeatures,
+      INCOMPATIBLE.externalDataFile.bit,
+    ),
+    compressionType: bit(
+      incompatibleFeatures,
+      INCOMPATIBLE.compressionType.bit,
+    ),
     extendedL2,
-    lazyRefcounts: bit(compatibleFeatures, 0n),
-    bitmaps: bit(autoclearFeatures, 0n),
-    rawExternalData: bit(autoclearFeatures, 1n),
+    lazyRefcounts: bit(compatibleFeatures, COMPATIBLE.lazyRefcounts.bit),
+    bitmaps: bit(autoclearFeatures, AUTOCLEAR.bitmaps.bit),
+    rawExternalData: bit(autoclearFeatures, AUTOCLEAR.rawExternalData.bit),
   };
   if (extendedL2 && clusterSize / 32 < 512) {
     throw bad(
-      "cluster_bits",
-      F.clusterBits,
+      HEADER.clusterBits,
       clusterBits,
       "is too small for extended L2 entries (subclusters must be at least 512 bytes)",
     );
@@ -543,10 +506,9 @@ export function parseHeader(
       if (!name.utf8) backingFileUtf8 = false;
     }
   }
-  if (cryptMethod === 2 && !extensions.encryption) {
+  if (cryptMethod === CRYPT_METHOD.luks && !extensions.encryption) {
     throw bad(
-      "crypt_method",
-      F.cryptMethod,
+      HEADER.cryptMethod,
       2,
       "is LUKS, but the full disk encryption header extension is missing",
     );
@@ -573,7 +535,8 @@ export function parseHeader(
     compatibleFeatures,
     autoclearFeatures,
     features,
-    unknownIncompatibleFeatures: incompatibleFeatures & ~KNOWN_INCOMPATIBLE,
+    unknownIncompatibleFeatures: incompatibleFeatures &
+      ~KNOWN_INCOMPATIBLE_MASK,
     refcountOrder,
     refcountBits: 2 ** refcountOrder,
     headerLength,
@@ -633,8 +596,17 @@ export function checkKnownFeatures(header: Qcow2Header): void {
     `Cannot read qcow2 image: it uses incompatible features this version does not know: ${
       names.join(", ")
     } (mask ${hex(header.unknownIncompatibleFeatures)})`,
-    { offset: F.incompatibleFeatures },
+    {
+      offset: HEADER.incompatibleFeatures.offset,
+      field: HEADER.incompatibleFeatures.name,
+      value: header.unknownIncompatibleFeatures,
+    },
   );
+}
+
+/** Whether bit `n` of a feature field is set. */
+function bit(mask: bigint, n: number): boolean {
+  return (mask & (1n << BigInt(n))) !== 0n;
 }
 
 /** Converts a 64-bit field to a number, refusing what a number cannot hold. */
@@ -645,7 +617,7 @@ function safe(value: bigint, field: string, offset: number): number {
       `Cannot read qcow2 image: header field ${field} = ${
         hex(value)
       } is larger than 2^53 - 1`,
-      { offset },
+      { offset, field, value },
     );
   }
   return Number(value);

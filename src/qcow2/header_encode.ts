@@ -82,17 +82,20 @@ export type HeaderFields =
  * ```
  */
 export const QEMU_FEATURE_NAMES: readonly FeatureName[] = [
-  ...Object.values(INCOMPATIBLE).map((f) => ({
+  ...Object.values(INCOMPATIBLE).map(({ bit, name }) => ({
     type: "incompatible" as const,
-    ...f,
+    bit,
+    name,
   })),
-  ...Object.values(COMPATIBLE).map((f) => ({
+  ...Object.values(COMPATIBLE).map(({ bit, name }) => ({
     type: "compatible" as const,
-    ...f,
+    bit,
+    name,
   })),
-  ...Object.values(AUTOCLEAR).map((f) => ({
+  ...Object.values(AUTOCLEAR).map(({ bit, name }) => ({
     type: "autoclear" as const,
-    ...f,
+    bit,
+    name,
   })),
 ];
 

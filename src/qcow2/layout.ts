@@ -125,6 +125,8 @@ export interface FeatureBit {
   readonly bit: number;
   /** The name in QEMU's feature name table (`qcow2_feature_name_table`). */
   readonly name: string;
+  /** How `info` lists it (the `*-features` lists of the qcow2 header). */
+  readonly label: string;
 }
 
 /**
@@ -141,11 +143,23 @@ export interface FeatureBit {
  * ```
  */
 export const INCOMPATIBLE = {
-  dirty: { bit: 0, name: "dirty bit" },
-  corrupt: { bit: 1, name: "corrupt bit" },
-  externalDataFile: { bit: 2, name: "external data file" },
-  compressionType: { bit: 3, name: "compression type" },
-  extendedL2: { bit: 4, name: "extended L2 entries" },
+  dirty: { bit: 0, name: "dirty bit", label: "dirty" },
+  corrupt: { bit: 1, name: "corrupt bit", label: "corrupt" },
+  externalDataFile: {
+    bit: 2,
+    name: "external data file",
+    label: "external data file",
+  },
+  compressionType: {
+    bit: 3,
+    name: "compression type",
+    label: "compression type",
+  },
+  extendedL2: {
+    bit: 4,
+    name: "extended L2 entries",
+    label: "extended L2 entries",
+  },
 } as const satisfies Record<string, FeatureBit>;
 
 /**
@@ -153,7 +167,7 @@ export const INCOMPATIBLE = {
  * `QCOW2_COMPAT_*`.
  */
 export const COMPATIBLE = {
-  lazyRefcounts: { bit: 0, name: "lazy refcounts" },
+  lazyRefcounts: { bit: 0, name: "lazy refcounts", label: "lazy refcounts" },
 } as const satisfies Record<string, FeatureBit>;
 
 /**
@@ -161,8 +175,12 @@ export const COMPATIBLE = {
  * `QCOW2_AUTOCLEAR_*`.
  */
 export const AUTOCLEAR = {
-  bitmaps: { bit: 0, name: "bitmaps" },
-  rawExternalData: { bit: 1, name: "raw external data" },
+  bitmaps: { bit: 0, name: "bitmaps", label: "bitmaps" },
+  rawExternalData: {
+    bit: 1,
+    name: "raw external data",
+    label: "raw external data",
+  },
 } as const satisfies Record<string, FeatureBit>;
 
 /** Mask of every incompatible feature bit this library knows (0x1f). */

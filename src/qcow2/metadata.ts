@@ -5,6 +5,8 @@
  * @module
  */
 
+import { hostClusterOffsetOf } from "./entries.ts";
+import { ENTRY_SIZE } from "./layout.ts";
 import type { Qcow2Header } from "./header.ts";
 import type { Snapshot } from "./snapshots.ts";
 
@@ -37,7 +39,7 @@ export class MetadataMap {
       }
     };
     add(0, header.headerLength, "header");
-    add(header.l1TableOffset, header.l1Size * 8, "active L1 table");
+    add(header.l1TableOffset, header.l1Size * ENTRY_SIZE, "active L1 table");
     add(
       header.refcountTableOffset,
       header.refcountTableClusters * cs,
@@ -47,14 +49,21 @@ export class MetadataMap {
       add(header.snapshotsOffset, 1, "snapshot table");
     }
     for (const s of snapshots) {
-      add(s.l1TableOffset, s.l1Size * 8, `L1 table of snapshot '${s.name}'`);
+      add(
+        s.l1TableOffset,
+        s.l1Size * ENTRY_SIZE,
+        `L1 table of snapshot '${s.name}'`,
+      );
     }
     const view = new DataView(l1.buffer, l1.byteOffset, l1.byteLength);
     const l2: number[] = [];
-    for (let i = 0; i < l1.length / 8; i++) {
-      const offset = (view.getUint32(i * 8) & 0x00ffffff) * 2 ** 32 +
-        ((view.getUint32(i * 8 + 4) & 0xfffffe00) >>> 0);
-      if (offset !== 0) l2.push(offset);
+    for (let at = 0; at < l1.length; at += ENTRY_SIZE) {
+      // -1 (past any file) matches no cluster, as a huge offset would not.
+      const offset = hostClusterOffsetOf(
+        view.getUint32(at),
+        view.getUint32(at + 4),
+      );
+      if (offset > 0) l2.push(offset);
     }
     this.#l2 = Float64Array.from(l2).sort();
   }

@@ -4,6 +4,17 @@
  * @module
  */
 
+import {
+  SNAPSHOT,
+  SNAPSHOT_ALIGNMENT,
+  SNAPSHOT_EXTRA as EXTRA,
+  SNAPSHOT_HEADER_SIZE,
+} from "./layout.ts";
+
+/** Bytes of extra data whose fields this library knows (up to icount). */
+const KNOWN_EXTRA = EXTRA.icount.offset + EXTRA.icount.size;
+/** The icount of a snapshot taken without record/replay: all ones. */
+const NO_ICOUNT = 0xffffffffffffffffn;
 import { imageName } from "./names.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import type { Qcow2Header } from "./header.ts";
@@ -98,27 +109,34 @@ export async function readSnapshots(
       { offset },
     );
   for (let i = 0; i < header.nbSnapshots; i++) {
-    if (offset - header.snapshotsOffset + 40 > MAX_TABLE_BYTES) {
+    if (
+      offset - header.snapshotsOffset + SNAPSHOT_HEADER_SIZE > MAX_TABLE_BYTES
+    ) {
       throw fail(
         "BAD_HEADER",
         i,
         "lies beyond the 64 MiB a snapshot table may take",
       );
     }
-    if (offset + 40 > source.size) {
+    if (offset + SNAPSHOT_HEADER_SIZE > source.size) {
       throw fail(
         "BAD_HEADER",
         i,
         `runs past the end of the file (${source.size} bytes)`,
       );
     }
-    const fixed = await readExact(source, offset, 40, "snapshot table entry");
+    const fixed = await readExact(
+      source,
+      offset,
+      SNAPSHOT_HEADER_SIZE,
+      "snapshot table entry",
+    );
     const v = new DataView(fixed.buffer);
-    const l1Offset = v.getBigUint64(0);
-    const l1Size = v.getUint32(8);
-    const idSize = v.getUint16(12);
-    const nameSize = v.getUint16(14);
-    const extraSize = v.getUint32(36);
+    const l1Offset = v.getBigUint64(SNAPSHOT.l1TableOffset.offset);
+    const l1Size = v.getUint32(SNAPSHOT.l1Size.offset);
+    const idSize = v.getUint16(SNAPSHOT.idStrSize.offset);
+    const nameSize = v.getUint16(SNAPSHOT.nameSize.offset);
+    const extraSize = v.getUint32(SNAPSHOT.extraDataSize.offset);
     if (extraSize > MAX_EXTRA) {
       throw fail(
         "BAD_TABLE_ENTRY",
@@ -127,7 +145,7 @@ export async function readSnapshots(
       );
     }
     const rest = extraSize + idSize + nameSize;
-    const entryEnd = offset + 40 + rest;
+    const entryEnd = offset + SNAPSHOT_HEADER_SIZE + rest;
     if (entryEnd - header.snapshotsOffset > MAX_TABLE_BYTES) {
       throw fail(
         "BAD_HEADER",
@@ -144,7 +162,7 @@ export async function readSnapshots(
     }
     const tail = await readExact(
       source,
-      offset + 40,
+      offset + SNAPSHOT_HEADER_SIZE,
       rest,
       "snapshot table entry",
     );
@@ -163,7 +181,7 @@ export async function readSnapshots(
       }
       return Number(value);
     };
-    const vmClock = v.getBigUint64(24);
+    const vmClock = v.getBigUint64(SNAPSHOT.vmClockNsec.offset);
     const snapshot: Snapshot = {
       // C strings in QEMU (qcow2_do_read_snapshots): cut at NUL.
       id: imageName(tail.subarray(extraSize, extraSize + idSize)).text,
@@ -173,20 +191,29 @@ export async function readSnapshots(
       // Past 2^53 the number is inexact, and checkSnapshotL1 refuses it.
       l1TableOffset: Number(l1Offset),
       l1Size,
-      vmStateSize: extraSize >= 8 ? u64(0, "a VM state size") : v.getUint32(32),
-      dateSec: v.getUint32(16),
-      dateNsec: v.getUint32(20),
+      vmStateSize: extraSize >= EXTRA.diskSize.offset
+        ? u64(EXTRA.vmStateSizeLarge.offset, "a VM state size")
+        : v.getUint32(SNAPSHOT.vmStateSize.offset),
+      dateSec: v.getUint32(SNAPSHOT.dateSec.offset),
+      dateNsec: v.getUint32(SNAPSHOT.dateNsec.offset),
       vmClockNsec: vmClock > BigInt(Number.MAX_SAFE_INTEGER)
         ? Number.MAX_SAFE_INTEGER
         : Number(vmClock),
-      diskSize: extraSize >= 16 ? u64(8, "a disk size") : header.size,
-      unknownExtraData: tail.slice(Math.min(extraSize, 24), extraSize),
+      diskSize: extraSize >= EXTRA.icount.offset
+        ? u64(EXTRA.diskSize.offset, "a disk size")
+        : header.size,
+      unknownExtraData: tail.slice(Math.min(extraSize, KNOWN_EXTRA), extraSize),
     };
-    if (extraSize >= 24 && extra.getBigUint64(16) !== 0xffffffffffffffffn) {
-      snapshot.icount = u64(16, "an icount");
+    if (
+      extraSize >= KNOWN_EXTRA &&
+      extra.getBigUint64(EXTRA.icount.offset) !== NO_ICOUNT
+    ) {
+      snapshot.icount = u64(EXTRA.icount.offset, "an icount");
     }
     snapshots.push(snapshot);
-    offset = entryEnd + ((8 - (entryEnd % 8)) % 8);
+    offset = entryEnd +
+      ((SNAPSHOT_ALIGNMENT - (entryEnd % SNAPSHOT_ALIGNMENT)) %
+        SNAPSHOT_ALIGNMENT);
   }
   return snapshots;
 }
