@@ -174,6 +174,9 @@ export { type Bitmap, readBitmaps } from "./src/qcow2/bitmaps.ts";
 export {
   bitmapsSize,
   type BitmapToMeasure,
+  LUKS_CIPHER_ALGS,
+  LUKS_CIPHER_MODES,
+  luksPayloadSize,
   preallocSize,
   type Qcow2Geometry,
   refcountMetadataSize,

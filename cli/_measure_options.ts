@@ -7,7 +7,12 @@
  * @module
  */
 
-import type { MeasureOptions, MeasurePreallocation } from "../mod.ts";
+import {
+  LUKS_CIPHER_ALGS,
+  LUKS_CIPHER_MODES,
+  type MeasureOptions,
+  type MeasurePreallocation,
+} from "../mod.ts";
 import { qemuSize } from "./_args.ts";
 
 type Kind = "size" | "number" | "bool" | "string";
@@ -36,8 +41,27 @@ const OPTIONS: Record<"qcow2" | "raw", Record<string, Kind>> = {
     refcount_bits: "number",
     compression_type: "string",
     extended_l2: "bool",
+    "encrypt.format": "string",
+    "encrypt.key-secret": "string",
+    "encrypt.cipher-alg": "string",
+    "encrypt.cipher-mode": "string",
+    "encrypt.ivgen-alg": "string",
+    "encrypt.ivgen-hash-alg": "string",
+    "encrypt.hash-alg": "string",
+    "encrypt.iter-time": "number",
   },
 };
+
+/**
+ * Whether one `-o` argument is a valid option list (qemu-img.c
+ * `is_valid_option_list`): not empty, no leading comma, and no odd number
+ * of trailing commas.
+ */
+export function isValidOptionList(text: string): boolean {
+  if (text === "" || text.startsWith(",")) return false;
+  const trailing = text.length - text.replace(/,+$/, "").length;
+  return trailing % 2 === 0;
+}
 
 /** Splits `a=b,c=d` as QemuOpts does: `,,` is a comma inside a value. */
 function split(text: string): [string, string | undefined][] {
@@ -62,6 +86,7 @@ export function measureOptions(
   format: "qcow2" | "raw",
   text: string | undefined,
   fail: (...reports: string[]) => Error,
+  secretIds: ReadonlySet<string> = new Set(),
 ): MeasureOptions {
   const known = OPTIONS[format];
   const values = new Map<string, string>();
@@ -69,10 +94,7 @@ export function measureOptions(
     fail(message, `Invalid options for file format '${format}'`);
   for (const [name, value] of split(text ?? "")) {
     const kind = known[name];
-    if (
-      kind === undefined &&
-      !(format === "qcow2" && name.startsWith("encrypt."))
-    ) {
+    if (kind === undefined) {
       throw invalid(`Invalid parameter '${name}'`);
     }
     const v = value ?? "on";
@@ -107,11 +129,30 @@ export function measureOptions(
     options.preallocation = prealloc as MeasurePreallocation;
   }
   if (format === "raw") return options;
-  const encryptFormat = values.get("encrypt.format");
-  if (encryptFormat === "luks") {
-    throw fail(
-      "measuring an encrypted image (encrypt.format=luks) is not supported yet",
-    );
+  if (values.get("encrypt.format") === "luks") {
+    // Checked in the order QEMU creates its dummy LUKS header.
+    const cipherAlg = values.get("encrypt.cipher-alg") ?? "aes-256";
+    const cipherMode = values.get("encrypt.cipher-mode") ?? "xts";
+    if (!LUKS_CIPHER_ALGS.includes(cipherAlg)) {
+      throw fail(`Parameter 'cipher-alg' does not accept value '${cipherAlg}'`);
+    }
+    if (!LUKS_CIPHER_MODES.includes(cipherMode)) {
+      throw fail(
+        `Parameter 'cipher-mode' does not accept value '${cipherMode}'`,
+      );
+    }
+    if (cipherAlg.endsWith("-192")) {
+      // QEMU 7.2 aborts on these (an assertion in crypto/block.c).
+      throw fail(
+        `cipher-alg ${cipherAlg}: qemu-img 7.2 cannot create LUKS images with 192-bit keys (it aborts)`,
+      );
+    }
+    const secret = values.get("encrypt.key-secret");
+    if (secret === undefined) {
+      throw fail("Parameter 'encrypt.key-secret' is required for cipher");
+    }
+    if (!secretIds.has(secret)) throw fail(`No secret with id '${secret}'`);
+    options.luks = { cipherAlg, cipherMode };
   }
   const clusterSize = values.get("cluster_size");
   if (clusterSize !== undefined) {

@@ -28,7 +28,8 @@ import {
 } from "./_args.ts";
 import { qemuJson } from "./_json.ts";
 import { openInput } from "./_open.ts";
-import { measureOptions } from "./_measure_options.ts";
+import { isValidOptionList, measureOptions } from "./_measure_options.ts";
+import { parseOptionString } from "./_secrets.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "show how big a new image would be";
@@ -36,7 +37,7 @@ export const summary = "show how big a new image would be";
 /** The options `measure` takes beyond those of every command. */
 const SPEC: CommandSpec = {
   string: ["O", "l", "size"],
-  list: ["o"],
+  repeat: ["o", "object"],
   output: true,
   usageStatus: 1,
 };
@@ -122,10 +123,17 @@ export async function main(args: string[]): Promise<number> {
     );
   }
   // The new image's options, checked before IMAGE is opened, as qemu-img.
+  const optionLists = (flags.o ?? []) as string[];
+  for (const list of optionLists) {
+    if (!isValidOptionList(list)) {
+      throw usageError(`Invalid option list: ${list}`);
+    }
+  }
   const options: MeasureOptions = measureOptions(
     outFormat,
-    flags.o as string | undefined,
+    optionLists.length ? optionLists.join(",") : undefined,
     usageError,
+    secretIds((flags.object ?? []) as string[]),
   );
   if (size !== undefined) options.size = size;
 
@@ -185,4 +193,27 @@ export async function main(args: string[]): Promise<number> {
     console.log(lines.join("\n"));
   }
   return 0;
+}
+
+/**
+ * The ids of the `--object secret,...` definitions (a LUKS measure needs
+ * its `encrypt.key-secret` among them, as in qemu-img; the secret itself is
+ * not used).
+ */
+function secretIds(objects: string[]): Set<string> {
+  const ids = new Set<string>();
+  for (const text of objects) {
+    const first = text.split(",")[0];
+    const bare = !first.includes("=");
+    const opts = parseOptionString(
+      bare ? text.slice(first.length + 1) : text,
+      "--object",
+      "measure",
+      1,
+    );
+    const type = bare ? first : opts.get("qom-type");
+    const id = opts.get("id");
+    if (type === "secret" && id !== undefined) ids.add(id);
+  }
+  return ids;
 }

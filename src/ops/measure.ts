@@ -12,6 +12,7 @@ import { type HostAllocation, mapImage, mapSize } from "./map.ts";
 import {
   bitmapsSize,
   type BitmapToMeasure,
+  luksPayloadSize,
   preallocSize,
 } from "../qcow2/measure.ts";
 
@@ -44,6 +45,11 @@ export interface MeasureOptions {
   refcountBits?: number;
   /** Extended L2 entries (clusters of 16 KiB or more). */
   extendedL2?: boolean;
+  /**
+   * A LUKS-encrypted image (`encrypt.format=luks`): its header and key
+   * slots come first, by cipher (default aes-256 in xts mode).
+   */
+  luks?: { cipherAlg?: string; cipherMode?: string };
   /** `full` and `falloc` count every data cluster as required. */
   preallocation?: MeasurePreallocation;
   /**
@@ -169,6 +175,11 @@ export async function measure(
   }
   const cs = BigInt(clusterSize);
   const roundUp = (n: bigint) => (n + cs - 1n) / cs * cs;
+  const luks = options.luks
+    ? roundUp(
+      BigInt(luksPayloadSize(options.luks.cipherAlg, options.luks.cipherMode)),
+    )
+    : 0n;
   let virtualSize = roundUp(BigInt(options.size ?? 0));
   const l2eSize = extendedL2 ? 16n : 8n;
   const l2Tables = (virtualSize / cs + cs / l2eSize - 1n) / (cs / l2eSize);
@@ -187,7 +198,7 @@ export async function measure(
   if (options.preallocation === "full" || options.preallocation === "falloc") {
     required = virtualSize;
   }
-  const fullyAllocated = preallocSize(virtualSize, {
+  const fullyAllocated = luks + preallocSize(virtualSize, {
     clusterSize,
     refcountBits,
     extendedL2,

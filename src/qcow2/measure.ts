@@ -163,3 +163,70 @@ export function bitmapsSize(
   }
   return total + roundUp(directory, cs);
 }
+
+/** Key bytes of the LUKS ciphers QEMU 7.2 creates (crypto/cipher.c `alg_key_len`). */
+const LUKS_KEY_BYTES: Record<string, number> = {
+  "aes-128": 16,
+  "aes-192": 24,
+  "aes-256": 32,
+  "cast5-128": 16,
+  "serpent-128": 16,
+  "serpent-192": 24,
+  "serpent-256": 32,
+  "twofish-128": 16,
+  "twofish-192": 24,
+  "twofish-256": 32,
+};
+
+/** The cipher algorithms a LUKS image can be created with. */
+export const LUKS_CIPHER_ALGS: readonly string[] = Object.keys(LUKS_KEY_BYTES);
+/** The cipher modes a LUKS image can be created with. */
+export const LUKS_CIPHER_MODES: readonly string[] = [
+  "ecb",
+  "cbc",
+  "xts",
+  "ctr",
+];
+
+/**
+ * Bytes before the encrypted payload of a new LUKS1 header: the 4 KiB
+ * header, then 8 key slots, each holding the master key split into 4000
+ * stripes, in whole sectors rounded up to 4 KiB (QEMU's
+ * `qcrypto_block_luks_create`, `qcrypto_block_calculate_payload_offset`).
+ *
+ * @param cipherAlg The cipher (default `"aes-256"`).
+ * @param cipherMode The mode (default `"xts"`, which doubles the key).
+ * @returns The payload offset in bytes.
+ * @throws {RangeError} For a cipher or mode QEMU does not create.
+ *
+ * @example The default, aes-256-xts: 64-byte master keys
+ * ```ts
+ * import { luksPayloadSize } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(luksPayloadSize(), 2068480); // 4096 + 8 slots of 504 sectors
+ * assertEquals(luksPayloadSize("aes-128", "cbc"), 528384);
+ * ```
+ */
+export function luksPayloadSize(
+  cipherAlg = "aes-256",
+  cipherMode = "xts",
+): number {
+  const key = LUKS_KEY_BYTES[cipherAlg];
+  if (key === undefined) {
+    throw new RangeError(
+      `Parameter 'cipher-alg' does not accept value '${cipherAlg}'`,
+    );
+  }
+  if (!LUKS_CIPHER_MODES.includes(cipherMode)) {
+    throw new RangeError(
+      `Parameter 'cipher-mode' does not accept value '${cipherMode}'`,
+    );
+  }
+  const masterKey = cipherMode === "xts" ? 2 * key : key;
+  const headerSectors = 4096 / 512;
+  const splitSectors =
+    Math.ceil(Math.ceil(masterKey * 4000 / 512) / headerSectors) *
+    headerSectors;
+  return (headerSectors + 8 * splitSectors) * 512;
+}
