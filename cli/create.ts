@@ -4,6 +4,7 @@
  * @module
  */
 
+import { interruptible } from "./_interrupt.ts";
 import {
   CREATE_OPTIONS_HELP,
   createImage,
@@ -124,14 +125,18 @@ export async function main(args: string[]): Promise<number> {
   }
   const shown = formattingLine(path, text, options as CreateOptions);
   if (!flags.quiet) console.log(shown);
-  const output = await openOutput(path, inputs);
-  try {
-    await createImage(output.file, options as CreateOptions);
-  } catch (e) {
-    await output.discard();
-    throw e;
-  }
-  await output.commit();
+  // Ctrl-C stops a preallocation, removes the file and exits 130.
+  await interruptible(async (signal) => {
+    const output = await openOutput(path, inputs);
+    try {
+      await createImage(output.file, options as CreateOptions, { signal });
+      signal.throwIfAborted(); // Ctrl-C just as it ended
+    } catch (e) {
+      await output.discard();
+      throw e;
+    }
+    await output.commit();
+  });
   return 0;
 }
 

@@ -15,6 +15,9 @@ import {
   type Codecs,
   convert,
   type ConvertOptions,
+  convertToQcow2,
+  type ImageTarget,
+  memoryTarget,
   nodeCodecs,
   openImage,
   Qcow2Error,
@@ -270,5 +273,121 @@ Deno.test({
       chunkSize: 4096,
     });
     assertEquals(error, reason);
+  },
+});
+
+// The writer's pipeline (convert -O qcow2 -c): compressions run ahead of
+// the writer; each error path with many in flight.
+
+/**
+ * A compressor that counts what is in flight, and may fail on one cluster
+ * or call `onCall` with the count of calls.
+ */
+function countingCompressor(failAt?: number, onCall?: (n: number) => void) {
+  const state = { inFlight: 0, most: 0, calls: 0 };
+  const compress = async (input: Uint8Array, maxOutput: number) => {
+    const n = ++state.calls;
+    onCall?.(n);
+    state.inFlight++;
+    state.most = Math.max(state.most, state.inFlight);
+    try {
+      await new Promise((resolve) => setTimeout(resolve, 2));
+      if (n === failAt) throw new Error("compressor broke");
+      return await webCodecs.compress!.zlib!(input, maxOutput);
+    } finally {
+      state.inFlight--;
+    }
+  };
+  return { state, codecs: { ...webCodecs, compress: { zlib: compress } } };
+}
+
+/** Converts the tables image (256 KiB of data) to compressed qcow2. */
+async function writerFails(
+  options: {
+    failAt?: number;
+    target?: ImageTarget;
+    signal?: AbortSignal;
+    onCall?: (n: number) => void;
+  },
+  source = new SlowSource(images!.tables),
+): Promise<unknown> {
+  const { state, codecs } = countingCompressor(options.failAt, options.onCall);
+  let atError = -1;
+  const error = await failsCleanly(() =>
+    convertToQcow2(source, options.target ?? memoryTarget(), {
+      compress: true,
+      clusterSize: 4096, // 64 clusters to compress
+      codecs,
+      signal: options.signal,
+    }).catch((e) => {
+      atError = state.inFlight;
+      throw e;
+    })
+  );
+  assertEquals(atError, 0, "every compression settles before the error");
+  assert(state.most >= 8, `only ${state.most} compressions in flight`);
+  assertEquals(source.inFlight, 0);
+  return error;
+}
+
+Deno.test({
+  name: "in flight (writer): a compressor that fails",
+  ...needs,
+  fn: async () => {
+    const error = await writerFails({ failAt: 20 });
+    assertEquals((error as Error).message, "compressor broke");
+  },
+});
+
+Deno.test({
+  name: "in flight (writer): a failing target",
+  ...needs,
+  fn: async () => {
+    let writes = 0;
+    const target: ImageTarget = {
+      writeAt: async () => {
+        await new Promise((resolve) => setTimeout(resolve, 1));
+        if (++writes === 5) throw new Error("disk full");
+      },
+      finish: () => Promise.resolve(),
+    };
+    const error = await writerFails({ target });
+    assertEquals((error as Error).message, "disk full");
+  },
+});
+
+Deno.test({
+  name: "in flight (writer): aborted while compressions run",
+  ...needs,
+  fn: async () => {
+    const controller = new AbortController();
+    const reason = new Error("interrupted");
+    const error = await writerFails({
+      signal: controller.signal,
+      onCall: (n) => n === 30 && controller.abort(reason),
+    });
+    assertEquals(error, reason);
+  },
+});
+
+Deno.test({
+  name: "in flight (writer): corrupt compressed data in the source",
+  ...needs,
+  fn: async () => {
+    const error = await failsCleanly(() =>
+      convertToQcow2(
+        new SlowSource(images!.zlib),
+        memoryTarget(),
+        { compress: true },
+      ).then(async () =>
+        // The source is fine: now a corrupt one.
+        convertToQcow2(
+          new SlowSource(await corrupt(images!.zlib)),
+          memoryTarget(),
+          { compress: true },
+        )
+      )
+    );
+    assertEquals((error as Qcow2Error).code, "BAD_COMPRESSED_DATA");
   },
 });

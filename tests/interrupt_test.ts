@@ -38,19 +38,39 @@ async function grown(path: () => Promise<string | undefined>, bytes: number) {
 
 /**
  * Sends SIGINT and waits for the child; checks it exited 130 by itself,
- * silently (standard output is checked empty unless the caller reads it).
+ * silently (standard output is checked empty unless the caller reads it),
+ * and, when `output` names what it writes, that it stopped soon: the output
+ * grows by less than 512 MiB after the signal (2 GiB if it ran to the end).
  */
-async function interrupted(child: Deno.ChildProcess, readsStdout = false) {
+async function interrupted(
+  child: Deno.ChildProcess,
+  readsStdout = false,
+  output?: () => Promise<string | undefined>,
+) {
   child.kill("SIGINT");
+  let exited = false;
+  let largest = 0;
+  const watch = (async () => {
+    while (!exited && output) {
+      const path = await output();
+      const size = path
+        ? (await Deno.stat(path).catch(() => undefined))?.size ?? 0
+        : 0;
+      largest = Math.max(largest, size);
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+  })();
   const [status, out, err] = await Promise.all([
-    child.status,
+    child.status.finally(() => exited = true),
     readsStdout ? undefined : new Response(child.stdout).bytes(),
     new Response(child.stderr).text(),
   ]);
+  await watch;
   assertEquals(status.signal, null, "it should exit by itself");
   assertEquals(status.code, 130, err);
   assertEquals(err, "");
   if (out) assertEquals(out.length, 0);
+  assert(largest < 512 << 20, `${largest} bytes written: it did not stop`);
 }
 
 async function withImage(fn: (dir: string, src: string) => Promise<void>) {
@@ -86,7 +106,7 @@ Deno.test({
         }
       };
       await grown(partial, 1 << 20);
-      await interrupted(child);
+      await interrupted(child, false, partial);
       assertEquals(await partial(), undefined, "the temporary file is removed");
       assertEquals(await Deno.readTextFile(dst), "precious");
     }),
@@ -104,7 +124,7 @@ Deno.test({
         ["convert", "-S", "0", src, dst],
       );
       await grown(() => Promise.resolve(dst), 1 << 20);
-      await interrupted(child);
+      await interrupted(child, false, () => Promise.resolve(dst));
       assertEquals(await Deno.stat(dst).catch(() => undefined), undefined);
     }),
 });
@@ -152,9 +172,37 @@ Deno.test({
     }),
 });
 
+// The writer: create with preallocation, and convert -O qcow2.
+
 Deno.test({
-  name:
-    "SIGINT: convert -O qcow2 -S 0 to a temporary file exits 130, DST as it was",
+  name: "SIGINT: create -o preallocation=full exits 130, the new image removed",
+  ...needs,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      const dst = `${dir}/new.qcow2`;
+      const child = spawn(
+        [`--allow-read=${dir}`, `--allow-write=${dir}`],
+        ["create", "-q", "-f", "qcow2", "-o", "preallocation=full", dst, "2G"],
+      );
+      const partial = async () => {
+        for await (const e of Deno.readDir(dir)) {
+          if (e.name.endsWith(".partial")) return `${dir}/${e.name}`;
+        }
+      };
+      await grown(partial, 1 << 20);
+      await interrupted(child, false, partial);
+      const left: string[] = [];
+      for await (const e of Deno.readDir(dir)) left.push(e.name);
+      assertEquals(left, []);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name: "SIGINT: convert -O qcow2 to a temporary file exits 130, DST as it was",
   ...needs,
   fn: () =>
     withImage(async (dir, src) => {
@@ -171,9 +219,38 @@ Deno.test({
           if (e.name.endsWith(".partial")) return `${out}/${e.name}`;
         }
       };
-      await grown(partial, 8 << 20);
-      await interrupted(child);
+      await grown(partial, 1 << 20);
+      await interrupted(child, false, partial);
       assertEquals(await partial(), undefined, "the temporary file is removed");
       assertEquals(await Deno.readTextFile(dst), "precious");
+    }),
+});
+
+Deno.test({
+  name: "SIGINT: convert -O qcow2 to standard output exits 130",
+  ...needs,
+  fn: () =>
+    withImage(async (_dir, src) => {
+      const child = spawn([`--allow-read=${src}`], [
+        "convert",
+        "-O",
+        "qcow2",
+        "-S",
+        "0",
+        src,
+        "-",
+      ]);
+      const reader = child.stdout.getReader();
+      let got = 0;
+      while (got < 1 << 20) {
+        const { value, done } = await reader.read();
+        assert(!done, "the conversion ended too soon");
+        got += value!.length;
+      }
+      const drained = (async () => {
+        while (!(await reader.read()).done) { /* discard */ }
+      })();
+      await interrupted(child, true);
+      await drained;
     }),
 });

@@ -102,7 +102,7 @@ const MAX_SPARSE = 16 * 1024 * 1024;
 // peak memory (measured on 3 GiB ext4 images, plain and compressed).
 const DEFAULT_CHUNK = 1024 * 1024;
 /** Bytes converted between turns given to the event loop. */
-const YIELD_EVERY = 128 * 1024 * 1024;
+export const YIELD_EVERY: number = 128 * 1024 * 1024;
 /**
  * Bytes of L2 tables to cache when an image is opened only to be converted:
  * a conversion visits each table once, in order, so a few suffice, and a

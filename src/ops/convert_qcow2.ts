@@ -302,88 +302,95 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
     queue.push(p);
   };
 
-  for (const run of c.runs) {
-    c.signal?.throwIfAborted();
-    const writeAll = c.sparse === 0 && !c.backing;
-    if (!run.data && !writeAll) {
-      if (c.backing && run.top) {
-        for (let i = 0; i < run.count; i++) {
-          const item = zeroOverBacking(run.cluster + i);
-          if (item) yield* push(item);
+  // Compressions run ahead of the writer, each rejection handled as it
+  // starts (src/jobs.ts's rule); when anything fails, or the writer stops
+  // asking, every one still running settles before the failure goes on.
+  try {
+    for (const run of c.runs) {
+      c.signal?.throwIfAborted();
+      const writeAll = c.sparse === 0 && !c.backing;
+      if (!run.data && !writeAll) {
+        if (c.backing && run.top) {
+          for (let i = 0; i < run.count; i++) {
+            const item = zeroOverBacking(run.cluster + i);
+            if (item) yield* push(item);
+          }
         }
+        progress((run.cluster + run.count) * cs);
+        continue;
       }
-      progress((run.cluster + run.count) * cs);
-      continue;
-    }
-    if (!run.data) {
-      // -S 0 without a backing file: every cluster allocated, zeros too.
-      for (let i = 0; i < run.count; i++) {
-        if ((sinceYield += cs) >= YIELD_EVERY) {
+      if (!run.data) {
+        // -S 0 without a backing file: every cluster allocated, zeros too.
+        for (let i = 0; i < run.count; i++) {
+          if ((sinceYield += cs) >= YIELD_EVERY) {
+            sinceYield = 0;
+            await nextTask();
+            c.signal?.throwIfAborted();
+          }
+          yield* push({ cluster: run.cluster + i, kind: "data", bytes: zeros });
+          while (queue.length > 0 && queue.length >= c.inFlight) {
+            yield* settle();
+          }
+        }
+        progress((run.cluster + run.count) * cs);
+        continue;
+      }
+      for (let at = 0; at < run.count; at += chunkClusters) {
+        // Reads and writes may all be synchronous: give the event loop a turn
+        // now and then, so that a signal (Ctrl-C) is seen.
+        if ((sinceYield += chunkClusters * cs) >= YIELD_EVERY) {
           sinceYield = 0;
           await nextTask();
-          c.signal?.throwIfAborted();
         }
-        yield* push({ cluster: run.cluster + i, kind: "data", bytes: zeros });
-        while (queue.length > 0 && queue.length >= c.inFlight) {
-          yield* settle();
+        c.signal?.throwIfAborted();
+        const n = Math.min(chunkClusters, run.count - at);
+        const first = run.cluster + at;
+        const chunk = buffer.subarray(0, n * cs);
+        const inside = Math.max(0, Math.min(chunk.length, size - first * cs));
+        await c.image.read(first * cs, chunk.subarray(0, inside));
+        chunk.fill(0, inside);
+        const written = c.compressor || c.sparse === 0
+          ? null
+          : clustersToWrite(chunk, first * cs, cs, c.sparse);
+        for (let i = 0; i < n; i++) {
+          const cluster = first + i;
+          const bytes = chunk.subarray(i * cs, (i + 1) * cs);
+          const nonZero = written
+            ? written[i]
+            : c.sparse === 0 || !isZero(bytes, 0, cs);
+          if (!nonZero) {
+            const item = zeroOverBacking(cluster);
+            if (item) yield* push(item);
+          } else if (!c.compressor) {
+            yield { cluster, kind: "data", bytes };
+          } else {
+            // A copy of its own (the chunk is read into again), from the
+            // copies that came back: less garbage, less memory.
+            const copy = spare.pop() ?? newCopy(cs);
+            copy.set(bytes);
+            const compressor = c.compressor;
+            // QEMU stores a cluster compressed only in cs - 1 bytes or fewer.
+            yield* push(
+              compressor(copy, cs - 1).then((packed): ClusterWrite => {
+                if (packed !== undefined && packed.length < cs) {
+                  spare.push(copy); // the compressor is done with it
+                  return { cluster, kind: "compressed", bytes: packed };
+                }
+                return { cluster, kind: "data", bytes: copy };
+              }),
+            );
+          }
+          while (queue.length > 0 && queue.length >= c.inFlight) {
+            yield* settle();
+          }
         }
+        progress((first + n) * cs);
       }
-      progress((run.cluster + run.count) * cs);
-      continue;
     }
-    for (let at = 0; at < run.count; at += chunkClusters) {
-      // Reads and writes may all be synchronous: give the event loop a turn
-      // now and then, so that a signal (Ctrl-C) is seen.
-      if ((sinceYield += chunkClusters * cs) >= YIELD_EVERY) {
-        sinceYield = 0;
-        await nextTask();
-      }
-      c.signal?.throwIfAborted();
-      const n = Math.min(chunkClusters, run.count - at);
-      const first = run.cluster + at;
-      const chunk = buffer.subarray(0, n * cs);
-      const inside = Math.max(0, Math.min(chunk.length, size - first * cs));
-      await c.image.read(first * cs, chunk.subarray(0, inside));
-      chunk.fill(0, inside);
-      const written = c.compressor || c.sparse === 0
-        ? null
-        : clustersToWrite(chunk, first * cs, cs, c.sparse);
-      for (let i = 0; i < n; i++) {
-        const cluster = first + i;
-        const bytes = chunk.subarray(i * cs, (i + 1) * cs);
-        const nonZero = written
-          ? written[i]
-          : c.sparse === 0 || !isZero(bytes, 0, cs);
-        if (!nonZero) {
-          const item = zeroOverBacking(cluster);
-          if (item) yield* push(item);
-        } else if (!c.compressor) {
-          yield { cluster, kind: "data", bytes };
-        } else {
-          // A copy of its own (the chunk is read into again), from the
-          // copies that came back: less garbage, less memory.
-          const copy = spare.pop() ?? newCopy(cs);
-          copy.set(bytes);
-          const compressor = c.compressor;
-          // QEMU stores a cluster compressed only in cs - 1 bytes or fewer.
-          yield* push(
-            compressor(copy, cs - 1).then((packed): ClusterWrite => {
-              if (packed !== undefined && packed.length < cs) {
-                spare.push(copy); // the compressor is done with it
-                return { cluster, kind: "compressed", bytes: packed };
-              }
-              return { cluster, kind: "data", bytes: copy };
-            }),
-          );
-        }
-        while (queue.length > 0 && queue.length >= c.inFlight) {
-          yield* settle();
-        }
-      }
-      progress((first + n) * cs);
-    }
+    while (queue.length > 0) yield* settle();
+  } finally {
+    await Promise.allSettled(queue);
   }
-  while (queue.length > 0) yield* settle();
   progress(size);
 }
 
@@ -493,6 +500,8 @@ export async function convertImageToQcow2(
     counts[item.kind]++;
     await writer.add(item.cluster, item.kind, item.bytes);
   }
+  // Aborted while the last clusters were written: stop before the tables.
+  options.signal?.throwIfAborted();
   const fileSize = await writer.finish();
   return {
     options: c.options,

@@ -4,6 +4,7 @@
  * @module
  */
 
+import { nextTask, YIELD_EVERY } from "./convert.ts";
 import {
   type CreateOptions,
   resolveCreateOptions,
@@ -44,9 +45,12 @@ export interface CreatedImage {
  * @param target Where the image goes: an {@linkcode ImageTarget}, or a
  * seekable file such as a `Deno.FsFile` open for writing (emptied first).
  * @param options The size and the `-o` options.
+ * @param run `signal` stops the preallocation of data clusters; the
+ * promise then rejects with the signal's reason.
  * @returns The options used and the file's length.
  * @throws {Qcow2Error} `BAD_OPTION` or `TOO_LARGE` for options qemu-img
- * refuses (see {@linkcode resolveCreateOptions}); the target's errors.
+ * refuses (see {@linkcode resolveCreateOptions}); the target's errors; the
+ * signal's reason once aborted.
  *
  * @example A 1 GiB image in memory, read back
  * ```ts
@@ -62,6 +66,7 @@ export interface CreatedImage {
 export async function createImage(
   target: ImageTarget | SeekableWriter,
   options: CreateOptions,
+  run: { signal?: AbortSignal } = {},
 ): Promise<CreatedImage> {
   if (!("writeAt" in target)) target = await fileSink(target);
   const resolved = resolveCreateOptions(options);
@@ -79,9 +84,17 @@ export async function createImage(
       resolved.preallocation === "full"
     ? new Uint8Array(cs)
     : undefined;
+  // Writes may be synchronous: give the event loop a turn now and then,
+  // so that an abort (Ctrl-C) is seen.
+  const every = Math.max(1, Math.floor(YIELD_EVERY / cs));
   for (let c = 0; c < clusters; c++) {
+    if (c % every === every - 1) {
+      await nextTask();
+      run.signal?.throwIfAborted();
+    }
     await writer.add(c, "preallocated", zeros);
   }
+  run.signal?.throwIfAborted();
   // With metadata alone, the file ends with the disk's last subcluster
   // (QEMU's preallocate_co extends it to the guest bytes, by subclusters).
   const subcluster = resolved.extendedL2 ? cs / 32 : cs;
