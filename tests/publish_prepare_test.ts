@@ -77,7 +77,8 @@ Deno.test("publish:prepare writes deno.json for JSR: jsr:@std, no dev-only entri
     }
     const npmTargets = new Set(
       Object.values(imports).filter((t) => t.startsWith("npm:"))
-        .map((t) => t.slice("npm:".length)),
+        // The package (name@version), without a subpath such as /aes.js.
+        .map((t) => t.slice("npm:".length).match(/^(@[^/]+\/[^/]+|[^/]+)/)![1]),
     );
     assertEquals(
       npmTargets,
