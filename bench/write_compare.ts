@@ -83,13 +83,16 @@ for (const w of WORKLOADS) {
         "64",
         IMAGE,
       ]);
-    const [a, b] = p % 2 === 0
-      ? [await runOurs(), await runTheirs()]
-      : [undefined, await runTheirs()].slice(1).concat([await runOurs()])
-        .reverse() as [
-          Awaited<ReturnType<typeof timed>>,
-          Awaited<ReturnType<typeof timed>>,
-        ];
+    // Alternate which tool goes first.
+    let a;
+    let b;
+    if (p % 2 === 0) {
+      a = await runOurs();
+      b = await runTheirs();
+    } else {
+      b = await runTheirs();
+      a = await runOurs();
+    }
     ours.push(a.seconds);
     theirs.push(b.seconds);
     ratios.push(a.seconds / b.seconds);

@@ -57,7 +57,7 @@ async function withWriters(base: ByteStore, path: string): Promise<ByteStore> {
         while (next < pieces.length && errors.length === 0) {
           const { position, bytes } = pieces[next++];
           try {
-            await h.seek(position, Deno.SeekMode.Start);
+            h.seekSync(position, Deno.SeekMode.Start);
             let done = 0;
             while (done < bytes.length) {
               done += await h.write(bytes.subarray(done));

@@ -406,3 +406,71 @@ Deno.test("writable: in memory, a growable store", async () => {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("writable: corruption found while writing marks the image corrupt and stops", async () => {
+  const dir = await tempDir();
+  try {
+    const path = `${dir}/c.qcow2`;
+    await run("qemu-img", ["create", "-q", "-f", "qcow2", path, "4M"]);
+    await run("qemu-io", [
+      "-c",
+      "write -P 1 0 64k",
+      "-c",
+      "write -P 2 64k 64k",
+      path,
+    ]);
+    // L2 table at 0x40000 (after header, refcount table and block, L1);
+    // point entry 1 at the L1 table (0x30000), COPIED.
+    const file = await Deno.open(path, { read: true, write: true });
+    const entry = new Uint8Array(8);
+    new DataView(entry.buffer).setBigUint64(0, 0x8000000000030000n);
+    await file.seek(0x40008, Deno.SeekMode.Start);
+    await file.write(entry);
+    file.close();
+    const image = await openImage(path, { writable: true });
+    await image.write(0, new Uint8Array(512).fill(3)); // cluster 0 is fine
+    const e = await assertRejects(
+      () => image.write(65536, new Uint8Array(512)),
+      Qcow2Error,
+    );
+    assertEquals(e.code, "CORRUPT");
+    assert(e.message.includes("metadata"), e.message);
+    const again = await assertRejects(
+      () => image.write(0, new Uint8Array(1)),
+      Qcow2Error,
+    );
+    assertEquals(again.code, "CORRUPT");
+    await image.close();
+    const info = JSON.parse(
+      await run("qemu-img", ["info", "--output=json", "-U", path]),
+    );
+    assertEquals(info["format-specific"].data.corrupt, true);
+    // Nothing was written through: the L1 table is intact.
+    const bytes = await Deno.readFile(path);
+    assertEquals(bytes[0x30000], 0x80);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("writable: a refcount that would drop below zero is corruption", async () => {
+  const dir = await tempDir();
+  try {
+    const path = `${dir}/u.qcow2`;
+    await run("qemu-img", ["create", "-q", "-f", "qcow2", path, "4M"]);
+    await run("qemu-io", ["-c", "write -P 1 0 64k", path]);
+    // The data cluster 0x50000 is cluster 5: its 16-bit refcount at
+    // 0x20000 + 10 set to 0.
+    const file = await Deno.open(path, { read: true, write: true });
+    await file.seek(0x2000a, Deno.SeekMode.Start);
+    await file.write(new Uint8Array([0, 0]));
+    file.close();
+    const image = await openImage(path, { writable: true });
+    const e = await assertRejects(() => image.discard(0, 65536), Qcow2Error);
+    assertEquals(e.code, "CORRUPT");
+    assert(e.message.includes("below 0"), e.message);
+    await image.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
