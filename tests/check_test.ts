@@ -115,6 +115,10 @@ Deno.test("check: the damaged images are damaged as intended", async () => {
     "subclusters.qcow2": [2, /corrupted subcluster allocation bitmap/],
     "overflow.qcow2": [2, /^ERROR: overflow cluster offset=0x5000$/m],
     "lazy_crash.qcow2": [2, /^ERROR cluster 5 refcount=0 reference=1$/m],
+    "prealloc_unaligned.qcow2": [
+      2,
+      /Preallocated cluster is not properly aligned/,
+    ],
     "no_reftable.qcow2": [2, /^ERROR cluster 0 refcount=0 reference=1$/m],
     "corrupt_bit.qcow2": [0, /^$/],
     "snapshot_incomplete.qcow2": [

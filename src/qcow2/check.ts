@@ -892,6 +892,26 @@ class Checker {
             const data = this.#extended
               ? (bitmap & 0xffffffffn) !== 0n
               : (entry & ZERO_FLAG) === 0n;
+            if (!data && this.#fixErrors && this.#emit) {
+              // Repaired: the entry becomes a plain zero cluster, and the
+              // cluster is not counted.
+              this.#say(
+                `Repairing offset=${
+                  x(offset)
+                }: Preallocated cluster is not properly aligned; L2 entry corrupted.`,
+              );
+              const fixed = new Uint8Array(8);
+              new DataView(fixed.buffer).setBigUint64(
+                0,
+                this.#extended ? 0n : ZERO_FLAG,
+              );
+              await this.#store!.writeAt(
+                l2Offset + i * this.#entryBytes,
+                fixed,
+              );
+              this.#res.corruptionsFixed++;
+              break;
+            }
             this.#corruption(
               data
                 ? `ERROR offset=${
