@@ -9,7 +9,13 @@
  * copied, directories linked), so what the commands write lands there.
  */
 import { assert, assertEquals } from "@std/assert";
-import { expected, fixture, sha256File, tempDir } from "./_reference.ts";
+import {
+  expected,
+  fixture,
+  hasQemu,
+  sha256File,
+  tempDir,
+} from "./_reference.ts";
 
 const ROOT = new URL("..", import.meta.url).pathname.replace(/\/$/, "");
 const README = await Deno.readTextFile(`${ROOT}/README.md`);
@@ -142,6 +148,57 @@ Deno.test("README: the Node.js and Bun snippet runs after deno task bundle", asy
       const r = await sh(`${runtime} convert.mjs`, dir);
       assertEquals(r.stdout, "110592 bytes written\n");
       assertEquals(await sha256File(`${dir}/disk.raw`), SAMPLE);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("README: a script outside the checkout imports mod.ts with --config, or the bundle", async () => {
+  const dir = await checkout();
+  const elsewhere = await tempDir();
+  try {
+    await Deno.copyFile(fixture("sample.qcow2"), `${elsewhere}/disk.qcow2`);
+    const script = (from: string) =>
+      `import { convert } from ${JSON.stringify(from)};\n` +
+      `const s = await convert("disk.qcow2", new WritableStream());\n` +
+      `console.log(s.virtualSize);\n`;
+    await Deno.writeTextFile(`${elsewhere}/a.ts`, script(`${dir}/mod.ts`));
+    const r = await sh(
+      `deno run --allow-read --config ${dir}/deno.json a.ts`,
+      elsewhere,
+    );
+    assertEquals(r.stdout, "8388608\n");
+    await sh("deno task bundle", dir);
+    await Deno.writeTextFile(
+      `${elsewhere}/b.mjs`,
+      script(`${dir}/dist/qcow2.mjs`),
+    );
+    for (const run of ["deno run --allow-read b.mjs", "node b.mjs"]) {
+      assertEquals((await sh(run, elsewhere)).stdout, "8388608\n");
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+    await Deno.remove(elsewhere, { recursive: true });
+  }
+});
+
+Deno.test("README: the writer's library snippet runs in a checkout", async () => {
+  const dir = await checkout();
+  try {
+    await sh(
+      "deno run --allow-read=disk.qcow2 --allow-write=disk.raw cli.ts convert disk.qcow2 disk.raw",
+      dir,
+    );
+    await Deno.remove(`${dir}/disk.qcow2`); // the snippet creates its own
+    const code = block("### Writing qcow2 images", "ts ignore");
+    assert(code.includes('from "./mod.ts"'), code);
+    await Deno.writeTextFile(`${dir}/write.ts`, code);
+    await sh("deno run --allow-read --allow-write write.ts", dir);
+    if (hasQemu) {
+      await sh("qemu-img check -q small.qcow2", dir);
+      await sh("qemu-img compare -q disk.raw small.qcow2", dir);
+      await sh("qemu-img check -q disk.qcow2", dir);
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
