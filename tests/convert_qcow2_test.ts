@@ -608,7 +608,7 @@ Deno.test("convert -O qcow2: refusals in one line, nothing left under DST, an ea
 
 Deno.test({
   name:
-    "convert -O qcow2 -S: qemu-img's bytes, runs aligned and short zero gaps written as qemu-img does",
+    "convert -O qcow2 -S, extended L2: qemu-img's bytes (runs aligned, short zero gaps written, subclusters as qemu-img allocates them), to a file and to a pipe",
   ignore: !hasQemu,
   fn: async () => {
     const dir = await tempDir();
@@ -617,23 +617,25 @@ Deno.test({
       const raw = new Uint8Array(4 * 1024 * 1024);
       const rand = prng(240, 5);
       for (let k = 0; k < 60; k++) {
-        const at =
-          ((rand[4 * k] << 16) | (rand[4 * k + 1] << 8) | rand[4 * k + 2]) %
-          (raw.length - 3000);
+        const at = ((rand[4 * k] << 16) | (rand[4 * k + 1] << 8) |
+          rand[4 * k + 2]) % (raw.length - 3000);
         raw.fill(0x41, at, at + [1, 100, 600, 3000][rand[4 * k + 3] % 4]);
       }
       await Deno.writeFile(`${dir}/sp.raw`, raw);
       for (
-        const [cluster, sparse] of [
-          ["4k", "64k"],
-          ["64k", "4k"],
-          ["16k", "64k"],
-          ["4k", "12k"],
-          ["64k", "1M"],
-          ["64k", "0"],
+        const [options, sparse] of [
+          ["cluster_size=4k", "64k"],
+          ["cluster_size=64k", "4k"],
+          ["cluster_size=16k", "64k"],
+          ["cluster_size=4k", "12k"],
+          ["cluster_size=64k", "1M"],
+          ["cluster_size=64k", "0"],
+          ["extended_l2=on", "4k"],
+          ["extended_l2=on,cluster_size=2M", "512"],
+          ["extended_l2=on,cluster_size=16k", "4k"],
         ]
       ) {
-        const o = ["-o", `cluster_size=${cluster}`, "-S", sparse];
+        const o = ["-o", options, "-S", sparse];
         await run("qemu-img", [
           "convert",
           "-O",
@@ -654,7 +656,21 @@ Deno.test({
         assertEquals(
           await Deno.readFile(`${dir}/w.qcow2`),
           await Deno.readFile(`${dir}/q.qcow2`),
-          `-o cluster_size=${cluster} -S ${sparse}`,
+          `-o ${options} -S ${sparse}`,
+        );
+        // To a pipe: the same image.
+        const piped = await cli([`--allow-read=${dir}`], [
+          "convert",
+          "-O",
+          "qcow2",
+          ...o,
+          `${dir}/sp.raw`,
+          "-",
+        ]);
+        assertEquals(
+          piped.bytes,
+          await Deno.readFile(`${dir}/q.qcow2`),
+          `- ${options}`,
         );
       }
     } finally {

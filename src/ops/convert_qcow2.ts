@@ -202,13 +202,14 @@ function clustersToWrite(
   start: number,
   clusterSize: number,
   sparse: number,
-): boolean[] {
+  subclusterSize: number,
+): number[] {
   const clusters = chunk.length / clusterSize;
-  const out = new Array<boolean>(clusters);
+  const out = new Array<number>(clusters);
   const block = 2 ** Math.floor(Math.log2(sparse));
-  if (clusterSize >= sparse) {
+  if (clusterSize >= sparse && subclusterSize === clusterSize) {
     for (let c = 0; c < clusters; c++) {
-      out[c] = !isZero(chunk, c * clusterSize, (c + 1) * clusterSize);
+      out[c] = isZero(chunk, c * clusterSize, (c + 1) * clusterSize) ? 0 : 1;
     }
     return out;
   }
@@ -230,10 +231,18 @@ function clustersToWrite(
     }
     lastData = b;
   }
+  // Per cluster, the subclusters (one bit each; one bit for the cluster
+  // without extended L2) that a written block overlaps.
+  const units = clusterSize / subclusterSize;
   for (let c = 0; c < clusters; c++) {
-    const from = Math.floor((start + c * clusterSize) / block) - first;
-    const to = Math.floor((start + (c + 1) * clusterSize - 1) / block) - first;
-    out[c] = written.subarray(from, to + 1).some((x) => x !== 0);
+    let bits = 0;
+    for (let u = 0; u < units; u++) {
+      const from = start + c * clusterSize + u * subclusterSize;
+      const lo = Math.floor(from / block) - first;
+      const hi = Math.floor((from + subclusterSize - 1) / block) - first;
+      if (written.subarray(lo, hi + 1).some((x) => x !== 0)) bits |= 1 << u;
+    }
+    out[c] = bits >>> 0;
   }
   return out;
 }
@@ -349,9 +358,15 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         const inside = Math.max(0, Math.min(chunk.length, size - first * cs));
         await c.image.read(first * cs, chunk.subarray(0, inside));
         chunk.fill(0, inside);
-        const written = c.compressor || c.sparse === 0
-          ? null
-          : clustersToWrite(chunk, first * cs, cs, c.sparse);
+        const written = c.compressor || c.sparse === 0 ? null : clustersToWrite(
+          chunk,
+          first * cs,
+          cs,
+          c.sparse,
+          // Subclusters matter without a backing file: over one, an
+          // unallocated subcluster would show the backing file.
+          c.options.extendedL2 && !c.backing ? cs / 32 : cs,
+        );
         for (let i = 0; i < n; i++) {
           const cluster = first + i;
           const bytes = chunk.subarray(i * cs, (i + 1) * cs);
@@ -362,7 +377,12 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
             const item = zeroOverBacking(cluster);
             if (item) yield* push(item);
           } else if (!c.compressor) {
-            yield { cluster, kind: "data", bytes };
+            const subclusters = c.options.extendedL2 && written && !c.backing
+              ? written[i]
+              : undefined;
+            yield subclusters === undefined || subclusters === 0xffffffff
+              ? { cluster, kind: "data", bytes }
+              : { cluster, kind: "data", bytes, subclusters };
           } else {
             // A copy of its own (the chunk is read into again), from the
             // copies that came back: less garbage, less memory.
@@ -498,7 +518,7 @@ export async function convertImageToQcow2(
   const counts = { data: 0, preallocated: 0, compressed: 0, zero: 0 };
   for await (const item of classify(c)) {
     counts[item.kind]++;
-    await writer.add(item.cluster, item.kind, item.bytes);
+    await writer.add(item.cluster, item.kind, item.bytes, item.subclusters);
   }
   // Aborted while the last clusters were written: stop before the tables.
   options.signal?.throwIfAborted();
@@ -556,8 +576,15 @@ export async function convertImageToQcow2Stream(
         kind: "compressed",
         length: item.bytes!.length,
       });
+    } else if (item.subclusters !== undefined) {
+      plan.push({
+        cluster: item.cluster,
+        count: 1,
+        kind: item.kind,
+        subclusters: item.subclusters,
+      });
     } else if (
-      last && last.kind === item.kind &&
+      last && last.kind === item.kind && last.subclusters === undefined &&
       last.cluster + last.count === item.cluster
     ) {
       last.count++;

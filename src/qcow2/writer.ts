@@ -100,6 +100,29 @@ export function newHeader(
   });
 }
 
+/**
+ * Where the file ends after a cluster was placed: the end of the placement,
+ * or for a data cluster with some subclusters unallocated, the end of its
+ * last allocated subcluster (QEMU writes no more).
+ */
+function endOf(
+  kind: ClusterKind,
+  hostOffset: number | undefined,
+  position: number,
+  clusterSize: number,
+  subclusters?: number,
+): number {
+  if (
+    kind !== "data" || subclusters === undefined || hostOffset === undefined
+  ) {
+    return position;
+  }
+  return hostOffset + (32 - Math.clz32(subclusters)) * (clusterSize / 32);
+}
+
+/** Every subcluster of a cluster allocated. */
+const ALL_SUBCLUSTERS = 0xffffffff;
+
 /** Encodes one L2 entry into `table` at `index`. */
 function setEntry(
   table: DataView,
@@ -109,6 +132,7 @@ function setEntry(
   length: number,
   clusterBits: number,
   extendedL2: boolean,
+  subclusters = ALL_SUBCLUSTERS,
 ): void {
   let raw: bigint;
   let bitmap = 0n;
@@ -133,7 +157,7 @@ function setEntry(
           hostClusterOffset: hostOffset,
           copied: true,
           zero: false,
-          allocationBitmap: kind === "data" ? 0xffffffff : 0,
+          allocationBitmap: kind === "data" ? subclusters : 0,
           zeroBitmap: 0,
         }
         : {
@@ -264,11 +288,14 @@ export class Qcow2Writer {
    *   metadata), `compressed` (the compressed bytes, shorter than a
    *   cluster) or `zero` (a v3 zero cluster).
    * @param bytes The cluster's bytes; may be reused once the promise settles.
+   * @param subclusters With extended L2, for `data`: the subclusters
+   *   allocated (bit i: subcluster i; default all).
    */
   async add(
     cluster: number,
     kind: ClusterKind,
     bytes?: Uint8Array,
+    subclusters?: number,
   ): Promise<void> {
     if (cluster <= this.#last) {
       throw new RangeError(
@@ -293,8 +320,15 @@ export class Qcow2Writer {
       length,
       this.#clusterBits,
       this.#options.extendedL2,
+      subclusters,
     );
-    this.#dataEnd = Math.max(this.#dataEnd, this.#placer.position);
+    this.#dataEnd = endOf(
+      kind,
+      placed.hostOffset,
+      this.#placer.position,
+      this.layout.clusterSize,
+      subclusters,
+    );
     if (bytes && placed.hostOffset !== undefined) {
       await this.#write(placed.hostOffset, bytes);
     }
@@ -458,6 +492,8 @@ export interface ClusterWrite {
   kind: ClusterKind;
   /** A cluster of data, or the compressed bytes; none for `zero`. */
   bytes?: Uint8Array;
+  /** With extended L2, for `data`: the subclusters allocated (default all). */
+  subclusters?: number;
 }
 
 /** One run of the stream writer's plan: clusters that become the same kind. */
@@ -470,6 +506,8 @@ export interface PlannedRun {
   kind: ClusterKind;
   /** For `compressed`: the compressed length. */
   length?: number;
+  /** For `data` with extended L2: the subclusters allocated (default all). */
+  subclusters?: number;
 }
 
 /**
@@ -516,13 +554,21 @@ export async function writeStream(
     (c) => refcounts.increment(c),
   );
   const l1 = new Map<number, number>();
-  forEachCluster(plan, (c, kind, length) => {
+  let dataEnd = layout.dataStart;
+  forEachCluster(plan, (c, kind, length, subclusters) => {
     const placed = counting.place(c, kind, length);
     if (placed.newL2Table !== undefined) {
       l1.set(counting.l1Index, placed.newL2Table);
     }
+    dataEnd = endOf(
+      kind,
+      placed.hostOffset,
+      counting.position,
+      layout.clusterSize,
+      subclusters,
+    );
   });
-  const end = finishRefcounts(layout, refcounts, counting.position);
+  const end = finishRefcounts(layout, refcounts, dataEnd);
   await target.writeAt(0, newHeader(options, layout));
   await target.writeAt(
     layout.refcountTableOffset,
@@ -557,7 +603,7 @@ export async function writeStream(
     const table = new Uint8Array(layout.clusterSize);
     const view = new DataView(table.buffer);
     let tableOffset = 0;
-    forEachCluster(range, (c, kind, length) => {
+    forEachCluster(range, (c, kind, length, subclusters) => {
       const placed = ahead.place(c, kind, length);
       if (placed.newL2Table !== undefined) tableOffset = placed.newL2Table;
       setEntry(
@@ -568,6 +614,7 @@ export async function writeStream(
         length,
         clusterBits,
         options.extendedL2,
+        subclusters,
       );
     });
     await target.writeAt(tableOffset, table);
@@ -579,7 +626,9 @@ export async function writeStream(
         const length = run.kind === "compressed" ? run.length! : 0;
         if (
           item?.cluster !== cluster || item.kind !== run.kind ||
-          (run.kind === "compressed" && item.bytes?.length !== length)
+          (run.kind === "compressed" && item.bytes?.length !== length) ||
+          (item.subclusters ?? ALL_SUBCLUSTERS) !==
+            (run.subclusters ?? ALL_SUBCLUSTERS)
         ) {
           throw new Qcow2Error(
             "BAD_ARGUMENT",
@@ -588,7 +637,18 @@ export async function writeStream(
         }
         const placed = placer.place(cluster, run.kind, length);
         if (item.bytes && placed.hostOffset !== undefined) {
-          await target.writeAt(placed.hostOffset, item.bytes);
+          // Up to the last allocated subcluster: a stream cannot be cut back.
+          const upTo = endOf(
+            run.kind,
+            placed.hostOffset,
+            placer.position,
+            layout.clusterSize,
+            run.subclusters,
+          ) - placed.hostOffset;
+          await target.writeAt(
+            placed.hostOffset,
+            item.bytes.subarray(0, Math.min(item.bytes.length, upTo)),
+          );
         }
       }
     }
@@ -617,11 +677,16 @@ function splitAtRanges(plan: PlannedRun[], l2Entries: number): PlannedRun[] {
 
 function forEachCluster(
   plan: PlannedRun[],
-  each: (cluster: number, kind: ClusterKind, length: number) => void,
+  each: (
+    cluster: number,
+    kind: ClusterKind,
+    length: number,
+    subclusters?: number,
+  ) => void,
 ): void {
   for (const run of plan) {
     for (let i = 0; i < run.count; i++) {
-      each(run.cluster + i, run.kind, run.length ?? 0);
+      each(run.cluster + i, run.kind, run.length ?? 0, run.subclusters);
     }
   }
 }
