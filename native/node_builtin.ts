@@ -3,8 +3,8 @@
  *
  * A `node:` specifier anywhere in Deno's module graph, even in a dynamic
  * `import()` that never runs, makes Deno start its Node compatibility layer
- * at launch: about 45 ms and 10 MiB (measured with Deno 2.9 on this
- * project's 2-core machine). A specifier built at run time is not in the
+ * at launch, in time and memory (bench/README.md). A specifier built at run
+ * time is not in the
  * graph, so the cost is paid on first use only.
  *
  * @module

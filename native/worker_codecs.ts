@@ -9,11 +9,11 @@
  * Workers start on the first compressed cluster (an image without any costs
  * nothing) and stop after a moment idle, or at `close()`.
  *
- * It is not the default: on the 2-core machine this project is measured on,
- * converting a 3 GiB ext4 image took the same time with two workers as with
- * `node:zlib` on the main thread (about 1.8 s zlib, 1.5 s zstd), and 50 MiB
- * more memory, since the main thread's reading and writing was the limit.
- * Machines with more cores may gain; pass it as `codecs` to `openImage`.
+ * It is not the default: on a 2-core machine it converts no faster than
+ * `node:zlib` on the main thread and takes more memory, since the main
+ * thread's reading and writing is the limit (bench/README.md, "Figures
+ * behind design choices"). Machines with more cores may gain; pass it as
+ * `codecs` to `openImage`.
  *
  * @module
  */

@@ -37,8 +37,8 @@ export type ClusterDecompressor = (
  * Makes a {@linkcode ClusterDecompressor} over `zlib`. It drives the binding
  * under `node:zlib`'s stream classes as its synchronous one-shot functions
  * do, with one handle reused for every cluster and the output written
- * straight into `out`: no allocation per cluster, and about 12% less time
- * per 64 KiB cluster than `inflateRawSync` (measured). Where that binding
+ * straight into `out`: no allocation per cluster, and less time per cluster
+ * than `inflateRawSync` (bench/README.md). Where that binding
  * is missing or misbehaves, the one-shot functions take over, and their
  * errors say what is wrong.
  *

@@ -85,8 +85,8 @@ export async function fileSink(file: SeekableWriter): Promise<RawSink> {
   const { writeSync, seekSync } = file;
   if (writeSync && seekSync) {
     // Synchronous writes: no hand-off to another thread and no copy of the
-    // buffer (measured in Deno: 1 GiB of data converted in 265 ms against
-    // 300 ms with async writes).
+    // buffer (faster in Deno: bench/README.md, "Figures behind design
+    // choices").
     return {
       writeAt(position: number, bytes: Uint8Array): Promise<void> {
         try {

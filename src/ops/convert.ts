@@ -98,8 +98,8 @@ export interface ConvertSummary {
 
 /** Largest `-S` qemu-img accepts (16 MiB). */
 const MAX_SPARSE = 16 * 1024 * 1024;
-// 4 chunks of 1 MiB convert as fast as 8 of 2 MiB here, with 10 MiB less
-// peak memory (measured on 3 GiB ext4 images, plain and compressed).
+// 4 chunks of 1 MiB: as fast as larger ones, with less peak memory (figures
+// in bench/README.md, "Figures behind design choices").
 const DEFAULT_CHUNK = 1024 * 1024;
 /** Bytes converted between turns given to the event loop. */
 export const YIELD_EVERY: number = 128 * 1024 * 1024;
