@@ -91,8 +91,10 @@ export function explain(e: unknown, command?: string): string {
       : "";
     return `${context(e, os)}${systemError(os)}${backing}`;
   }
-  // (A backing file that is not an image is no raw image to keep.)
-  const layer = /\(in (backing|data) file /.test(messageOf(e));
+  // (A backing file that is not an image is no raw image to keep: openImage
+  // names the layer in `file` and keeps the layer's own error as the cause.)
+  const layer = e instanceof Qcow2Error && e.file !== undefined &&
+    e.cause instanceof Qcow2Error;
   if (
     e instanceof Qcow2Error && HINTS[e.code] &&
     !(layer && e.code === "BAD_MAGIC")

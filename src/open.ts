@@ -459,6 +459,7 @@ async function openBacking(
     throw new Qcow2Error(
       "BACKING_FILE",
       `Cannot open backing file '${path}': the backing chain is deeper than ${max} layers`,
+      { file: path },
     );
   }
   const key = normalize(path);
@@ -466,6 +467,7 @@ async function openBacking(
     throw new Qcow2Error(
       "BACKING_FILE",
       `Cannot open backing file '${path}': the backing chain loops (it is already in the chain)`,
+      { file: path },
     );
   }
   const file = await openNamed("backing", name, options, chain.closers);
@@ -490,13 +492,18 @@ async function openBacking(
         throw new Qcow2Error(
           "BACKING_FILE",
           `Cannot open backing file '${path}': its format '${kind}' is not supported (qcow2, qcow and raw are)`,
+          { file: path },
         );
     }
   } catch (e) {
-    if (e instanceof Qcow2Error && !e.message.includes(`'${path}'`)) {
+    // An error of this layer that does not yet say so names the layer.
+    if (e instanceof Qcow2Error && e.file !== path) {
       throw new Qcow2Error(e.code, `${e.message} (in backing file '${path}')`, {
         cause: e,
         offset: e.offset,
+        file: path,
+        field: e.field,
+        value: e.value,
       });
     }
     throw e;
@@ -535,7 +542,8 @@ async function openNamed(
       `Cannot open ${what} '${path}'${
         options.path !== undefined ? ` (named by '${options.path}')` : ""
       }: ${e instanceof Error ? e.message.split("\n")[0] : e}`,
-      { cause: e },
+      // The problem is the naming image's: it names a file that won't open.
+      { cause: e, file: options.path },
     );
   }
   if (file.close) closers.push(() => file.close!());

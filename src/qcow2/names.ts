@@ -165,6 +165,7 @@ export function checkOpenable(
     new Qcow2Error(
       kind === "backing" ? "BACKING_FILE" : "EXTERNAL_DATA_FILE",
       `Cannot open ${what} '${name}'${by}: ${why}`,
+      { file: from },
     );
   if (utf8 === false) {
     throw fail(
