@@ -164,6 +164,11 @@ export {
   unlockLuks,
 } from "./src/crypto/encryption.ts";
 export {
+  createLuks,
+  type LuksCreateOptions,
+  type NewLuks,
+} from "./src/crypto/luks_create.ts";
+export {
   type EncryptInfo,
   type LuksEncryptInfo,
   luksInfo,

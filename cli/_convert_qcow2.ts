@@ -5,6 +5,7 @@
  * @module
  */
 
+import { luksFromOptions } from "./_encrypt.ts";
 import {
   convertToQcow2,
   type ConvertToQcow2Options,
@@ -114,6 +115,8 @@ export interface Qcow2Command {
   snapshot: string | undefined;
   /** `-S` in bytes. */
   sparseSize: number;
+  /** SRC's password, if given. */
+  password?: Uint8Array;
 }
 
 /**
@@ -182,7 +185,9 @@ export async function convertToQcow2Command(
   // qemu-img reads a file without the qcow magic as raw.
   const srcFormat = command.srcFormat ??
     await probe(srcPath).catch(() => undefined);
+  const luks = await luksFromOptions(text, flags, "convert");
   const { image: opened, format } = await openInput(srcPath, srcFormat, {
+    password: command.password,
     snapshot: command.snapshot,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,
@@ -212,6 +217,7 @@ export async function convertToQcow2Command(
     summary = await interruptible(async (signal) => {
       const run: ConvertToQcow2Options = {
         ...options,
+        luks,
         compress: flags.c,
         sparseSize,
         signal,
@@ -238,6 +244,7 @@ export async function convertToQcow2Command(
   } finally {
     image.close();
     pool?.close();
+    luks?.encryption.close();
     bar?.end();
   }
   if (flags.json) {

@@ -224,3 +224,34 @@ export async function namedImages(
     return { path, password };
   });
 }
+
+/**
+ * The password a new image is encrypted with: the secret `id` names (from
+ * `encrypt.key-secret=ID`), else the `--password-file`.
+ *
+ * @param flags The parsed options.
+ * @param id The secret's ID, if given.
+ * @param command The command, for usage errors.
+ * @returns The password, or undefined when none was given.
+ */
+export async function namedSecret(
+  flags: Flags,
+  id: string | undefined,
+  command: string,
+): Promise<Uint8Array | undefined> {
+  const byId = await secrets(flags, command, 2);
+  if (id !== undefined) {
+    const found = byId.get(id);
+    if (!found) {
+      throw new UsageError(
+        `encrypt.key-secret=${id}: no --object secret has id '${id}'`,
+        command,
+      );
+    }
+    return found;
+  }
+  const file = flags["password-file"] as string | undefined;
+  if (file === undefined) return undefined;
+  await requireRead(file);
+  return await Deno.readFile(file);
+}

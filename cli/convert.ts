@@ -162,6 +162,7 @@ export async function main(args: string[]): Promise<number> {
       srcFormat,
       snapshot,
       sparseSize,
+      password,
     });
   }
   if (dstPath === "-" && Deno.stdout.isTerminal()) {

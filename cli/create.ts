@@ -19,6 +19,12 @@ import {
 import { InFile } from "../native/explain.ts";
 import { openOutput, requireRead } from "../native/output.ts";
 import { NAME, parse, UsageError } from "./_args.ts";
+import {
+  ENCRYPT_HELP,
+  encryptFormatting,
+  luksFromOptions,
+} from "./_encrypt.ts";
+import { SECRET_FLAGS } from "./_secrets.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "create a new qcow2 image";
@@ -37,12 +43,17 @@ Options:
                   compat (0.10/v2, 1.1/v3), refcount_bits, extended_l2,
                   compression_type (zlib, zstd), lazy_refcounts,
                   preallocation (off, metadata, falloc, full), backing_file,
-                  backing_fmt, size; '-o help' lists them
+                  backing_fmt, size; '-o help' lists them; and for LUKS
+${ENCRYPT_HELP}
   -b BACKING      the backing file (a name relative to FILE's directory, or
                   absolute); without SIZE, the new image takes its size
   -F FMT          the backing file's format (qcow2, raw, ...): required
                   with -b
   -u              do not open the backing file (SIZE is then required)
+  --object secret,id=ID,data=PASSWORD|file=FILE[,format=raw|base64]
+                  a secret for encrypt.key-secret=ID, as qemu-img takes it
+  --password-file FILE  the password of the new LUKS image (a final
+                  newline is part of it)
   -q, --quiet     print nothing but errors
   -h, --help      show this help
 
@@ -62,8 +73,9 @@ function directoryOf(path: string): string {
 export async function main(args: string[]): Promise<number> {
   const flags = parse("create", args, {
     boolean: ["u"],
-    string: ["b", "F"],
+    string: ["b", "F", ...SECRET_FLAGS.string],
     list: ["o"],
+    repeat: SECRET_FLAGS.repeat,
   });
   if (flags.help) {
     console.log(usage);
@@ -123,20 +135,27 @@ export async function main(args: string[]): Promise<number> {
         : "Image creation needs a size parameter: give SIZE (or -b BACKING)",
     );
   }
+  const luks = await luksFromOptions(text, flags, "create");
   const shown = formattingLine(path, text, options as CreateOptions);
   if (!flags.quiet) console.log(shown);
   // Ctrl-C stops a preallocation, removes the file and exits 130.
-  await interruptible(async (signal) => {
-    const output = await openOutput(path, inputs);
-    try {
-      await createImage(output.file, options as CreateOptions, { signal });
-      signal.throwIfAborted(); // Ctrl-C just as it ended
-    } catch (e) {
-      await output.discard();
-      throw e;
-    }
-    await output.commit();
-  });
+  try {
+    await interruptible(async (signal) => {
+      const output = await openOutput(path, inputs);
+      try {
+        await createImage(output.file, { ...options as CreateOptions, luks }, {
+          signal,
+        });
+        signal.throwIfAborted(); // Ctrl-C just as it ended
+      } catch (e) {
+        await output.discard();
+        throw e;
+      }
+      await output.commit();
+    });
+  } finally {
+    luks?.encryption.close();
+  }
   return 0;
 }
 
@@ -177,6 +196,7 @@ function formattingLine(
   options: CreateOptions,
 ): string {
   const parts = [
+    ...encryptFormatting(text),
     `cluster_size=${options.clusterSize ?? 65536}`,
     `extended_l2=${text.get("extended_l2") ?? "off"}`,
   ];

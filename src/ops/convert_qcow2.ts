@@ -8,6 +8,7 @@
  */
 
 import type { DiskImage } from "../disk.ts";
+import type { NewLuks } from "../crypto/luks_create.ts";
 import { Qcow2Error } from "../errors.ts";
 import type { Codecs, Compressor } from "../codecs/codecs.ts";
 import {
@@ -43,6 +44,12 @@ import type { SeekableWriter } from "../io/source.ts";
  * ```
  */
 export interface ConvertToQcow2Options extends Omit<CreateOptions, "size"> {
+  /**
+   * Encrypt the new image with LUKS (from `createLuks`): its LUKS area
+   * after the L1 table, data clusters encrypted with their host offsets.
+   * Not with `compress`, nor to a stream.
+   */
+  luks?: NewLuks;
   /** Compress every cluster that is not all zeros (`-c`). */
   compress?: boolean;
   /**
@@ -513,8 +520,14 @@ export async function convertImageToQcow2(
   options: ConvertToQcow2Options = {},
 ): Promise<ConvertToQcow2Summary> {
   const began = performance.now();
+  if (options.luks && options.compress) {
+    throw new Qcow2Error(
+      "BAD_OPTION",
+      "Compression is not supported for encrypted images (as in QEMU)",
+    );
+  }
   const c = await prepare(image, options);
-  const writer = new Qcow2Writer(target, c.options, boundOf(c));
+  const writer = new Qcow2Writer(target, c.options, boundOf(c), options.luks);
   const counts = { data: 0, preallocated: 0, compressed: 0, zero: 0 };
   for await (const item of classify(c)) {
     counts[item.kind]++;
@@ -555,6 +568,12 @@ export async function convertImageToQcow2Stream(
   target: ImageTarget,
   options: ConvertToQcow2Options = {},
 ): Promise<ConvertToQcow2Summary> {
+  if (options.luks) {
+    throw new Qcow2Error(
+      "BAD_OPTION",
+      "An encrypted qcow2 image cannot be written to a stream; give DST a file name",
+    );
+  }
   const began = performance.now();
   const c = await prepare(image, options);
   const plan: PlannedRun[] = [];

@@ -12,6 +12,7 @@ import {
 } from "../qcow2/create_options.ts";
 import { type ImageTarget, Qcow2Writer } from "../qcow2/writer.ts";
 import { fileSink } from "../io/sink.ts";
+import type { NewLuks } from "../crypto/luks_create.ts";
 import type { SeekableWriter } from "../io/source.ts";
 
 /**
@@ -44,7 +45,9 @@ export interface CreatedImage {
  *
  * @param target Where the image goes: an {@linkcode ImageTarget}, or a
  * seekable file such as a `Deno.FsFile` open for writing (emptied first).
- * @param options The size and the `-o` options.
+ * @param options The size and the `-o` options; `luks` (from `createLuks`)
+ * makes a LUKS-encrypted image, its LUKS area after the L1 table as
+ * `qemu-img create -o encrypt.format=luks` places it.
  * @param run `signal` stops the preallocation of data clusters; the
  * promise then rejects with the signal's reason.
  * @returns The options used and the file's length.
@@ -65,7 +68,7 @@ export interface CreatedImage {
  */
 export async function createImage(
   target: ImageTarget | SeekableWriter,
-  options: CreateOptions,
+  options: CreateOptions & { luks?: NewLuks },
   run: { signal?: AbortSignal } = {},
 ): Promise<CreatedImage> {
   if (!("writeAt" in target)) target = await fileSink(target);
@@ -79,6 +82,7 @@ export async function createImage(
     target,
     resolved,
     clusters + Math.ceil(clusters / l2Entries),
+    options.luks,
   );
   const zeros = resolved.preallocation === "falloc" ||
       resolved.preallocation === "full"

@@ -63,6 +63,11 @@ export interface MetadataLayout {
   l1TableOffset: number;
   /** File offset where L2 tables and data begin (cluster-aligned). */
   dataStart: number;
+  /**
+   * For an encrypted image: file offset of the LUKS area, in the clusters
+   * after the L1 table (where `qemu-img create` allocates it).
+   */
+  encryptionAreaOffset?: number;
 }
 
 /**
@@ -72,12 +77,15 @@ export interface MetadataLayout {
  *
  * @param geometry The image's geometry.
  * @param clusters The most clusters placed after the metadata.
+ * @param areaBytes Bytes of LUKS area to place after the L1 table (an
+ *   encrypted image), rounded up to clusters.
  * @returns The layout.
  * @throws {RangeError} If the refcount table would exceed QEMU's 8 MiB limit.
  */
 export function layoutMetadata(
   geometry: Geometry,
   clusters: number,
+  areaBytes = 0,
 ): MetadataLayout {
   const clusterSize = 2 ** geometry.clusterBits;
   const l2Entries = clusterSize / (geometry.extendedL2 ? 16 : 8);
@@ -86,11 +94,12 @@ export function layoutMetadata(
     1,
     Math.ceil(l1Size * ENTRY_SIZE / clusterSize),
   );
+  const areaClusters = Math.ceil(areaBytes / clusterSize);
   const refcountsPerBlock = clusterSize * 8 / 2 ** geometry.refcountOrder;
   let blocks = 1;
   let table = 1;
   for (;;) {
-    const total = 1 + table + blocks + l1Clusters + clusters;
+    const total = 1 + table + blocks + l1Clusters + areaClusters + clusters;
     const needBlocks = Math.max(1, Math.ceil(total / refcountsPerBlock));
     const needTable = Math.max(
       1,
@@ -118,7 +127,10 @@ export function layoutMetadata(
     refcountBlockSlots: blocks,
     refcountsPerBlock,
     l1TableOffset,
-    dataStart: l1TableOffset + l1Clusters * clusterSize,
+    dataStart: l1TableOffset + (l1Clusters + areaClusters) * clusterSize,
+    ...(areaClusters > 0
+      ? { encryptionAreaOffset: l1TableOffset + l1Clusters * clusterSize }
+      : {}),
   };
 }
 

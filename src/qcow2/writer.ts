@@ -34,6 +34,7 @@ import {
   Placer,
 } from "./placement.ts";
 import { RefcountBlocks } from "./refcount_blocks.ts";
+import type { NewLuks } from "../crypto/luks_create.ts";
 
 /**
  * Where a new image's bytes go: positional writes, in any order, then the
@@ -65,6 +66,7 @@ export function geometryOf(options: ResolvedCreateOptions): Geometry {
 export function newHeader(
   options: ResolvedCreateOptions,
   layout: MetadataLayout,
+  encryptionAreaLength = 0,
 ): Uint8Array {
   const v3 = options.compat === "1.1";
   const features = encodeFeatures({
@@ -76,7 +78,9 @@ export function newHeader(
     version: v3 ? 3 : 2,
     clusterBits: Math.log2(options.clusterSize),
     size: options.size,
-    cryptMethod: CRYPT_METHOD.none,
+    cryptMethod: layout.encryptionAreaOffset !== undefined
+      ? CRYPT_METHOD.luks
+      : CRYPT_METHOD.none,
     l1Size: layout.l1Size,
     l1TableOffset: layout.l1TableOffset,
     refcountTableOffset: layout.refcountTableOffset,
@@ -90,6 +94,14 @@ export function newHeader(
       ? { backingFile: options.backingFile }
       : {}),
     extensions: {
+      ...(layout.encryptionAreaOffset !== undefined
+        ? {
+          encryption: {
+            offset: layout.encryptionAreaOffset,
+            length: encryptionAreaLength,
+          },
+        }
+        : {}),
       ...(options.backingFormat !== undefined
         ? { backingFormat: options.backingFormat }
         : {}),
@@ -249,6 +261,7 @@ export class Qcow2Writer {
   #batchLength = 0;
   #dataEnd = 0;
   #last = -1;
+  #luks?: NewLuks;
 
   /**
    * Starts a new image: nothing is written before the first cluster.
@@ -257,17 +270,22 @@ export class Qcow2Writer {
    * @param options The image's options.
    * @param bound The most clusters that will be placed after the metadata
    *   (L2 tables and data clusters; a compressed cluster counts as one).
+   * @param luks For a LUKS-encrypted image (from `createLuks`): its LUKS
+   *   area goes after the L1 table, and data clusters are encrypted with
+   *   their host offsets as sector numbers (QEMU's `crypt_physical_offset`).
    */
   constructor(
     target: ImageTarget,
     options: ResolvedCreateOptions,
     bound: number,
+    luks?: NewLuks,
   ) {
     this.#target = target;
     this.#options = options;
     const geometry = geometryOf(options);
     this.#clusterBits = geometry.clusterBits;
-    this.layout = layoutMetadata(geometry, bound);
+    this.#luks = luks;
+    this.layout = layoutMetadata(geometry, bound, luks?.area.length ?? 0);
     this.#refcounts = new RefcountBlocks(
       this.layout.clusterSize,
       geometry.refcountOrder,
@@ -330,6 +348,13 @@ export class Qcow2Writer {
       subclusters,
     );
     if (bytes && placed.hostOffset !== undefined) {
+      if (this.#luks && kind === "data") {
+        // Preallocated zeros stay as they are, as in QEMU (they read as
+        // garbage until written).
+        const sealed = bytes.slice();
+        await this.#luks.encryption.encrypt(placed.hostOffset, sealed);
+        bytes = sealed;
+      }
       await this.#write(placed.hostOffset, bytes);
     }
   }
@@ -399,7 +424,16 @@ export class Qcow2Writer {
     );
     const l1 = l1Table(layout, this.#l1);
     if (l1.length > 0) await this.#target.writeAt(layout.l1TableOffset, l1);
-    await this.#target.writeAt(0, newHeader(this.#options, layout));
+    if (this.#luks) {
+      await this.#target.writeAt(
+        layout.encryptionAreaOffset!,
+        this.#luks.area,
+      );
+    }
+    await this.#target.writeAt(
+      0,
+      newHeader(this.#options, layout, this.#luks?.area.length),
+    );
     await this.#target.finish(end);
     return end;
   }
@@ -416,7 +450,10 @@ function finishRefcounts(
   dataEnd: number,
 ): number {
   const cs = layout.clusterSize;
-  const l1End = layout.l1TableOffset + layout.l1Size * ENTRY_SIZE;
+  // An encrypted image's metadata ends with its LUKS area.
+  const l1End = layout.encryptionAreaOffset !== undefined
+    ? layout.dataStart
+    : layout.l1TableOffset + layout.l1Size * ENTRY_SIZE;
   const end = Math.max(
     dataEnd > layout.dataStart ? dataEnd : l1End,
     layout.l1TableOffset,
