@@ -12,6 +12,7 @@ import {
   fsFileStore,
   openPath,
   probeFormat,
+  Qcow2Error,
 } from "../mod.ts";
 import {
   type CommandSpec,
@@ -22,6 +23,7 @@ import {
   UsageError,
 } from "./_args.ts";
 import { writeStderr } from "./_output.ts";
+import { openInput } from "./_open.ts";
 import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
 
 /** One line for the command list of `qcow2 --help`. */
@@ -126,6 +128,7 @@ export async function runCheck(
       err(`${NAME}: This image format does not support checks\n`);
       return 63;
     }
+    await openNamedFiles(path);
     const onMessage = (line: string) => err(line + "\n");
     result = await checkQcow2(file, { onMessage, repair });
     if (result.failed !== undefined) {
@@ -261,6 +264,28 @@ export function checkJson(r: CheckResult, filename: string): string {
     `    ${JSON.stringify(k)}: ${JSON.stringify(value.get(k))}`
   );
   return `{\n${lines.join(",\n")}\n}`;
+}
+
+/**
+ * qemu-img opens the image's backing chain and data file before checking,
+ * and fails when one cannot be opened: so does `check`. (Other errors of
+ * the open are the check's to report.)
+ */
+async function openNamedFiles(path: string): Promise<void> {
+  try {
+    const { image } = await openInput(path, "qcow2", {
+      // A key is not needed to check, nor asked for.
+      password: undefined,
+    });
+    image.close();
+  } catch (e) {
+    if (
+      e instanceof Qcow2Error &&
+      (e.code === "BACKING_FILE" || e.code === "EXTERNAL_DATA_FILE")
+    ) {
+      throw e;
+    }
+  }
 }
 
 /** Writes text to standard output, whole. */

@@ -438,3 +438,32 @@ Deno.test("check: an image qemu-img will not open is not checked (unknown incomp
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("check: a missing backing file fails as in qemu-img", async () => {
+  const dir = await tempDir();
+  try {
+    const run = (args: string[]) =>
+      new Deno.Command("qemu-img", { args, cwd: dir }).output();
+    await run(["create", "-q", "-f", "qcow2", "base.qcow2", "1M"]);
+    await run([
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "-b",
+      "base.qcow2",
+      "-F",
+      "qcow2",
+      "top.qcow2",
+    ]);
+    await same(["--output=json", "top.qcow2"], dir); // with its backing file
+    await Deno.remove(`${dir}/base.qcow2`);
+    const theirs = await qemuCheck(["top.qcow2"], dir);
+    const ours = await cli(["--allow-read"], ["check", `${dir}/top.qcow2`]);
+    assertEquals([ours.code, ours.stdout], [theirs.code, theirs.stdout]);
+    assertEquals(ours.code, 1);
+    assert(ours.stderr.includes("base.qcow2"), ours.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
