@@ -27,6 +27,7 @@ import {
   UsageError,
 } from "./_args.ts";
 import { HostFiles } from "./_hosts.ts";
+import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
 import { openInput } from "./_open.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
 
@@ -35,8 +36,9 @@ export const summary = "check whether two images hold the same disk";
 
 /** The options `compare` takes beyond those of every command. */
 const SPEC: CommandSpec = {
-  boolean: ["s", "p"],
-  string: ["F"],
+  boolean: ["s", "p", ...SECRET_FLAGS.boolean],
+  string: ["F", ...SECRET_FLAGS.string],
+  repeat: SECRET_FLAGS.repeat,
   usageStatus: 1,
 };
 
@@ -59,6 +61,8 @@ Options:
   -q, --quiet     print nothing; the exit status says it
   -p              show a progress bar on standard error, if it is a terminal
   -U, --force-share  accepted for qemu-img's sake (images are never locked)
+${SECRET_HELP}
+                  (--password-file gives both images the same password)
   -h, --help      show this help
 
 Exit status: 0 identical, 1 different (or a usage error, as qemu-img),
@@ -91,6 +95,7 @@ export async function main(args: string[]): Promise<number> {
   if (files.length !== 2) {
     throw new UsageError("Expecting two image file names", "compare", 1);
   }
+  const named = await namedImages(flags, files, "compare", 1);
   const formats = [
     imageFormat(flags.format, "-f", "compare", 2),
     imageFormat(flags.F, "-F", "compare", 2),
@@ -101,10 +106,11 @@ export async function main(args: string[]): Promise<number> {
     if (!flags.quiet) console.log(line);
   };
   try {
-    for (const [i, file] of files.entries()) {
+    for (const [i, { path: file, password }] of named.entries()) {
       try {
         await requireRead(file);
         const { image } = await openInput(file, formats[i], {
+          password,
           openFile: async (path) => {
             await requireRead(path);
             const opened = await openPath(path);

@@ -29,15 +29,21 @@ import {
 import { qemuJson } from "./_json.ts";
 import { openInput } from "./_open.ts";
 import { isValidOptionList, measureOptions } from "./_measure_options.ts";
-import { parseOptionString } from "./_secrets.ts";
+import {
+  namedImages,
+  parseOptionString,
+  SECRET_FLAGS,
+  SECRET_HELP,
+} from "./_secrets.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "show how big a new image would be";
 
 /** The options `measure` takes beyond those of every command. */
 const SPEC: CommandSpec = {
-  string: ["O", "l", "size"],
-  repeat: ["o", "object"],
+  boolean: SECRET_FLAGS.boolean,
+  string: ["O", "l", "size", ...SECRET_FLAGS.string],
+  repeat: ["o", ...SECRET_FLAGS.repeat],
   output: true,
   usageStatus: 1,
 };
@@ -67,6 +73,9 @@ Options:
   -l SNAPSHOT       measure an internal snapshot: an ID or a name, or
                     snapshot.id=ID and/or snapshot.name=NAME
   -U, --force-share accepted for qemu-img's sake (images are never locked)
+${SECRET_HELP}
+                  (--object secret,id=ID,... also names the secret of
+                  -o encrypt.format=luks,encrypt.key-secret=ID)
   -h, --help        show this help
 
 Exit status: 0 measured, 1 error (usage errors too, as qemu-img).
@@ -106,7 +115,10 @@ export async function main(args: string[]): Promise<number> {
     }
     size = parsed;
   }
-  const file = files[0];
+  const named = files.length
+    ? (await namedImages(flags, files, "measure", 1))[0]
+    : undefined;
+  const file = named?.path;
   if (file === undefined && (format !== undefined || snapshot !== undefined)) {
     throw usageError("--image-opts, -f, and -l require a filename argument.");
   }
@@ -143,6 +155,7 @@ export async function main(args: string[]): Promise<number> {
     await requireRead(file);
     image = (await openInput(file, format, {
       snapshot,
+      password: named?.password,
       openFile: async (path) => {
         await requireRead(path);
         const opened = await openPath(path);

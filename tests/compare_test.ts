@@ -279,3 +279,91 @@ Deno.test({
     }
   },
 });
+
+Deno.test({
+  name:
+    "compare and measure open encrypted images with a password, as qemu-img",
+  ignore: !hasQemu,
+  async fn() {
+    const dir = await tempDir();
+    try {
+      const gz = await Deno.readFile(
+        fixture("crypto/luks_aes256_cbc_essiv_sha512.qcow2.gz"),
+      );
+      const stream = new Blob([gz]).stream().pipeThrough(
+        new DecompressionStream("gzip"),
+      );
+      const luks = `${dir}/luks.qcow2`;
+      await Deno.writeFile(
+        luks,
+        new Uint8Array(await new Response(stream).arrayBuffer()),
+      );
+      const pw = `${dir}/pw`;
+      await Deno.writeTextFile(pw, "fixture-password");
+      const plain = `${dir}/plain.qcow2`;
+      const opts = `driver=qcow2,file.filename=${luks},encrypt.key-secret=s`;
+      await new Deno.Command("qemu-img", {
+        args: [
+          "convert",
+          "--object",
+          `secret,id=s,file=${pw}`,
+          "--image-opts",
+          opts,
+          "-O",
+          "qcow2",
+          plain,
+        ],
+      }).output();
+      const flags = [`--allow-read=${dir}`, "--allow-ffi"];
+      const same = await cli(flags, [
+        "compare",
+        "--password-file",
+        pw,
+        luks,
+        luks,
+      ]);
+      assertEquals(
+        [same.code, same.stdout],
+        [0, "Images are identical.\n"],
+        same.stderr,
+      );
+      const objects = await cli(flags, [
+        "compare",
+        "--object",
+        `secret,id=s,file=${pw}`,
+        "--image-opts",
+        opts,
+        `driver=qcow2,file.filename=${plain}`,
+      ]);
+      assertEquals([objects.code, objects.stdout], [
+        0,
+        "Images are identical.\n",
+      ], objects.stderr);
+      const ours = await cli(flags, [
+        "measure",
+        "--output=json",
+        "-O",
+        "qcow2",
+        "--password-file",
+        pw,
+        luks,
+      ]);
+      const theirs = await qemuImg([
+        "measure",
+        "--output=json",
+        "-O",
+        "qcow2",
+        "--object",
+        `secret,id=s,file=${pw}`,
+        "--image-opts",
+        opts,
+      ]);
+      assertEquals(ours.code, 0, ours.stderr);
+      assertEquals(JSON.parse(ours.stdout), JSON.parse(theirs.stdout));
+      const none = await cli(flags, ["compare", luks, plain]);
+      assertEquals(none.code, 2);
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
