@@ -475,6 +475,7 @@ export function unsupportedHelp(command: string, spec: CommandSpec): string {
     ...(spec.boolean ?? []),
     ...(spec.string ?? []),
     ...(spec.list ?? []),
+    ...(spec.repeat ?? []),
     ...Object.keys(spec.alias ?? {}),
     ...Object.values(spec.alias ?? {}),
     ...COMMON_BOOLEAN,
