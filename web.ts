@@ -87,6 +87,11 @@ export {
   type SeekableWriter,
 } from "./src/io/source.ts";
 export {
+  httpSource,
+  type HttpSource,
+  type HttpSourceOptions,
+} from "./src/io/http.ts";
+export {
   fileHandleWriter,
   type WritableFileHandleLike,
 } from "./src/io/file_handle_writer.ts";

@@ -72,6 +72,15 @@ export type Qcow2ErrorCode =
   | "ABORTED"
   /** A caller-supplied argument is out of range. */
   | "BAD_ARGUMENT"
+  /**
+   * An HTTP request failed: an error status or no connection, after the
+   * retries (the message has the status and the URL).
+   */
+  | "HTTP_ERROR"
+  /** The server ignores `Range` requests (200 instead of 206). */
+  | "HTTP_NO_RANGE"
+  /** The remote file's length or ETag changed while it was read. */
+  | "HTTP_CHANGED"
   /** An image creation option is unknown, malformed, or in a combination qemu-img refuses. */
   | "BAD_OPTION"
   /**

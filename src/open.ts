@@ -245,9 +245,14 @@ export function probeFormat(start: Uint8Array): ImageFormat {
  * assertEquals(resolveName("vm/top.qcow2", "base.qcow2"), "vm/base.qcow2");
  * assertEquals(resolveName("vm/top.qcow2", "/images/base.qcow2"), "/images/base.qcow2");
  * assertEquals(resolveName(undefined, "base.qcow2"), "base.qcow2");
+ * assertEquals(resolveName("https://h/vm/top.qcow2", "../base.qcow2"), "https://h/base.qcow2");
  * ```
  */
 export function resolveName(from: string | undefined, name: string): string {
+  if (from !== undefined && /^https?:\/\//i.test(from)) {
+    // A remote image's names resolve against its URL, as links do.
+    return new URL(name, from).href;
+  }
   if (
     from === undefined || name.startsWith("/") ||
     /^[A-Za-z][\w+.-]*:/.test(name)
