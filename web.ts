@@ -87,8 +87,8 @@ export {
   type SeekableWriter,
 } from "./src/io/source.ts";
 export {
-  httpSource,
   type HttpSource,
+  httpSource,
   type HttpSourceOptions,
 } from "./src/io/http.ts";
 export {

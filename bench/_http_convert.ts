@@ -15,7 +15,11 @@ const source = await httpSource(url, {
   readAheadBytes: readAhead ? Number(readAhead) : undefined,
   cacheBytes: Deno.env.get("CACHE") ? Number(Deno.env.get("CACHE")) : undefined,
 });
-const file = await Deno.open(out, { write: true, create: true, truncate: true });
+const file = await Deno.open(out, {
+  write: true,
+  create: true,
+  truncate: true,
+});
 try {
   const image = await openImage(source, { l2CacheBytes: 1 << 20 });
   await convert(image, file, {

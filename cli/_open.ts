@@ -16,7 +16,20 @@ import {
   Qcow2Error,
 } from "../mod.ts";
 import { RawImage } from "../src/raw.ts";
+import { requireRead } from "../native/output.ts";
 import type { FormatName } from "./_args.ts";
+
+/**
+ * Opens a file a command reads: a path, or an `http://`/`https://` URL
+ * (read with Range requests). The permission is checked first (read access,
+ * or net access to the URL's host), so Deno never stops to prompt.
+ *
+ * @throws {Deno.errors.NotCapable} Without the permission.
+ */
+export async function openFile(path: string): Promise<OpenedFile> {
+  await requireRead(path);
+  return await openPath(path);
+}
 
 /** An opened input: the disk, and the format it was read as. */
 export interface OpenedInput {
@@ -28,7 +41,7 @@ export interface OpenedInput {
 
 /** How {@linkcode openInput} opens a file. */
 export interface InputOpening {
-  /** Opens the image file itself (default: {@linkcode openPath}). */
+  /** Opens the image file itself (default: {@linkcode openFile}). */
   openTop?: (path: string) => Promise<OpenedFile>;
   /**
    * Read a file without the qcow magic as raw, as qemu-img does (info and
@@ -39,8 +52,8 @@ export interface InputOpening {
 
 /**
  * Opens the image at `path` in `format` (probed when undefined), its backing
- * chain and data file through `options.openFile` (default: {@linkcode openPath}),
- * the file itself with `how.openTop` (default: {@linkcode openPath}).
+ * chain and data file through `options.openFile` (default: {@linkcode openFile}),
+ * the file itself with `how.openTop` (default: {@linkcode openFile}).
  *
  * @throws {Qcow2Error} `BAD_MAGIC` or `UNSUPPORTED_VERSION` when the file is
  * not of the format asked for, and whatever opening the image throws.
@@ -51,7 +64,7 @@ export async function openInput(
   options: OpenOptions = {},
   how: InputOpening = {},
 ): Promise<OpenedInput> {
-  const file = await (how.openTop ?? openPath)(path);
+  const file = await (how.openTop ?? openFile)(path);
   try {
     const start = new Uint8Array(Math.min(8, file.size));
     await file.readAt(0, start);
@@ -80,7 +93,7 @@ export async function openInput(
       );
     }
     const image = await openImage(file, {
-      openFile: openPath,
+      openFile,
       path,
       ...options,
     });

@@ -10,10 +10,10 @@ import {
   checkQcow2,
   type CheckResult,
   fsFileStore,
-  openPath,
   probeFormat,
   Qcow2Error,
 } from "../mod.ts";
+import { openFile } from "./_open.ts";
 import {
   type CommandSpec,
   imageFormat,
@@ -118,7 +118,7 @@ export async function runCheck(
   const json = flags.output === "json";
   const file: ByteSource & { close?(): void | Promise<void> } = repair
     ? fsFileStore(await Deno.open(path, { read: true, write: true }), true)
-    : await openPath(path);
+    : await openFile(path);
   let result: CheckResult;
   try {
     const start = new Uint8Array(Math.min(8, file.size));

@@ -98,6 +98,9 @@ to DST's directory instead, DST is replaced only once the conversion succeeded.
 
 ${unsupportedHelp("convert", SPEC)}`;
 
+/** Chunks in flight when SRC is an http(s) URL (4 for files). */
+const REMOTE_PARALLEL = 16;
+
 /** Runs `qcow2 convert ARGS` and resolves to the exit status. */
 export async function main(args: string[]): Promise<number> {
   const flags = parse("convert", args, SPEC);
@@ -197,7 +200,14 @@ export async function main(args: string[]): Promise<number> {
   try {
     // Ctrl-C stops the conversion, removes what was written and exits 130.
     summary = await interruptible(async (signal) => {
-      const options = { sparseSize, signal, onProgress: bar?.update };
+      const options = {
+        sparseSize,
+        signal,
+        onProgress: bar?.update,
+        // Over HTTP, more chunks in flight: their reads queue in the
+        // source and adjacent ones merge into larger requests.
+        parallel: /^https?:\/\//i.test(srcPath) ? REMOTE_PARALLEL : undefined,
+      };
       if (dstPath === "-") {
         return await convert(image, Deno.stdout.writable, options)
           .catch((e) => Promise.reject(inSource(e)));

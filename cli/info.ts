@@ -5,10 +5,12 @@
  */
 
 import {
+  type ByteSource,
   fileSource,
   formatInfo,
   type ImageInfo,
   type InfoFile,
+  openPath,
   Qcow2Error,
   readInfo,
 } from "../mod.ts";
@@ -109,6 +111,12 @@ export async function main(args: string[]): Promise<number> {
 /** Opens a layer for `readInfo`: its bytes and the space it takes on disk. */
 async function openInfoFile(path: string): Promise<InfoFile> {
   await requireRead(path);
+  if (/^https?:\/\//i.test(path)) {
+    // A URL: read with Range requests; its disk size is unavailable, as in
+    // qemu-img.
+    const remote = await openPath(path);
+    return { source: remote, close: () => remote.close?.() };
+  }
   const file = await Deno.open(path);
   try {
     const source = await fileSource(file);

@@ -9,7 +9,6 @@ import {
   type ByteSource,
   type MapEntry,
   mapImage,
-  openPath,
   probeFormat,
 } from "../mod.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
@@ -22,7 +21,7 @@ import {
   unsupportedHelp,
   UsageError,
 } from "./_args.ts";
-import { openInput } from "./_open.ts";
+import { openFile, openInput } from "./_open.ts";
 import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
 import { parseOffset } from "./_size.ts";
 
@@ -117,7 +116,7 @@ export async function runMap(
   const { image } = await openInput(files[0], format, {
     password,
     openFile: async (path, request) => {
-      const file = await openPath(path);
+      const file = await openFile(path);
       // QEMU 7.2 opens a data file by its stored name.
       names.set(file, {
         name: request.kind === "data-file" ? request.name : path,
@@ -133,7 +132,8 @@ export async function runMap(
     const allocation = (file: ByteSource) => {
       let host = hostOf.get(file);
       const known = names.get(file);
-      if (!host && known) {
+      // A remote file's allocation is unknown, as in QEMU's curl driver.
+      if (!host && known && !/^https?:\/\//i.test(known.path)) {
         host = hostFile(known.path);
         hosts.push(host);
         hostOf.set(file, host);
@@ -192,7 +192,7 @@ export async function runMap(
 
 /** The format of the file at `path`, probed as qemu-img probes it. */
 async function probe(path: string): Promise<FormatName> {
-  const file = await openPath(path);
+  const file = await openFile(path);
   try {
     const start = new Uint8Array(Math.min(8, file.size));
     await file.readAt(0, start);

@@ -76,6 +76,8 @@ export function explain(e: unknown, command?: string): string {
     const path = /"([^"]+)"/.exec(message)?.[1];
     const flag = /write access/.test(message)
       ? "--allow-write"
+      : /net access/.test(message)
+      ? "--allow-net"
       : "--allow-read";
     return path
       ? `${

@@ -138,10 +138,20 @@ export async function granted(
 }
 
 /**
- * Throws unless read access to `path` is granted, naming the flag, so that
- * Deno never stops to prompt.
+ * Throws unless read access to `path` (net access to its host, for an
+ * http(s) URL) is granted, naming the flag, so that Deno never stops to
+ * prompt.
  */
 export async function requireRead(path: string): Promise<void> {
+  if (/^https?:\/\//i.test(path)) {
+    // A URL: net access to its host (never a prompt).
+    const { host } = new URL(path);
+    const { state } = await Deno.permissions.query({ name: "net", host });
+    if (state !== "granted") {
+      throw new Deno.errors.NotCapable(`Requires net access to "${host}"`);
+    }
+    return;
+  }
   if (!(await granted("read", path))) {
     throw new Deno.errors.NotCapable(`Requires read access to "${path}"`);
   }

@@ -248,12 +248,10 @@ export async function httpSource(
         });
       } catch (e) {
         if (stop.signal.aborted) throw aborted();
-        lastError = fail(
-          "HTTP_ERROR",
-          `the request failed (${(e as Error)?.message ?? e})`,
-          e,
-        );
-        continue;
+        lastError = fail("HTTP_ERROR", `the request failed (${why(e)})`, e);
+        // Network errors are TypeErrors; others (no permission) stay.
+        if (e instanceof TypeError) continue;
+        throw lastError;
       }
       const status = response.status;
       if (status === 206) {
@@ -606,6 +604,16 @@ export async function httpSource(
       stop.abort(new Error("closed"));
     },
   };
+}
+
+/** An error's message with its cause's, on one line. */
+function why(e: unknown): string {
+  const message = (e as Error)?.message ?? String(e);
+  const cause = (e as Error)?.cause as Error | undefined;
+  const more = cause?.message && !message.includes(cause.message)
+    ? `: ${cause.message}`
+    : "";
+  return (message + more).replace(/\s*\n\s*/g, " ");
 }
 
 function positive(

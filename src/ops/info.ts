@@ -546,9 +546,15 @@ export function formatInfo(info: ImageInfo): string {
       info["virtual-size"]
     } bytes)`,
   ];
-  if (info["actual-size"] !== undefined) {
-    lines.push(`disk size: ${formatSize(info["actual-size"])}`);
-  }
+  // qemu-img's bdrv_image_info_dump: "unavailable" when the size is not
+  // known (a remote file, say).
+  lines.push(
+    `disk size: ${
+      info["actual-size"] !== undefined
+        ? formatSize(info["actual-size"])
+        : "unavailable"
+    }`,
+  );
   if (info.encrypted) lines.push("encrypted: yes");
   if (info["cluster-size"] !== undefined) {
     lines.push(`cluster_size: ${info["cluster-size"]}`);
