@@ -21,6 +21,8 @@ export interface ServerMode {
   failCount?: number;
   /** Send no ETag. */
   noEtag?: boolean;
+  /** Allow any origin (CORS), exposing Content-Range and ETag. */
+  cors?: boolean;
 }
 
 /** A running test server. */
@@ -79,6 +81,17 @@ export function startServer(
   let inFlight = 0;
   async function answer(request: Request): Promise<Response> {
     const m = state.mode;
+    if (request.method === "OPTIONS" && m.cors) {
+      return new Response(null, {
+        status: 204,
+        headers: {
+          "access-control-allow-origin": "*",
+          "access-control-allow-methods": "GET, HEAD",
+          "access-control-allow-headers": "range, if-match",
+          "access-control-max-age": "600",
+        },
+      });
+    }
     const n = ++state.requests;
     if (m.delayMs) await new Promise((r) => setTimeout(r, m.delayMs));
     const name = decodeURIComponent(new URL(request.url).pathname.slice(1));
@@ -86,10 +99,16 @@ export function startServer(
       m.failCount!--;
       return new Response("failing on purpose\n", {
         status: m.failStatus ?? 503,
+        headers: m.cors ? { "access-control-allow-origin": "*" } : {},
       });
     }
     let bytes = files[name];
-    if (!bytes) return new Response("no such file\n", { status: 404 });
+    if (!bytes) {
+      return new Response("no such file\n", {
+        status: 404,
+        headers: m.cors ? { "access-control-allow-origin": "*" } : {},
+      });
+    }
     let version = 1;
     if (m.changeAfter !== undefined && n > m.changeAfter && m.changedTo) {
       bytes = m.changedTo;
@@ -97,6 +116,13 @@ export function startServer(
     }
     const etag = `"${name.length}-${bytes.length}-v${version}"`;
     const headers = new Headers({ "accept-ranges": "bytes" });
+    if (m.cors) {
+      headers.set("access-control-allow-origin", "*");
+      headers.set(
+        "access-control-expose-headers",
+        "content-range, etag, content-length",
+      );
+    }
     if (!m.noEtag) headers.set("etag", etag);
     const ifMatch = request.headers.get("if-match");
     if (ifMatch && !m.noEtag && ifMatch !== etag) {

@@ -16,6 +16,7 @@ import type { Page } from "playwright-core";
 import { openImage, type Qcow2Image } from "../mod.ts";
 import { serveWeb } from "../web/serve.ts";
 import { hasQemu, hex, run } from "./_reference.ts";
+import { startServer } from "./_http_server.ts";
 
 const ROOT = new URL("../", import.meta.url);
 const FIXTURES = new URL("./fixtures/", import.meta.url);
@@ -260,6 +261,46 @@ async function exists(path: string): Promise<boolean> {
   }
 }
 
+/**
+ * Chromium's File System Access save picker is a native dialog that a test
+ * cannot drive: this stands in for it, giving a file in the origin private
+ * file system (OPFS), whose handle writes as a picked file's does. Setting
+ * `globalThis.__picker = "none"` makes the page see a browser without it.
+ */
+const PICKER_STUB = `(() => {
+  globalThis.__picker = "opfs";
+  const picker = async ({ suggestedName }) => {
+    const dir = await navigator.storage.getDirectory();
+    return await dir.getFileHandle(suggestedName, { create: true });
+  };
+  Object.defineProperty(globalThis, "showSaveFilePicker", {
+    configurable: true,
+    get: () => (globalThis.__picker === "opfs" ? picker : undefined),
+  });
+})();`;
+
+/** SHA-256 (hex) and length of a file the page saved through the stub. */
+function opfsFile(page: Page, name: string) {
+  return page.evaluate(`(async () => {
+    const dir = await navigator.storage.getDirectory();
+    const file = await (await dir.getFileHandle(${
+    JSON.stringify(name)
+  })).getFile();
+    const digest = await crypto.subtle.digest("SHA-256", await file.arrayBuffer());
+    await dir.removeEntry(${JSON.stringify(name)});
+    return {
+      length: file.size,
+      sha256: [...new Uint8Array(digest)].map((b) => b.toString(16).padStart(2, "0")).join(""),
+    };
+  })()`) as Promise<{ length: number; sha256: string }>;
+}
+
+/** Sets whether the page sees a save picker. */
+const setPicker = (page: Page, on: boolean) =>
+  page.evaluate(
+    `globalThis.__picker = ${JSON.stringify(on ? "opfs" : "none")}`,
+  );
+
 async function buildBundle(): Promise<void> {
   const { success, stderr } = await new Deno.Command(Deno.execPath(), {
     args: ["task", "web:build"],
@@ -307,6 +348,7 @@ Deno.test({
       page.on("console", (m) => {
         if (m.type() === "error") errors.push(m.text());
       });
+      await page.addInitScript(PICKER_STUB);
       await page.goto(`http://127.0.0.1:${server.addr.port}/`);
       await page.waitForSelector("#image:not([disabled])");
 
@@ -385,15 +427,27 @@ Deno.test({
             String(dataBytes),
           );
 
-          // The raw image, converted in the page and saved by the browser.
+          // The raw image, streamed to the file picked (File System Access).
+          await setPicker(page, true);
+          const rawName = path.split("/").pop()!.replace(/\.qcow2$/, ".raw");
+          await page.click("#download");
+          assertEquals(await settled(page), "done");
+          assertStringIncludes(
+            await page.textContent("#status") ?? "",
+            "written to the file as it was converted",
+          );
+          assertEquals(await opfsFile(page, rawName), {
+            length: size,
+            sha256: expected.sha256,
+          });
+
+          // Without the API: built in memory and downloaded.
+          await setPicker(page, false);
           const [download] = await Promise.all([
             page.waitForEvent("download"),
             page.click("#download"),
           ]);
-          assertEquals(
-            download.suggestedFilename(),
-            path.split("/").pop()!.replace(/\.qcow2$/, ".raw"),
-          );
+          assertEquals(download.suggestedFilename(), rawName);
           const raw = await Deno.readFile(await download.path());
           assertEquals(raw.length, size);
           assertEquals(
@@ -401,6 +455,44 @@ Deno.test({
             expected.sha256,
           );
           await download.delete();
+          assertEquals(await settled(page), "done");
+
+          // A compressed qcow2 image built in the page: qemu-img finds it
+          // clean and equal to the source.
+          const [packed] = await Promise.all([
+            page.waitForEvent("download"),
+            page.click("#save-qcow2"),
+          ]);
+          assertEquals(
+            packed.suggestedFilename(),
+            rawName.replace(/\.raw$/, ".compressed.qcow2"),
+          );
+          const saved = await packed.path();
+          const fixtureDir = path.slice(0, path.lastIndexOf("/"));
+          await run("qemu-img", ["check", saved]);
+          await run("qemu-img", [
+            "compare",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            saved,
+            path,
+          ], fixtureDir);
+          const info = JSON.parse(
+            await run("qemu-img", ["info", "--output=json", saved]),
+          );
+          assertEquals(info["backing-filename"], undefined);
+          assertEquals(info["virtual-size"], size);
+          if (c.kinds.includes("data")) {
+            const packedMap = await qemuMap(saved);
+            assert(
+              packedMap.some((r) => r.kind === "compressed"),
+              "no compressed cluster in the saved image",
+            );
+          }
+          await packed.delete();
+          assertEquals(await settled(page), "done");
         });
       }
 
@@ -433,10 +525,163 @@ Deno.test({
             await page.textContent("#status"),
             "chain_top.qcow2: read (top layer only).",
           );
+          // The reason stands at the top, by the status.
+          assertEquals(await page.isVisible("#layer-note"), true);
           assertStringIncludes(
-            await page.textContent("#download-note") ?? "",
+            await page.textContent("#layer-note") ?? "",
             "chain_mid.qcow2",
           );
+        },
+      );
+
+      await t.step(
+        "an image URL: read with Range requests, its backing file by URL",
+        async () => {
+          const files: Record<string, Uint8Array> = {};
+          for (
+            const n of [
+              "chain_top.qcow2",
+              "chain_mid.qcow2",
+              "chain_base.qcow2",
+            ]
+          ) {
+            files[`vm/${n}`] = await Deno.readFile(
+              new URL(`layouts/${n}`, FIXTURES),
+            );
+          }
+          files["zstd.qcow2"] = await Deno.readFile(
+            new URL("zstd.qcow2", FIXTURES),
+          );
+          const remote = startServer(files, { cors: true });
+          try {
+            for (const name of ["vm/chain_top.qcow2", "zstd.qcow2"]) {
+              await page.fill("#url", remote.url(name));
+              await page.click("#open-url");
+              assertEquals(
+                await settled(page),
+                "done",
+                await page.textContent("#status") ?? "",
+              );
+              const base = name.split("/").pop()!;
+              assertEquals(await page.textContent("#status"), `${base}: read.`);
+              assertEquals(await page.isVisible("#layer-note"), false);
+              const local = new URL(
+                name.startsWith("vm/") ? `layouts/${base}` : base,
+                FIXTURES,
+              ).pathname;
+              const expected = await expectedOf(
+                name.startsWith("vm/") ? `layouts/${base}` : base,
+              );
+              const clusterSize = expected.info["cluster-size"];
+              const runs = hasQemu ? await qemuMap(local) : await ourMap(local);
+              assertEquals(
+                await pageCells(page),
+                cells(runs, expected.virtualSize, clusterSize),
+              );
+              // Streamed to a file, through the picker.
+              await setPicker(page, true);
+              await page.click("#download");
+              assertEquals(await settled(page), "done");
+              assertEquals(
+                await opfsFile(page, base.replace(/\.qcow2$/, ".raw")),
+                { length: expected.virtualSize, sha256: expected.sha256 },
+              );
+            }
+            // Only byte ranges were asked for, and the backing files by URL.
+            assert(remote.ranges.some((r) => r.name === "vm/chain_base.qcow2"));
+            assert(remote.ranges.every((r) => r.to - r.from < 4 << 20));
+            // A URL that is not there: one line on the page (and the
+            // browser's own console line about the 404, expected).
+            const before = errors.length;
+            await page.fill("#url", remote.url("missing.qcow2"));
+            await page.click("#open-url");
+            assertEquals(await settled(page), "error");
+            assertStringIncludes(
+              await page.textContent("#status") ?? "",
+              `Cannot read '${
+                remote.url("missing.qcow2")
+              }': the server answered 404`,
+            );
+            assert(
+              errors.slice(before).every((e) => e.includes("404")),
+              errors.join("\n"),
+            );
+            errors.length = before;
+          } finally {
+            await remote.close();
+          }
+        },
+      );
+
+      await t.step(
+        "the map says which guest offsets a cell covers, and scales",
+        async () => {
+          // 4 TiB, mostly holes: at most 65,536 cells of 64 MiB.
+          await setPicker(page, false);
+          await page.setInputFiles("#extra", []);
+          await page.setInputFiles(
+            "#image",
+            new URL("sparse_4t.qcow2", FIXTURES).pathname,
+          );
+          assertEquals(
+            await settled(page),
+            "done",
+            await page.textContent("#status") ?? "",
+          );
+          const size = 4 * 2 ** 40;
+          const cellBytes = Number(
+            await page.getAttribute("#map", "data-cell-bytes"),
+          );
+          const count = Number(await page.getAttribute("#map", "data-cells"));
+          assert(count <= 65536, `${count} cells`);
+          assertEquals(cellBytes * count, size);
+          const columns = Number(
+            await page.getAttribute("#map", "data-columns"),
+          );
+          const pixels = Number(
+            await page.getAttribute("#map", "data-cell-pixels"),
+          );
+          const hoverCell = async (i: number) => {
+            await page.hover("#map", {
+              position: {
+                x: (i % columns) * pixels + pixels / 2,
+                y: Math.floor(i / columns) * pixels + pixels / 2,
+              },
+            });
+            return {
+              start: Number(
+                await page.getAttribute("#cell-info", "data-start"),
+              ),
+              end: Number(await page.getAttribute("#cell-info", "data-end")),
+              text: await page.textContent("#cell-info") ?? "",
+            };
+          };
+          assertEquals((await hoverCell(0)).start, 0);
+          const last = await hoverCell(count - 1);
+          assertEquals([last.start, last.end], [size - cellBytes, size]);
+          assertStringIncludes(last.text, `0x${(size - 1).toString(16)}`);
+          const some = await hoverCell(columns + 3);
+          assertEquals(some.start, (columns + 3) * cellBytes);
+          // A click pins it: moving away leaves it.
+          await page.click("#map", {
+            position: { x: pixels / 2, y: pixels / 2 },
+          });
+          await hoverCell(5);
+          assertEquals(
+            Number(await page.getAttribute("#cell-info", "data-start")),
+            0,
+          );
+          await page.click("#map", {
+            position: { x: pixels / 2, y: pixels / 2 },
+          });
+          // Too large to build in memory without the File System Access API,
+          // and the page says so.
+          assertEquals(await page.isDisabled("#download"), true);
+          assertStringIncludes(
+            await page.textContent("#download-note") ?? "",
+            "1 GiB",
+          );
+          await setPicker(page, true);
         },
       );
 

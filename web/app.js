@@ -1,17 +1,22 @@
 // @ts-check
 /**
- * The qcow2 viewer page: reads the picked file with the browser bundle of
- * web.ts (`qcow2.js`, built by `deno task web:build`), shows its header,
- * features and snapshots, draws its allocation map, and converts it to a raw
- * image for download.
+ * The qcow2 viewer page: reads the picked file (or an image URL, with HTTP
+ * Range requests) with the browser bundle of web.ts (`qcow2.js`, built by
+ * `deno task web:build`), shows its header, features and snapshots, draws
+ * its allocation map, and saves it as a raw image or as a compressed qcow2
+ * image built in the page: streamed to a file the user picks where the
+ * browser can (the File System Access API), else built in memory.
  */
 
 // @ts-types="../web.ts"
 import {
   blobSource,
   convert,
+  convertToQcow2,
   formatSize,
+  httpSource,
   imageInfo,
+  memoryTarget,
   openImage,
   probeFormat,
   Qcow2Error,
@@ -28,8 +33,8 @@ import {
 /** @typedef {import("../web.ts").Snapshot} Snapshot */
 
 /**
- * Largest virtual size offered for download: the raw image is assembled in
- * memory (as a Blob) before it is saved.
+ * Largest raw image built in memory (as a Blob) for a download, where the
+ * browser cannot stream to a file (no File System Access API).
  */
 const MAX_DOWNLOAD = 1024 ** 3;
 /** Most cells the allocation map draws; larger disks get larger cells. */
@@ -69,13 +74,30 @@ const mapNote = $("map-note", HTMLElement);
 const canvas = $("map", HTMLCanvasElement);
 const legend = $("legend", HTMLElement);
 const downloadButton = $("download", HTMLButtonElement);
+const qcow2Button = $("save-qcow2", HTMLButtonElement);
+const urlForm = $("url-form", HTMLFormElement);
+const urlInput = $("url", HTMLInputElement);
+const urlButton = $("open-url", HTMLButtonElement);
+const layerNote = $("layer-note", HTMLElement);
+const cellInfo = $("cell-info", HTMLElement);
 const progress = $("progress", HTMLProgressElement);
 const downloadNote = $("download-note", HTMLElement);
 
 /** Bumped on every pick, so that work for an older pick stops. */
 let generation = 0;
-/** @type {{ image: DiskImage, name: string } | undefined} */
+/** @type {{ image: DiskImage, base: string, close?: () => void } | undefined} */
 let current;
+/**
+ * The map as drawn: bytes per cell, columns, pixels per cell, and each
+ * cell's rank (index into KINDS from the end).
+ * @type {{ cellBytes: number, columns: number, pixels: number, rank: Uint8Array, size: number } | undefined}
+ */
+let drawn;
+
+/**
+ * An image to show: a picked file, or a URL.
+ * @typedef {{ name: string, size: number, source: ByteSource, options: import("../web.ts").OpenOptions, close(): void }} Input
+ */
 
 /**
  * @param {string} text
@@ -116,24 +138,24 @@ function sizeText(bytes) {
 
 /**
  * Reads what the header says, without opening the backing chain.
- * @param {File} file
- * @param {ByteSource} source
+ * @param {Input} input
  * @returns {Promise<{ info: ImageInfo, snapshots: Snapshot[] }>}
  */
-async function readInfo(file, source) {
+async function readInfo(input) {
+  const { source, name } = input;
   const start = new Uint8Array(Math.min(8, source.size));
   await source.readAt(0, start);
   const format = probeFormat(start);
-  const extras = { actualSize: file.size };
+  const extras = { actualSize: input.size };
   if (format === "qcow") {
     return {
-      info: qcowInfo(await readQcowHeader(source), file.name, extras),
+      info: qcowInfo(await readQcowHeader(source), name, extras),
       snapshots: [],
     };
   }
   if (format !== "qcow2") {
     throw new Error(
-      `${file.name} is not a qcow2 or qcow image (it does not start with 'QFI\\xfb'); a raw image needs no conversion`,
+      `${name} is not a qcow2 or qcow image (it does not start with 'QFI\\xfb'); a raw image needs no conversion`,
     );
   }
   const header = await readHeader(source);
@@ -141,7 +163,7 @@ async function readInfo(file, source) {
     ? await readSnapshots(source, header)
     : [];
   return {
-    info: imageInfo(header, file.name, { ...extras, snapshots }),
+    info: imageInfo(header, name, { ...extras, snapshots }),
     snapshots,
   };
 }
@@ -273,47 +295,86 @@ function showSnapshots(snapshots) {
 }
 
 /**
- * Opens the image with the picked backing and data files; without a picked
- * backing file, its top layer alone.
+ * A picked file as an {@link Input}: backing and data files it names come
+ * from the files picked beside it.
  * @param {File} file
- * @param {ByteSource} source
+ * @returns {Input}
+ */
+function fileInput(file) {
+  const extras = [...(extraInput.files ?? [])];
+  return {
+    name: file.name,
+    size: file.size,
+    source: blobSource(file),
+    options: {
+      path: file.name,
+      openFile: (_path, request) => {
+        const name = request.name.split("/").pop();
+        const picked = extras.find((f) => f.name === name);
+        if (!picked) {
+          return Promise.reject(
+            new Error(`pick '${name}' under "Backing and data files"`),
+          );
+        }
+        return Promise.resolve(blobSource(picked));
+      },
+    },
+    close() {},
+  };
+}
+
+/**
+ * An image URL as an {@link Input}, read with Range requests; the files it
+ * names resolve against its URL and are read the same way.
+ * @param {string} url
+ * @returns {Promise<Input>}
+ */
+async function urlInputOf(url) {
+  const source = await httpSource(url);
+  const name = decodeURIComponent(
+    new URL(url).pathname.split("/").pop() || url,
+  );
+  return {
+    name,
+    size: source.size,
+    source,
+    options: { path: url, openFile: (path) => httpSource(path) },
+    close: () => source.close(),
+  };
+}
+
+/**
+ * Opens the image with the files it names; without its backing file, its
+ * top layer alone, and why.
+ * @param {Input} input
  * @returns {Promise<{ image: DiskImage, note: string }>}
  */
-async function open(file, source) {
-  const extras = [...(extraInput.files ?? [])];
-  /** @type {import("../web.ts").OpenOptions} */
-  const options = {
-    path: file.name,
-    openFile: (_path, request) => {
-      const name = request.name.split("/").pop();
-      const picked = extras.find((f) => f.name === name);
-      if (!picked) {
-        return Promise.reject(
-          new Error(`pick '${name}' under "Backing and data files"`),
-        );
-      }
-      return Promise.resolve(blobSource(picked));
-    },
-  };
+async function open(input) {
   try {
-    return { image: await openImage(source, options), note: "" };
+    return { image: await openImage(input.source, input.options), note: "" };
   } catch (e) {
     if (!(e instanceof Qcow2Error) || e.code !== "BACKING_FILE") throw e;
-    const image = await openImage(source, {
-      ...options,
+    const image = await openImage(input.source, {
+      ...input.options,
       ignoreBackingFile: true,
     });
     return {
       image,
       note:
-        `${e.message}. Shown and converted: this image's own layer alone (what it leaves unallocated reads as zeros).`,
+        `${e.message}. Shown and saved: this image's own layer alone (what it leaves unallocated reads as zeros).`,
     };
   }
 }
 
+/** @param {number} n */
+function hex(n) {
+  return "0x" + n.toString(16);
+}
+
 /**
  * Draws the allocation map: one cell per cluster (or per run of clusters,
- * for large disks), colored by the kind of its extents.
+ * for large disks: at most MAX_CELLS cells), colored by the kind of its
+ * extents.
  * @param {DiskImage & { clusterSize?: number }} image
  * @param {() => boolean} stale
  */
@@ -359,6 +420,7 @@ async function drawMap(image, stale) {
       pixels - gap,
     );
   }
+  drawn = { cellBytes, columns, pixels, rank, size: image.size };
   Object.assign(canvas.dataset, {
     cells: String(cells),
     cellBytes: String(cellBytes),
@@ -373,6 +435,9 @@ async function drawMap(image, stale) {
     `Each cell is ${formatSize(cellBytes)} of the guest disk, ` +
     `${columns} cells a row, ${cells} in all; a cell holding several kinds ` +
     "shows the first of the legend's.";
+  cellInfo.textContent =
+    "Point at a cell (or click it) to see which guest offsets it covers.";
+  delete cellInfo.dataset.cell;
   legend.replaceChildren(
     ...KINDS.map((kind) => {
       const item = document.createElement("li");
@@ -394,67 +459,217 @@ async function drawMap(image, stale) {
   );
 }
 
-async function show() {
+/** Whether a click pinned the cell shown. */
+let pinned = false;
+
+/**
+ * Says which guest offsets the cell under the pointer covers.
+ * @param {MouseEvent} event
+ * @param {boolean} pin Keep it (a click) until another click.
+ */
+function pointAt(event, pin) {
+  if (!drawn || (pinned && !pin)) return;
+  const { cellBytes, columns, pixels, rank, size } = drawn;
+  const x = Math.floor(event.offsetX / pixels);
+  const y = Math.floor(event.offsetY / pixels);
+  const i = y * columns + x;
+  if (x < 0 || x >= columns || y < 0 || i >= rank.length) return;
+  if (pin) pinned = !pinned || cellInfo.dataset.cell !== String(i);
+  const start = i * cellBytes;
+  const end = Math.min(size, start + cellBytes);
+  const kind = KINDS[KINDS.length - 1 - rank[i]];
+  cellInfo.dataset.cell = String(i);
+  cellInfo.dataset.start = String(start);
+  cellInfo.dataset.end = String(end);
+  cellInfo.textContent = `Cell ${i}: guest offsets ${hex(start)} to ${
+    hex(end - 1)
+  } (${formatSize(start)} to ${formatSize(end)}, ${formatSize(end - start)}): ${
+    kind === "unallocated"
+      ? "unallocated"
+      : `holds ${kind}${rank[i] > 1 ? " (and maybe less allocated kinds)" : ""}`
+  }${pinned ? " [pinned: click again to release]" : ""}`;
+}
+
+/**
+ * Shows an image.
+ * @param {() => Promise<Input>} get
+ * @param {string} label What is being read, for the status line.
+ */
+async function show(get, label) {
   const gen = ++generation;
   const stale = () => gen !== generation;
-  current?.image.close();
-  current = undefined;
-  downloadButton.disabled = true;
-  downloadNote.textContent = "";
-  const file = imageInput.files?.[0];
-  if (!file) {
-    details.hidden = true;
-    setStatus("Pick an image.", "done");
-    return;
+  if (current) {
+    current.image.close();
+    current.close?.();
   }
-  setStatus(`Reading ${file.name}…`, "loading");
+  current = undefined;
+  drawn = undefined;
+  pinned = false;
+  downloadButton.disabled = true;
+  qcow2Button.disabled = true;
+  downloadNote.textContent = "";
+  layerNote.hidden = true;
+  layerNote.textContent = "";
+  setStatus(`Reading ${label}…`, "loading");
+  /** @type {Input | undefined} */
+  let input;
   try {
-    const source = blobSource(file);
-    const { info, snapshots } = await readInfo(file, source);
-    if (stale()) return;
+    input = await get();
+    if (stale()) return input.close();
+    const { info, snapshots } = await readInfo(input);
+    if (stale()) return input.close();
     showHeader(info);
     showFeatures(info);
     showSnapshots(snapshots);
     details.hidden = false;
-    const { image, note } = await open(file, source);
-    if (stale()) return image.close();
+    const { image, note } = await open(input);
+    if (stale()) {
+      image.close();
+      return input.close();
+    }
     current = {
       image,
-      name: file.name.replace(/\.(qcow2?|img)$/i, "") + ".raw",
+      base: input.name.replace(/\.(qcow2?|img)$/i, ""),
+      close: input.close,
     };
+    if (note) {
+      // Why a layer is missing stands at the top, by the status.
+      layerNote.textContent = note;
+      layerNote.hidden = false;
+    }
     await drawMap(image, stale);
     if (stale()) return;
-    if (image.size > MAX_DOWNLOAD) {
+    if (canStream()) {
+      downloadButton.disabled = false;
+      downloadNote.textContent = `${current.base}.raw: ${
+        sizeText(image.size)
+      }, written straight to the file you pick (this browser can).`;
+    } else if (image.size > MAX_DOWNLOAD) {
       downloadNote.textContent =
         `The raw image would take ${formatSize(image.size)}: ` +
-        `this page builds it in memory, up to ${formatSize(MAX_DOWNLOAD)}. ` +
-        "Use the command-line tool (convert) for larger images.";
+        `this browser cannot write to a file as it goes, so the page builds ` +
+        `the image in memory, up to ${formatSize(MAX_DOWNLOAD)}. ` +
+        "Use Chromium, or the command-line tool (convert), for larger images.";
     } else {
       downloadButton.disabled = false;
-      downloadNote.textContent = `${current.name}: ${
-        sizeText(image.size)
-      }, built in memory when you click.`;
+      downloadNote.textContent =
+        `${current.base}.raw: ${
+          sizeText(image.size)
+        }, built in memory when you click (this browser cannot write to a ` +
+        `file as it goes; up to ${formatSize(MAX_DOWNLOAD)}).`;
     }
-    if (note) downloadNote.textContent += ` ${note}`;
+    qcow2Button.disabled = false;
     setStatus(
-      `${file.name}: ${note ? "read (top layer only)" : "read"}.`,
+      `${input.name}: ${note ? "read (top layer only)" : "read"}.`,
       "done",
     );
   } catch (e) {
+    input?.close();
     if (!stale()) {
-      setStatus(`Cannot read ${file.name}: ${describeError(e)}`, "error");
+      setStatus(`Cannot read ${label}: ${describeError(e)}`, "error");
     }
   }
 }
 
-async function download() {
-  if (!current) return;
-  const { image, name } = current;
+/** Whether this browser can write a file the user picks as data comes. */
+function canStream() {
+  /** @type {any} */
+  const g = globalThis;
+  return typeof g.showSaveFilePicker === "function";
+}
+
+/**
+ * Where a save goes: a file the user picks, written as the data comes
+ * (File System Access API), or undefined where the browser has none.
+ * @param {string} name
+ * @returns {Promise<{ writeAt(position: number, bytes: Uint8Array): Promise<void>, finish(size: number): Promise<void>, abort(): Promise<void> } | undefined>}
+ */
+async function pickFile(name) {
+  if (!canStream()) return undefined;
+  /** @type {any} */
+  const g = globalThis;
+  const handle = await g.showSaveFilePicker({ suggestedName: name });
+  const writable = await handle.createWritable();
+  return {
+    /** @param {number} position @param {Uint8Array} bytes */
+    writeAt: (position, bytes) =>
+      writable.write({ type: "write", position, data: bytes.slice() }),
+    /** @param {number} size */
+    finish: async (size) => {
+      await writable.truncate(size);
+      await writable.close();
+    },
+    abort: () => writable.abort(),
+  };
+}
+
+/**
+ * Hands `blob` to the browser as a download named `name`.
+ * @param {Blob} blob
+ * @param {string} name
+ */
+function offer(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = document.createElement("a");
+  link.href = url;
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
+/**
+ * Runs a save with the buttons off and the progress bar on.
+ * @param {string} name
+ * @param {(onProgress: (p: { done: number, total: number }) => void) => Promise<string>} run
+ */
+async function saving(name, run) {
   const gen = generation;
   downloadButton.disabled = true;
+  qcow2Button.disabled = true;
   progress.hidden = false;
-  setStatus(`Converting to ${name}…`, "loading");
+  setStatus(`Saving ${name}…`, "loading");
   try {
+    const said = await run(({ done, total }) => {
+      progress.max = total;
+      progress.value = done;
+    });
+    if (gen === generation) setStatus(said, "done");
+  } catch (e) {
+    if (gen !== generation) return;
+    if (e instanceof DOMException && e.name === "AbortError") {
+      setStatus("Not saved.", "done");
+    } else {
+      setStatus(`Cannot save ${name}: ${describeError(e)}`, "error");
+    }
+  } finally {
+    progress.hidden = true;
+    if (gen === generation && current) {
+      downloadButton.disabled = !canStream() &&
+        current.image.size > MAX_DOWNLOAD;
+      qcow2Button.disabled = false;
+    }
+  }
+}
+
+function saveRaw() {
+  if (!current) return;
+  const { image, base } = current;
+  const name = `${base}.raw`;
+  return saving(name, async (onProgress) => {
+    const file = await pickFile(name);
+    if (file) {
+      try {
+        const summary = await convert(image, file, { onProgress });
+        return `Saved ${name} (${
+          sizeText(summary.virtualSize)
+        }), written to the file as it was converted.`;
+      } catch (e) {
+        await file.abort().catch(() => {});
+        throw e;
+      }
+    }
     // Chunks are folded into Blobs as they come, so that the browser may
     // keep them out of the JavaScript heap.
     /** @type {Blob[]} */
@@ -474,38 +689,71 @@ async function download() {
         }
       },
     });
-    const summary = await convert(image, sink, {
-      onProgress: ({ done, total }) => {
-        progress.max = total;
-        progress.value = done;
-      },
-    });
+    const summary = await convert(image, sink, { onProgress });
     parts.push(new Blob(pending));
-    if (gen !== generation) return;
-    const url = URL.createObjectURL(
-      new Blob(parts, { type: "application/octet-stream" }),
-    );
-    const link = document.createElement("a");
-    link.href = url;
-    link.download = name;
-    document.body.append(link);
-    link.click();
-    link.remove();
-    setTimeout(() => URL.revokeObjectURL(url), 60_000);
-    setStatus(`Saved ${name} (${sizeText(summary.virtualSize)}).`, "done");
-  } catch (e) {
-    if (gen === generation) {
-      setStatus(`Cannot convert: ${describeError(e)}`, "error");
-    }
-  } finally {
-    progress.hidden = true;
-    if (gen === generation) downloadButton.disabled = false;
-  }
+    offer(new Blob(parts, { type: "application/octet-stream" }), name);
+    return `Saved ${name} (${sizeText(summary.virtualSize)}).`;
+  });
 }
 
-imageInput.addEventListener("change", () => void show());
-extraInput.addEventListener("change", () => void show());
-downloadButton.addEventListener("click", () => void download());
+function saveQcow2() {
+  if (!current) return;
+  const { image, base } = current;
+  const name = `${base}.compressed.qcow2`;
+  return saving(name, async (onProgress) => {
+    const file = await pickFile(name);
+    const target = file ?? memoryTarget();
+    try {
+      const summary = await convertToQcow2(image, target, {
+        compress: true,
+        onProgress,
+      });
+      void summary;
+    } catch (e) {
+      await file?.abort().catch(() => {});
+      throw e;
+    }
+    if (!file) {
+      const bytes = /** @type {ReturnType<typeof memoryTarget>} */ (target)
+        .bytes();
+      offer(
+        new Blob([/** @type {Uint8Array<ArrayBuffer>} */ (bytes)], {
+          type: "application/octet-stream",
+        }),
+        name,
+      );
+      return `Saved ${name} (${sizeText(bytes.length)}, built in memory).`;
+    }
+    return `Saved ${name}, written to the file as it was built.`;
+  });
+}
+
+imageInput.addEventListener("change", () => {
+  const file = imageInput.files?.[0];
+  if (!file) {
+    details.hidden = true;
+    setStatus("Pick an image.", "done");
+    return;
+  }
+  urlInput.value = "";
+  void show(() => Promise.resolve(fileInput(file)), file.name);
+});
+extraInput.addEventListener("change", () => {
+  const file = imageInput.files?.[0];
+  if (file) void show(() => Promise.resolve(fileInput(file)), file.name);
+});
+urlForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const url = urlInput.value.trim();
+  if (!url) return;
+  void show(() => urlInputOf(url), url);
+});
+canvas.addEventListener("mousemove", (e) => pointAt(e, false));
+canvas.addEventListener("click", (e) => pointAt(e, true));
+downloadButton.addEventListener("click", () => void saveRaw());
+qcow2Button.addEventListener("click", () => void saveQcow2());
 imageInput.disabled = false;
 extraInput.disabled = false;
-setStatus("Pick an image.", "done");
+urlInput.disabled = false;
+urlButton.disabled = false;
+setStatus("Pick an image, or give its URL.", "done");
