@@ -276,7 +276,7 @@ export const readHeader: ReadHeaderFunction = face.readHeader;
 /**
  * Opens a qcow2 (or legacy qcow) image for random-access reads of guest
  * bytes, through its backing chain. Compressed clusters use
- * {@linkcode webCodecs} (zlib only) unless `options.codecs` says otherwise.
+ * {@linkcode webCodecs} (zlib and zstd) unless `options.codecs` says otherwise.
  *
  * Backing and data files are opened only through `options.openFile` (with
  * `options.path` to resolve their names); without it, an image that names
