@@ -5,7 +5,6 @@
  */
 
 import {
-  type ByteSource,
   fileSource,
   formatInfo,
   type ImageInfo,

@@ -9,13 +9,16 @@
 import { type FileHandleLike, fileHandleSource } from "../src/io/source.ts";
 import type { OpenedFile } from "../src/open.ts";
 import { openDenoFile } from "./deno_file.ts";
+import { httpSource } from "../src/io/http.ts";
 import { importNode } from "./node_builtin.ts";
 
 /**
  * Opens a file by path for positional reads: in Deno with `Deno.open` and
  * synchronous reads (the fastest Deno has), elsewhere with
- * `node:fs/promises` (Node and Bun). It is the default way `openImage`
- * opens an image given by path, and the backing and data files it names.
+ * `node:fs/promises` (Node and Bun); an `http://` or `https://` URL with
+ * {@linkcode httpSource} (Deno needs `--allow-net=HOST`). It is the default
+ * way `openImage` opens an image given by path, and the backing and data
+ * files it names (a remote image's names resolve against its URL).
  *
  * @param path The file's path.
  * @returns The open file, as a source that can be closed.
@@ -49,6 +52,7 @@ import { importNode } from "./node_builtin.ts";
  * ```
  */
 export async function openPath(path: string): Promise<OpenedFile> {
+  if (/^https?:\/\//i.test(path)) return await httpSource(path);
   if (typeof Deno !== "undefined" && typeof Deno.open === "function") {
     return await openDenoFile(path);
   }
