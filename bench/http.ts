@@ -41,16 +41,24 @@ const proxyPath = new URL("./_delay_proxy.ts", import.meta.url).pathname;
 
 const work = await Deno.makeTempDir({ prefix: "qcow2-http-bench-" });
 const children: Deno.ChildProcess[] = [];
-try {
-  await main();
-} finally {
+const cleanUp = async () => {
   for (const c of children) {
     try {
       c.kill("SIGTERM");
       await c.status;
     } catch { /* gone */ }
   }
-  await Deno.remove(work, { recursive: true });
+  await Deno.remove(work, { recursive: true }).catch(() => {});
+};
+for (const signal of ["SIGINT", "SIGTERM"] as const) {
+  Deno.addSignalListener(signal, () => {
+    cleanUp().finally(() => Deno.exit(130));
+  });
+}
+try {
+  await main();
+} finally {
+  await cleanUp();
 }
 
 async function main() {
@@ -315,7 +323,7 @@ async function timed(cmd: string, args: string[], capture = false) {
     /\s+/,
   )
     .slice(-2).map(Number);
-  return { s, kb, stdout: new TextDecoder().decode(r.stdout) };
+  return { s, kb, stdout: capture ? new TextDecoder().decode(r.stdout) : "" };
 }
 
 async function sha(path: string): Promise<string> {

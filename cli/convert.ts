@@ -10,6 +10,7 @@ import {
   openPath,
   type OpenRequest,
   Qcow2Error,
+  workerCodecs,
 } from "../mod.ts";
 import { InFile } from "../native/explain.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";
@@ -178,7 +179,11 @@ export async function main(args: string[]): Promise<number> {
   // are checked first, so Deno never stops to prompt.
   const inputs: InputFile[] = [srcPath];
   await requireRead(srcPath);
+  // Over HTTP this thread also reads the network: decompress in workers.
+  const remote = /^https?:\/\//i.test(srcPath);
+  const codecs = remote ? workerCodecs() : undefined;
   const { image } = await openInput(srcPath, srcFormat, {
+    codecs,
     password,
     snapshot,
     ignoreBackingFile: flags.top,
@@ -188,8 +193,10 @@ export async function main(args: string[]): Promise<number> {
       inputs.push({ path, what: roleIn(srcPath, request) });
       return await openPath(path);
     },
-  }).catch((e) => Promise.reject(new InFile(srcPath, e)))
-    .finally(() => password?.fill(0));
+  }).catch((e) => {
+    codecs?.close();
+    return Promise.reject(new InFile(srcPath, e));
+  }).finally(() => password?.fill(0));
   const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
     ? progressBar({ write: writeStderr, columns: terminalColumns() })
     : undefined;
@@ -206,7 +213,7 @@ export async function main(args: string[]): Promise<number> {
         onProgress: bar?.update,
         // Over HTTP, more chunks in flight: their reads queue in the
         // source and adjacent ones merge into larger requests.
-        parallel: /^https?:\/\//i.test(srcPath) ? REMOTE_PARALLEL : undefined,
+        parallel: remote ? REMOTE_PARALLEL : undefined,
       };
       if (dstPath === "-") {
         return await convert(image, Deno.stdout.writable, options)
@@ -227,6 +234,7 @@ export async function main(args: string[]): Promise<number> {
     });
   } finally {
     image.close();
+    codecs?.close();
     bar?.end();
   }
   if (flags.json) {

@@ -324,3 +324,36 @@ Deno.test("http: not an http(s) URL is a TypeError", async () => {
   await assertRejects(() => httpSource("file:///etc/passwd"), TypeError);
   await assertRejects(() => httpSource("not a url"), TypeError);
 });
+
+Deno.test("http: openImage and convert take a URL as they take a path", async () => {
+  const files: Record<string, Uint8Array> = {};
+  for (const n of ["chain_top.qcow2", "chain_mid.qcow2", "chain_base.qcow2"]) {
+    files[`vm/${n}`] = await read(`layouts/${n}`);
+  }
+  const server = startServer(files);
+  const want = JSON.parse(
+    await Deno.readTextFile(fixture("layouts/expected.json")),
+  )["chain_top.qcow2"];
+  try {
+    const url = server.url("vm/chain_top.qcow2");
+    const image = await openImage(url);
+    assertEquals(image.size, want.virtualSize);
+    image.close();
+    const chunks: Uint8Array[] = [];
+    await convert(
+      url,
+      new WritableStream<Uint8Array>({
+        write: (c) => void chunks.push(c.slice()),
+      }),
+    );
+    const bytes = await new Blob(chunks as Uint8Array<ArrayBuffer>[])
+      .arrayBuffer();
+    assertEquals(
+      hex(await crypto.subtle.digest("SHA-256", bytes)),
+      want.sha256,
+    );
+    assert(server.ranges.some((r) => r.name === "vm/chain_base.qcow2"));
+  } finally {
+    await server.close();
+  }
+});
