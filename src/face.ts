@@ -196,6 +196,7 @@ export function makeFace(defaults: RuntimeDefaults): Face {
     const withCodecs = {
       ...options,
       codecs: options.codecs ?? defaults.codecs,
+      crypto: options.crypto ?? defaults.crypto,
     };
     return options.writable
       ? await openReadWrite(input as WritableInput | string, withCodecs)

@@ -6,7 +6,13 @@
  * their codes.
  */
 import { assert, assertEquals, assertRejects } from "@std/assert";
-import { openImage, Qcow2Error, webCrypto, workerCrypto } from "../mod.ts";
+import {
+  nodeCrypto,
+  openImage,
+  Qcow2Error,
+  webCrypto,
+  workerCrypto,
+} from "../mod.ts";
 import {
   CRYPTO_FIXTURES,
   cryptoFixture,
@@ -162,3 +168,18 @@ for (
     }
   });
 }
+
+Deno.test("openImage in mod.ts unlocks with node:crypto by default", async () => {
+  const original = nodeCrypto.pbkdf2;
+  let calls = 0;
+  nodeCrypto.pbkdf2 = (...args) => (calls++, original(...args));
+  try {
+    const image = await openImage(await cryptoFixture("luks_default.qcow2"), {
+      password: PASSWORD,
+    });
+    image.close();
+  } finally {
+    nodeCrypto.pbkdf2 = original;
+  }
+  assert(calls >= 2, `node:crypto's PBKDF2 ran ${calls} times`);
+});

@@ -228,3 +228,93 @@ Deno.test("refused: legacy AES (QEMU discourages it), twofish, no password", asy
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("a writable LUKS image encrypts what it writes: qemu-img reads the same bytes", async () => {
+  const dir = await tempDir();
+  try {
+    const path = `${dir}/rw.qcow2`;
+    // qemu-img makes the image (4 KiB clusters, over a backing file), we write.
+    const base = `${dir}/base.raw`;
+    const baseBytes = source().subarray(0, 512 * 1024);
+    await Deno.writeFile(base, baseBytes);
+    let made;
+    for (let attempt = 0; attempt < 8; attempt++) {
+      made = await qemu([
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        base,
+        "-F",
+        "raw",
+        "--object",
+        `secret,id=s,data=${PASSWORD}`,
+        "-o",
+        "encrypt.format=luks,encrypt.key-secret=s,encrypt.iter-time=10,cluster_size=4096",
+        path,
+        "1M",
+      ]);
+      if (made.code === 0) break; // its PBKDF2 calibration fails now and then
+    }
+    assertEquals(made!.code, 0, made!.stderr);
+    const expected = new Uint8Array(1024 * 1024);
+    expected.set(baseBytes);
+    const image = await openImage(path, { writable: true, password: PASSWORD });
+    const ops: [number, number, number][] = [
+      [0, 512, 0x11], // a sector
+      [1000, 3000, 0x22], // inside a cluster, not on sectors
+      [8192 + 100, 9000, 0x33], // across clusters, over the backing file
+      [600 * 1024, 70000, 0x44], // past the backing file
+      [1024 * 1024 - 300, 300, 0x55], // the end
+    ];
+    for (const [at, length, value] of ops) {
+      const bytes = new Uint8Array(length).fill(value);
+      await image.write(at, bytes);
+      expected.set(bytes, at);
+    }
+    await image.writeZeroes(2048, 1024);
+    expected.fill(0, 2048, 3072);
+    const back = new Uint8Array(expected.length);
+    await image.read(0, back);
+    assertEquals(back, expected);
+    await image.close();
+    await Deno.writeFile(`${dir}/expected.raw`, expected);
+    const compare = await qemu([
+      "compare",
+      ...opts(path),
+      `driver=raw,file.filename=${dir}/expected.raw`,
+    ]);
+    assertEquals(compare.code, 0, compare.stdout + compare.stderr);
+    const check = await qemu(["check", ...opts(path)]);
+    assertEquals(check.code, 0, check.stdout + check.stderr);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("legacy AES images are not opened for writing", async () => {
+  const dir = await tempDir();
+  try {
+    const path = `${dir}/aes.qcow2`;
+    const made = await qemu([
+      "create",
+      "-q",
+      "-f",
+      "qcow2",
+      "--object",
+      `secret,id=s,data=${PASSWORD}`,
+      "-o",
+      "encrypt.format=aes,encrypt.key-secret=s",
+      path,
+      "1M",
+    ]);
+    assertEquals(made.code, 0, made.stderr);
+    const error = await openImage(path, { writable: true, password: PASSWORD })
+      .then(() => undefined, (e) => e);
+    assertEquals(error?.code, "NOT_WRITABLE");
+    assertStringIncludes(error.message, "QEMU discourages");
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});

@@ -118,8 +118,10 @@ export async function openWritable(
       "its corrupt bit is set (repair it with 'qemu-img check -r all' first)",
     );
   }
-  if (header.cryptMethod !== 0) {
-    throw refuse("it is encrypted, which is not supported for writing yet");
+  if (header.cryptMethod === 1) {
+    throw refuse(
+      "it is encrypted with legacy AES, which QEMU discourages and this library does not write (convert it to LUKS: convert -O qcow2 -o encrypt.format=luks)",
+    );
   }
   let dataStore: ByteStore | undefined;
   const openFile = options.openFile;
@@ -175,6 +177,7 @@ export async function openWritable(
       dataStore,
       snapshots: disk.snapshots,
       backing: disk.backing,
+      encryption: disk.encryption,
       codecs: options.codecs,
       l2CacheBytes: options.l2CacheBytes,
       close: async () => {

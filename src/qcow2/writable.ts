@@ -17,6 +17,7 @@
  * @module
  */
 
+import type { ImageEncryption } from "../crypto/encryption.ts";
 import { withJobs } from "../jobs.ts";
 import { type Codecs, webCodecs } from "../codecs/codecs.ts";
 import { type CompressedRead, readCompressedRuns } from "./cluster_reads.ts";
@@ -64,6 +65,11 @@ export interface WritableParts {
   backing?: DiskImage;
   /** Decompressors (for copy-on-write of compressed clusters). */
   codecs?: Codecs;
+  /**
+   * The unlocked LUKS encryption: data is decrypted when read and
+   * encrypted when written, whole subclusters at a time.
+   */
+  encryption?: ImageEncryption;
   /** Bytes of L2 tables to keep cached (default 4 MiB). */
   l2CacheBytes?: number;
   /** Closes what was opened for this image (backing and data files, the image file). */
@@ -147,6 +153,8 @@ export class WritableQcow2Image implements DiskImage {
   readonly #external: boolean;
   readonly #raw: boolean;
   readonly #codecs: Codecs;
+  /** The unlocked encryption of a LUKS image. */
+  readonly encryption?: ImageEncryption;
   readonly #cs: number;
   readonly #bits: number;
   readonly #extended: boolean;
@@ -192,6 +200,7 @@ export class WritableQcow2Image implements DiskImage {
     this.#raw = this.#external && header.features.rawExternalData;
     this.#data = parts.dataStore ?? parts.store;
     this.#codecs = parts.codecs ?? webCodecs;
+    this.encryption = parts.encryption;
     this.#extended = header.features.extendedL2;
     this.#entryBytes = this.#extended ? 16 : 8;
     this.#l2Entries = this.#cs / this.#entryBytes;
@@ -367,6 +376,21 @@ export class WritableQcow2Image implements DiskImage {
     host: number,
     into: Uint8Array,
   ): Promise<void> {
+    const encryption = this.encryption;
+    if (encryption) {
+      // Whole sectors, decrypted by their host offsets (LUKS).
+      const lead = host % 512;
+      const length = Math.ceil((lead + into.length) / 512) * 512;
+      const sectors = lead === 0 && length === into.length
+        ? into
+        : new Uint8Array(length);
+      const at = host - lead;
+      const n = at >= file.size ? 0 : await file.readAt(at, sectors);
+      sectors.fill(0, n);
+      await encryption.decrypt(at, sectors);
+      if (sectors !== into) into.set(sectors.subarray(lead, lead + into.length));
+      return;
+    }
     const n = host >= file.size ? 0 : await file.readAt(host, into);
     into.fill(0, n);
   }
@@ -874,8 +898,12 @@ export class WritableQcow2Image implements DiskImage {
       if (kind === "backing") return await this.#backingIsZero(g + x, y - x);
       return false;
     };
-    if (from < a && await skippable(sa, from, a)) from = a;
-    if (to > b && await skippable(sb - 1, b, to)) to = b;
+    // Encrypted data is written whole subclusters at a time: what is not
+    // written would not decrypt to what it held.
+    if (!this.encryption) {
+      if (from < a && await skippable(sa, from, a)) from = a;
+      if (to > b && await skippable(sb - 1, b, to)) to = b;
+    }
     let bytes: Uint8Array;
     if (from === a && to === b) {
       bytes = data;
@@ -904,6 +932,10 @@ export class WritableQcow2Image implements DiskImage {
         }
       }
       bytes.set(data, a - from);
+    }
+    if (this.encryption && to > from) {
+      if (bytes === data) bytes = data.slice();
+      await this.encryption.encrypt(host + from, bytes);
     }
     const next: Mapping = {
       host: this.#raw ? (inPlace ? m.host : g) : host,
