@@ -388,7 +388,9 @@ export class WritableQcow2Image implements DiskImage {
       const n = at >= file.size ? 0 : await file.readAt(at, sectors);
       sectors.fill(0, n);
       await encryption.decrypt(at, sectors);
-      if (sectors !== into) into.set(sectors.subarray(lead, lead + into.length));
+      if (sectors !== into) {
+        into.set(sectors.subarray(lead, lead + into.length));
+      }
       return;
     }
     const n = host >= file.size ? 0 : await file.readAt(host, into);
