@@ -68,6 +68,7 @@ export {
   type Qcow2Features,
   type Qcow2Header,
 } from "./src/qcow2/header.ts";
+export { CRYPT_METHOD, type CryptMethod } from "./src/qcow2/layout.ts";
 export type {
   BitmapsExtension,
   EncryptionExtension,

@@ -8,21 +8,18 @@
  * @module
  */
 
-import type { ByteSource } from "../src/io/source.ts";
+import type { OpenedFile } from "../src/open.ts";
 
-/** A {@linkcode ByteSource} that can be closed. */
-export interface ClosableSource extends ByteSource {
-  /** Closes the file. */
-  close(): void;
-}
+/** An {@linkcode OpenedFile} whose `close` is always there. */
+type ClosableFile = OpenedFile & { close(): void };
 
 /**
- * Opens `path` for reading as a {@linkcode ClosableSource}.
+ * Opens `path` for reading as a {@linkcode ClosableFile}.
  *
  * @param path The file's path.
  * @returns The open file.
  */
-export async function openDenoFile(path: string): Promise<ClosableSource> {
+export async function openDenoFile(path: string): Promise<ClosableFile> {
   const file = await Deno.open(path, { read: true });
   try {
     return denoFileSource(file, (await file.stat()).size);
@@ -33,7 +30,7 @@ export async function openDenoFile(path: string): Promise<ClosableSource> {
 }
 
 /**
- * A {@linkcode ClosableSource} over an open `Deno.FsFile` of `size` bytes.
+ * A {@linkcode ClosableFile} over an open `Deno.FsFile` of `size` bytes.
  *
  * @param file The open file; closing the source closes it.
  * @param size Its length in bytes.
@@ -42,7 +39,7 @@ export async function openDenoFile(path: string): Promise<ClosableSource> {
 export function denoFileSource(
   file: Deno.FsFile,
   size: number,
-): ClosableSource {
+): ClosableFile {
   return {
     size,
     readAt(position: number, buffer: Uint8Array): Promise<number> {

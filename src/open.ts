@@ -19,7 +19,7 @@ import {
 } from "./qcow2/header.ts";
 import { Qcow2Image } from "./qcow2/image.ts";
 import { type ByteSource, readExact } from "./io/source.ts";
-import { openQcow1, type QcowImage } from "./qcow/image.ts";
+import { openQcowImage, type QcowImage } from "./qcow/image.ts";
 import { RawImage } from "./raw.ts";
 import {
   checkSnapshotL1,
@@ -439,7 +439,7 @@ async function openQcow(
   options: OpenOptions,
   chain: Chain,
 ): Promise<QcowImage> {
-  return await openQcow1(source, {
+  return await openQcowImage(source, {
     codecs: options.codecs,
     openEncryption: (header) =>
       openLayerEncryption(source, header, options, chain, "qcow"),

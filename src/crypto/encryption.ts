@@ -12,6 +12,7 @@
  */
 
 import { hex, Qcow2Error } from "../errors.ts";
+import { CRYPT_METHOD } from "../qcow2/layout.ts";
 import { type ByteSource, readExact } from "../io/source.ts";
 import { afMerge } from "./afsplit.ts";
 import {
@@ -362,7 +363,7 @@ export async function openEncryption(
   password: string | Uint8Array | undefined,
   format = "qcow2",
 ): Promise<ImageEncryption | undefined> {
-  if (header.cryptMethod === 0) return undefined;
+  if (header.cryptMethod === CRYPT_METHOD.none) return undefined;
   const noPassword = (what: string) =>
     new Qcow2Error(
       "ENCRYPTED",
@@ -376,7 +377,7 @@ export async function openEncryption(
   ) =>
     provider.encryption?.(kind, spec, key) ??
       sectorEncryption(provider, kind, spec, key);
-  if (header.cryptMethod === 1) {
+  if (header.cryptMethod === CRYPT_METHOD.aes) {
     if (password === undefined) throw noPassword("legacy AES");
     const key = legacyAesKey(password);
     try {

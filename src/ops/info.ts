@@ -17,6 +17,7 @@ import { checkKnownFeatures, type Qcow2Header } from "../qcow2/header.ts";
 import {
   AUTOCLEAR,
   COMPATIBLE,
+  CRYPT_METHOD,
   type FeatureBit,
   INCOMPATIBLE,
 } from "../qcow2/layout.ts";
@@ -345,7 +346,7 @@ export function imageInfo(
       ? extras.snapshots.map(snapshotInfo)
       : undefined,
     "format-specific": { type: "qcow2", data },
-    encrypted: header.cryptMethod !== 0 ? true : undefined,
+    encrypted: header.cryptMethod !== CRYPT_METHOD.none ? true : undefined,
     "dirty-flag": header.features.dirty,
     "qcow2-header": headerInfo(header),
   };
@@ -382,7 +383,7 @@ export function qcowInfo(
     "cluster-size": header.clusterSize,
     format: "qcow",
     "actual-size": extras.actualSize,
-    encrypted: header.cryptMethod !== 0 ? true : undefined,
+    encrypted: header.cryptMethod !== CRYPT_METHOD.none ? true : undefined,
     "backing-filename": header.backingFile,
     "full-backing-filename": header.backingFile !== undefined
       ? extras.fullBackingFilename

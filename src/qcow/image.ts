@@ -14,6 +14,7 @@ import { checkOpenable, imageName } from "../qcow2/names.ts";
 import { type L2Span, TwoLevelImage } from "../qcow2/walk.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import { QCOW2_MAGIC } from "../qcow2/header.ts";
+import { CRYPT_METHOD } from "../qcow2/layout.ts";
 import { type ByteSource, readExact } from "../io/source.ts";
 
 /**
@@ -158,7 +159,7 @@ export function parseQcowHeader(
       "is outside 6..13 (L2 tables of 512 B to 64 KiB)",
     );
   }
-  if (cryptMethod > 1) {
+  if (cryptMethod > CRYPT_METHOD.aes) {
     throw bad("crypt_method", 36, cryptMethod, "is unknown (0 none, 1 AES)");
   }
   const span = 2 ** (clusterBits + l2Bits);
@@ -260,7 +261,7 @@ export async function readQcowHeader(
   );
 }
 
-/** What {@linkcode openQcow1} needs beyond the file. */
+/** What {@linkcode openQcowImage} needs beyond the file. */
 export interface QcowOpenOptions {
   /** Decompressors (zlib is used). */
   codecs?: Codecs;
@@ -279,13 +280,13 @@ export interface QcowOpenOptions {
  * @param options Codecs and how to open the backing file.
  * @returns The image.
  */
-export async function openQcow1(
+export async function openQcowImage(
   source: ByteSource,
   options: QcowOpenOptions = {},
 ): Promise<QcowImage> {
   const header = await readQcowHeader(source);
   let encryption: ImageEncryption | undefined;
-  if (header.cryptMethod !== 0) {
+  if (header.cryptMethod !== CRYPT_METHOD.none) {
     if (!options.openEncryption) {
       throw new Qcow2Error(
         "ENCRYPTED",

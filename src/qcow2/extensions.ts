@@ -7,7 +7,7 @@
 
 import { imageName } from "./names.ts";
 import { hex, Qcow2Error } from "../errors.ts";
-import { EXTENSION_TYPES, FEATURE_TYPES } from "./layout.ts";
+import { CRYPT_METHOD, EXTENSION_TYPES, FEATURE_TYPES } from "./layout.ts";
 
 /** Type codes of the header extensions the format defines. */
 export { EXTENSION_TYPES } from "./layout.ts";
@@ -295,7 +295,7 @@ export function parseExtensions(
         break;
       }
       case EXTENSION_TYPES.fullDiskEncryption: {
-        if (cryptMethod !== 2) {
+        if (cryptMethod !== CRYPT_METHOD.luks) {
           throw bad(
             type,
             at,

@@ -14,6 +14,7 @@ import {
   COMPATIBLE,
   COMPRESSION_TYPE,
   CRYPT_METHOD,
+  type CryptMethod,
   type Field,
   HEADER,
   INCOMPATIBLE,
@@ -145,8 +146,8 @@ export interface Qcow2Header {
   clusterSize: number;
   /** Virtual disk size in bytes, as stored. */
   size: number;
-  /** 0 none, 1 AES, 2 LUKS. */
-  cryptMethod: number;
+  /** {@linkcode CRYPT_METHOD}: 0 none, 1 AES, 2 LUKS. */
+  cryptMethod: CryptMethod;
   /** Entries in the active L1 table. */
   l1Size: number;
   /** File offset of the active L1 table. */
@@ -524,7 +525,7 @@ export function parseHeader(
     clusterBits,
     clusterSize,
     size,
-    cryptMethod,
+    cryptMethod: cryptMethod as CryptMethod,
     l1Size,
     l1TableOffset,
     refcountTableOffset,

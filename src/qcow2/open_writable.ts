@@ -19,7 +19,7 @@ import {
   type ReadWriteFileHandleLike,
 } from "../io/store.ts";
 import { readHeader } from "./header.ts";
-import { AUTOCLEAR, HEADER, INCOMPATIBLE } from "./layout.ts";
+import { AUTOCLEAR, CRYPT_METHOD, HEADER, INCOMPATIBLE } from "./layout.ts";
 import { WritableQcow2Image } from "./writable.ts";
 import { Qcow2Image } from "./image.ts";
 import { repairRefcounts } from "./repair.ts";
@@ -118,7 +118,7 @@ export async function openWritable(
       "its corrupt bit is set (repair it with 'qemu-img check -r all' first)",
     );
   }
-  if (header.cryptMethod === 1) {
+  if (header.cryptMethod === CRYPT_METHOD.aes) {
     throw refuse(
       "it is encrypted with legacy AES, which QEMU discourages and this library does not write (convert it to LUKS: convert -O qcow2 -o encrypt.format=luks)",
     );
