@@ -19,8 +19,9 @@
  * `compare` with the source), then `--runs` pairs alternating ours and
  * qemu-img, `sync` before each run outside the timed part. It prints the
  * load average before and after, the medians, the median of the per-pair
- * ratios, peak RSS (`/usr/bin/time`, threads included) and the output
- * sizes. Ours runs with `--allow-ffi` so a raw file's holes are found as
+ * ratios, the CPU time (user + system, all threads), peak RSS
+ * (`/usr/bin/time`, threads included) and the output sizes. On a loaded
+ * machine the CPU times compare better than the wall times. Ours runs with `--allow-ffi` so a raw file's holes are found as
  * qemu-img finds them (SEEK_DATA).
  *
  * @module
@@ -139,6 +140,7 @@ for (const c of CASES) {
   if (same !== "Images are identical.") throw new Error(`${c.name}: ${same}`);
   const sizes = [(await Deno.stat(a)).size, (await Deno.stat(b)).size];
   const t: number[][] = [[], []];
+  const cpu: number[][] = [[], []];
   const rss: number[][] = [[], []];
   const ratios: number[] = [];
   for (let i = 0; i < runs; i++) {
@@ -148,6 +150,8 @@ for (const c of CASES) {
     t[1].push(y.seconds);
     rss[0].push(x.rssKiB);
     rss[1].push(y.rssKiB);
+    cpu[0].push(x.cpu);
+    cpu[1].push(y.cpu);
     ratios.push(x.seconds / y.seconds);
   }
   rows.push([
@@ -157,6 +161,7 @@ for (const c of CASES) {
     `**${median(ratios).toFixed(2)}** (${Math.min(...ratios).toFixed(2)}–${
       Math.max(...ratios).toFixed(2)
     })`,
+    `${median(cpu[0]).toFixed(1)} / ${median(cpu[1]).toFixed(1)}`,
     `${(Math.max(...rss[0]) / 1024).toFixed(0)} / ${
       (Math.max(...rss[1]) / 1024).toFixed(0)
     }`,
@@ -168,9 +173,9 @@ for (const c of CASES) {
 }
 console.log(`load:     ${await load()} after; ${runs} pairs per case`);
 console.log(
-  "\n| case | ours s | qemu-img s | ratio, median (range) | peak RSS MiB ours / qemu-img | file MiB ours / qemu-img |",
+  "\n| case | ours s | qemu-img s | ratio, median (range) | CPU s (user+sys) ours / qemu-img | peak RSS MiB ours / qemu-img | file MiB ours / qemu-img |",
 );
-console.log("|---|---|---|---|---|---|");
+console.log("|---|---|---|---|---|---|---|");
 for (const r of rows) console.log(`| ${r.join(" | ")} |`);
 if (!flags.keep && flags.reuse === undefined) {
   await Deno.remove(dir, { recursive: true });
@@ -183,7 +188,7 @@ async function timed(cmd: string[], dst: string) {
   const rssFile = `${dir}/rss.txt`;
   const began = performance.now();
   const out = await new Deno.Command("/usr/bin/time", {
-    args: ["-f", "%M", "-o", rssFile, ...cmd],
+    args: ["-f", "%M %U %S", "-o", rssFile, ...cmd],
     stdout: "null",
     stderr: "piped",
   }).output();
@@ -193,10 +198,9 @@ async function timed(cmd: string[], dst: string) {
       `${cmd.join(" ")}: ${new TextDecoder().decode(out.stderr)}`,
     );
   }
-  const rssKiB = Number(
-    (await Deno.readTextFile(rssFile)).trim().split("\n").pop(),
-  );
-  return { seconds, rssKiB };
+  const [rss, user, sys] = (await Deno.readTextFile(rssFile)).trim().split("\n")
+    .pop()!.split(" ").map(Number);
+  return { seconds, rssKiB: rss, cpu: user + sys };
 }
 
 async function run(program: string, args: string[]): Promise<string> {
