@@ -146,6 +146,7 @@ Deno.test("create: refusals as qemu-img's, naming the option", () => {
       "backing_file=b,backing_fmt=qcow2,preallocation=metadata",
       "preallocation",
     ],
+    ["encrypt.format=luks,encrypt.key-secret=sec0", "encrypt.format"],
   ];
   for (const [text, name] of refused) {
     const e = assertThrows(

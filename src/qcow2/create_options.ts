@@ -48,6 +48,12 @@ export interface CreateOptions {
   backingFile?: string;
   /** The backing file's format (`qcow2`, `raw`, ...): required with `backingFile`. */
   backingFormat?: string;
+  /**
+   * The `encrypt.*` options, by name without `encrypt.` (`format`,
+   * `key-secret`, `cipher-alg`, ...), as written. Kept for encryption; this
+   * writer refuses them for now (`BAD_OPTION`).
+   */
+  encrypt?: Record<string, string>;
 }
 
 /**
@@ -218,6 +224,13 @@ export function resolveCreateOptions(
         `backing_fmt: the backing format '${options.backingFormat}' is too long`,
       );
     }
+  }
+  if (options.encrypt && Object.keys(options.encrypt).length > 0) {
+    throw fail(
+      `encrypt.${
+        Object.keys(options.encrypt)[0]
+      }: encrypted images cannot be written yet`,
+    );
   }
   const size = Math.ceil(options.size / 512) * 512;
   const entriesPerL2 = clusterSize / (extendedL2 ? 16 : 8);
@@ -434,7 +447,7 @@ function parseBool(name: string, text: string): boolean {
 /**
  * Turns `-o` options (from {@linkcode splitOptions}) into
  * {@linkcode CreateOptions}, without the size unless `size=` is among them.
- * `encrypt.*` options are left to the caller.
+ * `encrypt.*` options go to `encrypt`, by their names after `encrypt.`.
  *
  * @param text The options by name.
  * @returns The options; check them with {@linkcode resolveCreateOptions}.
@@ -504,6 +517,10 @@ export function optionsFromText(
       case "backing_fmt":
         out.backingFormat = value;
         break;
+      default:
+        if (name.startsWith("encrypt.")) {
+          out.encrypt = { ...out.encrypt, [name.slice(8)]: value };
+        }
     }
   }
   return out;
