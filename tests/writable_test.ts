@@ -474,3 +474,44 @@ Deno.test("writable: a refcount that would drop below zero is corruption", async
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("writable: data clusters, and only they, go through wrapData (the encryption seam)", async () => {
+  const { WritableQcow2Image } = await import("../src/qcow2/writable.ts");
+  const { readHeader } = await import("../src/qcow2/header.ts");
+  const bytes = await Deno.readFile(
+    new URL("./fixtures/empty.qcow2", import.meta.url),
+  );
+  const store = memoryStore(bytes);
+  const flip = (b: Uint8Array) => b.map((v) => v ^ 0xff);
+  const seen: number[] = [];
+  const image = await WritableQcow2Image.open({
+    header: await readHeader(store),
+    store,
+    snapshots: [],
+    wrapData: (data) => ({
+      get size() {
+        return data.size;
+      },
+      async readAt(position, buffer) {
+        const n = await data.readAt(position, buffer);
+        buffer.set(flip(buffer));
+        return n;
+      },
+      writeAt(position, b) {
+        seen.push(position);
+        return data.writeAt(position, flip(b));
+      },
+    }),
+  });
+  await image.write(1000, new Uint8Array(100).fill(0xa5));
+  const back = new Uint8Array(100);
+  await image.read(1000, back);
+  assert(back.every((v) => v === 0xa5));
+  await image.close();
+  // One data write, the whole fresh cluster (never a hole through a
+  // wrapping store), stored flipped.
+  assertEquals(seen, [0x50000]);
+  const raw = store.bytes();
+  assertEquals(raw[0x50000 + 1000], 0x5a);
+  assertEquals(raw[0x50000], 0xff); // zeros, flipped
+});

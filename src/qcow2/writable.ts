@@ -63,6 +63,13 @@ export interface WritableParts {
   snapshots: readonly Snapshot[];
   /** What unallocated clusters read from; zeros without one. */
   backing?: DiskImage;
+  /**
+   * Wraps the file data clusters are read from and written to (the image,
+   * or its external data file), by host offset: the seam where an
+   * encrypting store goes (LUKS encrypts by host sector). Metadata never
+   * goes through it.
+   */
+  wrapData?: (data: ByteStore) => ByteStore;
   /** Decompressors (for copy-on-write of compressed clusters). */
   codecs?: Codecs;
   /**
@@ -150,6 +157,7 @@ export class WritableQcow2Image implements DiskImage {
   readonly backing?: DiskImage;
   readonly #store: ByteStore;
   readonly #data: ByteStore;
+  readonly #wrapped: boolean;
   readonly #external: boolean;
   readonly #raw: boolean;
   readonly #codecs: Codecs;
@@ -198,7 +206,9 @@ export class WritableQcow2Image implements DiskImage {
     this.#store = parts.store;
     this.#external = parts.dataStore !== undefined;
     this.#raw = this.#external && header.features.rawExternalData;
-    this.#data = parts.dataStore ?? parts.store;
+    const data = parts.dataStore ?? parts.store;
+    this.#data = parts.wrapData ? parts.wrapData(data) : data;
+    this.#wrapped = parts.wrapData !== undefined;
     this.#codecs = parts.codecs ?? webCodecs;
     this.encryption = parts.encryption;
     this.#extended = header.features.extendedL2;
@@ -850,11 +860,14 @@ export class WritableQcow2Image implements DiskImage {
       fresh = false;
     } else if (this.#external) {
       host = g; // QEMU maps a data file's clusters at their guest offsets
-      fresh = host >= this.#data.size;
+      fresh = !this.#wrapped && host >= this.#data.size;
     } else {
       const c = await this.#allocate();
       host = c * cs;
-      fresh = host >= this.#store.size;
+      // A fresh cluster past the end of the file reads as zeros, so its
+      // untouched part need not be written (not so through a wrapping
+      // store, such as an encrypting one: a hole does not decrypt to zeros).
+      fresh = !this.#wrapped && host >= this.#store.size;
       if (this.#meta.has(c)) {
         throw await this.#corrupt(
           `Preventing invalid write on metadata (${this.#meta.get(c)} at ${
@@ -1023,7 +1036,7 @@ export class WritableQcow2Image implements DiskImage {
         j++;
       }
       merged.push({
-        store: p.external ? this.#data : this.#store,
+        store: this.#data,
         position: p.host,
         bytes,
       });
@@ -1281,7 +1294,7 @@ export class WritableQcow2Image implements DiskImage {
 
   async #flush(): Promise<void> {
     await this.#refcounts.writeDirty();
-    if (this.#external) await this.#data.flush?.();
+    if (this.#data !== this.#store) await this.#data.flush?.();
     await this.#store.flush?.();
   }
 
