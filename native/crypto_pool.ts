@@ -104,7 +104,7 @@ interface Job {
  * import { openImage, workerCrypto } from "@qcow2/qcow2";
  * import { assertEquals } from "@std/assert";
  *
- * const gz = await Deno.open(new URL("./tests/fixtures/crypto/luks_default.qcow2.gz", import.meta.url));
+ * const gz = await Deno.open(new URL("../tests/fixtures/crypto/luks_default.qcow2.gz", import.meta.url));
  * const bytes = new Uint8Array(await new Response(gz.readable.pipeThrough(new DecompressionStream("gzip"))).arrayBuffer());
  * const image = await openImage(bytes, {
  *   password: "fixture-password",
