@@ -65,12 +65,18 @@ Options:
   -h, --help      show help (also after a command: '${NAME} convert --help')
   -V, --version   show the version
 
-Every command takes -q (--quiet: print nothing but errors). Data and JSON go
-to standard output; progress and errors to standard error.
+Every command takes -q (--quiet: print nothing but errors), -f FMT (read the
+image as qcow2, qcow or raw instead of probing) and -U/--force-share (accepted:
+images are never locked); a command that prints a report takes
+--output=human|json. The options are qemu-img's spellings: an option of
+qemu-img's that a command does not support is refused by name, and its --help
+ends with the list of them. Data and JSON go to standard output; progress and
+errors to standard error.
 
-Exit status: 0 success, 1 image or I/O error, 2 usage error; 130 after
-Ctrl-C (the output removed) and 141 when the reader of standard output goes
-away, as for a process killed by SIGINT or SIGPIPE.
+Exit status: 0 success, 1 image or I/O error, 2 usage error (1 for map,
+check, measure and compare, whose statuses are qemu-img's: see their --help);
+130 after Ctrl-C (the output removed) and 141 when the reader of standard
+output goes away, as for a process killed by SIGINT or SIGPIPE.
 `;
 
 /**
