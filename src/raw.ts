@@ -9,6 +9,8 @@ import type { ByteSource } from "./io/source.ts";
 
 /** A raw file seen as a virtual disk of the file's size. */
 export class RawImage implements DiskImage {
+  /** Tells a raw image from the qcow2 and qcow images. */
+  readonly format = "raw" as const;
   /** The file. */
   readonly source: ByteSource;
   /** Virtual size: the file size. */
