@@ -120,7 +120,6 @@ export {
   type OpenOptions,
   type OpenRequest,
   probeFormat,
-  resolveName,
 } from "./src/open.ts";
 export {
   parseQcowHeader,
@@ -242,7 +241,6 @@ export {
   type Qcow2HeaderInfo,
   type Qcow2SpecificInfo,
   qcowInfo,
-  rawInfo,
   type SnapshotInfo,
 } from "./src/ops/info.ts";
 export {

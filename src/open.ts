@@ -239,7 +239,7 @@ export function probeFormat(start: Uint8Array): ImageFormat {
  *
  * @example Relative names follow the image, absolute ones do not
  * ```ts
- * import { resolveName } from "@qcow2/qcow2";
+ * import { resolveName } from "./open.ts";
  * import { assertEquals } from "@std/assert";
  *
  * assertEquals(resolveName("vm/top.qcow2", "base.qcow2"), "vm/base.qcow2");

@@ -236,7 +236,8 @@ export interface ImageInfo {
  *
  * @example The size on disk and the backing file's path
  * ```ts
- * import { formatInfo, imageInfo, type InfoExtras, readHeader, resolveName } from "@qcow2/qcow2";
+ * import { formatInfo, imageInfo, type InfoExtras, readHeader } from "@qcow2/qcow2";
+ * import { resolveName } from "../open.ts";
  * import { assertStringIncludes } from "@std/assert";
  *
  * const url = new URL("../../tests/fixtures/layouts/over_raw.qcow2", import.meta.url);
@@ -402,7 +403,7 @@ export function qcowInfo(
  *
  * @example The report of a raw backing file
  * ```ts
- * import { rawInfo } from "@qcow2/qcow2";
+ * import { rawInfo } from "./info.ts";
  * import { assertEquals } from "@std/assert";
  *
  * assertEquals(rawInfo(1048576, "base.raw"), {
