@@ -124,6 +124,40 @@ Deno.test({
         `${dir}/exported.qcow2`,
         `${dir}/theirs.qcow2`,
       ]);
+
+      // An image made in the page (createImage), written, exported.
+      await page.fill("#size", "4");
+      await page.click("#create");
+      assertEquals(
+        await settled(page),
+        "done",
+        await page.textContent("#status") ?? "",
+      );
+      await act(page, "#write", 65536 + 7, 5000, 0x77);
+      const made = page.waitForEvent("download");
+      await page.click("#export");
+      assertEquals(await settled(page), "done");
+      await (await made).saveAs(`${dir}/made.qcow2`);
+      await run("qemu-img", ["check", `${dir}/made.qcow2`]);
+      await run("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        `${dir}/made_ref.qcow2`,
+        "4M",
+      ]);
+      await run("qemu-io", [
+        "-c",
+        `write -P 0x77 ${65536 + 7} 5000`,
+        `${dir}/made_ref.qcow2`,
+      ]);
+      await run("qemu-img", [
+        "compare",
+        `${dir}/made.qcow2`,
+        `${dir}/made_ref.qcow2`,
+      ]);
+      assertEquals(errors, []);
     } finally {
       await browser.close();
       stop.abort();

@@ -70,6 +70,12 @@ $("import").addEventListener("change", () =>
     await ask({ cmd: "import", bytes }, [bytes]);
     return `${file.name}: imported.`;
   }));
+$("create").addEventListener("click", () =>
+  busy(async () => {
+    const size = Number($("size").value) * 1024 * 1024;
+    await ask({ cmd: "create", size });
+    return `Created an empty image of ${size} bytes.`;
+  }));
 $("write").addEventListener("click", () =>
   busy(async () => {
     await ask({ cmd: "write", ...range() });

@@ -5,7 +5,7 @@
  * workers get one), and answers the page's commands. Every change is
  * flushed before it is answered.
  */
-import { openImage, opfsStore } from "./qcow2.js";
+import { createImage, memoryTarget, openImage, opfsStore } from "./qcow2.js";
 
 const NAME = "disk.qcow2";
 /** @type {Awaited<ReturnType<typeof openImage>> & { write: Function } | undefined} */
@@ -55,10 +55,17 @@ async function handleCommand(m) {
           ? `${NAME}: ${image.size} bytes of guest disk, file ${handle.getSize()} bytes`
           : "nothing yet: import a qcow2 image",
       };
+    case "create":
     case "import": {
       await close();
       handle ??= await syncHandle();
-      const bytes = new Uint8Array(m.bytes);
+      let bytes;
+      if (m.cmd === "create") {
+        // As `qemu-img create -f qcow2 disk.qcow2 SIZE` makes it.
+        const target = memoryTarget();
+        await createImage(target, { size: m.size });
+        bytes = target.bytes();
+      } else bytes = new Uint8Array(m.bytes);
       handle.truncate(0);
       handle.write(bytes, { at: 0 });
       handle.flush();
