@@ -137,6 +137,7 @@ async function main() {
       ours: [] as number[],
       qemu: [] as number[],
       ratio: [] as number[],
+      cpuRatio: [] as number[],
     };
     const rss = { ours: 0, qemu: 0 };
     let stalls = 0;
@@ -149,7 +150,7 @@ async function main() {
     }
     for (let i = 0; i < runs; i++) {
       const order = i % 2 ? [theirs, ours] : [ours, theirs];
-      const r: Record<string, { s: number; kb: number }> = {};
+      const r: Record<string, { s: number; kb: number; cpu: number }> = {};
       for (const f of order) {
         const x = await f();
         r[f === ours ? "ours" : "qemu"] = x;
@@ -158,6 +159,7 @@ async function main() {
       t.ours.push(r.ours.s);
       t.qemu.push(r.qemu.s);
       t.ratio.push(r.ours.s / r.qemu.s);
+      t.cpuRatio.push(r.ours.cpu / r.qemu.cpu);
       rss.ours = Math.max(rss.ours, r.ours.kb);
       rss.qemu = Math.max(rss.qemu, r.qemu.kb);
       console.log(
@@ -174,17 +176,19 @@ async function main() {
       } | **${median(t.ratio).toFixed(2)}** (${
         Math.min(...t.ratio).toFixed(2)
       }–${Math.max(...t.ratio).toFixed(2)}) | ${
-        (rss.ours / 1024).toFixed(0)
-      } / ${(rss.qemu / 1024).toFixed(0)} | ${stalls} |`,
+        median(t.cpuRatio).toFixed(2)
+      } | ${(rss.ours / 1024).toFixed(0)} / ${
+        (rss.qemu / 1024).toFixed(0)
+      } | ${stalls} |`,
     );
   }
   console.log(
     `\nload:     ${Deno.loadavg().map((l) => l.toFixed(2)).join(" ")}`,
   );
   console.log(
-    "\n| added delay per request | pairs | ours s (median) | qemu-img -m 1 s (median) | ours/qemu-img (median of pairs, range) | peak RSS MiB ours / qemu-img | stalls |",
+    "\n| added delay per request | pairs | ours s (median) | qemu-img -m 1 s (median) | ours/qemu-img (median of pairs, range) | CPU time ours/qemu-img (median) | peak RSS MiB ours / qemu-img | stalls |",
   );
-  console.log("|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|");
   for (const r of rows) console.log(r);
 
   // Ours at each concurrency (library: bench/_http_convert.ts), no delay.
@@ -296,10 +300,10 @@ async function timed(cmd: string, args: string[], capture = false) {
   await Deno.remove(`${work}/out.raw`).catch(() => {});
   await sh("sync", []);
   // timeout(1) kills the command itself; time(1) reports on both.
-  const r = await new Deno.Command("/usr/bin/time", {
+  const child = new Deno.Command("/usr/bin/time", {
     args: [
       "-f",
-      "%e %M",
+      "%e %M %U %S",
       "-o",
       `${work}/time.txt`,
       "timeout",
@@ -311,19 +315,25 @@ async function timed(cmd: string, args: string[], capture = false) {
     ],
     stdout: capture ? "piped" : "null",
     stderr: "piped",
-  }).output();
+  }).spawn();
+  children.push(child);
+  const r = await child.output();
+  children.splice(children.indexOf(child), 1);
   if (!r.success) {
     const err = new TextDecoder().decode(r.stderr);
     if (r.code === 137 || r.code === 124) {
-      return { s: Infinity, kb: 0, stdout: "" };
+      return { s: Infinity, kb: 0, cpu: Infinity, stdout: "" };
     }
     throw new Error(`${cmd} failed: ${err}`);
   }
-  const [s, kb] = (await Deno.readTextFile(`${work}/time.txt`)).trim().split(
-    /\s+/,
-  )
-    .slice(-2).map(Number);
-  return { s, kb, stdout: capture ? new TextDecoder().decode(r.stdout) : "" };
+  const [s, kb, user, sys] = (await Deno.readTextFile(`${work}/time.txt`))
+    .trim().split(/\s+/).slice(-4).map(Number);
+  return {
+    s,
+    kb,
+    cpu: user + sys,
+    stdout: capture ? new TextDecoder().decode(r.stdout) : "",
+  };
 }
 
 async function sha(path: string): Promise<string> {
