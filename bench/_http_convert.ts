@@ -13,7 +13,6 @@ const [url, out, concurrency, parallel, readAhead] = Deno.args;
 const source = await httpSource(url, {
   concurrency: concurrency ? Number(concurrency) : undefined,
   readAheadBytes: readAhead ? Number(readAhead) : undefined,
-  cacheBytes: Deno.env.get("CACHE") ? Number(Deno.env.get("CACHE")) : undefined,
 });
 const file = await Deno.open(out, {
   write: true,

@@ -31,7 +31,7 @@ const flags = parseArgs(Deno.args, {
   },
 });
 const runs = Number(flags.runs);
-const delays = flags.delays.split(",").map(Number);
+const delays = flags.delays.split(",").filter(Boolean).map(Number);
 const concurrencies = flags.concurrency.split(",").filter(Boolean).map(Number);
 const timeoutMs = Number(flags.timeout) * 1000;
 const root = new URL("..", import.meta.url).pathname;
