@@ -10,6 +10,7 @@
  * Needs Chromium at /usr/bin/chromium (or QCOW2_CHROMIUM); without it the
  * test fails, unless QCOW2_SKIP_BROWSER=1 says to skip it.
  */
+import { cryptoFixture, PASSWORD } from "./_crypto.ts";
 import { assert, assertEquals, assertStringIncludes } from "@std/assert";
 import { Buffer } from "node:buffer";
 import type { Page } from "playwright-core";
@@ -351,6 +352,32 @@ Deno.test({
       await page.addInitScript(PICKER_STUB);
       await page.goto(`http://127.0.0.1:${server.addr.port}/`);
       await page.waitForSelector("#image:not([disabled])");
+
+      await t.step("an encrypted image asks for its password", async () => {
+        const path = await cryptoFixture("luks_aes128_cbc_plain64_sha1.qcow2");
+        let asked = 0;
+        const answer = (dialog: { accept(text: string): Promise<void> }) => {
+          asked++;
+          return dialog.accept(asked === 1 ? "wrong" : PASSWORD);
+        };
+        page.on("dialog", answer);
+        try {
+          await page.setInputFiles("#extra", []);
+          await page.setInputFiles("#image", path);
+          assertEquals(
+            await settled(page),
+            "done",
+            await page.textContent("#status") ?? "",
+          );
+        } finally {
+          page.off("dialog", answer);
+        }
+        assertEquals(asked, 2); // no password, then a wrong one
+        assertEquals(
+          await page.textContent("#status"),
+          `${path.split("/").pop()}: read.`,
+        );
+      });
 
       for (const c of CASES) {
         await t.step(c.image, async () => {

@@ -350,6 +350,35 @@ async function urlInputOf(url) {
  * @returns {Promise<{ image: DiskImage, note: string }>}
  */
 async function open(input) {
+  // An encrypted image asks for its password (again, after a wrong one).
+  for (let options = input.options;;) {
+    try {
+      return await openLayers(input.source, options);
+    } catch (e) {
+      if (
+        !(e instanceof Qcow2Error) ||
+        (e.code !== "ENCRYPTED" && e.code !== "WRONG_PASSWORD")
+      ) throw e;
+      const password = globalThis.prompt?.(
+        e.code === "ENCRYPTED"
+          ? `${input.name} is encrypted. Its password:`
+          : "No key slot opens with this password. Try again:",
+      );
+      if (password === null || password === undefined) throw e;
+      options = { ...options, password };
+    }
+  }
+}
+
+/**
+ * Opens the image with the files it names; without its backing file, its
+ * top layer alone, and why.
+ * @param {Input["source"]} source
+ * @param {Input["options"]} inputOptions
+ * @returns {Promise<{ image: DiskImage, note: string }>}
+ */
+async function openLayers(source, inputOptions) {
+  const input = { source, options: inputOptions };
   try {
     return { image: await openImage(input.source, input.options), note: "" };
   } catch (e) {
