@@ -186,6 +186,7 @@ export async function convertToQcow2Command(
   const srcFormat = command.srcFormat ??
     await probe(srcPath).catch(() => undefined);
   const luks = await luksFromOptions(text, flags, "convert");
+  delete options.encrypt; // read into `luks`
   const { image: opened, format } = await openInput(srcPath, srcFormat, {
     password: command.password,
     snapshot: command.snapshot,

@@ -136,6 +136,7 @@ export async function main(args: string[]): Promise<number> {
     );
   }
   const luks = await luksFromOptions(text, flags, "create");
+  delete options.encrypt; // read into `luks`
   const shown = formattingLine(path, text, options as CreateOptions);
   if (!flags.quiet) console.log(shown);
   // Ctrl-C stops a preallocation, removes the file and exits 130.

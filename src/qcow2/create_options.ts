@@ -229,7 +229,7 @@ export function resolveCreateOptions(
     throw fail(
       `encrypt.${
         Object.keys(options.encrypt)[0]
-      }: encrypted images cannot be written yet`,
+      }: give the encryption as 'luks' (made by createLuks from these options)`,
     );
   }
   const size = Math.ceil(options.size / 512) * 512;
