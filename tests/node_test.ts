@@ -14,6 +14,7 @@
  */
 import { assert, assertEquals } from "@std/assert";
 import { expected, fixture, hasQemu, tempDir } from "./_reference.ts";
+import { startServer } from "./_http_server.ts";
 import { spreadImage, tablesImage } from "./_spread.ts";
 import denoJson from "../deno.json" with { type: "json" };
 
@@ -105,8 +106,12 @@ async function convertFixtures(
   dir: string,
   zstd: boolean,
 ) {
-  const run = async (mode: "handle" | "path" | "portable", name: string) => {
-    const r = await exec(exe, [SCRIPT, mod, mode, fixture(name), `${dir}/out`]);
+  const run = async (
+    mode: "handle" | "path" | "url" | "portable",
+    name: string,
+  ) => {
+    const src = mode === "url" ? name : fixture(name);
+    const r = await exec(exe, [SCRIPT, mod, mode, src, `${dir}/out`]);
     if (!r) throw new Error(`${exe} is not installed`);
     assert(r.code !== UNHANDLED, `unhandled rejection: ${r.stdout}`);
     return { code: r.code, result: JSON.parse(r.stdout || "null"), r };
@@ -137,6 +142,20 @@ async function convertFixtures(
       assertEquals(result.stream, expected["zstd.qcow2"].sha256);
     },
   );
+  await t.step("zlib.qcow2 over HTTP (httpSource, fetch)", async () => {
+    const server = startServer({
+      "zlib.qcow2": await Deno.readFile(fixture("zlib.qcow2")),
+    });
+    try {
+      const { code, result, r } = await run("url", server.url("zlib.qcow2"));
+      assertEquals(code, 0, r.stdout + r.stderr);
+      assertEquals(result.file, expected["zlib.qcow2"].sha256);
+      assertEquals(result.stream, expected["zlib.qcow2"].sha256);
+      assert(server.ranges.length > 0);
+    } finally {
+      await server.close();
+    }
+  });
   for (const name of ["zstd.qcow2", "zlib.qcow2"]) {
     await t.step(`${name} with the portable codecs (webCodecs)`, async () => {
       const { code, result, r } = await run("portable", name);

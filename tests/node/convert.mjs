@@ -3,9 +3,10 @@
 // written through FileHandles, the SHA-256 of the same bytes streamed to a
 // WritableStream, and the summary; or the error's name, code and message.
 //
-// Usage: node convert.mjs BUNDLE (handle|path|portable) SRC DST
+// Usage: node convert.mjs BUNDLE (handle|path|url|portable) SRC DST
 //   handle:   open SRC with node:fs/promises and pass fileHandleSource(handle)
 //   path:     pass SRC by path (backing files opened by the library)
+//   url:      SRC is an http(s) URL, read with httpSource
 //   portable: as handle, with the portable codecs (webCodecs: pako, and
 //             zstd in WebAssembly) instead of node:zlib
 import { createHash } from "node:crypto";
@@ -29,7 +30,19 @@ async function fromHandle(run) {
     await input.close();
   }
 }
-const withInput = mode === "path" ? (run) => run(src) : fromHandle;
+async function fromUrl(run) {
+  const source = await qcow2.httpSource(src);
+  try {
+    return await run(source);
+  } finally {
+    source.close();
+  }
+}
+const withInput = mode === "path"
+  ? (run) => run(src)
+  : mode === "url"
+  ? fromUrl
+  : fromHandle;
 const options = mode === "portable" ? { codecs: qcow2.webCodecs } : {};
 
 try {
