@@ -204,3 +204,22 @@ Deno.test("README: the writer's library snippet runs in a checkout", async () =>
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("README: the read-write snippet runs in a checkout", async () => {
+  const dir = await checkout();
+  try {
+    const code = block("### Writing to an image", "ts ignore");
+    assert(code.includes('from "./mod.ts"'), code);
+    await Deno.writeTextFile(`${dir}/rw.ts`, code);
+    await sh("deno run --allow-read --allow-write rw.ts", dir);
+    if (hasQemu) await sh("qemu-img check -q disk.qcow2", dir);
+    const bytes = new Uint8Array(4096);
+    const { openImage } = await import("@qcow2/qcow2");
+    const image = await openImage(`${dir}/disk.qcow2`);
+    await image.read(0x10000, bytes);
+    assert(bytes.every((b) => b === 0xa5));
+    image.close();
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
