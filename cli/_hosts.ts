@@ -24,7 +24,8 @@ export class HostFiles {
   allocation = (file: ByteSource): HostAllocation | undefined => {
     let host = this.#hosts.get(file);
     const path = this.#paths.get(file);
-    if (!host && path !== undefined) {
+    // A remote file's allocation is unknown, as in QEMU's curl driver.
+    if (!host && path !== undefined && !/^https?:\/\//i.test(path)) {
       host = hostFile(path);
       this.#open.push(host);
       this.#hosts.set(file, host);

@@ -52,6 +52,8 @@ Deno.test({
           ["vm/chain_top.qcow2", ["map", "--output=json"]],
           ["vm/chain_top.qcow2", ["map"]],
           ["zlib.qcow2", ["check"]],
+          ["vm/chain_top.qcow2", ["measure", "-O", "qcow2"]],
+          ["zstd.qcow2", ["measure", "-O", "qcow2", "--output=json"]],
         ] as const
       ) {
         const url = server.url(name);
@@ -68,6 +70,26 @@ Deno.test({
           new TextDecoder().decode(theirs.stdout),
           what,
         );
+      }
+      // compare: a URL against a URL and against a local file.
+      for (
+        const pair of [
+          [server.url("zlib.qcow2"), server.url("zlib.qcow2")],
+          [server.url("zlib.qcow2"), fixture("zstd.qcow2")],
+          [
+            server.url("vm/chain_top.qcow2"),
+            fixture("layouts/chain_top.qcow2"),
+          ],
+        ]
+      ) {
+        const ours = await cli([...net, "--allow-read"], ["compare", ...pair]);
+        const theirs = await new Deno.Command("qemu-img", {
+          args: ["compare", ...pair],
+          stdout: "piped",
+          stderr: "piped",
+        }).output();
+        assertEquals(ours.code, theirs.code, `${pair}: ${ours.stderr}`);
+        assertEquals(ours.stdout, new TextDecoder().decode(theirs.stdout));
       }
       // JSON: no actual-size for a remote file, as in qemu-img.
       const r = await cli(net, [
