@@ -10,7 +10,6 @@ import {
   openPath,
   type OpenRequest,
   Qcow2Error,
-  workerCodecs,
 } from "../mod.ts";
 import { InFile } from "../native/explain.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";
@@ -179,11 +178,8 @@ export async function main(args: string[]): Promise<number> {
   // are checked first, so Deno never stops to prompt.
   const inputs: InputFile[] = [srcPath];
   await requireRead(srcPath);
-  // Over HTTP this thread also reads the network: decompress in workers.
   const remote = /^https?:\/\//i.test(srcPath);
-  const codecs = remote ? workerCodecs() : undefined;
   const { image } = await openInput(srcPath, srcFormat, {
-    codecs,
     password,
     snapshot,
     ignoreBackingFile: flags.top,
@@ -193,10 +189,8 @@ export async function main(args: string[]): Promise<number> {
       inputs.push({ path, what: roleIn(srcPath, request) });
       return await openPath(path);
     },
-  }).catch((e) => {
-    codecs?.close();
-    return Promise.reject(new InFile(srcPath, e));
-  }).finally(() => password?.fill(0));
+  }).catch((e) => Promise.reject(new InFile(srcPath, e)))
+    .finally(() => password?.fill(0));
   const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
     ? progressBar({ write: writeStderr, columns: terminalColumns() })
     : undefined;
@@ -234,7 +228,6 @@ export async function main(args: string[]): Promise<number> {
     });
   } finally {
     image.close();
-    codecs?.close();
     bar?.end();
   }
   if (flags.json) {
