@@ -8,7 +8,6 @@
 
 import { Qcow2Error } from "../errors.ts";
 import type { CompressionType } from "../qcow2/header.ts";
-import { deflateRaw12, inflateRaw } from "./deflate.ts";
 import { zstdCompress, zstdDecompress } from "./zstd.ts";
 
 export { zstdFrameLength } from "./zstd_frame.ts";
@@ -155,25 +154,23 @@ export interface Codecs {
  * ```
  */
 export const webCodecs: Codecs = {
-  zlib: (input, maxOutput, into) => {
-    try {
-      return Promise.resolve(inflateRaw(input, maxOutput, into));
-    } catch (e) {
-      return Promise.reject(e);
-    }
-  },
+  zlib: async (input, maxOutput, into) =>
+    (deflate ?? await loadDeflate()).inflateRaw(input, maxOutput, into),
   zstd: (input, maxOutput) => zstdDecompress(input, maxOutput),
   compress: {
-    zlib: (input, maxOutput) => {
-      try {
-        return Promise.resolve(deflateRaw12(input, maxOutput));
-      } catch (e) {
-        return Promise.reject(e);
-      }
-    },
+    zlib: async (input, maxOutput) =>
+      (deflate ?? await loadDeflate()).deflateRaw12(input, maxOutput),
     zstd: zstdCompress,
   },
 };
+
+/** pako's deflate, once loaded: only images with zlib clusters need it. */
+let deflate: typeof import("./deflate.ts") | undefined;
+
+/** Loads `./deflate.ts` (and pako) on first use, not at start-up. */
+async function loadDeflate(): Promise<typeof import("./deflate.ts")> {
+  return deflate ??= await import("./deflate.ts");
+}
 
 /**
  * Decompresses one cluster with the codec for `type`, checking that exactly

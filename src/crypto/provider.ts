@@ -9,7 +9,6 @@
  * @module
  */
 
-import { ecb } from "@noble/ciphers/aes.js";
 import type { ImageEncryption } from "./encryption.ts";
 import type { CipherSpec } from "./sector_cipher.ts";
 
@@ -148,8 +147,11 @@ function own(bytes: Uint8Array): Uint8Array<ArrayBuffer> {
  * ```
  */
 export const webCrypto: CryptoProvider = {
-  aes(key: Uint8Array): BlockCipher {
+  async aes(key: Uint8Array): Promise<BlockCipher> {
     const k = key.slice();
+    // Loaded on first use: only encrypted images need it, and it costs
+    // every command of the CLI start-up time when imported eagerly.
+    const { ecb } = await import("@noble/ciphers/aes.js");
     // noble's ciphers are single-use (a guard against nonce reuse, which ECB
     // has none of): one per call. It expands the key on each call anyway.
     const cipher = () => ecb(k, { disablePadding: true });
