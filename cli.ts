@@ -22,14 +22,7 @@
 import denoJson from "./deno.json" with { type: "json" };
 import { explain } from "./native/explain.ts";
 import { CommandError, NAME, UsageError } from "./cli/_args.ts";
-import * as convert from "./cli/convert.ts";
-import * as check from "./cli/check.ts";
-import * as create from "./cli/create.ts";
-import * as info from "./cli/info.ts";
-import * as map from "./cli/map.ts";
 import { Interrupted, INTERRUPTED_STATUS } from "./cli/_interrupt.ts";
-import * as measure from "./cli/measure.ts";
-import * as compare from "./cli/compare.ts";
 
 /** A command: its `main`, its help text and its line in the command list. */
 interface Command {
@@ -38,28 +31,36 @@ interface Command {
   summary: string;
 }
 
-/** Every command, by name: one line each. */
-const COMMANDS: Record<string, Command> = {
-  info,
-  convert,
-  create,
-  map,
-  check,
-  measure,
-  compare,
+/**
+ * Every command, by name: one line each. Each is imported when it runs, so
+ * that a command loads only its own code (start-up time: bench/README.md).
+ */
+const COMMANDS: Record<string, () => Promise<Command>> = {
+  info: () => import("./cli/info.ts"),
+  convert: () => import("./cli/convert.ts"),
+  create: () => import("./cli/create.ts"),
+  map: () => import("./cli/map.ts"),
+  check: () => import("./cli/check.ts"),
+  measure: () => import("./cli/measure.ts"),
+  compare: () => import("./cli/compare.ts"),
 };
 
-const HELP = `${NAME} ${denoJson.version}: inspect and convert qcow2 disk images
+/** The text of `qcow2 --help` (it loads every command for its line). */
+async function help(): Promise<string> {
+  const commands = await Promise.all(
+    Object.values(COMMANDS).map((load) => load()),
+  );
+  return `${NAME} ${denoJson.version}: inspect and convert qcow2 disk images
 
 Usage: ${NAME} <command> [options]
 
 Commands:
 ${
-  Object.values(COMMANDS).map((c) =>
-    `  ${c.usage.split("\n")[0].slice(`Usage: ${NAME} `.length)}\n` +
-    `                                   ${c.summary}`
-  ).join("\n")
-}
+    commands.map((c) =>
+      `  ${c.usage.split("\n")[0].slice(`Usage: ${NAME} `.length)}\n` +
+      `                                   ${c.summary}`
+    ).join("\n")
+  }
 
 Options:
   -h, --help      show help (also after a command: '${NAME} convert --help')
@@ -78,6 +79,7 @@ check, measure and compare, whose statuses are qemu-img's: see their --help);
 130 after Ctrl-C (the output removed) and 141 when the reader of standard
 output goes away, as for a process killed by SIGINT or SIGPIPE.
 `;
+}
 
 /**
  * Runs the command line and resolves to the exit status.
@@ -123,19 +125,19 @@ export async function main(args: string[]): Promise<number> {
 async function run(args: string[]): Promise<number> {
   const [command, ...rest] = args;
   if (command === undefined) {
-    console.error(HELP);
+    console.error(await help());
     return 2;
   }
   if (command === "-h" || command === "--help" || command === "help") {
-    console.log(HELP);
+    console.log(await help());
     return 0;
   }
   if (command === "-V" || command === "--version") {
     console.log(`${NAME} ${denoJson.version}`);
     return 0;
   }
-  const known = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : null;
-  if (known) return await known.main(rest);
+  const load = Object.hasOwn(COMMANDS, command) ? COMMANDS[command] : null;
+  if (load) return await (await load()).main(rest);
   throw new UsageError(
     `unknown command '${command}'; the commands are ${
       Object.keys(COMMANDS).map((c) => `'${c}'`).join(", ")
