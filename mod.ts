@@ -31,17 +31,12 @@
  * @module
  */
 
-import {
-  type ConvertFunction,
-  type ConvertToQcow2Function,
-  makeFace,
-  type OpenImageFunction,
+import type {
+  ConvertFunction,
+  ConvertToQcow2Function,
+  OpenImageFunction,
 } from "./src/face.ts";
-import { nodeCodecs } from "./native/zlib.ts";
-import { nodeCompressors } from "./native/compress.ts";
-import { openPath } from "./native/open_path.ts";
-import { openPathWritable } from "./native/writable_file.ts";
-import { nodeCrypto } from "./native/crypto.ts";
+import { nativeFace } from "./native/face.ts";
 
 export * from "./web.ts";
 export { openPath } from "./native/open_path.ts";
@@ -69,13 +64,7 @@ export {
 } from "./native/compress_pool.ts";
 
 /** The face of `web.ts` over the native defaults. */
-const native = makeFace({
-  codecs: nodeCodecs,
-  compress: nodeCompressors,
-  crypto: nodeCrypto,
-  openPath,
-  openPathWritable,
-});
+const native = nativeFace;
 
 /**
  * Opens a qcow2 (or legacy qcow) image for random-access reads of guest

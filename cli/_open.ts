@@ -6,15 +6,11 @@
  * @module
  */
 
-import {
-  type DiskImage,
-  type OpenedFile,
-  openImage,
-  type OpenOptions,
-  openPath,
-  probeFormat,
-  Qcow2Error,
-} from "../mod.ts";
+import type { DiskImage } from "../src/disk.ts";
+import { type OpenedFile, type OpenOptions, probeFormat } from "../src/open.ts";
+import { Qcow2Error } from "../src/errors.ts";
+import { openPath } from "../native/open_path.ts";
+import { nativeFace } from "../native/face.ts";
 import { RawImage } from "../src/raw.ts";
 import { requireRead } from "../native/output.ts";
 import type { FormatName } from "./_args.ts";
@@ -92,7 +88,7 @@ export async function openInput(
         { offset: probed === "raw" ? 0 : 4 },
       );
     }
-    const image = await openImage(file, {
+    const image = await nativeFace.openImage(file, {
       openFile,
       path,
       ...options,

@@ -4,13 +4,11 @@
  * @module
  */
 
-import {
-  convert,
-  type ConvertSummary,
-  openPath,
-  type OpenRequest,
-  Qcow2Error,
-} from "../mod.ts";
+import type { ConvertSummary } from "../src/ops/convert.ts";
+import type { OpenRequest } from "../src/open.ts";
+import { Qcow2Error } from "../src/errors.ts";
+import { openPath } from "../native/open_path.ts";
+import { nativeFace } from "../native/face.ts";
 import { InFile } from "../native/explain.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
@@ -29,8 +27,7 @@ import { openInput } from "./_open.ts";
 import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
 import { interruptible } from "./_interrupt.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
-import { convertToQcow2Command } from "./_convert_qcow2.ts";
-import { CREATE_OPTIONS_HELP } from "../mod.ts";
+import { CREATE_OPTIONS_HELP } from "../src/qcow2/create_options.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "convert an image to a raw disk image or a qcow2 image";
@@ -158,6 +155,8 @@ export async function main(args: string[]): Promise<number> {
     );
   }
   if (format === "qcow2") {
+    // The writer (and its compressors) is loaded only for -O qcow2.
+    const { convertToQcow2Command } = await import("./_convert_qcow2.ts");
     return await convertToQcow2Command({
       flags,
       srcPath,
@@ -210,13 +209,13 @@ export async function main(args: string[]): Promise<number> {
         parallel: remote ? REMOTE_PARALLEL : undefined,
       };
       if (dstPath === "-") {
-        return await convert(image, Deno.stdout.writable, options)
+        return await nativeFace.convert(image, Deno.stdout.writable, options)
           .catch((e) => Promise.reject(inSource(e)));
       }
       const output = await openOutput(dstPath, inputs);
       let done: ConvertSummary;
       try {
-        done = await convert(image, output.file, options);
+        done = await nativeFace.convert(image, output.file, options);
         signal.throwIfAborted(); // Ctrl-C just as it ended
       } catch (e) {
         // Leave nothing partial under the destination's name.

@@ -4,15 +4,11 @@
  * @module
  */
 
-import {
-  fileSource,
-  formatInfo,
-  type ImageInfo,
-  type InfoFile,
-  openPath,
-  Qcow2Error,
-  readInfo,
-} from "../mod.ts";
+import { fileSource } from "../src/io/source.ts";
+import { formatInfo, type ImageInfo } from "../src/ops/info.ts";
+import { type InfoFile, readInfo } from "../src/ops/read_info.ts";
+import { Qcow2Error } from "../src/errors.ts";
+import { openPath } from "../native/open_path.ts";
 import { InFile } from "../native/explain.ts";
 import { qemuJson } from "./_json.ts";
 import { requireRead } from "../native/output.ts";

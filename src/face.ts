@@ -33,21 +33,16 @@ import {
   type OpenFile,
   type OpenOptions,
 } from "./open.ts";
-import {
-  openWritable,
-  toByteStore,
-  type WritableInput,
-} from "./qcow2/open_writable.ts";
+import type { WritableInput } from "./qcow2/open_writable.ts";
 import type { WritableQcow2Image } from "./qcow2/writable.ts";
 import type { ByteStore } from "./io/store.ts";
 import { RawImage } from "./raw.ts";
 import { Qcow2Error } from "./errors.ts";
 import { type RawSink, toRawSink } from "./io/sink.ts";
-import {
-  convertToQcow2Destination,
-  type ConvertToQcow2Options,
-  type ConvertToQcow2Summary,
-  type Qcow2Destination,
+import type {
+  ConvertToQcow2Options,
+  ConvertToQcow2Summary,
+  Qcow2Destination,
 } from "./ops/convert_qcow2.ts";
 
 /** What a runtime supplies: its codecs and, where it has files, paths. */
@@ -143,6 +138,10 @@ export function makeFace(defaults: RuntimeDefaults): Face {
     input: WritableInput | string,
     options: OpenOptions,
   ): Promise<WritableQcow2Image> => {
+    // The writer is loaded only when an image is opened for writing.
+    const { openWritable, toByteStore } = await import(
+      "./qcow2/open_writable.ts"
+    );
     if (typeof input !== "string") {
       return openWritable(await toByteStore(input), options);
     }
@@ -245,6 +244,9 @@ export function makeFace(defaults: RuntimeDefaults): Face {
     dst,
     options = {},
   ) => {
+    const { convertToQcow2Destination } = await import(
+      "./ops/convert_qcow2.ts"
+    );
     const opened = typeof src === "string" || !("extents" in src);
     const image = opened ? await openSource(src, options) : src;
     try {
