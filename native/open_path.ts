@@ -9,7 +9,6 @@
 import { type FileHandleLike, fileHandleSource } from "../src/io/source.ts";
 import type { OpenedFile } from "../src/open.ts";
 import { openDenoFile } from "./deno_file.ts";
-import { httpSource } from "../src/io/http.ts";
 import { importNode } from "./node_builtin.ts";
 
 /**
@@ -52,7 +51,11 @@ import { importNode } from "./node_builtin.ts";
  * ```
  */
 export async function openPath(path: string): Promise<OpenedFile> {
-  if (/^https?:\/\//i.test(path)) return await httpSource(path);
+  if (/^https?:\/\//i.test(path)) {
+    // Loaded only for a URL: a local file needs none of it.
+    const { httpSource } = await import("../src/io/http.ts");
+    return await httpSource(path);
+  }
   if (typeof Deno !== "undefined" && typeof Deno.open === "function") {
     return await openDenoFile(path);
   }
