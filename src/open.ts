@@ -7,7 +7,8 @@
 
 import { checkOpenable } from "./qcow2/names.ts";
 import type { Codecs } from "./codecs/codecs.ts";
-import { type ImageEncryption, openEncryption } from "./crypto/encryption.ts";
+import type { ImageEncryption } from "./crypto/encryption.ts";
+import { CRYPT_METHOD } from "./qcow2/layout.ts";
 import { type CryptoProvider, webCrypto } from "./crypto/provider.ts";
 import type { DiskImage } from "./disk.ts";
 import { hex, Qcow2Error } from "./errors.ts";
@@ -420,6 +421,9 @@ async function openLayerEncryption(
   chain: Chain,
   format = "qcow2",
 ): Promise<ImageEncryption | undefined> {
+  // The ciphers are loaded only for an encrypted image (start-up time).
+  if (header.cryptMethod === CRYPT_METHOD.none) return undefined;
+  const { openEncryption } = await import("./crypto/encryption.ts");
   const encryption = await openEncryption(
     options.crypto ?? webCrypto,
     source,

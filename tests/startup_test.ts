@@ -1,8 +1,9 @@
 /**
  * Start-up time of the CLI (issue 4): `qcow2 info` and `qcow2 convert` to
  * raw load only the modules they use. What a command does not need (the
- * AES of @noble/ciphers, pako, the zstd WebAssembly, the qcow2 writer, HTTP,
- * the other commands) is loaded by `import()` when it is used. Here, the
+ * AES of @noble/ciphers and the LUKS code, pako, the zstd WebAssembly, the
+ * qcow2 writer, HTTP, the other commands) is loaded by `import()` when it is
+ * used. Here, the
  * modules each entry point loads before running (its static imports, from
  * `deno info --json`) must not include them. Figures: bench/README.md.
  */
@@ -56,6 +57,7 @@ const LAZY = [
   /zstddec/,
   /wasm-zstd/,
   /^src\/codecs\/deflate\.ts$/,
+  /^src\/crypto\/(encryption|sector_cipher|luks_header|afsplit)\.ts$/,
   /^src\/qcow2\/writable\.ts$/,
   /^src\/qcow2\/open_writable\.ts$/,
   /^src\/ops\/convert_qcow2\.ts$/,

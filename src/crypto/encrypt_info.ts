@@ -7,7 +7,6 @@
  */
 
 import type { ByteSource } from "../io/source.ts";
-import { readLuksHeader } from "./encryption.ts";
 import type { LuksHeader } from "./luks_header.ts";
 
 /**
@@ -149,5 +148,7 @@ export async function readEncryptInfo(
   if (header.cryptMethod === 1 || !header.encryptionArea) {
     return { format: "aes" };
   }
+  // Loaded only for a LUKS image: `qcow2 info` of others needs none of it.
+  const { readLuksHeader } = await import("./encryption.ts");
   return luksInfo(await readLuksHeader(source, header.encryptionArea.offset));
 }
