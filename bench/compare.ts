@@ -32,6 +32,7 @@
 
 import { createHash } from "node:crypto";
 import { parseArgs } from "@std/cli/parse-args";
+import { makeExt4 } from "./_ext4.ts";
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -106,7 +107,7 @@ async function main(): Promise<void> {
     const raw = `${dir}/ext4.raw`;
     let began = performance.now();
     if (!reusing(raw)) {
-      const copied = await makeExt4(raw, 3 * GiB, 800 * MiB);
+      const copied = await makeExt4(dir, raw, 3 * GiB, 800 * MiB);
       console.log(
         `made ext4.raw in ${secs(began)} s: ${copied.files} files, ${
           formatMiB(copied.bytes)
@@ -305,63 +306,6 @@ async function checkSparse(path: string): Promise<string> {
 }
 
 // ---------------------------------------------------------- generation
-
-/**
- * Makes an ext4 image of `size` bytes holding up to `limit` bytes of files
- * copied from /usr (in sorted order, files of at most 16 MiB), with
- * `mkfs.ext4 -d`. Returns what was copied.
- */
-async function makeExt4(
-  path: string,
-  size: number,
-  limit: number,
-): Promise<{ files: number; bytes: number }> {
-  const stage = `${dir}/stage`;
-  let bytes = 0;
-  let files = 0;
-  const walk = async (from: string): Promise<void> => {
-    const entries: Deno.DirEntry[] = [];
-    try {
-      for await (const e of Deno.readDir(from)) entries.push(e);
-    } catch {
-      return; // unreadable directory
-    }
-    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
-    for (const e of entries) {
-      if (bytes >= limit) return;
-      const src = `${from}/${e.name}`;
-      if (e.isDirectory) await walk(src);
-      else if (e.isFile) {
-        const { size } = await Deno.stat(src);
-        if (size > 16 * MiB || bytes + size > limit) continue;
-        const dst = `${stage}${src}`;
-        await Deno.mkdir(dst.slice(0, dst.lastIndexOf("/")), {
-          recursive: true,
-        });
-        try {
-          await Deno.copyFile(src, dst);
-        } catch {
-          continue; // unreadable file
-        }
-        bytes += size;
-        files++;
-      }
-    }
-  };
-  for (const root of ["/usr/share", "/usr/lib", "/usr/bin"]) await walk(root);
-  await run("mkfs.ext4", [
-    "-q",
-    "-F",
-    "-b",
-    "4096",
-    "-d",
-    stage,
-    path,
-    String(size / KiB) + "k",
-  ]);
-  await Deno.remove(stage, { recursive: true });
-  return { files, bytes };
-}
 
 /** Writes `size` bytes of xorshift output to `path`; returns the SHA-256. */
 async function makeRandom(path: string, size: number): Promise<string> {

@@ -6,7 +6,7 @@
  * @module
  */
 
-import type { ByteStore } from "./store.ts";
+import { type ByteStore, settled } from "./store.ts";
 
 /**
  * The subset of `FileSystemSyncAccessHandle` a writable image needs.
@@ -104,33 +104,24 @@ export function opfsStore(
       }
     },
     writeAt(position: number, bytes: Uint8Array): Promise<void> {
-      try {
+      return settled(() => {
         let done = 0;
         while (done < bytes.length) {
           done += handle.write(bytes.subarray(done), { at: position + done });
         }
         size = Math.max(size, position + bytes.length);
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      });
     },
     truncate(length: number): Promise<void> {
-      try {
+      return settled(() => {
         handle.truncate(length);
         size = length;
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      });
     },
     flush(): Promise<void> {
-      try {
+      return settled(() => {
         handle.flush();
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      });
     },
     close(): void {
       if (owned) handle.close();

@@ -325,21 +325,34 @@ export async function fileHandleSource(
   const size = Number((await handle.stat()).size);
   return {
     size,
-    async readAt(position: number, buffer: Uint8Array): Promise<number> {
-      let done = 0;
-      while (done < buffer.length) {
-        const { bytesRead } = await handle.read(
-          buffer,
-          done,
-          buffer.length - done,
-          position + done,
-        );
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
-      return done;
-    },
+    readAt: (position, buffer) => readHandleAt(handle, position, buffer),
   };
+}
+
+/**
+ * Fills `buffer` from file `position` through a FileHandle's positional
+ * reads, stopping early only at the end of the file.
+ *
+ * @returns The bytes read.
+ * @ignore
+ */
+export async function readHandleAt(
+  handle: Pick<FileHandleLike, "read">,
+  position: number,
+  buffer: Uint8Array,
+): Promise<number> {
+  let done = 0;
+  while (done < buffer.length) {
+    const { bytesRead } = await handle.read(
+      buffer,
+      done,
+      buffer.length - done,
+      position + done,
+    );
+    if (bytesRead === 0) break;
+    done += bytesRead;
+  }
+  return done;
 }
 
 /**

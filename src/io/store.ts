@@ -8,7 +8,7 @@
  * @module
  */
 
-import type { ByteSource } from "./source.ts";
+import { type ByteSource, readHandleAt } from "./source.ts";
 
 /**
  * A random-access file that can be read and written: what a writable image
@@ -335,34 +335,25 @@ export function fsFileStore(file: FsFileLike, owned = false): ByteStore {
       }
     },
     writeAt(position: number, bytes: Uint8Array): Promise<void> {
-      try {
+      return settled(() => {
         file.seekSync(position, 0);
         let done = 0;
         while (done < bytes.length) {
           done += file.writeSync(bytes.subarray(done));
         }
         size = Math.max(size, position + bytes.length);
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      });
     },
     truncate(length: number): Promise<void> {
-      try {
+      return settled(() => {
         file.truncateSync(length);
         size = length;
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      });
     },
     flush(): Promise<void> {
-      try {
+      return settled(() => {
         file.syncDataSync();
-        return Promise.resolve();
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      });
     },
     close(): void {
       if (owned) file.close?.();
@@ -459,20 +450,7 @@ export async function fileHandleStore(
     get size() {
       return size;
     },
-    async readAt(position: number, buffer: Uint8Array): Promise<number> {
-      let done = 0;
-      while (done < buffer.length) {
-        const { bytesRead } = await handle.read(
-          buffer,
-          done,
-          buffer.length - done,
-          position + done,
-        );
-        if (bytesRead === 0) break;
-        done += bytesRead;
-      }
-      return done;
-    },
+    readAt: (position, buffer) => readHandleAt(handle, position, buffer),
     async writeAt(position: number, bytes: Uint8Array): Promise<void> {
       let done = 0;
       while (done < bytes.length) {
@@ -504,4 +482,20 @@ export async function fileHandleStore(
     },
   };
   return store;
+}
+
+/**
+ * Runs a synchronous store operation and gives its outcome as a promise:
+ * resolved when it returns, rejected with what it throws (never a throw
+ * out of a function whose callers expect a promise).
+ *
+ * @ignore
+ */
+export function settled(operation: () => void): Promise<void> {
+  try {
+    operation();
+    return Promise.resolve();
+  } catch (e) {
+    return Promise.reject(e);
+  }
 }
