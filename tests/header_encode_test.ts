@@ -65,7 +65,7 @@ Deno.test("encodeFeatures sets the bits of the named features", () => {
       dirty: true,
       corrupt: true,
       externalDataFile: true,
-      compressionType: true,
+      compressionType: "zstd",
       extendedL2: true,
       bitmaps: true,
       rawExternalData: true,
@@ -75,6 +75,10 @@ Deno.test("encodeFeatures sets the bits of the named features", () => {
       compatibleFeatures: 0n,
       autoclearFeatures: 3n,
     },
+  );
+  assertEquals(
+    encodeFeatures({ compressionType: "zlib" }).incompatibleFeatures,
+    0n,
   );
 });
 

@@ -64,7 +64,7 @@ Deno.test("parseHeader reads every v3 field", () => {
     dirty: true,
     corrupt: true,
     externalDataFile: false,
-    compressionType: true,
+    compressionType: "zstd",
     extendedL2: false,
     lazyRefcounts: true,
     bitmaps: true,

@@ -62,7 +62,7 @@ const MAX_SNAPSHOTS = 65536;
  * const header = await readHeader(bytes);
  * const type: CompressionType = header.compressionType;
  * assertEquals(type, "zstd");
- * assert(header.features.compressionType); // incompatible bit 3 marks it
+ * assertEquals(header.features.compressionType, "zstd"); // incompatible bit 3 set
  * ```
  */
 export type CompressionType = "zlib" | "zstd";
@@ -89,8 +89,12 @@ export interface Qcow2Features {
   corrupt: boolean;
   /** Incompatible bit 2: guest data lives in an external data file. */
   externalDataFile: boolean;
-  /** Incompatible bit 3: the compression type field is not zlib. */
-  compressionType: boolean;
+  /**
+   * The compression type (header byte 104): incompatible bit 3 is set
+   * exactly when it is not `"zlib"`. The same value as
+   * {@linkcode Qcow2Header.compressionType}.
+   */
+  compressionType: CompressionType;
   /** Incompatible bit 4: L2 entries are 128 bits, with subclusters. */
   extendedL2: boolean;
   /** Compatible bit 0: lazy refcounts. */
@@ -466,10 +470,7 @@ export function parseHeader(
       incompatibleFeatures,
       INCOMPATIBLE.externalDataFile.bit,
     ),
-    compressionType: bit(
-      incompatibleFeatures,
-      INCOMPATIBLE.compressionType.bit,
-    ),
+    compressionType,
     extendedL2,
     lazyRefcounts: bit(compatibleFeatures, COMPATIBLE.lazyRefcounts.bit),
     bitmaps: bit(autoclearFeatures, AUTOCLEAR.bitmaps.bit),

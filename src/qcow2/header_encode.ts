@@ -125,7 +125,11 @@ export function encodeFeatures(features: Partial<Qcow2Features>): {
   const bits = (table: Record<string, { bit: number }>) => {
     let mask = 0n;
     for (const [key, { bit }] of Object.entries(table)) {
-      if (features[key as keyof Qcow2Features]) mask |= 1n << BigInt(bit);
+      const value = features[key as keyof Qcow2Features];
+      // compression_type: bit 3 says the type is not zlib.
+      if (key === "compressionType" ? value === "zstd" : value === true) {
+        mask |= 1n << BigInt(bit);
+      }
     }
     return mask;
   };

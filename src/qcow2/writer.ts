@@ -70,7 +70,7 @@ export function newHeader(
 ): Uint8Array {
   const v3 = options.compat === "1.1";
   const features = encodeFeatures({
-    compressionType: options.compressionType !== "zlib",
+    compressionType: options.compressionType,
     extendedL2: options.extendedL2,
     lazyRefcounts: options.lazyRefcounts,
   });
