@@ -132,6 +132,8 @@ export const openImage: OpenImageFunction = native.openImage;
  * @param options Sparseness, progress, abort, and the options of {@linkcode openImage}.
  * @returns Bytes written, bytes skipped as holes, and the time taken.
  * @throws {Qcow2Error} If the image is invalid; the signal's reason if aborted.
+ * @throws {RangeError} If `sparseSize` is not a multiple of 512 from 0 to
+ * 16 MiB.
  *
  * @example Converting an image to raw bytes in memory
  * ```ts
@@ -163,6 +165,7 @@ export const convert: ConvertFunction = native.convert;
  * {@linkcode openImage}.
  * @returns What was written.
  * @throws {Qcow2Error} For an invalid source or refused options.
+ * @throws {RangeError} For a bad `sparseSize` or LUKS options QEMU refuses.
  *
  * @example A compressed copy of an image, in memory
  * ```ts

@@ -405,6 +405,8 @@ export const openImage: OpenImageFunction = face.openImage;
  * {@linkcode openImage}.
  * @returns Bytes written, bytes skipped as holes, and the time taken.
  * @throws {Qcow2Error} If the image is invalid; the signal's reason if aborted.
+ * @throws {RangeError} If `sparseSize` is not a multiple of 512 from 0 to
+ * 16 MiB.
  *
  * @example Converting a Blob to a raw Blob
  * ```ts
@@ -466,6 +468,7 @@ export type {
  * {@linkcode openImage}.
  * @returns What was written.
  * @throws {Qcow2Error} For an invalid source or refused options.
+ * @throws {RangeError} For a bad `sparseSize` or LUKS options QEMU refuses.
  *
  * @example Re-packing an image with 4 KiB clusters, in memory
  * ```ts

@@ -6,8 +6,6 @@
  * @module
  */
 
-import { Qcow2Error } from "../src/errors.ts";
-
 /** An output file being written, to be committed or discarded. */
 export interface OutputFile {
   /** The file to write. */
@@ -38,7 +36,7 @@ export type InputFile = string | { path: string; what: string };
  * @param inputs Every file the conversion reads: `dst` must be none of them.
  * @returns The output.
  * @throws {Deno.errors.NotCapable} Without write access (no prompt is shown).
- * @throws {Qcow2Error} `BAD_ARGUMENT` if `dst` is one of the inputs.
+ * @throws {RangeError} If `dst` is a directory or one of the inputs.
  */
 export async function openOutput(
   dst: string,
@@ -53,8 +51,7 @@ export async function openOutput(
     (await granted("read", dst) &&
       (await Deno.stat(dst).catch(() => undefined))?.isDirectory)
   ) {
-    throw new Qcow2Error(
-      "BAD_ARGUMENT",
+    throw new RangeError(
       `Cannot write '${dst}': it is a directory; give DST a file name, such as '${
         dst.replace(/\/*$/, "")
       }/disk.raw'`,
@@ -163,8 +160,7 @@ async function refuseInputs(
   files: InputFile[],
 ): Promise<void> {
   const fail = (file: InputFile) =>
-    new Qcow2Error(
-      "BAD_ARGUMENT",
+    new RangeError(
       `refusing to write '${dst}': it is ${
         typeof file === "string"
           ? `the same file as the input '${file}'`

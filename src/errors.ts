@@ -70,8 +70,6 @@ export type Qcow2ErrorCode =
   | "TOO_LARGE"
   /** The operation was aborted by its `AbortSignal`. */
   | "ABORTED"
-  /** A caller-supplied argument is out of range. */
-  | "BAD_ARGUMENT"
   /**
    * An HTTP request failed: an error status or no connection, after the
    * retries (the message has the status and the URL).
@@ -81,6 +79,11 @@ export type Qcow2ErrorCode =
   | "HTTP_NO_RANGE"
   /** The remote file's length or ETag changed while it was read. */
   | "HTTP_CHANGED"
+  /**
+   * The source read differently the second time a conversion read it
+   * (it changed while it was read).
+   */
+  | "SOURCE_CHANGED"
   /** An image creation option is unknown, malformed, or in a combination qemu-img refuses. */
   | "BAD_OPTION"
   /**

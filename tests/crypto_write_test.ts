@@ -189,7 +189,7 @@ Deno.test("createLuks refuses AES-192 outside XTS, which QEMU cannot open", asyn
     cipherMode: "cbc",
     iterTime: 1,
   }, PASSWORD).then(() => undefined, (e) => e);
-  assertEquals(error?.code, "BAD_ARGUMENT");
+  assert(error instanceof RangeError);
   assertStringIncludes(error.message, "QEMU cannot open");
 });
 

@@ -26,7 +26,6 @@ import {
   type IvGenerator,
   sectorCipher,
 } from "./sector_cipher.ts";
-import { Qcow2Error } from "../errors.ts";
 
 /**
  * The `encrypt.*` options of `qemu-img create -o encrypt.format=luks`,
@@ -104,7 +103,7 @@ async function iterationsPerSecond(
  * @param options The cipher, hashes and iteration time.
  * @param password The password of key slot 0.
  * @returns The LUKS area and the data's encryption.
- * @throws {Qcow2Error} `BAD_ARGUMENT` for options QEMU refuses (ESSIV with a
+ * @throws {RangeError} For options QEMU refuses (ESSIV with a
  * hash that is no AES key, a bad iteration time) or could not open (AES-192
  * outside XTS: its key material is not whole sectors).
  *
@@ -138,8 +137,7 @@ export async function createLuks(
   };
   const iterTime = options.iterTime ?? 2000;
   if (!Number.isSafeInteger(iterTime) || iterTime < 1) {
-    throw new Qcow2Error(
-      "BAD_ARGUMENT",
+    throw new RangeError(
       `encrypt.iter-time must be a whole number of milliseconds from 1, not ${iterTime}`,
     );
   }
@@ -150,8 +148,7 @@ export async function createLuks(
   if (keyBytes * LUKS_STRIPES % 512 !== 0) {
     // QEMU asserts whole sectors when it decrypts key material
     // (do_qcrypto_block_cipher_encdec): it could not open the image.
-    throw new Qcow2Error(
-      "BAD_ARGUMENT",
+    throw new RangeError(
       `Cannot create LUKS with ${spec.algorithm}-${spec.mode}: its key material (${
         keyBytes * LUKS_STRIPES
       } bytes) is not whole 512-byte sectors, which QEMU cannot open; use aes-192 with xts, or aes-128 or aes-256`,
@@ -162,7 +159,7 @@ export async function createLuks(
   try {
     // Checks the ESSIV hash before any time is spent.
     await sectorCipher(provider, spec, masterKey).catch((e) => {
-      throw new Qcow2Error("BAD_ARGUMENT", `Cannot create LUKS: ${e.message}`);
+      throw new RangeError(`Cannot create LUKS: ${e.message}`, { cause: e });
     });
     const masterKeySalt = randomBytes(new Uint8Array(32));
     const masterRate = await iterationsPerSecond(provider, hash, masterKey, 20);

@@ -5,7 +5,6 @@
  * @module
  */
 
-import { Qcow2Error } from "../errors.ts";
 import type { DiskImage } from "../disk.ts";
 import type { RawSink } from "../io/sink.ts";
 import { type StartJob, withJobs } from "../jobs.ts";
@@ -119,6 +118,8 @@ const SETTLE_TURNS = 256;
  * @param sink Where the raw bytes go.
  * @param options Sparseness, progress, abort.
  * @returns What was written and skipped.
+ * @throws {RangeError} If `sparseSize` is not a multiple of 512 from 0 to
+ * 16 MiB.
  */
 export async function convertImage(
   image: DiskImage,
@@ -131,8 +132,7 @@ export async function convertImage(
     !Number.isSafeInteger(sparse) || sparse < 0 || sparse % 512 !== 0 ||
     sparse > MAX_SPARSE
   ) {
-    throw new Qcow2Error(
-      "BAD_ARGUMENT",
+    throw new RangeError(
       `Invalid sparse size ${sparse}: it must be a multiple of 512 from 0 to 16 MiB`,
     );
   }

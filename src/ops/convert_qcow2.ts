@@ -449,8 +449,7 @@ async function prepare(
     !Number.isSafeInteger(sparse) || sparse < 0 || sparse % 512 !== 0 ||
     sparse > MAX_SPARSE
   ) {
-    throw new Qcow2Error(
-      "BAD_ARGUMENT",
+    throw new RangeError(
       `Invalid sparse size ${sparse}: it must be a multiple of 512 from 0 to 16 MiB`,
     );
   }
@@ -511,6 +510,7 @@ function boundOf(c: Classify): number {
  * @throws {Qcow2Error} `BAD_OPTION`/`TOO_LARGE` for refused options,
  * `UNSUPPORTED_COMPRESSION` without a compressor, the source's errors; the
  * signal's reason if aborted.
+ * @throws {RangeError} For a bad `sparseSize` or LUKS options QEMU refuses.
  *
  * @example See {@linkcode convertToQcow2} in `mod.ts`, which opens the source.
  */
@@ -558,8 +558,8 @@ export async function convertImageToQcow2(
  * @param target A target written in increasing offset order.
  * @param options As for {@linkcode convertImageToQcow2}.
  * @returns What was written.
- * @throws {Qcow2Error} As {@linkcode convertImageToQcow2}, and `BAD_ARGUMENT`
- * if the source read differently the second time.
+ * @throws {Qcow2Error} As {@linkcode convertImageToQcow2}, and
+ * `SOURCE_CHANGED` if the source read differently the second time.
  *
  * @example See {@linkcode convertToQcow2} in `mod.ts`, which takes a stream.
  */

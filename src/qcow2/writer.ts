@@ -466,7 +466,7 @@ function finishRefcounts(
   );
   if (blocksUsed > layout.refcountBlockSlots) {
     throw new Qcow2Error(
-      "BAD_ARGUMENT",
+      "SOURCE_CHANGED",
       `Cannot write qcow2 image: it grew past the ${layout.refcountBlockSlots} refcount blocks reserved for it (did the source change while it was read?)`,
     );
   }
@@ -560,7 +560,7 @@ export interface PlannedRun {
  * @param plan The runs, in guest order.
  * @param items Every planned cluster, in order, with its bytes.
  * @returns The file's length.
- * @throws {Qcow2Error} `BAD_ARGUMENT` if a compressed cluster's length differs
+ * @throws {Qcow2Error} `SOURCE_CHANGED` if a compressed cluster's length differs
  * from the plan (the source changed between the passes).
  */
 export async function writeStream(
@@ -668,7 +668,7 @@ export async function writeStream(
             (run.subclusters ?? ALL_SUBCLUSTERS)
         ) {
           throw new Qcow2Error(
-            "BAD_ARGUMENT",
+            "SOURCE_CHANGED",
             `Cannot stream qcow2 image: guest cluster ${cluster} read differently the second time (did the source change while it was read?)`,
           );
         }
