@@ -119,7 +119,6 @@ export {
   type OpenFile,
   type OpenOptions,
   type OpenRequest,
-  probeFormat,
 } from "./src/open.ts";
 export {
   parseQcowHeader,
@@ -233,14 +232,11 @@ export {
 } from "./src/ops/map.ts";
 export {
   type BitmapInfo,
-  formatInfo,
-  formatSize,
   type ImageInfo,
   imageInfo,
   type InfoExtras,
   type Qcow2HeaderInfo,
   type Qcow2SpecificInfo,
-  qcowInfo,
   type SnapshotInfo,
 } from "./src/ops/info.ts";
 export {

@@ -16,10 +16,10 @@ import {
   openImage,
   openPath,
   optionsFromText,
-  probeFormat,
   Qcow2Error,
   splitOptions,
 } from "../mod.ts";
+import { probeFormat } from "../info.ts";
 import { InFile } from "../native/explain.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";

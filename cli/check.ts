@@ -10,9 +10,9 @@ import {
   checkQcow2,
   type CheckResult,
   fsFileStore,
-  probeFormat,
   Qcow2Error,
 } from "../mod.ts";
+import { probeFormat } from "../info.ts";
 import { openFile } from "./_open.ts";
 import {
   type CommandSpec,

@@ -5,12 +5,8 @@
  * @module
  */
 
-import {
-  type ByteSource,
-  type MapEntry,
-  mapImage,
-  probeFormat,
-} from "../mod.ts";
+import { type ByteSource, type MapEntry, mapImage } from "../mod.ts";
+import { probeFormat } from "../info.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
 import {
   type CommandSpec,

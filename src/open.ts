@@ -192,7 +192,8 @@ export interface OpenOptions {
  *
  * @example Probing the format of three files
  * ```ts
- * import { type ImageFormat, probeFormat } from "@qcow2/qcow2";
+ * import type { ImageFormat } from "@qcow2/qcow2";
+ * import { probeFormat } from "@qcow2/qcow2/info";
  * import { assertEquals } from "@std/assert";
  *
  * const formats: ImageFormat[] = [];
@@ -216,7 +217,7 @@ const DEFAULT_MAX_DEPTH = 64;
  *
  * @example Telling qcow2 from raw
  * ```ts
- * import { probeFormat } from "@qcow2/qcow2";
+ * import { probeFormat } from "@qcow2/qcow2/info";
  * import { assertEquals } from "@std/assert";
  *
  * assertEquals(probeFormat(new Uint8Array([0x51, 0x46, 0x49, 0xfb, 0, 0, 0, 3])), "qcow2");

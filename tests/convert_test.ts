@@ -5,7 +5,6 @@ import {
   convert,
   type ConvertProgress,
   openImage,
-  Qcow2Error,
   type RawSink,
 } from "../mod.ts";
 import { prng, type SynthCluster, synthImage } from "./_synth.ts";

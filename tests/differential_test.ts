@@ -6,9 +6,9 @@
  * honest); without it, the committed digests and info are the reference.
  */
 import { assert, assertEquals } from "@std/assert";
+import { formatInfo } from "../info.ts";
 import {
   convert,
-  formatInfo,
   imageInfo,
   openImage,
   readHeader,

@@ -1,7 +1,7 @@
 /** The progress bar's text: fixed widths, units, time left, throttling. */
 import { assert, assertEquals } from "@std/assert";
+import { formatSize } from "../src/ops/format_size.ts";
 import {
-  formatBytes,
   formatDuration,
   formatElapsed,
   progressBar,
@@ -10,7 +10,7 @@ import {
 
 const GiB = 1024 ** 3;
 
-Deno.test("formatBytes: binary units, one decimal, at most 10 characters", () => {
+Deno.test("formatSize, fixed style: binary units, one decimal, at most 10 characters", () => {
   const cases: [number, string][] = [
     [0, "0 B"],
     [1, "1 B"],
@@ -25,11 +25,14 @@ Deno.test("formatBytes: binary units, one decimal, at most 10 characters", () =>
     [2 ** 53, "8.0 PiB"],
   ];
   for (const [bytes, text] of cases) {
-    assertEquals(formatBytes(bytes), text, String(bytes));
-    assert(formatBytes(bytes).length <= 10);
+    assertEquals(formatSize(bytes, { style: "fixed" }), text, String(bytes));
+    assert(formatSize(bytes, { style: "fixed" }).length <= 10);
   }
   for (let bytes = 1; bytes < 2 ** 53; bytes *= 1.7) {
-    assert(formatBytes(bytes).length <= 10, formatBytes(bytes));
+    assert(
+      formatSize(bytes, { style: "fixed" }).length <= 10,
+      formatSize(bytes, { style: "fixed" }),
+    );
   }
 });
 

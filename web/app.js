@@ -8,7 +8,7 @@
  * browser can (the File System Access API), else built in memory.
  */
 
-// @ts-types="../web.ts"
+// @ts-types="./bundle.ts"
 import {
   blobSource,
   convert,

@@ -13,6 +13,7 @@ import {
   padName,
 } from "../qcow2/names.ts";
 import { hex } from "../errors.ts";
+import { formatSize } from "./format_size.ts";
 import { checkKnownFeatures, type Qcow2Header } from "../qcow2/header.ts";
 import {
   AUTOCLEAR,
@@ -236,7 +237,8 @@ export interface ImageInfo {
  *
  * @example The size on disk and the backing file's path
  * ```ts
- * import { formatInfo, imageInfo, type InfoExtras, readHeader } from "@qcow2/qcow2";
+ * import { imageInfo, type InfoExtras, readHeader } from "@qcow2/qcow2";
+ * import { formatInfo } from "@qcow2/qcow2/info";
  * import { resolveName } from "../open.ts";
  * import { assertStringIncludes } from "@std/assert";
  *
@@ -364,7 +366,8 @@ export function imageInfo(
  *
  * @example The report of a qcow image
  * ```ts
- * import { bytesSource, qcowInfo, readQcowHeader } from "@qcow2/qcow2";
+ * import { bytesSource, readQcowHeader } from "@qcow2/qcow2";
+ * import { qcowInfo } from "@qcow2/qcow2/info";
  * import { assertEquals } from "@std/assert";
  *
  * const bytes = await Deno.readFile(new URL("../../tests/fixtures/layouts/v1.qcow", import.meta.url));
@@ -499,31 +502,6 @@ function headerInfo(header: Qcow2Header): Qcow2HeaderInfo {
 }
 
 /**
- * A byte count the way QEMU prints one: three significant digits and a
- * binary unit, switching unit at 1000 (`"456 KiB"`, `"0.977 MiB"`).
- *
- * @param bytes A byte count.
- * @returns The text.
- *
- * @example Sizes as qemu-img prints them
- * ```ts
- * import { formatSize } from "@qcow2/qcow2";
- * import { assertEquals } from "@std/assert";
- *
- * assertEquals(formatSize(512), "512 B");
- * assertEquals(formatSize(456 * 1024), "456 KiB");
- * assertEquals(formatSize(1000 * 1024), "0.977 MiB");
- * assertEquals(formatSize(4 * 1024 ** 4), "4 TiB");
- * ```
- */
-export function formatSize(bytes: number): string {
-  const units = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-  let i = 0;
-  while (i < units.length - 1 && bytes * 1.024 >= 1024 ** (i + 1)) i++;
-  return `${Number((bytes / 1024 ** i).toPrecision(3))} ${units[i]}`;
-}
-
-/**
  * The human-readable `info` text, laid out like `qemu-img info`.
  *
  * @param info A report from {@linkcode imageInfo}.
@@ -531,7 +509,8 @@ export function formatSize(bytes: number): string {
  *
  * @example The text of `info` for an image
  * ```ts
- * import { bytesSource, formatInfo, imageInfo, readHeader } from "@qcow2/qcow2";
+ * import { bytesSource, imageInfo, readHeader } from "@qcow2/qcow2";
+ * import { formatInfo } from "@qcow2/qcow2/info";
  * import { assertStringIncludes } from "@std/assert";
  *
  * const bytes = await Deno.readFile(new URL("../../tests/fixtures/v3_64k.qcow2", import.meta.url));

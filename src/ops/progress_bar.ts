@@ -7,6 +7,8 @@
  * @module
  */
 
+import { formatSize } from "./format_size.ts";
+
 /** What one redraw of the bar shows. */
 export interface ProgressSnapshot {
   /** Bytes processed so far. */
@@ -19,41 +21,13 @@ export interface ProgressSnapshot {
   finished?: boolean;
 }
 
-const UNITS = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+/** A byte count in the bar's fixed-width style (at most 10 characters). */
+function fixed(bytes: number): string {
+  return formatSize(bytes, { style: "fixed" });
+}
 
 /** Below this much elapsed time, rate and time left are not yet shown. */
 const SETTLE_MS = 200;
-
-/**
- * A byte count in binary units with one decimal (`"512 B"`, `"1.5 KiB"`,
- * `"1023.9 MiB"`): at most 10 characters, so columns stay put as it grows.
- *
- * @param bytes A byte count.
- * @returns The text.
- *
- * @example Units
- * ```ts
- * import { formatBytes } from "./progress_bar.ts";
- * import { assertEquals } from "@std/assert";
- *
- * assertEquals(formatBytes(512), "512 B");
- * assertEquals(formatBytes(1536), "1.5 KiB");
- * assertEquals(formatBytes(4 * 1024 ** 4), "4.0 TiB");
- * ```
- */
-export function formatBytes(bytes: number): string {
-  if (!Number.isFinite(bytes) || bytes < 1024) {
-    return `${Math.max(0, Math.round(bytes)) || 0} B`;
-  }
-  let i = 0;
-  let value = bytes;
-  // Move up while one decimal would round to 1024.0.
-  while (i < UNITS.length - 1 && value >= 1023.95) {
-    value /= 1024;
-    i++;
-  }
-  return `${value.toFixed(1)} ${UNITS[i]}`;
-}
 
 /**
  * A duration as `m:ss`, or `h:mm:ss` from an hour on; `--:--` when unknown
@@ -162,10 +136,8 @@ export function renderProgress(
     ? `in ${formatElapsed(elapsedMs / 1000)}`
     : `ETA ${formatDuration(settled ? (total - done) / rate : NaN)}`;
   const pct = percent.padStart(6);
-  const sizes = `${formatBytes(done).padStart(10)} / ${
-    formatBytes(total).padStart(10)
-  }`;
-  const speed = `${settled ? `${formatBytes(rate)}/s` : ""}`.padStart(12);
+  const sizes = `${fixed(done).padStart(10)} / ${fixed(total).padStart(10)}`;
+  const speed = `${settled ? `${fixed(rate)}/s` : ""}`.padStart(12);
   const left = time.padEnd(11);
   // On a narrow terminal, the bar goes first, then rate, then sizes.
   const choices = [
