@@ -22,4 +22,4 @@
 
 export { formatInfo, qcowInfo } from "./src/ops/info.ts";
 export { formatSize, type FormatSizeOptions } from "./src/ops/format_size.ts";
-export { probeFormat } from "./src/open.ts";
+export { probeFormat } from "./src/probe.ts";

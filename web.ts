@@ -113,19 +113,19 @@ export {
   type StorePiece,
 } from "./src/io/store.ts";
 export { opfsStore, type SyncAccessHandleLike } from "./src/io/opfs.ts";
-export {
-  type ImageFormat,
-  type OpenedFile,
-  type OpenFile,
-  type OpenOptions,
-  type OpenRequest,
+export type {
+  OpenedFile,
+  OpenFile,
+  OpenOptions,
+  OpenRequest,
 } from "./src/open.ts";
+export type { ImageFormat } from "./src/probe.ts";
 export {
   parseQcowHeader,
   type QcowHeader,
-  type QcowImage,
   readQcowHeader,
-} from "./src/qcow/image.ts";
+} from "./src/qcow/header.ts";
+export type { QcowImage } from "./src/qcow/image.ts";
 export {
   checkSnapshotL1,
   findSnapshot,

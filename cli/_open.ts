@@ -7,7 +7,8 @@
  */
 
 import type { DiskImage } from "../src/disk.ts";
-import { type OpenedFile, type OpenOptions, probeFormat } from "../src/open.ts";
+import type { OpenedFile, OpenOptions } from "../src/open.ts";
+import { probeFormat } from "../src/probe.ts";
 import { Qcow2Error } from "../src/errors.ts";
 import { openPath } from "../native/open_path.ts";
 import { nativeFace } from "../native/face.ts";

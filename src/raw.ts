@@ -6,6 +6,7 @@
 
 import { checkRange, type DiskImage, type Extent } from "./disk.ts";
 import type { ByteSource } from "./io/source.ts";
+import type { Layer } from "./chain.ts";
 
 /** A raw file seen as a virtual disk of the file's size. */
 export class RawImage implements DiskImage {
@@ -53,4 +54,14 @@ export class RawImage implements DiskImage {
     this.#close?.();
     this.#close = undefined;
   }
+}
+
+/**
+ * Opens a raw layer (a backing file): the file itself, nothing to read.
+ *
+ * @param layer The layer.
+ * @returns The image (closed with the chain, not by itself).
+ */
+export function openRaw(layer: Layer): Promise<RawImage> {
+  return Promise.resolve(new RawImage(layer.source));
 }

@@ -22,7 +22,7 @@ import {
   type FeatureBit,
   INCOMPATIBLE,
 } from "../qcow2/layout.ts";
-import type { QcowHeader } from "../qcow/image.ts";
+import type { QcowHeader } from "../qcow/header.ts";
 import type { Snapshot } from "../qcow2/snapshots.ts";
 import type { Bitmap } from "../qcow2/bitmaps.ts";
 
@@ -239,7 +239,7 @@ export interface ImageInfo {
  * ```ts
  * import { imageInfo, type InfoExtras, readHeader } from "@qcow2/qcow2";
  * import { formatInfo } from "@qcow2/qcow2/info";
- * import { resolveName } from "../open.ts";
+ * import { resolveName } from "../chain.ts";
  * import { assertStringIncludes } from "@std/assert";
  *
  * const url = new URL("../../tests/fixtures/layouts/over_raw.qcow2", import.meta.url);

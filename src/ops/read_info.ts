@@ -9,11 +9,12 @@
 
 import { inFile, Qcow2Error } from "../errors.ts";
 import type { ByteSource } from "../io/source.ts";
-import { type ImageFormat, probeFormat, resolveName } from "../open.ts";
+import { resolveName } from "../chain.ts";
+import { type ImageFormat, probeFormat } from "../probe.ts";
 import { readHeader } from "../qcow2/header.ts";
 import { readSnapshots } from "../qcow2/snapshots.ts";
 import { readBitmaps } from "../qcow2/bitmaps.ts";
-import { readQcowHeader } from "../qcow/image.ts";
+import { readQcowHeader } from "../qcow/header.ts";
 import { readEncryptInfo } from "../crypto/encrypt_info.ts";
 import { type ImageInfo, imageInfo, qcowInfo, rawInfo } from "./info.ts";
 

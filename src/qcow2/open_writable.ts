@@ -8,7 +8,8 @@
  */
 
 import { Qcow2Error } from "../errors.ts";
-import { openDisk, type OpenOptions, probeFormat } from "../open.ts";
+import { openDisk, type OpenOptions } from "../open.ts";
+import { probeSource } from "../probe.ts";
 import {
   type ByteStore,
   fileHandleStore,
@@ -21,7 +22,6 @@ import {
 import { readHeader } from "./header.ts";
 import { AUTOCLEAR, CRYPT_METHOD, HEADER, INCOMPATIBLE } from "./layout.ts";
 import { WritableQcow2Image } from "./writable.ts";
-import { Qcow2Image } from "./image.ts";
 import { repairRefcounts } from "./repair.ts";
 
 /**
@@ -105,9 +105,7 @@ export async function openWritable(
   options: OpenOptions = {},
   closeStore = false,
 ): Promise<WritableQcow2Image> {
-  const start = new Uint8Array(Math.min(8, store.size));
-  await store.readAt(0, start);
-  if (probeFormat(start) === "qcow") {
+  if (await probeSource(store) === "qcow") {
     throw refuse(
       "it is a qcow version 1 image, which QEMU writes only read-only (convert it to qcow2 first)",
     );
@@ -125,7 +123,7 @@ export async function openWritable(
   }
   let dataStore: ByteStore | undefined;
   const openFile = options.openFile;
-  const opened = await openDisk(store, {
+  const disk = await openDisk(store, {
     ...options,
     snapshot: undefined,
     writable: true,
@@ -143,12 +141,7 @@ export async function openWritable(
         }
         return file;
       }),
-  });
-  if (!(opened instanceof Qcow2Image)) {
-    opened.close();
-    throw refuse("it is not a qcow2 image");
-  }
-  const disk = opened;
+  }, "qcow2");
   try {
     const v3 = header.version >= 3;
     const autoclear = header.autoclearFeatures & KEPT_AUTOCLEAR;
