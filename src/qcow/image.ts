@@ -8,24 +8,16 @@
  * @module
  */
 
-import type { Codecs } from "../codecs/codecs.ts";
-import type { ImageEncryption } from "../crypto/encryption.ts";
 import type { DiskImage } from "../disk.ts";
 import type { ExtentRuns } from "../extent_runs.ts";
-import { type L2Span, TwoLevelImage } from "../qcow2/walk.ts";
+import {
+  type L2Span,
+  TwoLevelImage,
+  type TwoLevelParts,
+} from "../qcow2/walk.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import type { ByteSource } from "../io/source.ts";
 import type { QcowHeader } from "./header.ts";
-
-/** What a {@linkcode QcowImage} needs beyond its file, header and tables. */
-export interface QcowParts {
-  /** Decompressors (zlib is used). */
-  codecs?: Codecs;
-  /** Closes the files opened for this image. */
-  close?: () => void;
-  /** The unlocked legacy AES encryption of an encrypted image. */
-  encryption?: ImageEncryption;
-}
 
 /**
  * An open qcow version 1 image. Obtain one with `openImage`.
@@ -55,7 +47,7 @@ export class QcowImage extends TwoLevelImage {
     source: ByteSource,
     l1: Uint8Array,
     backing: DiskImage | undefined,
-    options: QcowParts,
+    options: Pick<TwoLevelParts, "codecs" | "close" | "encryption">,
   ) {
     super({
       source,

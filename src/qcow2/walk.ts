@@ -18,13 +18,8 @@ import {
   readEncrypted,
 } from "./cluster_reads.ts";
 import { type Codecs, webCodecs } from "../codecs/codecs.ts";
-import {
-  checkRange,
-  type DiskImage,
-  type Extent,
-  readBacking,
-  throughBacking,
-} from "../disk.ts";
+import type { DiskImage, Extent } from "../disk.ts";
+import { checkRange, readBacking, throughBacking } from "../disk.ts";
 import { ExtentRuns } from "../extent_runs.ts";
 import { withJobs } from "../jobs.ts";
 import type { ImageEncryption } from "../crypto/encryption.ts";
@@ -110,7 +105,7 @@ export abstract class TwoLevelImage implements DiskImage {
   readonly dataFile?: ByteSource;
   /** The unlocked encryption of an encrypted image (legacy AES or LUKS). */
   readonly encryption?: ImageEncryption;
-  #l2Entries: number;
+  #walk: L2Walk;
   #l1TableOffset: number;
   #cache: L2Cache;
   #codecs: Codecs;
@@ -129,12 +124,44 @@ export abstract class TwoLevelImage implements DiskImage {
     this.backing = parts.backing;
     this.dataFile = parts.dataFile;
     this.encryption = parts.encryption;
-    this.#l2Entries = parts.l2Entries;
     this.#l1TableOffset = parts.l1TableOffset;
     this.#cache = new L2Cache(parts.cachedTables, parts.l2TableBytes);
     this.#codecs = parts.codecs ?? webCodecs;
     this.#compressionType = parts.compressionType;
     this.#close = parts.close;
+    this.#walk = {
+      size: this.size,
+      clusterSize: this.clusterSize,
+      l2Entries: parts.l2Entries,
+      addSpan: (runs, l1Index, span) => this.#addSpan(runs, l1Index, span),
+    };
+  }
+
+  /** Adds a span of the L2 table that L1 entry `l1Index` names, if any. */
+  async #addSpan(
+    runs: ExtentRuns,
+    l1Index: number,
+    span: Omit<L2Span, "l2Offset">,
+  ): Promise<boolean> {
+    const l2Offset = this.l2TableOffset(l1Index);
+    if (l2Offset === 0) return false;
+    await this.#cache.use(
+      l2Offset,
+      l2TableLoader(
+        this.source,
+        l2Offset,
+        l1Index,
+        this.#l1TableOffset,
+        this.format,
+      ),
+      (table) =>
+        this.addEntries(
+          runs,
+          new DataView(table.buffer, table.byteOffset, table.byteLength),
+          { l2Offset, ...span },
+        ),
+    );
+    return true;
   }
 
   /**
@@ -185,50 +212,8 @@ export abstract class TwoLevelImage implements DiskImage {
    * @param end Guest byte after the last (default the virtual size).
    * @returns The extents, clipped to the range, all at depth 0.
    */
-  async *ownExtents(
-    start = 0,
-    end: number = this.size,
-  ): AsyncGenerator<Extent> {
-    checkRange(start, end - start, this.size);
-    if (start >= end) return;
-    const cs = this.clusterSize;
-    const l2Entries = this.#l2Entries;
-    const l1Span = cs * l2Entries;
-    const runs = new ExtentRuns(start, end);
-    for (
-      let l1Index = Math.floor(start / l1Span);
-      l1Index * l1Span < end;
-      l1Index++
-    ) {
-      const spanStart = l1Index * l1Span;
-      const l2Offset = this.l2TableOffset(l1Index);
-      if (l2Offset === 0) {
-        runs.add("unallocated", spanStart, spanStart + l1Span);
-      } else {
-        const first = spanStart < start
-          ? Math.floor((start - spanStart) / cs)
-          : 0;
-        const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
-        await this.#cache.use(
-          l2Offset,
-          l2TableLoader(
-            this.source,
-            l2Offset,
-            l1Index,
-            this.#l1TableOffset,
-            this.format,
-          ),
-          (table) =>
-            this.addEntries(
-              runs,
-              new DataView(table.buffer, table.byteOffset, table.byteLength),
-              { l2Offset, spanStart, first, last },
-            ),
-        );
-      }
-      yield* runs.take();
-    }
-    yield* runs.finish();
+  ownExtents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
+    return walkL2Tables(this.#walk, start, end);
   }
 
   /**
@@ -241,56 +226,39 @@ export abstract class TwoLevelImage implements DiskImage {
    * @throws {Qcow2Error} If the image is corrupt where the bytes lie.
    */
   async read(position: number, buffer: Uint8Array): Promise<void> {
-    const end = position + buffer.length;
-    const compressed: CompressedRead[] = [];
     const data = this.dataFile ?? this.source;
     const external = this.dataFile !== undefined;
-    // Reads start as their extents are found, while the walk goes on
-    // loading L2 tables: see src/jobs.ts.
-    await withJobs(async (start) => {
-      for await (const e of this.ownExtents(position, end)) {
-        const into = buffer.subarray(
-          e.start - position,
-          e.start - position + e.length,
-        );
-        if (e.kind === "data") {
-          start(
-            this.encryption
-              ? readEncrypted(
-                data,
-                this.encryption,
-                e.hostOffset!,
-                into,
-                e.start,
-                this.format,
-                external,
-              )
-              : readData(
-                data,
-                e.hostOffset!,
-                into,
-                e.start,
-                this.format,
-                external,
-              ),
-          );
-        } else if (e.kind === "compressed") {
-          compressed.push({ extent: e, into });
-        } else if (e.kind === "unallocated" && this.backing) {
-          start(readBacking(this.backing, e.start, into));
-        } else {
-          into.fill(0);
-        }
-      }
-      start(readCompressedRuns(
-        this.source,
-        compressed,
-        this.clusterSize,
-        this.#codecs,
-        this.#compressionType,
-        this.format,
-      ));
-    });
+    const { encryption, format } = this;
+    await readExtents(
+      this.ownExtents(position, position + buffer.length),
+      position,
+      buffer,
+      {
+        readData: encryption
+          ? (e, into) =>
+            readEncrypted(
+              data,
+              encryption,
+              e.hostOffset!,
+              into,
+              e.start,
+              format,
+              external,
+            )
+          : (e, into) =>
+            readData(data, e.hostOffset!, into, e.start, format, external),
+        readCompressed: (compressed) =>
+          readCompressedRuns(
+            this.source,
+            compressed,
+            this.clusterSize,
+            this.#codecs,
+            this.#compressionType,
+            format,
+          ),
+        backing: this.backing,
+      },
+    );
   }
 
   /** Closes the backing and data files opened for this image. */
@@ -298,4 +266,141 @@ export abstract class TwoLevelImage implements DiskImage {
     this.#close?.();
     this.#close = undefined;
   }
+}
+
+/** How {@linkcode walkL2Tables} reaches a layer's L2 tables. */
+export interface L2Walk {
+  /** Virtual disk size in bytes. */
+  size: number;
+  /** Cluster size in bytes. */
+  clusterSize: number;
+  /** Entries per L2 table. */
+  l2Entries: number;
+  /**
+   * Adds to `runs` the extents of entries `[span.first, span.last)` of the
+   * L2 table that L1 entry `l1Index` names (mapping guest bytes from
+   * `span.spanStart`).
+   *
+   * @returns False when the L1 entry names no L2 table (the span is then
+   * unallocated).
+   */
+  addSpan(
+    runs: ExtentRuns,
+    l1Index: number,
+    span: Omit<L2Span, "l2Offset">,
+  ): Promise<boolean>;
+}
+
+/**
+ * The extents of guest bytes `[start, end)` of one layer: the L1 entries
+ * covering the range in order, each L2 table's entries added through
+ * `walk.addSpan`, adjacent clusters of one kind merged. The one walk of the
+ * read-only images (qcow2 and qcow) and the read-write image.
+ *
+ * @param walk The cluster size, the L2 table size and how to add a span.
+ * @param start First guest byte.
+ * @param end Guest byte after the last.
+ * @returns The extents, clipped to the range, all at depth 0.
+ * @throws {RangeError} If the range is not within the virtual size.
+ * @throws {Qcow2Error} What `walk.addSpan` throws for an invalid entry.
+ *
+ * @example An image whose L1 table names no L2 table
+ * ```ts
+ * import { walkL2Tables } from "./walk.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const walk = { size: 100_000, clusterSize: 512, l2Entries: 64, addSpan: () => Promise.resolve(false) };
+ * const extents = await Array.fromAsync(walkL2Tables(walk, 0, 100_000));
+ * assertEquals(extents.map((e) => [e.kind, e.start, e.length]), [["unallocated", 0, 100_000]]);
+ * ```
+ */
+export async function* walkL2Tables(
+  walk: L2Walk,
+  start: number,
+  end: number,
+): AsyncGenerator<Extent> {
+  checkRange(start, end - start, walk.size);
+  if (start >= end) return;
+  const cs = walk.clusterSize;
+  const l2Entries = walk.l2Entries;
+  const l1Span = cs * l2Entries;
+  const runs = new ExtentRuns(start, end);
+  for (
+    let l1Index = Math.floor(start / l1Span);
+    l1Index * l1Span < end;
+    l1Index++
+  ) {
+    const spanStart = l1Index * l1Span;
+    const first = spanStart < start ? Math.floor((start - spanStart) / cs) : 0;
+    const last = Math.min(l2Entries, Math.ceil((end - spanStart) / cs));
+    if (!await walk.addSpan(runs, l1Index, { spanStart, first, last })) {
+      runs.add("unallocated", spanStart, spanStart + l1Span);
+    }
+    yield* runs.take();
+  }
+  yield* runs.finish();
+}
+
+/** Where {@linkcode readExtents} reads each kind of extent from. */
+export interface ExtentReads {
+  /** Reads (and decrypts) a data extent's bytes. */
+  readData(extent: Extent, into: Uint8Array): Promise<void>;
+  /** Reads and decompresses the compressed extents, in one go. */
+  readCompressed(compressed: CompressedRead[]): Promise<void>;
+  /** What unallocated extents read from; zeros without one. */
+  backing?: DiskImage;
+}
+
+/**
+ * Fills `buffer` (guest bytes from `position`) from a layer's own extents:
+ * data, compressed clusters, zeros, or the backing file. Reads start as
+ * the extents come, while the walk goes on loading L2 tables (see
+ * `src/jobs.ts`), and all settle before this returns.
+ *
+ * @param extents The layer's extents of exactly the buffer's range.
+ * @param position Guest offset of the buffer's first byte.
+ * @param buffer Where the bytes go.
+ * @param reads How each kind of extent is read.
+ * @throws {Qcow2Error} What the reads throw.
+ *
+ * @example Zeros and data
+ * ```ts
+ * import { readExtents } from "./walk.ts";
+ * import type { Extent } from "../disk.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const extents: Extent[] = [
+ *   { start: 0, length: 2, kind: "zero", depth: 0 },
+ *   { start: 2, length: 2, kind: "data", hostOffset: 0, depth: 0 },
+ * ];
+ * const buffer = new Uint8Array(4).fill(9);
+ * await readExtents(extents, 0, buffer, {
+ *   readData: (_e, into) => Promise.resolve(void into.fill(7)),
+ *   readCompressed: () => Promise.resolve(),
+ * });
+ * assertEquals(buffer, new Uint8Array([0, 0, 7, 7]));
+ * ```
+ */
+export async function readExtents(
+  extents: AsyncIterable<Extent> | Iterable<Extent>,
+  position: number,
+  buffer: Uint8Array,
+  reads: ExtentReads,
+): Promise<void> {
+  const compressed: CompressedRead[] = [];
+  const backing = reads.backing;
+  await withJobs(async (start) => {
+    for await (const e of extents) {
+      const into = buffer.subarray(
+        e.start - position,
+        e.start - position + e.length,
+      );
+      if (e.kind === "data") start(reads.readData(e, into));
+      else if (e.kind === "compressed") compressed.push({ extent: e, into });
+      else if (e.kind === "unallocated" && backing) {
+        start(readBacking(backing, e.start, into));
+      } else into.fill(0);
+    }
+    start(reads.readCompressed(compressed));
+  });
 }

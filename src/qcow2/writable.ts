@@ -18,9 +18,8 @@
  */
 
 import type { ImageEncryption } from "../crypto/encryption.ts";
-import { withJobs } from "../jobs.ts";
 import { type Codecs, webCodecs } from "../codecs/codecs.ts";
-import { type CompressedRead, readCompressedRuns } from "./cluster_reads.ts";
+import { readCompressedRuns } from "./cluster_reads.ts";
 import {
   checkRange,
   type DiskImage,
@@ -28,7 +27,8 @@ import {
   readBacking,
   throughBacking,
 } from "../disk.ts";
-import { ExtentRuns } from "../extent_runs.ts";
+import type { ExtentRuns } from "../extent_runs.ts";
+import { type L2Walk, readExtents, walkL2Tables } from "./walk.ts";
 import { hex, Qcow2Error } from "../errors.ts";
 import type { ByteStore } from "../io/store.ts";
 import type { Qcow2Header } from "./header.ts";
@@ -194,6 +194,7 @@ export class WritableQcow2Image implements DiskImage {
     { bytes: Uint8Array; view: DataView }
   >();
   #close?: () => void | Promise<void>;
+  readonly #walk: L2Walk;
 
   private constructor(parts: WritableParts, l1: Uint8Array) {
     const { header } = parts;
@@ -227,6 +228,12 @@ export class WritableQcow2Image implements DiskImage {
     );
     this.#incompatible = header.incompatibleFeatures;
     this.#close = parts.close;
+    this.#walk = {
+      size: this.size,
+      clusterSize: this.#cs,
+      l2Entries: this.#l2Entries,
+      addSpan: (runs, l1Index, span) => this.#addSpan(runs, l1Index, span),
+    };
   }
 
   /**
@@ -353,31 +360,20 @@ export class WritableQcow2Image implements DiskImage {
   }
 
   async #read(position: number, buffer: Uint8Array): Promise<void> {
-    const compressed: CompressedRead[] = [];
     const extents = await this.#ownExtents(position, position + buffer.length);
     // Every read settles before the queue moves on: see src/jobs.ts.
-    await withJobs((start) => {
-      for (const e of extents) {
-        const into = buffer.subarray(
-          e.start - position,
-          e.start - position + e.length,
-        );
-        if (e.kind === "data") {
-          start(this.#readHost(this.#data, e.hostOffset!, into));
-        } else if (e.kind === "compressed") {
-          compressed.push({ extent: e, into });
-        } else if (e.kind === "unallocated" && this.backing) {
-          start(readBacking(this.backing, e.start, into));
-        } else into.fill(0);
-      }
-      start(readCompressedRuns(
-        this.#store,
-        compressed,
-        this.#cs,
-        this.#codecs,
-        this.header.compressionType,
-        "qcow2",
-      ));
+    await readExtents(extents, position, buffer, {
+      readData: (e, into) => this.#readHost(this.#data, e.hostOffset!, into),
+      readCompressed: (compressed) =>
+        readCompressedRuns(
+          this.#store,
+          compressed,
+          this.#cs,
+          this.#codecs,
+          this.header.compressionType,
+          "qcow2",
+        ),
+      backing: this.backing,
     });
   }
 
@@ -441,50 +437,48 @@ export class WritableQcow2Image implements DiskImage {
 
   /** The extents of `[start, end)` of this layer, read now (in a queue slot). */
   async #ownExtents(start: number, end: number): Promise<Extent[]> {
-    const cs = this.#cs;
-    const span = cs * this.#l2Entries;
-    const runs = new ExtentRuns(start, end);
     const out: Extent[] = [];
-    for (
-      let l1Index = Math.floor(start / span);
-      l1Index * span < end;
-      l1Index++
-    ) {
-      const base = l1Index * span;
-      const l2 = await this.#l2Table(l1Index);
-      if (!l2) {
-        runs.add("unallocated", base, base + span);
+    for await (const e of walkL2Tables(this.#walk, start, end)) out.push(e);
+    return out;
+  }
+
+  /** Adds the entries `[first, last)` of L1 entry `l1Index`'s L2 table. */
+  async #addSpan(
+    runs: ExtentRuns,
+    l1Index: number,
+    { spanStart, first, last }: {
+      spanStart: number;
+      first: number;
+      last: number;
+    },
+  ): Promise<boolean> {
+    const l2 = await this.#l2Table(l1Index);
+    if (!l2) return false;
+    const cs = this.#cs;
+    for (let i = first; i < last; i++) {
+      const g = spanStart + i * cs;
+      const m = await this.#mapping(l2, i, g);
+      if (m.compressed) {
+        runs.addCompressed(g, g + cs, m.host, m.compressedLength);
         continue;
       }
-      const first = Math.max(0, Math.floor((start - base) / cs));
-      const last = Math.min(this.#l2Entries, Math.ceil((end - base) / cs));
-      for (let i = first; i < last; i++) {
-        const g = base + i * cs;
-        const m = await this.#mapping(l2, i, g);
-        if (m.compressed) {
-          runs.addCompressed(g, g + cs, m.host, m.compressedLength);
-          continue;
-        }
-        if (m.alloc === this.#all) {
-          runs.add("data", g, g + cs, this.#hostOf(m, g));
-        } else if (m.zero === this.#all) runs.add("zero", g, g + cs);
-        else if (m.alloc === 0 && m.zero === 0) {
-          runs.add("unallocated", g, g + cs);
-        } else {
-          const sc = cs / 32;
-          for (let j = 0; j < 32; j++) {
-            const from = g + j * sc;
-            if (m.alloc & (1 << j)) {
-              runs.add("data", from, from + sc, this.#hostOf(m, g) + j * sc);
-            } else if (m.zero & (1 << j)) runs.add("zero", from, from + sc);
-            else runs.add("unallocated", from, from + sc);
-          }
+      if (m.alloc === this.#all) {
+        runs.add("data", g, g + cs, this.#hostOf(m, g));
+      } else if (m.zero === this.#all) runs.add("zero", g, g + cs);
+      else if (m.alloc === 0 && m.zero === 0) {
+        runs.add("unallocated", g, g + cs);
+      } else {
+        const sc = cs / 32;
+        for (let j = 0; j < 32; j++) {
+          const from = g + j * sc;
+          if (m.alloc & (1 << j)) {
+            runs.add("data", from, from + sc, this.#hostOf(m, g) + j * sc);
+          } else if (m.zero & (1 << j)) runs.add("zero", from, from + sc);
+          else runs.add("unallocated", from, from + sc);
         }
       }
-      out.push(...runs.take());
     }
-    out.push(...runs.finish());
-    return out;
+    return true;
   }
 
   /** Where an allocated cluster's data lies (the guest offset with a raw data file). */
