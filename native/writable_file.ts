@@ -14,61 +14,39 @@ import {
 } from "../src/io/store.ts";
 import { importNode } from "./node_builtin.ts";
 import type { StorePiece } from "../src/io/store.ts";
-
-/** Extra handles that write data in parallel (Deno has no pwrite). */
-const WRITERS = 4;
+import { writeback } from "./writeback.ts";
 
 /**
- * Adds `writeMany` to a store over a Deno file: pieces are spread over
- * extra handles of the same file, each seeking and writing asynchronously
- * (on Deno's blocking-I/O threads), so the kernel copies several at once.
+ * Adds `writeMany` to a store over a Deno file: the pieces are written one
+ * after the other on the calling thread (several handles writing at once
+ * only contend for the file's lock in the kernel), then the writeback of
+ * the range they span is started early where the platform allows it
+ * (`writeback.ts`), so that the final `fdatasync` finds little left to do.
  */
-async function withWriters(base: ByteStore, path: string): Promise<ByteStore> {
-  const handles: Deno.FsFile[] = [];
-  try {
-    for (let i = 0; i < WRITERS; i++) {
-      handles.push(await Deno.open(path, { write: true }));
-    }
-  } catch (e) {
-    handles.forEach((h) => h.close());
-    await base.close?.();
-    throw e;
-  }
-  let end = 0;
+function withWriteback(base: ByteStore, path: string): ByteStore {
+  const early = writeback(path);
+  if (!early) return base;
   return {
     get size() {
-      return Math.max(base.size, end);
+      return base.size;
     },
     readAt: (position, buffer) => base.readAt(position, buffer),
     writeAt: (position, bytes) => base.writeAt(position, bytes),
-    async truncate(length) {
-      await base.truncate!(length);
-      end = length;
-    },
+    truncate: (length) => base.truncate!(length),
     flush: () => base.flush!(),
     async close() {
-      handles.forEach((h) => h.close());
+      early.close();
       await base.close?.();
     },
     async writeMany(pieces: readonly StorePiece[]) {
-      let next = 0;
-      const errors: unknown[] = [];
-      await Promise.all(handles.map(async (h) => {
-        while (next < pieces.length && errors.length === 0) {
-          const { position, bytes } = pieces[next++];
-          try {
-            h.seekSync(position, Deno.SeekMode.Start);
-            let done = 0;
-            while (done < bytes.length) {
-              done += await h.write(bytes.subarray(done));
-            }
-            end = Math.max(end, position + bytes.length);
-          } catch (e) {
-            errors.push(e);
-          }
-        }
-      }));
-      if (errors.length > 0) throw errors[0];
+      let lo = Infinity;
+      let hi = 0;
+      for (const { position, bytes } of pieces) {
+        await base.writeAt(position, bytes);
+        lo = Math.min(lo, position);
+        hi = Math.max(hi, position + bytes.length);
+      }
+      early.start(lo, hi - lo);
     },
   };
 }
@@ -95,7 +73,7 @@ export async function openPathWritable(path: string): Promise<ByteStore> {
   try {
     if (typeof Deno !== "undefined" && typeof Deno.open === "function") {
       const file = await Deno.open(path, { read: true, write: true });
-      return await withWriters(fsFileStore(file, true), path);
+      return withWriteback(fsFileStore(file, true), path);
     }
     const { open } = await importNode<{
       open(path: string, flags: string): Promise<ReadWriteFileHandleLike>;
