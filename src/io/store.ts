@@ -45,8 +45,9 @@ export interface ByteStore extends ByteSource {
   close?(): void | Promise<void>;
   /**
    * Optional: writes every piece, in any order or at once (they never
-   * overlap); resolves when all are written. Stores that can write in
-   * parallel offer it; without it pieces are written one by one.
+   * overlap); resolves when all are written. Stores that write pieces
+   * better together offer it (in parallel, or with one early-writeback
+   * hint for their span); without it pieces are written one by one.
    */
   writeMany?(pieces: readonly StorePiece[]): Promise<void>;
 }
