@@ -47,8 +47,10 @@ if (flags.help) {
 const runs = Number(flags.runs);
 const only = flags.only?.split(",");
 const cli = new URL("../cli.ts", import.meta.url).pathname;
-const dir = flags.reuse ??
-  await Deno.makeTempDir({ dir: flags.dir, prefix: "qcow2-bench-" });
+// Inputs: made here in a temporary directory, or read from --reuse DIR
+// (read-only: outputs always go to a temporary directory of their own).
+const outDir = await Deno.makeTempDir({ dir: flags.dir, prefix: "qcow2-bench-" });
+const dir = flags.reuse ?? outDir;
 
 const load = async () =>
   (await Deno.readTextFile("/proc/loadavg")).split(" ").slice(0, 3).join(" ");
@@ -130,8 +132,8 @@ const CASES: { name: string; src: string; ours: string[]; theirs: string[] }[] =
 const rows: string[][] = [];
 for (const c of CASES) {
   if (only && !only.includes(c.name)) continue;
-  const a = `${dir}/ours.qcow2`;
-  const b = `${dir}/theirs.qcow2`;
+  const a = `${outDir}/ours.qcow2`;
+  const b = `${outDir}/theirs.qcow2`;
   // Warm-up pair, checked.
   await timed(ours(c.ours, c.src, a), a);
   await timed(theirs(c.theirs, c.src, b), b);
@@ -177,15 +179,18 @@ console.log(
 );
 console.log("|---|---|---|---|---|---|---|");
 for (const r of rows) console.log(`| ${r.join(" | ")} |`);
-if (!flags.keep && flags.reuse === undefined) {
-  await Deno.remove(dir, { recursive: true });
-} else console.log(`inputs kept in ${dir}`);
+if (flags.keep && flags.reuse === undefined) {
+  for (const name of ["ours.qcow2", "theirs.qcow2", "rss.txt"]) {
+    await Deno.remove(`${outDir}/${name}`).catch(() => {});
+  }
+  console.log(`inputs kept in ${dir}`);
+} else await Deno.remove(outDir, { recursive: true });
 
 /** Runs `cmd` after removing `dst` and a `sync`, timing it; peak RSS from /usr/bin/time. */
 async function timed(cmd: string[], dst: string) {
   await Deno.remove(dst).catch(() => {});
   await run("sync", []);
-  const rssFile = `${dir}/rss.txt`;
+  const rssFile = `${outDir}/rss.txt`;
   const began = performance.now();
   const out = await new Deno.Command("/usr/bin/time", {
     args: ["-f", "%M %U %S", "-o", rssFile, ...cmd],

@@ -69,9 +69,40 @@ function directoryOf(path: string): string {
   return slash < 0 ? "" : path.slice(0, slash + 1);
 }
 
+/** create's options that take a value as the next argument. */
+const VALUE_OPTIONS = new Set([
+  "-f",
+  "-o",
+  "-b",
+  "-F",
+  ...[...SECRET_FLAGS.string, ...SECRET_FLAGS.repeat].map((n) => `--${n}`),
+]);
+
+/**
+ * `args` with every negative number (`-5`, `-1.5G`) that is not an option's
+ * value moved behind `--`, in order: `create FILE -5` asks for a negative
+ * size, which is then refused as one ("Invalid image size '-5'", exit 1,
+ * qemu-img's status) instead of being taken for an unknown option `-5`.
+ */
+function negativeSizesLast(args: string[]): string[] {
+  const end = args.indexOf("--");
+  const options = end < 0 ? args : args.slice(0, end);
+  const rest = end < 0 ? [] : args.slice(end + 1);
+  const kept: string[] = [];
+  const sizes: string[] = [];
+  for (let i = 0; i < options.length; i++) {
+    const arg = options[i];
+    if (/^-[0-9.]/.test(arg) && !VALUE_OPTIONS.has(options[i - 1])) {
+      sizes.push(arg);
+    } else kept.push(arg);
+  }
+  if (sizes.length === 0) return args;
+  return [...kept, "--", ...sizes, ...rest];
+}
+
 /** Runs `qcow2 create ARGS` and resolves to the exit status. */
 export async function main(args: string[]): Promise<number> {
-  const flags = parse("create", args, {
+  const flags = parse("create", negativeSizesLast(args), {
     boolean: ["u"],
     string: ["b", "F", ...SECRET_FLAGS.string],
     list: ["o"],
@@ -109,7 +140,9 @@ export async function main(args: string[]): Promise<number> {
     } catch {
       throw new Qcow2Error(
         "BAD_OPTION",
-        `Invalid image size '${sizeText}': give bytes, or a number with a suffix k, M, G, T, P or E (powers of 1024)`,
+        sizeText.startsWith("-")
+          ? `Invalid image size '${sizeText}': a size cannot be negative`
+          : `Invalid image size '${sizeText}': give bytes, or a number with a suffix k, M, G, T, P or E (powers of 1024)`,
       );
     }
   }

@@ -260,6 +260,9 @@ Deno.test("create: the CLI prints qemu-img's Formatting line, makes the file, an
       ],
       [["-o", "bogus=1", `${dir}/c.qcow2`, "1M"], 1, "bogus"],
       [[`${dir}/c.qcow2`, "12Q"], 1, "Invalid image size"],
+      // A negative size, not an unknown option '-5' (exit 1, qemu-img's).
+      [[`${dir}/c.qcow2`, "-5"], 1, "Invalid image size '-5'"],
+      [["-5k", `${dir}/c.qcow2`], 1, "Invalid image size '-5k'"],
       [[`${dir}/c.qcow2`, "4P"], 1, "too large"],
       [["-f", "vmdk", `${dir}/c.qcow2`, "1M"], 2, "vmdk"],
       [["-b", "a.qcow2", "-F", "qcow2", `${dir}/a.qcow2`], 1, "same file"],
