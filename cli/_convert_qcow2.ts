@@ -148,14 +148,6 @@ export async function convertToQcow2Command(
       "Use of backing file requires explicit backing format; give it with -F (qcow2, raw, ...)",
     );
   }
-  if (options.preallocation !== undefined && options.preallocation !== "off") {
-    throw new Qcow2Error(
-      "BAD_OPTION",
-      flags.c
-        ? "Compression and preallocation not supported at the same time"
-        : "preallocation: convert writes no preallocated image; create one with 'qcow2 create -o preallocation=...'",
-    );
-  }
   if (dstPath === "-" && Deno.stdout.isTerminal()) {
     throw new UsageError(
       "refusing to write a qcow2 image to a terminal; redirect standard output to a file (> disk.qcow2) or a pipe",

@@ -60,7 +60,8 @@ Options:
                   number of cores
   -o OPTIONS      (qcow2) image options as for 'create': cluster_size,
                   compat, refcount_bits, extended_l2, compression_type,
-                  lazy_refcounts, backing_file, backing_fmt; '-o help'
+                  lazy_refcounts, preallocation (not with -c, -B or to a
+                  stream), backing_file, backing_fmt; '-o help'
   -B BACKING      (qcow2) the new image's backing file: only what the top
                   layer of SRC allocates is written
   -F FMT          (qcow2) the format of -B's file (qcow2, raw...): required

@@ -678,3 +678,167 @@ Deno.test({
     }
   },
 });
+
+/** A sparse raw file (holes in the host file) with data here and there. */
+async function sparseRaw(path: string, size: number): Promise<void> {
+  using file = await Deno.open(path, {
+    write: true,
+    create: true,
+    truncate: true,
+  });
+  await file.truncate(size);
+  const rand = prng(300_001, 9);
+  const put = async (at: number, bytes: Uint8Array) => {
+    await file.seek(at, Deno.SeekMode.Start);
+    await file.write(bytes);
+  };
+  await put(200_000, new TextEncoder().encode("hello"));
+  await put(1_000_000, rand.subarray(0, 300_000));
+  await put(size - 10, new TextEncoder().encode("end"));
+}
+
+Deno.test({
+  name:
+    "convert -O qcow2 -o preallocation: metadata is qemu-img's bytes and host holes; falloc and full clean, identical, allocated as qemu-img's",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      await sparseRaw(`${dir}/p.raw`, 5_000_000);
+      await Deno.writeFile(
+        `${dir}/odd.raw`,
+        (await Deno.readFile(`${dir}/p.raw`)).subarray(0, 4_194_304),
+      );
+      await Deno.truncate(`${dir}/odd.raw`, 4_999_999);
+      const perms = [
+        `--allow-read=${dir}`,
+        `--allow-write=${dir}`,
+        "--allow-ffi",
+      ];
+      const map = async (path: string) =>
+        await run("qemu-img", ["map", "--output=json", path]);
+      const cases: [string, string[], boolean][] = [
+        ["p.raw", ["-o", "preallocation=metadata"], true],
+        ["p.raw", ["-o", "preallocation=metadata,extended_l2=on"], true],
+        ["p.raw", ["-o", "preallocation=metadata,compat=0.10"], true],
+        ["p.raw", ["-o", "preallocation=metadata,cluster_size=4k"], true],
+        [
+          "p.raw",
+          ["-o", "preallocation=metadata,extended_l2=on,cluster_size=16k"],
+          true,
+        ],
+        ["p.raw", ["-S", "64k", "-o", "preallocation=metadata"], true],
+        ["p.raw", ["-S", "0", "-o", "preallocation=metadata"], true],
+        ["odd.raw", ["-o", "preallocation=metadata"], true],
+        ["odd.raw", ["-o", "preallocation=metadata,extended_l2=on"], true],
+        ["p.raw", ["-o", "preallocation=falloc"], false],
+        ["p.raw", ["-o", "preallocation=full"], false],
+      ];
+      for (const [src, o, sameBytes] of cases) {
+        const what = `${src} ${o.join(" ")}`;
+        await Deno.remove(`${dir}/q.qcow2`).catch(() => {});
+        await run("qemu-img", [
+          "convert",
+          "-f",
+          "raw",
+          "-O",
+          "qcow2",
+          ...o,
+          `${dir}/${src}`,
+          `${dir}/q.qcow2`,
+        ]);
+        const r = await cli(perms, [
+          "convert",
+          "-f",
+          "raw",
+          "-O",
+          "qcow2",
+          ...o,
+          `${dir}/${src}`,
+          `${dir}/w.qcow2`,
+        ]);
+        assertEquals(r.code, 0, `${what}: ${r.stderr}`);
+        await run("qemu-img", ["check", `${dir}/w.qcow2`]);
+        assertEquals(
+          (await run("qemu-img", [
+            "compare",
+            `${dir}/${src}`,
+            `${dir}/w.qcow2`,
+          ])).trim(),
+          "Images are identical.",
+          what,
+        );
+        const ours = JSON.parse(await map(`${dir}/w.qcow2`));
+        const theirs = JSON.parse(await map(`${dir}/q.qcow2`));
+        if (sameBytes) {
+          assertEquals(
+            await Deno.readFile(`${dir}/w.qcow2`),
+            await Deno.readFile(`${dir}/q.qcow2`),
+            what,
+          );
+          // Holes in the host file where qemu-img leaves them.
+          assertEquals(ours, theirs, what);
+        } else {
+          // Every guest byte allocated, as data (host offsets differ: QEMU
+          // puts the refcounts of falloc/full at the end).
+          const shape = (
+            m: { zero: boolean; data: boolean; length: number }[],
+          ) =>
+            m.map((e) => [e.zero, e.data]).filter((x, i, a) =>
+              i === 0 || `${x}` !== `${a[i - 1]}`
+            );
+          assertEquals(shape(ours), shape(theirs), what);
+          assertEquals(shape(ours), [[false, true]], what);
+          assertEquals(
+            (await Deno.stat(`${dir}/w.qcow2`)).size,
+            (await Deno.stat(`${dir}/q.qcow2`)).size,
+            what,
+          );
+        }
+        const info = JSON.parse(
+          await run("qemu-img", ["info", "--output=json", `${dir}/w.qcow2`]),
+        );
+        assertEquals(info["virtual-size"], 5_000_192);
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test("convert -O qcow2 -o preallocation: refused with -c, -B, encryption and to a stream, in one line", async () => {
+  const bytes = await Deno.readFile(fixture("v3_64k.qcow2"));
+  await assertRejects(
+    () =>
+      convertToQcow2(bytes, memoryTarget(), {
+        preallocation: "metadata",
+        compress: true,
+      }),
+    Qcow2Error,
+    "Compression and preallocation not supported at the same time",
+  );
+  await assertRejects(
+    () =>
+      convertToQcow2(bytes, memoryTarget(), {
+        preallocation: "falloc",
+        extendedL2: true,
+        backingFile: "base.qcow2",
+        backingFormat: "qcow2",
+      }),
+    Qcow2Error,
+    "backing file",
+  );
+  await assertRejects(
+    () =>
+      convertToQcow2(bytes, new WritableStream(), {
+        preallocation: "metadata",
+      }),
+    Qcow2Error,
+    "stream",
+  );
+  // Alone, preallocation converts: one data cluster, the rest preallocated.
+  const done = await convertToQcow2(bytes, memoryTarget(), {
+    preallocation: "metadata",
+  });
+  assertEquals(done.dataClusters, 1);
+});

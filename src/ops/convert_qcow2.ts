@@ -25,6 +25,7 @@ import {
   writeStream,
 } from "../qcow2/writer.ts";
 import { type ConvertProgress, nextTask } from "./convert.ts";
+import { finishPreallocated } from "./create.ts";
 import { fileSink, streamSink } from "../io/sink.ts";
 import type { SeekableWriter } from "../io/source.ts";
 
@@ -130,6 +131,7 @@ async function sourceRuns(
   image: DiskImage,
   clusterSize: number,
   topOnly: boolean,
+  dataExtents?: number[],
 ): Promise<SourceRun[]> {
   const runs: SourceRun[] = [];
   const emit = (
@@ -153,6 +155,12 @@ async function sourceRuns(
     const top = e.depth === 0 && e.kind !== "unallocated";
     const data = (e.kind === "data" || e.kind === "compressed") &&
       (!topOnly || e.depth === 0);
+    if (data && dataExtents) {
+      // Byte-exact, merged: [start, end) pairs.
+      if (dataExtents.at(-1) === e.start) {
+        dataExtents[dataExtents.length - 1] = e.start + e.length;
+      } else dataExtents.push(e.start, e.start + e.length);
+    }
     let first = Math.floor(e.start / clusterSize);
     const last = Math.floor((e.start + e.length - 1) / clusterSize);
     if (first === pending) {
@@ -213,14 +221,51 @@ function clustersToWrite(
 ): number[] {
   const clusters = chunk.length / clusterSize;
   const out = new Array<number>(clusters);
-  const block = 2 ** Math.floor(Math.log2(sparse));
   if (clusterSize >= sparse && subclusterSize === clusterSize) {
     for (let c = 0; c < clusters; c++) {
       out[c] = isZero(chunk, c * clusterSize, (c + 1) * clusterSize) ? 0 : 1;
     }
     return out;
   }
-  // Blocks of guest offsets over the chunk (the first and last may be partial).
+  const { first, block, written } = writtenBlocks(chunk, start, sparse);
+  // Per cluster, the subclusters (one bit each; one bit for the cluster
+  // without extended L2) that a written block overlaps.
+  const units = clusterSize / subclusterSize;
+  for (let c = 0; c < clusters; c++) {
+    let bits = 0;
+    for (let u = 0; u < units; u++) {
+      const from = start + c * clusterSize + u * subclusterSize;
+      const lo = Math.floor(from / block) - first;
+      const hi = Math.floor((from + subclusterSize - 1) / block) - first;
+      if (written.subarray(lo, hi + 1).some((x) => x !== 0)) bits |= 1 << u;
+    }
+    out[c] = bits >>> 0;
+  }
+  return out;
+}
+
+/** The blocks of guest offsets over a chunk that qemu-img writes with `-S`. */
+interface WrittenBlocks {
+  /** The index of the first block (guest offset / block). */
+  first: number;
+  /** Bytes per block: `pow2floor(sparse)`. */
+  block: number;
+  /** 1 for each block written (the first and last may be partial). */
+  written: Uint8Array;
+}
+
+/**
+ * Which blocks of `pow2floor(sparse)` guest bytes over `chunk` (from guest
+ * offset `start`) qemu-img writes with `-S sparse` (`is_allocated_sectors`,
+ * `is_allocated_sectors_min`): those with a non-zero byte, and the runs of
+ * zero blocks shorter than `sparse` bytes between them.
+ */
+function writtenBlocks(
+  chunk: Uint8Array,
+  start: number,
+  sparse: number,
+): WrittenBlocks {
+  const block = 2 ** Math.floor(Math.log2(sparse));
   const first = Math.floor(start / block);
   const count = Math.ceil((start + chunk.length) / block) - first;
   const written = new Uint8Array(count);
@@ -238,20 +283,67 @@ function clustersToWrite(
     }
     lastData = b;
   }
-  // Per cluster, the subclusters (one bit each; one bit for the cluster
-  // without extended L2) that a written block overlaps.
-  const units = clusterSize / subclusterSize;
-  for (let c = 0; c < clusters; c++) {
-    let bits = 0;
-    for (let u = 0; u < units; u++) {
-      const from = start + c * clusterSize + u * subclusterSize;
-      const lo = Math.floor(from / block) - first;
-      const hi = Math.floor((from + subclusterSize - 1) / block) - first;
-      if (written.subarray(lo, hi + 1).some((x) => x !== 0)) bits |= 1 << u;
+  return { first, block, written };
+}
+
+/**
+ * The byte ranges of the cluster at guest offset `from` that the written
+ * blocks cover, as `[from, to)` pairs relative to the cluster, cut at the
+ * disk's end `size` (QEMU writes no guest byte past it).
+ */
+function rangesOf(
+  w: WrittenBlocks,
+  from: number,
+  clusterSize: number,
+  size: number,
+  extents: number[],
+): number[] {
+  const end = Math.min(from + clusterSize, size);
+  const ranges: number[] = [];
+  const add = (lo: number, hi: number) => {
+    if (lo >= hi) return;
+    if (ranges.length > 0 && ranges[ranges.length - 1] === lo) {
+      ranges[ranges.length - 1] = hi;
+    } else ranges.push(lo, hi);
+  };
+  for (
+    let b = Math.floor(from / w.block);
+    b * w.block < end;
+    b++
+  ) {
+    if (!w.written[b - w.first]) continue;
+    const lo = Math.max(b * w.block, from);
+    const hi = Math.min((b + 1) * w.block, end);
+    // Cut to the data extents (few per cluster; found by bisection).
+    let i = firstExtentEndingAfter(extents, lo);
+    for (; i < extents.length && extents[i] < hi; i += 2) {
+      add(Math.max(lo, extents[i]) - from, Math.min(hi, extents[i + 1]) - from);
     }
-    out[c] = bits >>> 0;
   }
-  return out;
+  return ranges;
+}
+
+/** The subclusters (bit i: subcluster i) that `ranges` overlap. */
+function subclustersOf(ranges: number[], subclusterSize: number): number {
+  let bits = 0;
+  for (let i = 0; i < ranges.length; i += 2) {
+    const first = Math.floor(ranges[i] / subclusterSize);
+    const last = Math.floor((ranges[i + 1] - 1) / subclusterSize);
+    for (let u = first; u <= last; u++) bits |= 1 << u;
+  }
+  return bits >>> 0;
+}
+
+/** The index (even) of the first `[start, end)` pair of `extents` with end > `at`. */
+function firstExtentEndingAfter(extents: number[], at: number): number {
+  let lo = 0;
+  let hi = extents.length / 2;
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1;
+    if (extents[2 * mid + 1] > at) hi = mid;
+    else lo = mid + 1;
+  }
+  return 2 * lo;
 }
 
 /** What the classification needs to know. */
@@ -259,6 +351,12 @@ interface Classify {
   image: DiskImage;
   options: ResolvedCreateOptions;
   runs: SourceRun[];
+  /**
+   * With preallocated metadata: the source's data extents, `[start, end)`
+   * guest byte pairs. qemu-img writes within them only (it works extent
+   * by extent), so a block cut by a hole is written in part.
+   */
+  dataExtents?: number[];
   compressor?: Compressor;
   sparse: number;
   backing: boolean;
@@ -308,9 +406,31 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
       spare.push(item.bytes!);
     }
   };
+  // Preallocation: every cluster of the disk is placed, in guest order; the
+  // ones the source leaves zero are preallocated (no bytes written, or
+  // zeros with falloc/full) before the next one with data.
+  const prealloc = c.options.preallocation !== "off";
+  const fillZeros = c.options.preallocation === "falloc" ||
+    c.options.preallocation === "full";
+  let next = 0;
+  const upTo = function* (cluster: number): Generator<ClusterWrite> {
+    if (!prealloc) return;
+    for (; next < cluster; next++) {
+      yield {
+        cluster: next,
+        kind: "preallocated",
+        bytes: fillZeros ? zeros : undefined,
+      };
+    }
+  };
+  const emit = function* (item: ClusterWrite): Generator<ClusterWrite> {
+    yield* upTo(item.cluster);
+    next = item.cluster + 1;
+    yield item;
+  };
   const push = function* (item: ClusterWrite | Promise<ClusterWrite>) {
     if (!c.compressor) {
-      yield item as ClusterWrite;
+      yield* emit(item as ClusterWrite);
       return;
     }
     const p = Promise.resolve(item);
@@ -365,6 +485,11 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         const inside = Math.max(0, Math.min(chunk.length, size - first * cs));
         await c.image.read(first * cs, chunk.subarray(0, inside));
         chunk.fill(0, inside);
+        // With preallocated metadata only the written blocks are written
+        // (the preallocated host cluster keeps its holes, as in QEMU).
+        const blocks = c.options.preallocation === "metadata" && c.sparse !== 0
+          ? writtenBlocks(chunk, first * cs, c.sparse)
+          : undefined;
         const written = c.compressor || c.sparse === 0 ? null : clustersToWrite(
           chunk,
           first * cs,
@@ -387,9 +512,24 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
             const subclusters = c.options.extendedL2 && written && !c.backing
               ? written[i]
               : undefined;
-            yield subclusters === undefined || subclusters === 0xffffffff
-              ? { cluster, kind: "data", bytes }
-              : { cluster, kind: "data", bytes, subclusters };
+            const item: ClusterWrite =
+              subclusters === undefined || subclusters === 0xffffffff
+                ? { cluster, kind: "data", bytes }
+                : { cluster, kind: "data", bytes, subclusters };
+            if (blocks) {
+              item.ranges = rangesOf(
+                blocks,
+                cluster * cs,
+                cs,
+                size,
+                c.dataExtents!,
+              );
+              // With extended L2: the subclusters those bytes touch.
+              if (item.subclusters !== undefined) {
+                item.subclusters = subclustersOf(item.ranges, cs / 32);
+              }
+            }
+            yield* emit(item);
           } else {
             // A copy of its own (the chunk is read into again), from the
             // copies that came back: less garbage, less memory.
@@ -415,6 +555,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
       }
     }
     while (queue.length > 0) yield* settle();
+    yield* upTo(Math.ceil(size / cs));
   } finally {
     await Promise.allSettled(queue);
   }
@@ -453,15 +594,34 @@ async function prepare(
       `Invalid sparse size ${sparse}: it must be a multiple of 512 from 0 to 16 MiB`,
     );
   }
+  const backing = resolved.backingFile !== undefined;
+  if (resolved.preallocation !== "off") {
+    // qemu-img's words for -c; the others are refused here, not in QEMU.
+    if (options.compress) {
+      throw new Qcow2Error(
+        "BAD_OPTION",
+        "Compression and preallocation not supported at the same time",
+      );
+    }
+    if (backing || options.luks) {
+      throw new Qcow2Error(
+        "BAD_OPTION",
+        `preallocation: not supported with ${
+          backing ? "a backing file" : "encryption"
+        } by convert; create the image with 'qcow2 create -o preallocation=...'`,
+      );
+    }
+  }
   const compressor = options.compress
     ? compressorFor(options.codecs, resolved.compressionType)
     : undefined;
-  const backing = resolved.backingFile !== undefined;
   const cs = resolved.clusterSize;
+  const dataExtents = resolved.preallocation === "metadata" ? [] : undefined;
   return {
     image,
     options: resolved,
-    runs: await sourceRuns(image, cs, backing),
+    runs: await sourceRuns(image, cs, backing, dataExtents),
+    dataExtents,
     compressor,
     sparse,
     backing,
@@ -478,6 +638,10 @@ async function prepare(
 /** The most clusters the runs can place: each cluster read, and an L2 table per range. */
 function boundOf(c: Classify): number {
   const l2Entries = c.options.clusterSize / (c.options.extendedL2 ? 16 : 8);
+  if (c.options.preallocation !== "off") {
+    const all = Math.ceil(c.image.size / c.options.clusterSize);
+    return all + Math.ceil(all / l2Entries);
+  }
   let clusters = 0;
   let tables = 0;
   let lastTable = -1;
@@ -531,11 +695,17 @@ export async function convertImageToQcow2(
   const counts = { data: 0, preallocated: 0, compressed: 0, zero: 0 };
   for await (const item of classify(c)) {
     counts[item.kind]++;
-    await writer.add(item.cluster, item.kind, item.bytes, item.subclusters);
+    await writer.add(
+      item.cluster,
+      item.kind,
+      item.bytes,
+      item.subclusters,
+      item.ranges,
+    );
   }
   // Aborted while the last clusters were written: stop before the tables.
   options.signal?.throwIfAborted();
-  const fileSize = await writer.finish();
+  const fileSize = await finishPreallocated(writer, target, c.options);
   return {
     options: c.options,
     virtualSize: image.size,
@@ -572,6 +742,12 @@ export async function convertImageToQcow2Stream(
     throw new Qcow2Error(
       "BAD_OPTION",
       "An encrypted qcow2 image cannot be written to a stream; give DST a file name",
+    );
+  }
+  if (options.preallocation !== undefined && options.preallocation !== "off") {
+    throw new Qcow2Error(
+      "BAD_OPTION",
+      "preallocation: a preallocated image cannot be written to a stream; give DST a file name",
     );
   }
   const began = performance.now();

@@ -99,16 +99,44 @@ export async function createImage(
     await writer.add(c, "preallocated", zeros);
   }
   run.signal?.throwIfAborted();
-  // With metadata alone, the file ends with the disk's last subcluster
-  // (QEMU's preallocate_co extends it to the guest bytes, by subclusters).
-  const subcluster = resolved.extendedL2 ? cs / 32 : cs;
+  return {
+    options: resolved,
+    fileSize: await finishPreallocated(writer, target, resolved),
+  };
+}
+
+/**
+ * Finishes a preallocated image's writer. With `metadata`, the file ends
+ * with the disk's last subcluster, and the bytes from the end of the guest
+ * data to there are written as zeros, as QEMU's `preallocate_co` extends
+ * the file to the guest bytes and qcow2 then fills up to the subcluster
+ * (so that host block is allocated, as `qemu-img map` sees it). Otherwise
+ * the file ends with the last cluster placed.
+ *
+ * @returns The file's length.
+ */
+export async function finishPreallocated(
+  writer: Qcow2Writer,
+  target: ImageTarget,
+  options: ResolvedCreateOptions,
+): Promise<number> {
+  const cs = options.clusterSize;
+  const clusters = Math.ceil(options.size / cs);
+  if (options.preallocation !== "metadata" || clusters === 0) {
+    return await writer.finish();
+  }
+  const l2Entries = cs / (options.extendedL2 ? 16 : 8);
+  const subcluster = options.extendedL2 ? cs / 32 : cs;
   const last = (clusters - 1) * cs;
-  const dataEnd = clusters === 0 || zeros
-    ? undefined
-    : writer.layout.dataStart +
-      (clusters + Math.ceil(clusters / l2Entries) - 1) * cs +
-      Math.ceil((resolved.size - last) / subcluster) * subcluster;
-  return { options: resolved, fileSize: await writer.finish(dataEnd) };
+  const lastHost = writer.layout.dataStart +
+    (clusters + Math.ceil(clusters / l2Entries) - 1) * cs;
+  const guestEnd = lastHost + (options.size - last);
+  const end = lastHost +
+    Math.ceil((options.size - last) / subcluster) * subcluster;
+  if (end > guestEnd) {
+    await target.writeAt(guestEnd, new Uint8Array(end - guestEnd));
+  }
+  return await writer.finish(end);
 }
 
 /** An {@linkcode ImageTarget} that keeps the image in memory. */

@@ -308,12 +308,16 @@ export class Qcow2Writer {
    * @param bytes The cluster's bytes; may be reused once the promise settles.
    * @param subclusters With extended L2, for `data`: the subclusters
    *   allocated (bit i: subcluster i; default all).
+   * @param ranges For `data`: the byte ranges of `bytes` to write,
+   *   `[from, to)` pairs in increasing order (default all of it); the rest
+   *   of the host cluster is left unwritten (holes of a preallocated file).
    */
   async add(
     cluster: number,
     kind: ClusterKind,
     bytes?: Uint8Array,
     subclusters?: number,
+    ranges?: number[],
   ): Promise<void> {
     if (cluster <= this.#last) {
       throw new RangeError(
@@ -355,7 +359,15 @@ export class Qcow2Writer {
         await this.#luks.encryption.encrypt(placed.hostOffset, sealed);
         bytes = sealed;
       }
-      await this.#write(placed.hostOffset, bytes);
+      if (ranges === undefined) await this.#write(placed.hostOffset, bytes);
+      else {
+        for (let i = 0; i < ranges.length; i += 2) {
+          await this.#write(
+            placed.hostOffset + ranges[i],
+            bytes.subarray(ranges[i], ranges[i + 1]),
+          );
+        }
+      }
     }
   }
 
@@ -399,7 +411,7 @@ export class Qcow2Writer {
   /**
    * Writes the metadata and sets the file's length.
    *
-   * @param dataEnd Where the file ends, if before the end of the last
+   * @param dataEnd Where the file ends, if not at the end of the last
    *   cluster placed (preallocation ends at the image's last subcluster).
    * @returns The file's length in bytes.
    */
@@ -410,7 +422,7 @@ export class Qcow2Writer {
     const end = finishRefcounts(
       layout,
       this.#refcounts,
-      Math.min(this.#dataEnd, dataEnd ?? Infinity),
+      dataEnd ?? this.#dataEnd,
     );
     for (const [index, block] of this.#refcounts.blocks) {
       await this.#target.writeAt(
@@ -531,6 +543,12 @@ export interface ClusterWrite {
   bytes?: Uint8Array;
   /** With extended L2, for `data`: the subclusters allocated (default all). */
   subclusters?: number;
+  /**
+   * For `data`: the byte ranges of the cluster to write, `[from, to)`
+   * pairs in increasing order (default the whole cluster); the rest of the
+   * host cluster is not written (a preallocated cluster keeps its holes).
+   */
+  ranges?: number[];
 }
 
 /** One run of the stream writer's plan: clusters that become the same kind. */
