@@ -49,7 +49,10 @@ const only = flags.only?.split(",");
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 // Inputs: made here in a temporary directory, or read from --reuse DIR
 // (read-only: outputs always go to a temporary directory of their own).
-const outDir = await Deno.makeTempDir({ dir: flags.dir, prefix: "qcow2-bench-" });
+const outDir = await Deno.makeTempDir({
+  dir: flags.dir,
+  prefix: "qcow2-bench-",
+});
 const dir = flags.reuse ?? outDir;
 
 const load = async () =>
