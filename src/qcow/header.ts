@@ -9,7 +9,7 @@
 
 import { imageName } from "../qcow2/names.ts";
 import { hex, Qcow2Error } from "../errors.ts";
-import { QCOW2_MAGIC } from "../qcow2/header.ts";
+import { headerNumber, QCOW2_MAGIC } from "../qcow2/header.ts";
 import { CRYPT_METHOD } from "../qcow2/layout.ts";
 import { type ByteSource, readExact } from "../io/source.ts";
 
@@ -117,21 +117,8 @@ export function parseQcowHeader(
       },
     );
   }
-  const safe = (at: number, field: string) => {
-    const value = view.getBigUint64(at);
-    if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
-      throw new Qcow2Error(
-        "TOO_LARGE",
-        `Cannot read qcow image: header field ${field} = ${
-          hex(value)
-        } is larger than 2^53 - 1`,
-        {
-          offset: at,
-        },
-      );
-    }
-    return Number(value);
-  };
+  const safe = (at: number, field: string) =>
+    headerNumber(view.getBigUint64(at), field, at, "qcow");
   const backingFileOffset = safe(8, "backing_file_offset");
   const backingFileSize = view.getUint32(16);
   const size = safe(24, "size");

@@ -276,7 +276,7 @@ export function parseHeader(
   need(V2_HEADER_LENGTH, "header");
   const u32 = (field: Field) => view.getUint32(field.offset);
   const u64 = (field: Field) =>
-    safe(view.getBigUint64(field.offset), field.name, field.offset);
+    headerNumber(view.getBigUint64(field.offset), field.name, field.offset);
   const bad = (field: Field, value: number | bigint, why: string) =>
     new Qcow2Error(
       "BAD_HEADER",
@@ -611,12 +611,37 @@ function bit(mask: bigint, n: number): boolean {
   return (mask & (1n << BigInt(n))) !== 0n;
 }
 
-/** Converts a 64-bit field to a number, refusing what a number cannot hold. */
-function safe(value: bigint, field: string, offset: number): number {
+/**
+ * Converts a 64-bit header field to a number, refusing what a number
+ * cannot hold (qcow2 and qcow v1 headers alike).
+ *
+ * @param value The field as read.
+ * @param field Its spec name, for the message.
+ * @param offset Its file offset.
+ * @param format The image format, for the message.
+ * @returns The value.
+ * @throws {Qcow2Error} `TOO_LARGE` above 2^53 - 1.
+ *
+ * @example A size too large for a number
+ * ```ts
+ * import { headerNumber } from "./header.ts";
+ * import { Qcow2Error } from "../errors.ts";
+ * import { assertEquals, assertThrows } from "@std/assert";
+ *
+ * assertEquals(headerNumber(512n, "size", 24), 512);
+ * assertEquals(assertThrows(() => headerNumber(1n << 60n, "size", 24, "qcow"), Qcow2Error).code, "TOO_LARGE");
+ * ```
+ */
+export function headerNumber(
+  value: bigint,
+  field: string,
+  offset: number,
+  format: "qcow2" | "qcow" = "qcow2",
+): number {
   if (value > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new Qcow2Error(
       "TOO_LARGE",
-      `Cannot read qcow2 image: header field ${field} = ${
+      `Cannot read ${format} image: header field ${field} = ${
         hex(value)
       } is larger than 2^53 - 1`,
       { offset, field, value },
