@@ -20,6 +20,7 @@ import {
   splitOptions,
 } from "../mod.ts";
 import { probeFormat } from "../info.ts";
+import { pooledNodeCrypto } from "../native/crypto.ts";
 import { InFile } from "../native/explain.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";
@@ -181,6 +182,8 @@ export async function convertToQcow2Command(
   delete options.encrypt; // read into `luks`
   const { image: opened, format } = await openInput(srcPath, srcFormat, {
     password: command.password,
+    // Sectors decrypted on every core.
+    crypto: pooledNodeCrypto,
     snapshot: command.snapshot,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,

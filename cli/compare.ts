@@ -14,6 +14,7 @@ import {
   Qcow2Error,
 } from "../mod.ts";
 import { fastByteTests } from "../native/bytes.ts";
+import { pooledNodeCrypto } from "../native/crypto.ts";
 import { explain, InFile } from "../native/explain.ts";
 import { requireRead } from "../native/output.ts";
 import { mapSize } from "../src/ops/map.ts";
@@ -111,6 +112,8 @@ export async function main(args: string[]): Promise<number> {
         await requireRead(file);
         const { image } = await openInput(file, formats[i], {
           password,
+          // Sectors decrypted on every core.
+          crypto: pooledNodeCrypto,
           openFile: async (path) => {
             await requireRead(path);
             const opened = await openPath(path);

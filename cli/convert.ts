@@ -9,6 +9,7 @@ import type { OpenRequest } from "../src/open.ts";
 import { Qcow2Error } from "../src/errors.ts";
 import { openPath } from "../native/open_path.ts";
 import { nativeFace } from "../native/face.ts";
+import { pooledNodeCrypto } from "../native/crypto.ts";
 import { InFile } from "../native/explain.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
@@ -181,6 +182,8 @@ export async function main(args: string[]): Promise<number> {
   const remote = /^https?:\/\//i.test(srcPath);
   const { image } = await openInput(srcPath, srcFormat, {
     password,
+    // Sectors decrypted on every core.
+    crypto: pooledNodeCrypto,
     snapshot,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,

@@ -109,3 +109,23 @@ export const nodeCrypto: CryptoProvider = {
     return (await load()).createHash(hash).update(data).digest();
   },
 };
+
+/**
+ * {@linkcode nodeCrypto}, with the sectors of each encrypted image
+ * decrypted and encrypted on a pool of workers, one per core
+ * (`workerCrypto` of `crypto_pool.ts`, loaded only when an encrypted image
+ * is unlocked; its workers start on the first request of 64 KiB or more and
+ * stop when the image is closed). The CLI's `convert` and `compare` use it,
+ * since they close what they open; on a single core it is `nodeCrypto`.
+ */
+export const pooledNodeCrypto: CryptoProvider =
+  (navigator.hardwareConcurrency ??
+      1) < 2
+    ? nodeCrypto
+    : {
+      ...nodeCrypto,
+      async encryption(format, spec, key) {
+        const { workerCrypto } = await import("./crypto_pool.ts");
+        return await workerCrypto().encryption!(format, spec, key);
+      },
+    };

@@ -6,12 +6,15 @@
  * AES-ECB: about 1.4 ms per MiB on this project's machine, which the pool
  * spreads over the cores while the calling thread reads and writes.
  *
- * Each request's bytes are copied into a buffer of their own, moved to the
- * worker with the fewest pending, decrypted there and moved back. Requests
- * under 64 KiB are decrypted on the calling thread: a trip to a worker
- * costs more. Workers run from a `blob:` URL made of the cipher's source
- * text, so starting one needs no read permission; they stop when the
- * image's encryption is closed.
+ * Each request's bytes are copied into a shared buffer (a
+ * `SharedArrayBuffer`, reused: posting it shares it, where a transferred
+ * `ArrayBuffer` is copied, and reused memory takes no page faults), sent to
+ * the worker with the fewest pending, decrypted there in place and copied
+ * back. Requests under 64 KiB are decrypted on the calling thread: a trip to
+ * a worker costs more. The workers start on the first request big enough for
+ * them, so a small read never pays for them. They run from a `blob:` URL
+ * made of the cipher's source text, so starting one needs no read
+ * permission; they stop when the image's encryption is closed.
  *
  * @module
  */
@@ -70,10 +73,10 @@ function workerMain(
         for (const k of Object.values(m.keys)) (k as Uint8Array)?.fill(0);
         return;
       }
-      const data = new Uint8Array(m.buffer);
+      const data = new Uint8Array(m.buffer, 0, m.length);
       if (m.encrypt) cipher!.encrypt(m.sector, data);
       else cipher!.decrypt(m.sector, data);
-      scope.postMessage({ id: m.id, buffer: m.buffer }, [m.buffer]);
+      scope.postMessage({ id: m.id });
     } catch (e) {
       scope.postMessage({
         id: m.id,
@@ -85,8 +88,14 @@ function workerMain(
 
 let script: string | undefined;
 
+interface Slot {
+  worker: Worker;
+  busy: Map<number, Job>;
+}
+
 interface Job {
   data: Uint8Array;
+  lane: Uint8Array;
   resolve(): void;
   reject(e: unknown): void;
 }
@@ -142,47 +151,63 @@ export function workerCrypto(
         keys.tweak && nodeAes(c, keys.tweak),
         keys.essiv && nodeAes(c, keys.essiv),
       );
-      script ??= URL.createObjectURL(
-        new Blob([
-          `const SectorCipher = (${SectorCipher.toString()});\n` +
-          `const nodeAes = (${nodeAes.toString()});\n` +
-          `(${workerMain.toString()})(SectorCipher, nodeAes);\n`,
-        ], { type: "text/javascript" }),
-      );
       let nextId = 1;
-      const slots = Array.from({ length: count }, () => {
-        const worker = new Worker(script!, { type: "module" });
-        const busy = new Map<number, Job>();
-        worker.onmessage = (event) => {
-          const { id, buffer, error } = event.data;
-          const job = busy.get(id);
-          if (!job) return;
-          busy.delete(id);
-          if (error !== undefined) job.reject(new Error(error));
-          else {
-            job.data.set(new Uint8Array(buffer));
-            job.resolve();
-          }
-        };
-        worker.onerror = (event) => {
-          event.preventDefault();
-          for (const job of busy.values()) {
-            job.reject(event.error ?? new Error(event.message));
-          }
-          busy.clear();
-        };
-        // Each worker gets its own copy of the keys.
-        worker.postMessage({
-          spec,
-          keys: {
-            data: keys.data.slice(),
-            tweak: keys.tweak?.slice(),
-            essiv: keys.essiv?.slice(),
-          },
+      // Shared buffers that carry requests to a worker and back: posting
+      // one shares it, where a transferred ArrayBuffer would be copied, and
+      // reusing them touches no fresh memory.
+      const lanes: Uint8Array[] = [];
+      let slots: Slot[] | undefined;
+      // The workers start on the first request big enough for one, so that
+      // a small read never pays for them; until then the keys are kept.
+      let pending: typeof keys | undefined = keys;
+      const start = (): Slot[] => {
+        script ??= URL.createObjectURL(
+          new Blob([
+            `const SectorCipher = (${SectorCipher.toString()});\n` +
+            `const nodeAes = (${nodeAes.toString()});\n` +
+            `(${workerMain.toString()})(SectorCipher, nodeAes);\n`,
+          ], { type: "text/javascript" }),
+        );
+        const made = Array.from({ length: count }, () => {
+          const worker = new Worker(script!, { type: "module" });
+          const busy = new Map<number, Job>();
+          worker.onmessage = (event) => {
+            const { id, error } = event.data;
+            const job = busy.get(id);
+            if (!job) return;
+            busy.delete(id);
+            if (error !== undefined) job.reject(new Error(error));
+            else {
+              job.data.set(job.lane.subarray(0, job.data.length));
+              lanes.push(job.lane);
+              job.resolve();
+            }
+          };
+          worker.onerror = (event) => {
+            event.preventDefault();
+            for (const job of busy.values()) {
+              job.reject(event.error ?? new Error(event.message));
+            }
+            busy.clear();
+          };
+          // Each worker gets its own copy of the keys.
+          worker.postMessage({
+            spec,
+            keys: {
+              data: keys.data.slice(),
+              tweak: keys.tweak?.slice(),
+              essiv: keys.essiv?.slice(),
+            },
+          });
+          return { worker, busy };
         });
-        return { worker, busy };
-      });
-      for (const k of Object.values(keys)) k?.fill(0);
+        wipe();
+        return made;
+      };
+      const wipe = () => {
+        for (const k of Object.values(pending ?? {})) k?.fill(0);
+        pending = undefined;
+      };
       let closed = false;
       const run = (offset: number, data: Uint8Array, encrypt: boolean) => {
         if (offset % SECTOR_SIZE !== 0) {
@@ -196,16 +221,26 @@ export function workerCrypto(
           else local.decrypt(sector, data);
           return Promise.resolve();
         }
+        slots ??= start();
         let slot = slots[0];
         for (const s of slots) if (s.busy.size < slot.busy.size) slot = s;
         return new Promise<void>((resolve, reject) => {
           const id = nextId++;
-          const copy = data.slice();
-          slot.busy.set(id, { data, resolve, reject });
-          slot.worker.postMessage(
-            { id, sector, buffer: copy.buffer, encrypt },
-            [copy.buffer],
-          );
+          let lane = lanes.pop();
+          if (!lane || lane.length < data.length) {
+            lane = new Uint8Array(
+              new SharedArrayBuffer(Math.max(data.length, lane?.length ?? 0)),
+            );
+          }
+          lane.set(data);
+          slot.busy.set(id, { data, lane, resolve, reject });
+          slot.worker.postMessage({
+            id,
+            sector,
+            buffer: lane.buffer,
+            length: data.length,
+            encrypt,
+          });
         });
       };
       return {
@@ -216,7 +251,8 @@ export function workerCrypto(
         encrypt: (offset, data) => run(offset, data, true),
         close() {
           closed = true;
-          for (const { worker, busy } of slots) {
+          wipe();
+          for (const { worker, busy } of slots ?? []) {
             worker.terminate();
             for (const job of busy.values()) {
               job.reject(new Error("the image's encryption was closed"));
