@@ -17,15 +17,26 @@ import type { StorePiece } from "../src/io/store.ts";
 import { writeback } from "./writeback.ts";
 
 /**
+ * Bytes of data written before their writeback is started: small writes
+ * are left to gather (a page being written to the disk may make the next
+ * write into it wait).
+ */
+const WRITEBACK_BYTES = 1 << 20;
+
+/**
  * Adds `writeMany` to a store over a Deno file: the pieces are written one
  * after the other on the calling thread (several handles writing at once
- * only contend for the file's lock in the kernel), then the writeback of
- * the range they span is started early where the platform allows it
- * (`writeback.ts`), so that the final `fdatasync` finds little left to do.
+ * only contend for the file's lock in the kernel); once a MiB of them is
+ * written, the writeback of the range they span is started early where the
+ * platform allows it (`writeback.ts`), so that the final `fdatasync` finds
+ * little left to do.
  */
 function withWriteback(base: ByteStore, path: string): ByteStore {
   const early = writeback(path);
   if (!early) return base;
+  let lo = Infinity;
+  let hi = 0;
+  let pending = 0;
   return {
     get size() {
       return base.size;
@@ -33,20 +44,27 @@ function withWriteback(base: ByteStore, path: string): ByteStore {
     readAt: (position, buffer) => base.readAt(position, buffer),
     writeAt: (position, bytes) => base.writeAt(position, bytes),
     truncate: (length) => base.truncate!(length),
-    flush: () => base.flush!(),
+    async flush() {
+      await base.flush!();
+      lo = Infinity;
+      hi = pending = 0;
+    },
     async close() {
       early.close();
       await base.close?.();
     },
     async writeMany(pieces: readonly StorePiece[]) {
-      let lo = Infinity;
-      let hi = 0;
       for (const { position, bytes } of pieces) {
         await base.writeAt(position, bytes);
         lo = Math.min(lo, position);
         hi = Math.max(hi, position + bytes.length);
+        pending += bytes.length;
       }
-      early.start(lo, hi - lo);
+      if (pending >= WRITEBACK_BYTES) {
+        early.start(lo, hi - lo);
+        lo = Infinity;
+        hi = pending = 0;
+      }
     },
   };
 }

@@ -43,8 +43,12 @@ function loadLibc(): Libc | null {
 
 /** Starts the writeback of ranges of one file, until closed. */
 export interface Writeback {
-  /** Starts writing bytes `[position, position + length)` to the disk. */
-  start(position: number, length: number): void;
+  /**
+   * Starts writing bytes `[position, position + length)` to the disk.
+   * Returns whether the kernel took the request; a failure (say, a file
+   * system without it) leaves the writeback to the kernel, as without it.
+   */
+  start(position: number, length: number): boolean;
   /** Releases the file descriptor. */
   close(): void;
 }
@@ -67,17 +71,14 @@ export function writeback(path: string): Writeback | undefined {
   if (fd < 0) return undefined;
   let open = true;
   return {
-    start(position: number, length: number): void {
-      // A failure (say, a file system without it) leaves the writeback to
-      // the kernel, as without this call.
-      if (open && length > 0) {
-        lib.symbols.sync_file_range(
-          fd,
-          BigInt(position),
-          BigInt(length),
-          SYNC_FILE_RANGE_WRITE,
-        );
-      }
+    start(position: number, length: number): boolean {
+      if (!open || length <= 0) return false;
+      return lib.symbols.sync_file_range(
+        fd,
+        BigInt(position),
+        BigInt(length),
+        SYNC_FILE_RANGE_WRITE,
+      ) === 0;
     },
     close(): void {
       if (open) lib.symbols.close(fd);

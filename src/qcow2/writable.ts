@@ -1038,7 +1038,7 @@ export class WritableQcow2Image implements DiskImage {
     }
     for (const store of new Set(merged.map((m) => m.store))) {
       const mine = merged.filter((m) => m.store === store);
-      if (mine.length > 1 && store.writeMany) await store.writeMany(mine);
+      if (store.writeMany) await store.writeMany(mine);
       else for (const m of mine) await store.writeAt(m.position, m.bytes);
     }
   }
