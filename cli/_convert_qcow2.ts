@@ -32,6 +32,7 @@ import { interruptible } from "./_interrupt.ts";
 import { openInput } from "./_open.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
 import { roleIn } from "./convert.ts";
+import { atPath } from "../native/fs_errors.ts";
 
 /** The directory part of `path`, with its slash ("" for none). */
 function directoryOf(path: string): string {
@@ -42,7 +43,10 @@ function directoryOf(path: string): string {
 /** The virtual size of the backing file given with -B. */
 async function backingSize(path: string, format: string): Promise<number> {
   await requireRead(path);
-  if (format === "raw") return (await Deno.stat(path)).size;
+  if (format === "raw") {
+    return (await Deno.stat(path).catch((e) => Promise.reject(atPath(e, path))))
+      .size;
+  }
   const image = await openImage(path, {
     ignoreBackingFile: true,
     openFile: openPath,

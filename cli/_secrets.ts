@@ -12,6 +12,7 @@
  */
 
 import { requireRead } from "../native/output.ts";
+import { atPath } from "../native/fs_errors.ts";
 import { type CommandSpec, type Flags, UsageError } from "./_args.ts";
 
 /** Options every command that reads an image takes for its password. */
@@ -128,7 +129,7 @@ async function secrets(
     if (file !== undefined) await requireRead(file);
     let bytes = data !== undefined
       ? new TextEncoder().encode(data)
-      : await Deno.readFile(file!);
+      : await readFileAt(file!);
     const format = opts.get("format") ?? "raw";
     if (format === "base64") {
       try {
@@ -173,7 +174,7 @@ export async function namedImages(
   const byId = await secrets(flags, command, status);
   const file = flags["password-file"] as string | undefined;
   if (file !== undefined) await requireRead(file);
-  const fromFile = file !== undefined ? await Deno.readFile(file) : undefined;
+  const fromFile = file !== undefined ? await readFileAt(file) : undefined;
   return names.map((name) => {
     if (!flags["image-opts"]) return { path: name, password: fromFile };
     const opts = parseOptionString(name, "--image-opts", command, status);
@@ -253,5 +254,12 @@ export async function namedSecret(
   const file = flags["password-file"] as string | undefined;
   if (file === undefined) return undefined;
   await requireRead(file);
-  return await Deno.readFile(file);
+  return await readFileAt(file);
+}
+
+/** The bytes of `path`; an error names the path (see `atPath`). */
+async function readFileAt(path: string): Promise<Uint8Array> {
+  return await Deno.readFile(path).catch((e) =>
+    Promise.reject(atPath(e, path))
+  );
 }

@@ -25,6 +25,7 @@ import {
 import { writeStderr } from "./_output.ts";
 import { openInput } from "./_open.ts";
 import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
+import { atPath } from "../native/fs_errors.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "check an image's refcounts and tables";
@@ -117,7 +118,12 @@ export async function runCheck(
   const quiet = Boolean(flags.quiet);
   const json = flags.output === "json";
   const file: ByteSource & { close?(): void | Promise<void> } = repair
-    ? fsFileStore(await Deno.open(path, { read: true, write: true }), true)
+    ? fsFileStore(
+      await Deno.open(path, { read: true, write: true }).catch((e) =>
+        Promise.reject(atPath(e, path, "write"))
+      ),
+      true,
+    )
     : await openFile(path);
   let result: CheckResult;
   try {

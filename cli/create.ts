@@ -25,6 +25,7 @@ import {
   luksFromOptions,
 } from "./_encrypt.ts";
 import { SECRET_FLAGS } from "./_secrets.ts";
+import { atPath } from "../native/fs_errors.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "create a new qcow2 image";
@@ -197,7 +198,12 @@ export async function main(args: string[]): Promise<number> {
 async function backingSize(path: string, format: string): Promise<number> {
   await requireRead(path);
   try {
-    if (format === "raw") return (await Deno.stat(path)).size;
+    if (format === "raw") {
+      return (await Deno.stat(path).catch((e) =>
+        Promise.reject(atPath(e, path))
+      ))
+        .size;
+    }
     if (format !== "qcow2" && format !== "qcow") {
       throw new Qcow2Error(
         "BAD_OPTION",

@@ -21,6 +21,7 @@ import {
   UsageError,
 } from "./_args.ts";
 import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
+import { atPath } from "../native/fs_errors.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "show what an image is";
@@ -88,9 +89,9 @@ export async function main(args: string[]): Promise<number> {
       openFile: openInfoFile,
     });
   } catch (e) {
-    // Named by the file it concerns, as the library names it.
+    // readInfo's errors name the layer they concern.
     if (!(e instanceof Qcow2Error)) throw new InFile(files[0], e);
-    throw e.file === undefined ? e : new InFile(e.file, e);
+    throw e;
   }
   if (flags.quiet) return 0;
   if (flags.json) {
@@ -112,7 +113,9 @@ async function openInfoFile(path: string): Promise<InfoFile> {
     const remote = await openPath(path);
     return { source: remote, close: () => remote.close?.() };
   }
-  const file = await Deno.open(path);
+  const file = await Deno.open(path).catch((e) =>
+    Promise.reject(atPath(e, path))
+  );
   try {
     const source = await fileSource(file);
     const blocks = (await file.stat()).blocks;

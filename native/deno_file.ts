@@ -9,6 +9,7 @@
  */
 
 import type { OpenedFile } from "../src/open.ts";
+import { atPath } from "./fs_errors.ts";
 
 /** An {@linkcode OpenedFile} whose `close` is always there. */
 type ClosableFile = OpenedFile & { close(): void };
@@ -20,7 +21,9 @@ type ClosableFile = OpenedFile & { close(): void };
  * @returns The open file.
  */
 export async function openDenoFile(path: string): Promise<ClosableFile> {
-  const file = await Deno.open(path, { read: true });
+  const file = await Deno.open(path, { read: true }).catch((e) =>
+    Promise.reject(atPath(e, path))
+  );
   try {
     return denoFileSource(file, (await file.stat()).size);
   } catch (e) {

@@ -6,7 +6,8 @@
  * @module
  */
 
-import { Qcow2Error, type Qcow2ErrorCode } from "../src/errors.ts";
+import { firstLine, Qcow2Error, type Qcow2ErrorCode } from "../src/errors.ts";
+import { pathOf, PermissionNeeded } from "./fs_errors.ts";
 
 /**
  * An error met while working on one file, so that the message can name the
@@ -30,7 +31,7 @@ export class InFile extends Error {
    * @param cause What went wrong.
    */
   constructor(readonly path: string, cause: unknown) {
-    super(messageOf(cause), { cause });
+    super(firstLine(cause), { cause });
   }
 }
 
@@ -58,32 +59,25 @@ const HINTS: Partial<Record<Qcow2ErrorCode, string>> = {
  * @example A missing permission names the flag
  * ```ts
  * import { explain } from "./explain.ts";
+ * import { PermissionNeeded } from "./fs_errors.ts";
  * import { assertEquals } from "@std/assert";
  *
- * const e = new Deno.errors.NotCapable('Requires read access to "disk.qcow2"');
+ * const e = new PermissionNeeded("read", "disk.qcow2");
  * assertEquals(explain(e), "no permission for 'disk.qcow2': run deno with --allow-read=disk.qcow2");
  * ```
  */
 export function explain(e: unknown, command?: string): string {
   if (e instanceof InFile) {
     const inner = explain(e.cause, command);
-    return inner.includes(e.path) ? inner : `${e.path}: ${inner}`;
+    return names(e.cause, e.path) ? inner : `${e.path}: ${inner}`;
   }
   // A permission error may sit under a Qcow2Error about a backing file.
-  const denied = causes(e).find(isNotCapable);
-  if (denied) {
-    const message = messageOf(denied);
-    const path = /"([^"]+)"/.exec(message)?.[1];
-    const flag = /write access/.test(message)
-      ? "--allow-write"
-      : /net access/.test(message)
-      ? "--allow-net"
-      : "--allow-read";
-    return path
-      ? `${
-        context(e, denied)
-      }no permission for '${path}': run deno with ${flag}=${path}`
-      : message;
+  const denied = causes(e).find((c) => c instanceof PermissionNeeded);
+  if (denied instanceof PermissionNeeded) {
+    const { access, target } = denied;
+    return `${
+      context(e, denied)
+    }no permission for '${target}': run deno with --allow-${access}=${target}`;
   }
   const os = causes(e).find((c) => systemError(c) !== undefined);
   if (os && (os === e || e instanceof Qcow2Error)) {
@@ -94,16 +88,14 @@ export function explain(e: unknown, command?: string): string {
     return `${context(e, os)}${systemError(os)}${backing}`;
   }
   // (A backing file that is not an image is no raw image to keep: openImage
-  // names the layer in `file` and keeps the layer's own error as the cause.)
-  const layer = e instanceof Qcow2Error && e.file !== undefined &&
-    e.cause instanceof Qcow2Error;
+  // says so of the layer, keeping the layer's own error as the cause.)
   if (
     e instanceof Qcow2Error && HINTS[e.code] &&
-    !(layer && e.code === "BAD_MAGIC")
+    !(e.inBackingFile && e.code === "BAD_MAGIC")
   ) {
-    return `${messageOf(e)}; ${HINTS[e.code]}`;
+    return `${firstLine(e)}; ${HINTS[e.code]}`;
   }
-  return messageOf(e);
+  return firstLine(e);
 }
 
 /** `e` and its causes, outermost first. */
@@ -118,30 +110,43 @@ function causes(e: unknown): unknown[] {
 }
 
 /**
- * What `outer` says before `inner`'s message ("Cannot open backing file 'x'
- * (named by 'y'): "), or nothing when `outer` is `inner`.
+ * Whether what {@linkcode explain} says of `e` names the file `path`
+ * already: an error of the chain is about it (a Qcow2Error's `file`, a
+ * file-system error's `path`, a missing permission's target, an InFile).
  */
-function context(outer: unknown, inner: unknown): string {
-  if (outer === inner) return "";
-  const message = messageOf(outer);
-  const at = message.lastIndexOf(`: ${messageOf(inner)}`);
-  return at > 0 ? message.slice(0, at + 2) : "";
+function names(e: unknown, path: string): boolean {
+  return causes(e).some((c) =>
+    (c instanceof InFile && c.path === path) ||
+    (c instanceof Qcow2Error && c.file === path) ||
+    (c instanceof PermissionNeeded && c.target === path) ||
+    pathOf(c) === path
+  );
 }
 
-function isNotCapable(e: unknown): boolean {
-  return e instanceof Deno.errors.NotCapable;
+/**
+ * What `outer` says before `inner`'s words ("Cannot open backing file 'x'
+ * (named by 'y'): "): the details of the Qcow2Errors between them that
+ * quote their cause; nothing when `outer` is `inner`.
+ */
+function context(outer: unknown, inner: unknown): string {
+  if (
+    outer === inner || !(outer instanceof Qcow2Error) || !outer.quotesCause
+  ) {
+    return "";
+  }
+  const file = outer.prefixesFile ? `${outer.file}: ` : "";
+  return `${file}${outer.detail}: ${context(outer.cause, inner)}`;
 }
 
 /**
  * A file-system error, from `Deno.*` or `node:fs`, said plainly with the
- * path; undefined for any other error.
+ * path it carries (see `atPath`); undefined for any other error.
  */
 function systemError(e: unknown): string | undefined {
   if (!(e instanceof Error)) return undefined;
   const code = (e as { code?: unknown }).code;
-  const path = (e as { path?: unknown }).path ??
-    /'([^']+)'/.exec(e.message)?.[1];
-  const file = typeof path === "string" ? `'${path}'` : "it";
+  const path = pathOf(e);
+  const file = path !== undefined ? `'${path}'` : "it";
   if (e instanceof Deno.errors.NotFound || code === "ENOENT") {
     return `${file} does not exist`;
   }
@@ -158,9 +163,4 @@ function systemError(e: unknown): string | undefined {
     return `the system denies access to ${file}: check its owner and mode`;
   }
   return undefined;
-}
-
-/** The first line of an error's message. */
-function messageOf(e: unknown): string {
-  return e instanceof Error ? e.message.split("\n")[0] : String(e);
 }

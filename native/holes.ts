@@ -10,6 +10,7 @@
  */
 
 import type { HostAllocation, HostRun } from "../src/ops/map.ts";
+import { atPath } from "./fs_errors.ts";
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
@@ -56,7 +57,12 @@ export interface HostFile extends HostAllocation {
  * `at` answers `undefined`: unknown, read as data).
  */
 export function hostFile(path: string): HostFile {
-  const stat = Deno.statSync(path);
+  let stat: Deno.FileInfo;
+  try {
+    stat = Deno.statSync(path);
+  } catch (e) {
+    throw atPath(e, path);
+  }
   const allocatedBytes = (stat.blocks ?? Math.ceil(stat.size / 512)) * 512;
   const lib = loadLibc();
   const fd = lib

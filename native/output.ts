@@ -6,6 +6,8 @@
  * @module
  */
 
+import { PermissionNeeded } from "./fs_errors.ts";
+
 /** An output file being written, to be committed or discarded. */
 export interface OutputFile {
   /** The file to write. */
@@ -35,7 +37,7 @@ export type InputFile = string | { path: string; what: string };
  * @param dst The destination path.
  * @param inputs Every file the conversion reads: `dst` must be none of them.
  * @returns The output.
- * @throws {Deno.errors.NotCapable} Without write access (no prompt is shown).
+ * @throws {PermissionNeeded} Without write access (no prompt is shown).
  * @throws {RangeError} If `dst` is a directory or one of the inputs.
  */
 export async function openOutput(
@@ -85,7 +87,7 @@ export async function openOutput(
     };
   }
   if (!(await granted("write", dst))) {
-    throw new Deno.errors.NotCapable(`Requires write access to "${dst}"`);
+    throw new PermissionNeeded("write", dst);
   }
   const file = await create(dst, dir, dst, { create: true });
   return {
@@ -145,12 +147,12 @@ export async function requireRead(path: string): Promise<void> {
     const { host } = new URL(path);
     const { state } = await Deno.permissions.query({ name: "net", host });
     if (state !== "granted") {
-      throw new Deno.errors.NotCapable(`Requires net access to "${host}"`);
+      throw new PermissionNeeded("net", host);
     }
     return;
   }
   if (!(await granted("read", path))) {
-    throw new Deno.errors.NotCapable(`Requires read access to "${path}"`);
+    throw new PermissionNeeded("read", path);
   }
 }
 

@@ -5,7 +5,7 @@
  * @module
  */
 
-import { Qcow2Error } from "../src/errors.ts";
+import { firstLine, Qcow2Error } from "../src/errors.ts";
 import {
   type ByteStore,
   fileHandleStore,
@@ -15,6 +15,7 @@ import {
 import { importNode } from "./node_builtin.ts";
 import type { StorePiece } from "../src/io/store.ts";
 import { writeback } from "./writeback.ts";
+import { atPath } from "./fs_errors.ts";
 
 /**
  * Bytes of data written before their writeback is started: small writes
@@ -101,15 +102,16 @@ export async function openPathWritable(path: string): Promise<ByteStore> {
   } catch (e) {
     const name = (e as { code?: string; name?: string })?.code ??
       (e as Error)?.name;
+    const cause = atPath(e, path, "write");
     if (READ_ONLY.has(name ?? "")) {
       throw new Qcow2Error(
         "NOT_WRITABLE",
         `Cannot open qcow2 image for writing: '${path}' is read-only (${
-          (e as Error).message.split("\n")[0]
+          firstLine(e)
         })`,
-        { cause: e },
+        { cause, file: path },
       );
     }
-    throw e;
+    throw cause;
   }
 }

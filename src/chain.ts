@@ -14,7 +14,7 @@
 import type { DiskImage } from "./disk.ts";
 import type { ImageEncryption } from "./crypto/encryption.ts";
 import { webCrypto } from "./crypto/provider.ts";
-import { Qcow2Error } from "./errors.ts";
+import { inBackingFile, Qcow2Error } from "./errors.ts";
 import type { ByteSource } from "./io/source.ts";
 import { CRYPT_METHOD } from "./qcow2/layout.ts";
 import type { Qcow2Header } from "./qcow2/header.ts";
@@ -223,20 +223,7 @@ export class BackingChain {
       return await open(below);
     } catch (e) {
       // An error of this layer that does not yet say so names the layer.
-      if (e instanceof Qcow2Error && e.file !== path) {
-        throw new Qcow2Error(
-          e.code,
-          `${e.message} (in backing file '${path}')`,
-          {
-            cause: e,
-            offset: e.offset,
-            file: path,
-            field: e.field,
-            value: e.value,
-          },
-        );
-      }
-      throw e;
+      throw inBackingFile(e, path);
     }
   }
 
@@ -319,9 +306,9 @@ export class BackingChain {
         code,
         `Cannot open ${what} '${path}'${
           from !== undefined ? ` (named by '${from}')` : ""
-        }: ${e instanceof Error ? e.message.split("\n")[0] : e}`,
+        }`,
         // The problem is the naming image's: it names a file that won't open.
-        { cause: e, file: from },
+        { cause: e, quoteCause: true, file: from },
       );
     }
     if (file.close) this.#closers.push(() => file.close!());

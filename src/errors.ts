@@ -118,17 +118,36 @@ export type Qcow2ErrorCode =
 export interface Qcow2ErrorOptions extends ErrorOptions {
   /** Byte offset in the image file that the problem concerns, if any. */
   offset?: number;
-  /** The file (path or name) the problem is in, when known. */
+  /**
+   * The file (path or name) the problem is in, when known. The message
+   * names it: give it when the detail names it, or set `prefixFile`.
+   */
   file?: string;
   /** The header field (spec name, e.g. `l1_size`) that is wrong, if any. */
   field?: string;
   /** The bad value, if any. */
   value?: number | bigint | string;
+  /**
+   * The message goes on, after `": "`, with the first line of the message
+   * of `cause` (what a file system, a hook or a server said).
+   */
+  quoteCause?: boolean;
+  /** The message starts with `file` and `": "`. */
+  prefixFile?: boolean;
+  /**
+   * The error arose in the backing file `file`: the message ends with
+   * ` (in backing file 'FILE')`.
+   */
+  inBackingFile?: boolean;
 }
 
 /**
  * An image that cannot be read, or a request that cannot be served. The
- * `code` is stable; the message says what is wrong and where.
+ * `code` is stable; the message says what is wrong and where. It is
+ * composed in one place, from the `detail` the thrower gives and the
+ * options (the file, the cause's own words, the backing file), so that
+ * nothing needs to read it: match on `code`, `file`, `offset`, `field` and
+ * `value`.
  *
  * @example Telling image errors apart from other failures
  * ```ts
@@ -143,35 +162,68 @@ export interface Qcow2ErrorOptions extends ErrorOptions {
  *   assertEquals(e.code, "BAD_MAGIC");
  * }
  * ```
+ *
+ * @example How the message is composed
+ * ```ts
+ * import { Qcow2Error } from "@qcow2/qcow2";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const cause = new Error("No such file or directory (os error 2)");
+ * const e = new Qcow2Error("BACKING_FILE", "Cannot open backing file 'base.qcow2'", { cause, quoteCause: true });
+ * assertEquals(e.message, "Cannot open backing file 'base.qcow2': No such file or directory (os error 2)");
+ * assertEquals(e.detail, "Cannot open backing file 'base.qcow2'");
+ * const located = new Qcow2Error("TRUNCATED", "the file ends early", { file: "disk.qcow2", prefixFile: true });
+ * assertEquals(located.message, "disk.qcow2: the file ends early");
+ * ```
  */
 export class Qcow2Error extends Error {
   /** Why the image could not be read; stable across releases. */
   readonly code: Qcow2ErrorCode;
   /** Byte offset in the image file that the problem concerns, if known. */
   readonly offset?: number;
-  /** The file (path or name) the problem is in, when known. */
+  /**
+   * The file (path or name) the problem is in, when known; the message
+   * names it.
+   */
   readonly file?: string;
   /** The header field (spec name) that is wrong, if one is. */
   readonly field?: string;
   /** The bad value, if one is named. */
   readonly value?: number | bigint | string;
+  /**
+   * What the thrower said: the message without the file prefix, the
+   * cause's words and the backing file that the options add.
+   */
+  readonly detail: string;
+  /** Whether the message quotes the first line of the cause's message. */
+  readonly quotesCause: boolean;
+  /** Whether the message starts with `file`. */
+  readonly prefixesFile: boolean;
+  /** Whether the error arose in the backing file `file` (and says so). */
+  readonly inBackingFile: boolean;
 
   /**
    * Makes an error with a stable code.
    *
    * @param code The stable reason.
-   * @param message What is wrong, where, and what the user can do.
+   * @param detail What is wrong, where, and what the user can do.
    * @param options The `cause`, and the `file`, file `offset`, header
-   * `field` and bad `value` concerned.
+   * `field` and bad `value` concerned; what the message adds to `detail`.
    */
   constructor(
     code: Qcow2ErrorCode,
-    message: string,
+    detail: string,
     options?: Qcow2ErrorOptions,
   ) {
-    super(message, options);
+    super(composeMessage(detail, options), options);
     this.name = "Qcow2Error";
     this.code = code;
+    this.detail = detail;
+    this.quotesCause = options?.quoteCause === true;
+    this.prefixesFile = options?.prefixFile === true &&
+      options.file !== undefined;
+    this.inBackingFile = options?.inBackingFile === true &&
+      options.file !== undefined;
     if (options?.offset !== undefined) this.offset = options.offset;
     if (options?.file !== undefined) this.file = options.file;
     if (options?.field !== undefined) this.field = options.field;
@@ -180,8 +232,29 @@ export class Qcow2Error extends Error {
 }
 
 /**
- * `e` with the file it concerns named, if it is a {@linkcode Qcow2Error}
- * that names none yet: the same code, message, offset, field and value.
+ * The message of a {@linkcode Qcow2Error}: `detail`, then the cause's own
+ * words, then the backing file it arose in, the whole after the file.
+ */
+function composeMessage(detail: string, options?: Qcow2ErrorOptions): string {
+  let text = detail;
+  if (options?.quoteCause) text += `: ${firstLine(options.cause)}`;
+  const file = options?.file;
+  if (file !== undefined && options?.inBackingFile) {
+    text += ` (in backing file '${file}')`;
+  }
+  if (file !== undefined && options?.prefixFile) text = `${file}: ${text}`;
+  return text;
+}
+
+/** The first line of what an error (or any thrown value) says. */
+export function firstLine(e: unknown): string {
+  return e instanceof Error ? e.message.split("\n")[0] : String(e);
+}
+
+/**
+ * `e` located in `file`, if it is a {@linkcode Qcow2Error} that names no
+ * file yet: the same code, detail, offset, field and value, the message
+ * starting with `file`.
  *
  * @param e What was thrown.
  * @param file The file being worked on.
@@ -189,12 +262,36 @@ export class Qcow2Error extends Error {
  */
 export function inFile(e: unknown, file: string): unknown {
   if (!(e instanceof Qcow2Error) || e.file !== undefined) return e;
-  return new Qcow2Error(e.code, e.message, {
+  return new Qcow2Error(e.code, e.detail, {
     cause: e.cause,
     offset: e.offset,
     file,
     field: e.field,
     value: e.value,
+    quoteCause: e.quotesCause,
+    prefixFile: true,
+  });
+}
+
+/**
+ * `e` said as an error of the backing file `file`, if it is a
+ * {@linkcode Qcow2Error} that does not already concern that file: the same
+ * code, offset, field and value, the message ending with
+ * ` (in backing file 'FILE')`, `e` its cause.
+ *
+ * @param e What was thrown while the backing file was opened.
+ * @param file The backing file's path.
+ * @returns The error to throw.
+ */
+export function inBackingFile(e: unknown, file: string): unknown {
+  if (!(e instanceof Qcow2Error) || e.file === file) return e;
+  return new Qcow2Error(e.code, e.message, {
+    cause: e,
+    offset: e.offset,
+    file,
+    field: e.field,
+    value: e.value,
+    inBackingFile: true,
   });
 }
 

@@ -220,7 +220,10 @@ export async function httpSource(
   const streams: Stream[] = [];
 
   const fail = (code: Qcow2Error["code"], why: string, cause?: unknown) =>
-    new Qcow2Error(code, `Cannot read '${href}': ${why}`, { cause });
+    new Qcow2Error(code, `Cannot read '${href}': ${why}`, {
+      cause,
+      file: href,
+    });
 
   const headersFor = (from: number, to: number): Headers => {
     const h = new Headers(options.headers);
@@ -405,7 +408,7 @@ export async function httpSource(
     new Qcow2Error(
       "ABORTED",
       `Cannot read '${href}': ${closed ? "the source was closed" : "aborted"}`,
-      { cause: stop.signal.reason },
+      { cause: stop.signal.reason, file: href },
     );
 
   const blockCount = () => Math.ceil(size / B);
@@ -606,11 +609,14 @@ export async function httpSource(
   };
 }
 
-/** An error's message with its cause's, on one line. */
+/**
+ * An error's message with its cause's, on one line (`fetch` rejects with
+ * "fetch failed" and says why in the cause, in Deno and Node.js alike).
+ */
 function why(e: unknown): string {
   const message = (e as Error)?.message ?? String(e);
-  const cause = (e as Error)?.cause as Error | undefined;
-  const more = cause?.message && !message.includes(cause.message)
+  const cause = (e as Error)?.cause;
+  const more = cause instanceof Error && cause.message
     ? `: ${cause.message}`
     : "";
   return (message + more).replace(/\s*\n\s*/g, " ");

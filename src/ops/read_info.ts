@@ -104,10 +104,8 @@ export async function readInfo(
       // Said as `openImage` says it of a backing file it cannot open.
       throw new Qcow2Error(
         "BACKING_FILE",
-        `Cannot open backing file '${layer.path}' (named by '${from}'): ${
-          e instanceof Error ? e.message.split("\n")[0] : e
-        }`,
-        { cause: e },
+        `Cannot open backing file '${layer.path}' (named by '${from}')`,
+        { cause: e, quoteCause: true },
       );
     }
     reports.push(described.report);
@@ -170,6 +168,7 @@ async function describeSource(
     throw new Qcow2Error(
       "BACKING_FILE",
       `Cannot describe '${path}': its format '${kind}' is not supported`,
+      { file: path },
     );
   }
   // The top image must be qcow2 (or qcow): a raw file fails on its magic here.

@@ -88,10 +88,22 @@ export class Allocator {
     if (count === 0) {
       throw new Qcow2Error(
         "CORRUPT",
-        `Cannot write qcow2 image: the refcount of host cluster ${cluster} would drop below 0`,
+        `Cannot write qcow2 image: ${refcountUnderflow(cluster)}`,
+        { value: cluster },
       );
     }
     await this.#refcounts.set(cluster, count - 1);
     if (count === 1 && cluster < this.#freeIndex) this.#freeIndex = cluster;
   }
+}
+
+/**
+ * What a release of host cluster `cluster` at refcount 0 is, in words: the
+ * corruption `release` reports, and a writable image marks.
+ *
+ * @param cluster Host cluster index.
+ * @returns The words.
+ */
+export function refcountUnderflow(cluster: number): string {
+  return `the refcount of host cluster ${cluster} would drop below 0`;
 }

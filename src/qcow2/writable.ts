@@ -33,7 +33,7 @@ import { hex, Qcow2Error } from "../errors.ts";
 import type { ByteStore } from "../io/store.ts";
 import type { Qcow2Header } from "./header.ts";
 import type { Snapshot } from "./snapshots.ts";
-import { Allocator } from "./allocator.ts";
+import { Allocator, refcountUnderflow } from "./allocator.ts";
 import { HEADER, INCOMPATIBLE } from "./layout.ts";
 import { Refcounts } from "./refcounts.ts";
 import { snapshotTableBytes } from "./repair.ts";
@@ -609,9 +609,7 @@ export class WritableQcow2Image implements DiskImage {
       await this.#allocator.release(cluster);
     } catch (e) {
       if (e instanceof Qcow2Error && e.code === "CORRUPT") {
-        throw await this.#corrupt(
-          e.message.replace(/^Cannot write qcow2 image: /, ""),
-        );
+        throw await this.#corrupt(refcountUnderflow(cluster));
       }
       throw e;
     }
