@@ -33,12 +33,7 @@ import { openInput } from "./_open.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
 import { roleIn } from "./convert.ts";
 import { atPath } from "../native/fs_errors.ts";
-
-/** The directory part of `path`, with its slash ("" for none). */
-function directoryOf(path: string): string {
-  const slash = path.lastIndexOf("/");
-  return slash < 0 ? "" : path.slice(0, slash + 1);
-}
+import { resolveName } from "../src/chain.ts";
 
 /** The virtual size of the backing file given with -B. */
 async function backingSize(path: string, format: string): Promise<number> {
@@ -161,9 +156,11 @@ export async function convertToQcow2Command(
   }
   const inputs: InputFile[] = [srcPath];
   if (options.backingFile !== undefined) {
-    const backing = options.backingFile.startsWith("/")
-      ? options.backingFile
-      : directoryOf(dstPath === "-" ? "" : dstPath) + options.backingFile;
+    // Relative to DST's directory, as the image will be opened.
+    const backing = resolveName(
+      dstPath === "-" ? undefined : dstPath,
+      options.backingFile,
+    );
     inputs.push({ path: backing, what: "the backing file given with -B" });
     options.backingSize = await backingSize(backing, options.backingFormat!)
       .catch((e) =>

@@ -26,6 +26,7 @@ import {
 } from "./_encrypt.ts";
 import { SECRET_FLAGS } from "./_secrets.ts";
 import { atPath } from "../native/fs_errors.ts";
+import { resolveName } from "../src/chain.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "create a new qcow2 image";
@@ -63,12 +64,6 @@ FILE appears only once it is complete: it is written beside FILE and renamed.
 Needs: --allow-write=FILE (and read and write access to FILE's directory
 for the rename), --allow-read=BACKING unless -u.
 `;
-
-/** The directory part of `path`, with its slash ("" for none). */
-function directoryOf(path: string): string {
-  const slash = path.lastIndexOf("/");
-  return slash < 0 ? "" : path.slice(0, slash + 1);
-}
 
 /** create's options that take a value as the next argument. */
 const VALUE_OPTIONS = new Set([
@@ -155,9 +150,8 @@ export async function main(args: string[]): Promise<number> {
         "Backing file specified without backing format; give it with -F (qcow2, raw, ...)",
       );
     }
-    const backing = options.backingFile.startsWith("/")
-      ? options.backingFile
-      : directoryOf(path) + options.backingFile;
+    // Relative to FILE's directory, as the image will be opened.
+    const backing = resolveName(path, options.backingFile);
     inputs.push(backing);
     const size = await backingSize(backing, options.backingFormat);
     options.size ??= size;

@@ -4,7 +4,7 @@
  * where QEMU reads the image, read). Cases that only concern writing, repair
  * or `qemu-img check` are not listed.
  *
- * qcow v1 cases (092) are in qcow1_test.ts; snapshot table cases (080, 261)
+ * qcow v1 cases (092) are in qcow_test.ts; snapshot table cases (080, 261)
  * also in snapshots_test.ts.
  */
 import { assertEquals } from "@std/assert";

@@ -9,7 +9,7 @@ import {
 import { prng } from "./_synth.ts";
 
 /** A qcow v1 image: 48-byte header, L1 at 512, one L2 at 4096, data after. */
-function qcow1(
+function qcowImage(
   h: {
     clusterBits?: number;
     l2Bits?: number;
@@ -42,7 +42,7 @@ function qcow1(
 }
 
 Deno.test("qcow v1: header fields", () => {
-  const h = parseQcowHeader(qcow1({ backing: "base.img" }));
+  const h = parseQcowHeader(qcowImage({ backing: "base.img" }));
   assertEquals(h.version, 1);
   assertEquals(h.clusterBits, 12);
   assertEquals(h.clusterSize, 4096);
@@ -65,14 +65,14 @@ Deno.test("qcow v1: the header checks of qemu-iotests 092", () => {
       [{ crypt: 2 }, "BAD_HEADER"],
     ] as const
   ) {
-    const e = assertThrows(() => parseQcowHeader(qcow1(h)), Qcow2Error);
+    const e = assertThrows(() => parseQcowHeader(qcowImage(h)), Qcow2Error);
     assertEquals(
       e.code,
       code,
       JSON.stringify(h, (_, x) => typeof x === "bigint" ? String(x) : x),
     );
   }
-  const bytes = qcow1({ backing: "x" });
+  const bytes = qcowImage({ backing: "x" });
   new DataView(bytes.buffer).setUint32(16, 1024);
   assertEquals(
     assertThrows(() => parseQcowHeader(bytes), Qcow2Error).code,
@@ -93,7 +93,7 @@ Deno.test("qcow v1: data, unallocated and compressed clusters", async () => {
   tail.set(packed, 4096);
   const compressed = (1n << 63n) | (BigInt(packed.length) << 51n) | 12288n;
   const image = await openImage(
-    qcow1({}, [8192n, 0n, compressed], tail),
+    qcowImage({}, [8192n, 0n, compressed], tail),
   ) as QcowImage;
   const out = new Uint8Array(3 * 4096);
   await image.read(0, out);
@@ -104,7 +104,7 @@ Deno.test("qcow v1: data, unallocated and compressed clusters", async () => {
 
 Deno.test("qcow v1: encrypted images are refused", async () => {
   const e = await assertRejects(
-    () => openImage(qcow1({ crypt: 1 })),
+    () => openImage(qcowImage({ crypt: 1 })),
     Qcow2Error,
   );
   assertEquals(e.code, "ENCRYPTED");
