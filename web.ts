@@ -463,8 +463,9 @@ export type {
  * @param options The new image's options, the conversion's, and those of
  * {@linkcode openImage}.
  * @returns What was written.
- * @throws {Qcow2Error} For an invalid source or refused options.
- * @throws {RangeError} For a bad `sparseSize` or LUKS options QEMU refuses.
+ * @throws {Qcow2Error} For an invalid source.
+ * @throws {RangeError} For options qemu-img refuses, a bad `sparseSize` or
+ * LUKS options QEMU refuses.
  *
  * @example Re-packing an image with 4 KiB clusters, in memory
  * ```ts

@@ -133,8 +133,7 @@ export async function convertToQcow2Command(
   const text = splitOptions(optionText === undefined ? [] : [optionText]);
   const options: ConvertToQcow2Options = optionsFromText(text);
   if (text.has("size")) {
-    throw new Qcow2Error(
-      "BAD_OPTION",
+    throw new RangeError(
       "Invalid parameter 'size': convert takes the source's size",
     );
   }
@@ -143,8 +142,7 @@ export async function convertToQcow2Command(
   if (
     options.backingFile !== undefined && options.backingFormat === undefined
   ) {
-    throw new Qcow2Error(
-      "BAD_OPTION",
+    throw new RangeError(
       "Use of backing file requires explicit backing format; give it with -F (qcow2, raw, ...)",
     );
   }
@@ -204,8 +202,7 @@ export async function convertToQcow2Command(
   const pool = flags.c ? workerCompressors() : undefined;
   // An image error names SRC; an option error or an I/O error is said as it is.
   const inSource = (e: unknown) =>
-    e instanceof Qcow2Error && e.code !== "BAD_OPTION" &&
-      e.code !== "TOO_LARGE"
+    e instanceof Qcow2Error && e.code !== "TOO_LARGE"
       ? new InFile(srcPath, e)
       : e;
   let summary: ConvertToQcow2Summary;

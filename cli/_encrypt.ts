@@ -47,8 +47,10 @@ export function encryptFormatting(text: Map<string, string>): string[] {
   );
 }
 
-function bad(message: string): Qcow2Error {
-  return new Qcow2Error("BAD_OPTION", message);
+function bad(message: string): RangeError {
+  return new RangeError(
+    message,
+  );
 }
 
 const HASHES = ["sha1", "sha256", "sha384", "sha512"];
@@ -72,9 +74,10 @@ function hashOption(name: string, value: string): HashAlgorithm {
  * @param flags The command's flags (`--object`, `--password-file`).
  * @param command The command, for usage errors.
  * @returns The LUKS area and encryption for the writer.
- * @throws {Qcow2Error} `BAD_OPTION` for a bad or missing option; legacy AES
- * is refused, as QEMU discourages it; `UNSUPPORTED_CIPHER` for twofish,
- * serpent, cast5 and hashes we lack.
+ * @throws {RangeError} For a bad or missing option; legacy AES is refused,
+ * as QEMU discourages it.
+ * @throws {Qcow2Error} `UNSUPPORTED_CIPHER` for twofish, serpent, cast5 and
+ * hashes we lack.
  */
 export async function luksFromOptions(
   text: Map<string, string>,

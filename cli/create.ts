@@ -13,7 +13,6 @@ import {
   openPath,
   optionsFromText,
   parseSize,
-  Qcow2Error,
   splitOptions,
 } from "../mod.ts";
 import { InFile } from "../native/explain.ts";
@@ -134,8 +133,7 @@ export async function main(args: string[]): Promise<number> {
     try {
       options.size = parseSize(sizeText);
     } catch {
-      throw new Qcow2Error(
-        "BAD_OPTION",
+      throw new RangeError(
         sizeText.startsWith("-")
           ? `Invalid image size '${sizeText}': a size cannot be negative`
           : `Invalid image size '${sizeText}': give bytes, or a number with a suffix k, M, G, T, P or E (powers of 1024)`,
@@ -145,8 +143,7 @@ export async function main(args: string[]): Promise<number> {
   const inputs: string[] = [];
   if (options.backingFile !== undefined && !flags.u) {
     if (options.backingFormat === undefined) {
-      throw new Qcow2Error(
-        "BAD_OPTION",
+      throw new RangeError(
         "Backing file specified without backing format; give it with -F (qcow2, raw, ...)",
       );
     }
@@ -199,8 +196,7 @@ async function backingSize(path: string, format: string): Promise<number> {
         .size;
     }
     if (format !== "qcow2" && format !== "qcow") {
-      throw new Qcow2Error(
-        "BAD_OPTION",
+      throw new RangeError(
         `backing_fmt '${format}' is not a format this tool reads (qcow2, qcow, raw)`,
       );
     }

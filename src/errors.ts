@@ -84,8 +84,6 @@ export type Qcow2ErrorCode =
    * (it changed while it was read).
    */
   | "SOURCE_CHANGED"
-  /** An image creation option is unknown, malformed, or in a combination qemu-img refuses. */
-  | "BAD_OPTION"
   /**
    * The image cannot be opened for writing: qcow v1, the corrupt bit set,
    * encrypted, or a read-only file.

@@ -13,7 +13,6 @@ import {
   openImage,
   optionsFromText,
   parseSize,
-  Qcow2Error,
   resolveCreateOptions,
   splitOptions,
 } from "../mod.ts";
@@ -155,32 +154,31 @@ Deno.test("create: refusals as qemu-img's, naming the option", () => {
           ...optionsFromText(splitOptions([text])),
           size: 1 << 20,
         }),
-      Qcow2Error,
+      RangeError,
     );
-    assertEquals(e.code, "BAD_OPTION", text);
     assert(e.message.includes(name), `${text}: ${e.message}`);
   }
-  assertThrows(() => splitOptions(["foo=1"]), Qcow2Error, "foo");
-  assertThrows(() => splitOptions(["cluster_size"]), Qcow2Error, "name=value");
+  assertThrows(() => splitOptions(["foo=1"]), RangeError, "foo");
+  assertThrows(() => splitOptions(["cluster_size"]), RangeError, "name=value");
   assertThrows(
     () => optionsFromText(splitOptions(["extended_l2=maybe"])),
-    Qcow2Error,
+    RangeError,
     "'on' or 'off'",
   );
   assertThrows(
     () => optionsFromText(splitOptions(["cluster_size=abc"])),
-    Qcow2Error,
+    RangeError,
     "cluster_size",
   );
-  const big = assertThrows(
+  assertThrows(
     () => resolveCreateOptions({ size: parseSize("4P") }),
-    Qcow2Error,
+    RangeError,
+    "too large",
   );
-  assertEquals(big.code, "TOO_LARGE");
   resolveCreateOptions({ size: parseSize("2P") }); // the largest at 64 KiB
   assertThrows(
     () => resolveCreateOptions({ size: parseSize("1T"), clusterSize: 512 }),
-    Qcow2Error,
+    RangeError,
     "too large",
   );
 });
@@ -294,7 +292,7 @@ Deno.test("create: a seekable file is emptied first", async () => {
     assertEquals((await Deno.stat(path)).size, made.fileSize);
     await assertRejects(
       () => createImage(file, { size: -1 }),
-      Qcow2Error,
+      RangeError,
       "Invalid image size",
     );
   } finally {

@@ -598,14 +598,12 @@ async function prepare(
   if (resolved.preallocation !== "off") {
     // qemu-img's words for -c; the others are refused here, not in QEMU.
     if (options.compress) {
-      throw new Qcow2Error(
-        "BAD_OPTION",
+      throw new RangeError(
         "Compression and preallocation not supported at the same time",
       );
     }
     if (backing || options.luks) {
-      throw new Qcow2Error(
-        "BAD_OPTION",
+      throw new RangeError(
         `preallocation: not supported with ${
           backing ? "a backing file" : "encryption"
         } by convert; create the image with 'qcow2 create -o preallocation=...'`,
@@ -671,10 +669,10 @@ function boundOf(c: Classify): number {
  * @param target Where the image goes.
  * @param options The new image's options and the conversion's.
  * @returns What was written.
- * @throws {Qcow2Error} `BAD_OPTION`/`TOO_LARGE` for refused options,
- * `UNSUPPORTED_COMPRESSION` without a compressor, the source's errors; the
- * signal's reason if aborted.
- * @throws {RangeError} For a bad `sparseSize` or LUKS options QEMU refuses.
+ * @throws {Qcow2Error} `UNSUPPORTED_COMPRESSION` without a compressor, the
+ * source's errors; the signal's reason if aborted.
+ * @throws {RangeError} For options qemu-img refuses, a bad `sparseSize` or
+ * LUKS options QEMU refuses.
  *
  * @example See {@linkcode convertToQcow2} in `mod.ts`, which opens the source.
  */
@@ -685,8 +683,7 @@ export async function convertImageToQcow2(
 ): Promise<ConvertToQcow2Summary> {
   const began = performance.now();
   if (options.luks && options.compress) {
-    throw new Qcow2Error(
-      "BAD_OPTION",
+    throw new RangeError(
       "Compression is not supported for encrypted images (as in QEMU)",
     );
   }
@@ -739,14 +736,12 @@ export async function convertImageToQcow2Stream(
   options: ConvertToQcow2Options = {},
 ): Promise<ConvertToQcow2Summary> {
   if (options.luks) {
-    throw new Qcow2Error(
-      "BAD_OPTION",
+    throw new RangeError(
       "An encrypted qcow2 image cannot be written to a stream; give DST a file name",
     );
   }
   if (options.preallocation !== undefined && options.preallocation !== "off") {
-    throw new Qcow2Error(
-      "BAD_OPTION",
+    throw new RangeError(
       "preallocation: a preallocated image cannot be written to a stream; give DST a file name",
     );
   }

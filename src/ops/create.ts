@@ -51,9 +51,9 @@ export interface CreatedImage {
  * @param run `signal` stops the preallocation of data clusters; the
  * promise then rejects with the signal's reason.
  * @returns The options used and the file's length.
- * @throws {Qcow2Error} `BAD_OPTION` or `TOO_LARGE` for options qemu-img
- * refuses (see {@linkcode resolveCreateOptions}); the target's errors; the
- * signal's reason once aborted.
+ * @throws {RangeError} For options qemu-img refuses (see
+ * {@linkcode resolveCreateOptions}).
+ * @throws {Qcow2Error} The target's errors; the signal's reason once aborted.
  *
  * @example A 1 GiB image in memory, read back
  * ```ts

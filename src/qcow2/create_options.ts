@@ -6,7 +6,6 @@
  * @module
  */
 
-import { Qcow2Error } from "../errors.ts";
 import type { CompressionType } from "./header.ts";
 
 /** How much of a new image is laid out in advance (qemu-img's `preallocation`). */
@@ -51,7 +50,7 @@ export interface CreateOptions {
   /**
    * The `encrypt.*` options, by name without `encrypt.` (`format`,
    * `key-secret`, `cipher-alg`, ...), as written. Kept for encryption; this
-   * writer refuses them for now (`BAD_OPTION`).
+   * writer refuses them for now (`RangeError`).
    */
   encrypt?: Record<string, string>;
 }
@@ -96,8 +95,10 @@ export interface ResolvedCreateOptions {
 /** Largest L1 table QEMU accepts: 32 MiB of entries (`QCOW_MAX_L1_SIZE`). */
 const MAX_L1_ENTRIES = 32 * 1024 * 1024 / 8;
 
-function fail(message: string): Qcow2Error {
-  return new Qcow2Error("BAD_OPTION", message);
+function fail(message: string): RangeError {
+  return new RangeError(
+    message,
+  );
 }
 
 /**
@@ -106,21 +107,21 @@ function fail(message: string): Qcow2Error {
  *
  * @param options The options asked for.
  * @returns The options to create the image with.
- * @throws {Qcow2Error} `BAD_OPTION` for a value out of range or a refused
- * combination (the message names the option), `TOO_LARGE` for a size beyond
- * the format's limit (QEMU: an L1 table over 32 MiB).
+ * @throws {RangeError} For a value out of range or a refused combination
+ * (the message names the option), or a size beyond the format's limit
+ * (QEMU: an L1 table over 32 MiB).
  *
  * @example Refusals, as qemu-img words them
  * ```ts
- * import { Qcow2Error, resolveCreateOptions } from "@qcow2/qcow2";
+ * import { resolveCreateOptions } from "@qcow2/qcow2";
  * import { assertThrows } from "@std/assert";
  *
  * assertThrows(
  *   () => resolveCreateOptions({ size: 1 << 20, compat: "0.10", extendedL2: true }),
- *   Qcow2Error,
+ *   RangeError,
  *   "Extended L2 entries are only supported with compatibility level 1.1",
  * );
- * assertThrows(() => resolveCreateOptions({ size: 1 << 20, clusterSize: 3072 }), Qcow2Error, "cluster_size");
+ * assertThrows(() => resolveCreateOptions({ size: 1 << 20, clusterSize: 3072 }), RangeError, "cluster_size");
  * ```
  */
 export function resolveCreateOptions(
@@ -235,8 +236,7 @@ export function resolveCreateOptions(
   const size = Math.ceil(options.size / 512) * 512;
   const entriesPerL2 = clusterSize / (extendedL2 ? 16 : 8);
   if (Math.ceil(size / (clusterSize * entriesPerL2)) > MAX_L1_ENTRIES) {
-    throw new Qcow2Error(
-      "TOO_LARGE",
+    throw new RangeError(
       `The image size is too large for file format 'qcow2' (try using a larger cluster size): ${size} bytes`,
     );
   }
@@ -384,7 +384,7 @@ export type OptionText = Map<string, string>;
  *
  * @param args Each `-o` argument.
  * @returns Each option's last value, by name.
- * @throws {Qcow2Error} `BAD_OPTION` for an entry without `=`, or a name that
+ * @throws {RangeError} For an entry without `=`, or a name that
  * is not an option here (`encrypt.*` names are kept, for encryption).
  *
  * @example
@@ -451,7 +451,7 @@ function parseBool(name: string, text: string): boolean {
  *
  * @param text The options by name.
  * @returns The options; check them with {@linkcode resolveCreateOptions}.
- * @throws {Qcow2Error} `BAD_OPTION` for a malformed value, naming the option.
+ * @throws {RangeError} For a malformed value, naming the option.
  *
  * @example
  * ```ts
