@@ -24,9 +24,13 @@ export interface Arena {
   output: SharedArrayBuffer;
 }
 
-/** A message to the worker: its arenas, or a batch to decompress. */
+/**
+ * A message to the worker: its arenas, shared buffers that batches may
+ * name as targets, or a batch to decompress.
+ */
 export type WorkerRequest =
   | { arenas: Arena[] }
+  | { shared: [number, SharedArrayBuffer][] }
   | {
     /** Matches the reply to the request. */
     id: number;
@@ -38,6 +42,12 @@ export type WorkerRequest =
     clusterSize: number;
     /** Where each item starts in the input arena, and where the last ends. */
     bounds: number[];
+    /**
+     * Per item: a target buffer's id and a byte offset there, to copy a
+     * good cluster to (then the main thread need not copy it), or -1 for
+     * the output arena only. Two numbers per item.
+     */
+    targets?: number[];
   };
 
 /** The reply: for each item, the bytes it decompressed to, or why it failed. */
@@ -55,6 +65,7 @@ export interface WorkerReply {
 export function workerMain(makeDecompressor: typeof clusterDecompressor): void {
   let decompress: ClusterDecompressor;
   let arenas: { input: Uint8Array; output: Uint8Array }[] = [];
+  const targets = new Map<number, Uint8Array>();
 
   const scope = globalThis as unknown as {
     onmessage: ((event: MessageEvent<WorkerRequest>) => void) | null;
@@ -77,17 +88,36 @@ export function workerMain(makeDecompressor: typeof clusterDecompressor): void {
       }));
       return;
     }
+    if ("shared" in data) {
+      for (const [key, buffer] of data.shared) {
+        targets.set(key, new Uint8Array(buffer));
+      }
+      return;
+    }
     const { id, type, clusterSize, bounds } = data;
     const { input, output } = arenas[data.arena];
     const results: (number | string)[] = [];
     for (let i = 0; i + 1 < bounds.length; i++) {
       try {
-        results.push(decompress(
+        const out = output.subarray(
+          i * clusterSize,
+          (i + 1) * clusterSize + 1,
+        );
+        const n = decompress(
           type,
           input.subarray(bounds[i], bounds[i + 1]),
-          output.subarray(i * clusterSize, (i + 1) * clusterSize + 1),
+          out,
           clusterSize,
-        ));
+        );
+        const target = data.targets ? data.targets[2 * i] : -1;
+        if (n === clusterSize && target >= 0) {
+          // Copied here, while the cluster is still in this core's cache.
+          targets.get(target)!.set(
+            out.subarray(0, clusterSize),
+            data.targets![2 * i + 1],
+          );
+        }
+        results.push(n);
       } catch (e) {
         results.push(e instanceof Error ? e.message : String(e));
       }

@@ -88,11 +88,24 @@ export interface WorkerCodecsOptions {
 export interface WorkerCodecs extends Codecs {
   /** Stops the workers; a later request starts them again. */
   close(): void;
+  /**
+   * A zero-filled buffer of `length` bytes in memory the workers share: a
+   * cluster decompressed `into` it is written there by the worker, and the
+   * calling thread does not copy it (pass it as `convert`'s `allocate`).
+   * The memory stays with the pool until `close()`; allocate a few buffers
+   * and reuse them. Where `SharedArrayBuffer` is missing, a plain buffer.
+   *
+   * @param length Bytes.
+   * @returns The buffer.
+   */
+  allocate(length: number): Uint8Array;
 }
 
 interface Pending {
   input: Uint8Array;
   into?: Uint8Array;
+  /** The id of `into`'s shared buffer, when the worker writes into it. */
+  target?: number;
   resolve(out: Uint8Array): void;
   reject(e: unknown): void;
 }
@@ -174,7 +187,9 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
   let nextId = 1;
   let open: Batch | undefined; // gathering requests
   let openBytes = 0;
-  let flushTimer: ReturnType<typeof setTimeout> | undefined;
+  let flushQueued = false;
+  /** Shared buffers from `allocate`, by id, which every worker is given. */
+  const targets = new Map<SharedArrayBuffer, number>();
   let idleTimer: ReturnType<typeof setTimeout> | undefined;
 
   /** Clusters per batch, and the bytes an arena needs for a batch. */
@@ -213,6 +228,13 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
         event.preventDefault();
         fallBack();
       };
+      if (targets.size > 0) {
+        worker.postMessage(
+          {
+            shared: [...targets].map(([b, key]) => [key, b]),
+          } satisfies WorkerRequest,
+        );
+      }
       slots.push(slot);
     }
   };
@@ -228,6 +250,7 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
       const r = results[i];
       if (typeof r === "string") return item.reject(new Error(r));
       if (r !== cs) return item.resolve(new Uint8Array(r)); // caller rejects
+      if (item.target !== undefined) return item.resolve(item.into!);
       const cluster = output.subarray(i * cs, (i + 1) * cs);
       if (item.into) {
         item.into.set(cluster);
@@ -261,11 +284,17 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
       ready.shift();
       const { input } = slot.arenas[arena];
       const bounds = [0];
-      for (const item of batch.items) {
+      let into: number[] | undefined;
+      batch.items.forEach((item, i) => {
         const at = bounds[bounds.length - 1];
         input.set(item.input, at);
         bounds.push(at + item.input.length);
-      }
+        if (item.target !== undefined) {
+          into ??= new Array(2 * batch.items.length).fill(-1);
+          into[2 * i] = item.target;
+          into[2 * i + 1] = item.into!.byteOffset;
+        }
+      });
       const id = nextId++;
       inFlight.set(id, { batch, slot, arena });
       slot.worker.postMessage(
@@ -275,6 +304,7 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
           type: batch.type,
           clusterSize: batch.clusterSize,
           bounds,
+          targets: into,
         } satisfies WorkerRequest,
       );
     }
@@ -291,8 +321,6 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
   };
 
   const flush = () => {
-    clearTimeout(flushTimer);
-    flushTimer = undefined;
     if (open) ready.push(open);
     open = undefined;
     openBytes = 0;
@@ -321,15 +349,25 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
             openBytes + input.length > limit)
         ) flush();
         open ??= { type, clusterSize: maxOutput, items: [] };
+        const whole = into?.length === maxOutput ? into : undefined;
         open.items.push({
           input,
-          into: into?.length === maxOutput ? into : undefined,
+          into: whole,
+          target: whole && targets.get(whole.buffer as SharedArrayBuffer),
           resolve,
           reject,
         });
         openBytes += input.length;
         if (open.items.length >= capacity(maxOutput)) flush();
-        else flushTimer ??= setTimeout(flush, 0);
+        else if (!flushQueued) {
+          // Requests made in one go (a group of clusters read together)
+          // travel together: the batch leaves once they are all in.
+          flushQueued = true;
+          queueMicrotask(() => {
+            flushQueued = false;
+            flush();
+          });
+        }
       });
 
   /** Runs one request on the fallback codecs. */
@@ -344,8 +382,6 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
   /** After a worker failed: stops them all and reruns what was pending. */
   const fallBack = () => {
     broken = true;
-    clearTimeout(flushTimer);
-    flushTimer = undefined;
     const batches = [
       ...[...inFlight.values()].map((job) => job.batch),
       ...ready,
@@ -374,8 +410,6 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
     }
     inFlight.clear();
     if (reason) {
-      clearTimeout(flushTimer);
-      flushTimer = undefined;
       for (const batch of [...ready, ...(open ? [open] : [])]) {
         for (const item of batch.items) item.reject(failed);
       }
@@ -387,6 +421,7 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
 
   const close = () => {
     stop(new Error("decompression workers were closed"));
+    targets.clear();
     if (script) URL.revokeObjectURL(script);
     script = undefined;
   };
@@ -399,5 +434,17 @@ export function workerCodecs(options: WorkerCodecsOptions = {}): WorkerCodecs {
       runFallback("zstd", maxOutput, { input, into, resolve, reject })
     );
   };
-  return { zlib: request("zlib"), zstd, close };
+  const allocate = (length: number): Uint8Array => {
+    if (typeof SharedArrayBuffer !== "function") return new Uint8Array(length);
+    const buffer = new SharedArrayBuffer(length);
+    const key = targets.size;
+    targets.set(buffer, key);
+    for (const slot of slots) {
+      slot.worker.postMessage(
+        { shared: [[key, buffer]] } satisfies WorkerRequest,
+      );
+    }
+    return new Uint8Array(buffer);
+  };
+  return { zlib: request("zlib"), zstd, close, allocate };
 }

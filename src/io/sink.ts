@@ -74,16 +74,41 @@ export function toRawSink(
  * A sink over a seekable file: empties it first, seeks over holes, and sets
  * the final length with `truncate`, so holes stay sparse.
  *
+ * Writes are synchronous where the file has `writeSync` and `seekSync`
+ * (no hand-off to another thread), unless `options.synchronous` is
+ * `false`: then each write runs on the runtime's I/O threads, and the
+ * calling thread may do other work meanwhile (decompression, network).
+ *
  * @param file A file shaped like `Deno.FsFile`, open for writing.
+ * @param options `synchronous: false` to use `write`/`seek` even where
+ *   `writeSync`/`seekSync` exist.
  * @returns The sink.
+ *
+ * @example Asynchronous writes, holes left unwritten
+ * ```ts
+ * import { fileSink } from "./sink.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const path = await Deno.makeTempFile();
+ * using file = await Deno.open(path, { write: true });
+ * const sink = await fileSink(file, { synchronous: false });
+ * await sink.writeAt(4096, new Uint8Array([1, 2, 3]));
+ * await sink.finish(8192);
+ * const bytes = await Deno.readFile(path);
+ * assertEquals([bytes.length, bytes[0], bytes[4097]], [8192, 0, 2]);
+ * await Deno.remove(path);
+ * ```
  */
-export async function fileSink(file: SeekableWriter): Promise<RawSink> {
+export async function fileSink(
+  file: SeekableWriter,
+  options: { synchronous?: boolean } = {},
+): Promise<RawSink> {
   // Truncating a file that has data makes its close flush (ext4): skip it
   // when the file is already empty.
   if (await file.seek(0, SEEK_END) !== 0) await file.truncate(0);
   let pos = -1;
   const { writeSync, seekSync } = file;
-  if (writeSync && seekSync) {
+  if (writeSync && seekSync && options.synchronous !== false) {
     // Synchronous writes: no hand-off to another thread and no copy of the
     // buffer (faster in Deno: bench/README.md, "Figures behind design
     // choices").

@@ -63,6 +63,13 @@ export interface ConvertOptions {
   chunkSize?: number;
   /** Chunks kept in flight, read or being written, at once (default 4). */
   parallel?: number;
+  /**
+   * Makes the buffers chunks are read into (at most `parallel` of them,
+   * each `chunkSize` bytes, reused): such as `workerCodecs().allocate`,
+   * whose workers then decompress straight into them. Default: plain
+   * `Uint8Array`s.
+   */
+  allocate?: (length: number) => Uint8Array;
 }
 
 /**
@@ -143,6 +150,7 @@ export async function convertImage(
   );
   const parallel = Math.max(1, options.parallel ?? 4);
   const { signal, onProgress } = options;
+  const allocate = options.allocate ?? ((n: number) => new Uint8Array(n));
   const total = image.size;
   let bytesWritten = 0;
   let done = 0;
@@ -179,7 +187,7 @@ export async function convertImage(
       if (free.length === 0 && pending.length > 0) {
         await settledWithin(lastWrite, SETTLE_TURNS);
       }
-      const buffer = free.pop() ?? new Uint8Array(chunk);
+      const buffer = free.pop() ?? allocate(chunk);
       const view = buffer.subarray(0, Math.min(chunk, from + length - p));
       const previous = lastWrite;
       // Its own read settles first, whatever happens to earlier chunks.
