@@ -203,3 +203,77 @@ Deno.test("in-thread codecs decompress into the given buffer too", async () => {
   assert(short !== into);
   assertEquals(short.length, 10);
 });
+
+Deno.test("allocate: the workers write clusters straight into shared buffers", async () => {
+  // A fallback that fails: every cluster below must go through a worker.
+  const codecs = workerCodecs({
+    workers: 2,
+    fallback: { zlib: () => Promise.reject(new Error("fallback used")) },
+  });
+  try {
+    const cs = 65536;
+    const before = codecs.allocate(4 * cs + 512); // before the workers start
+    assert(before.buffer instanceof SharedArrayBuffer);
+    const clusters = [0, 1, 2, 3].map((k) =>
+      new Uint8Array(cs).map((_, i) => (i * (k + 3)) % 253)
+    );
+    const run = async (buffer: Uint8Array) => {
+      const outs = await Promise.all(clusters.map((data, k) => {
+        const into = buffer.subarray(512 + k * cs, 512 + (k + 1) * cs);
+        return codecs.zlib!(deflateRawSync(data), cs, into).then((out) => {
+          assert(out === into);
+          return out;
+        });
+      }));
+      outs.forEach((out, k) => assertEquals(out, clusters[k]));
+      assertEquals(buffer.subarray(0, 512), new Uint8Array(512));
+    };
+    await run(before);
+    const after = codecs.allocate(4 * cs + 512); // workers running
+    await run(after);
+    // A short cluster is not copied into the target; corrupt data rejects.
+    after.fill(9);
+    const short = await codecs.zlib!(
+      deflateRawSync(new Uint8Array(100)),
+      cs,
+      after.subarray(512, 512 + cs),
+    );
+    assertEquals(short.length, 100);
+    assertEquals(after.subarray(512, 512 + cs), new Uint8Array(cs).fill(9));
+    await assertRejects(() =>
+      codecs.zlib!(new Uint8Array([0xff, 0xff, 0xff, 1]), cs, after.subarray(0, cs))
+    );
+    // After close(), the pool restarts and buffers allocated then work too.
+    codecs.close();
+    await run(codecs.allocate(4 * cs + 512));
+    // An old buffer is no longer shared with the workers: copied into.
+    await run(before.fill(0));
+  } finally {
+    codecs.close();
+  }
+});
+
+Deno.test("convert with allocate: chunks in shared buffers, the expected bytes", async () => {
+  const codecs = workerCodecs({ workers: 2 });
+  let buffers = 0;
+  try {
+    for (const name of ["zlib.qcow2", "zstd.qcow2", "c2m.qcow2"]) {
+      const hash = createHash("sha256");
+      const sink = new WritableStream<Uint8Array>({
+        write: (c) => void hash.update(c),
+      });
+      await convert(fixture(name), sink, {
+        codecs,
+        chunkSize: 256 * 1024,
+        allocate: (n) => {
+          buffers++;
+          return codecs.allocate(n);
+        },
+      });
+      assertEquals(hash.digest("hex"), expected[name].sha256, name);
+    }
+    assert(buffers > 0 && buffers <= 3 * 4, `${buffers} buffers`);
+  } finally {
+    codecs.close();
+  }
+});
