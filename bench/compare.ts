@@ -17,7 +17,8 @@
  *
  * `--keep` keeps the inputs (and the raw files they were made from) in a
  * new directory under `--dir`; `--reuse DIR` times those again without
- * making them anew.
+ * making them anew (it writes nothing into DIR unless an input is missing
+ * there: the outputs go to a temporary directory of their own).
  *
  * For each input it alternates our converter and qemu-img (one warm-up
  * pair, then `--runs` pairs), removing the output and running `sync` before
@@ -86,6 +87,11 @@ console.log(
 
 /** The temporary directory; made at the end of this file. */
 let dir = "";
+/**
+ * Where the outputs and time(1)'s report go: never `dir`, which with
+ * `--reuse` may be a shared, read-only folder of inputs.
+ */
+let outDir = "";
 
 /** One input: its qcow2 file and the SHA-256 its raw form must have. */
 interface Input {
@@ -202,8 +208,8 @@ async function main(): Promise<void> {
 
 /** Times both tools on one input; returns its table row. */
 async function compare(input: Input): Promise<string[]> {
-  const ours = `${dir}/out-ours.raw`;
-  const theirs = `${dir}/out-qemu.raw`;
+  const ours = `${outDir}/out-ours.raw`;
+  const theirs = `${outDir}/out-qemu.raw`;
   const oursCmd = [
     Deno.execPath(),
     "run",
@@ -341,7 +347,7 @@ async function timed(
   await Deno.remove(dst).catch(() => {});
   // Outside the timed part: no earlier run's dirty pages flush during this one.
   await run("sync", []);
-  const rssFile = `${dir}/rss.txt`;
+  const rssFile = `${outDir}/rss.txt`;
   const [program, ...args] = timeBin
     ? [timeBin, "-f", "%M", "-o", rssFile, ...cmd]
     : cmd;
@@ -479,8 +485,10 @@ dir = flags.reuse ?? await Deno.makeTempDir({
 console.log(
   `dir:      ${dir}${flags.reuse ? " (reused)" : keep ? " (kept)" : ""}\n`,
 );
+outDir = await Deno.makeTempDir({ prefix: "qcow2-bench-out-" });
 try {
   await main();
 } finally {
+  await Deno.remove(outDir, { recursive: true });
   if (!keep) await Deno.remove(dir, { recursive: true });
 }

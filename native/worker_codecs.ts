@@ -4,16 +4,19 @@
  * decompressors. Requests made together travel as one batch through memory
  * shared with the worker (two batch slots per worker, so a worker always has
  * its next batch), and each cluster is copied once, into the buffer the
- * caller passed as `into`. Nothing is allocated per batch.
+ * caller passed as `into`: by the worker itself when `into` lies in a buffer
+ * from `allocate()` (shared memory), else by the calling thread. Nothing is
+ * allocated per batch.
  *
  * Workers start on the first compressed cluster (an image without any costs
  * nothing) and stop after a moment idle, or at `close()`.
  *
- * It is not the default: on a 2-core machine it converts no faster than
- * `node:zlib` on the main thread and takes more memory, since the main
- * thread's reading and writing is the limit (bench/README.md, "Figures
- * behind design choices"). Machines with more cores may gain; pass it as
- * `codecs` to `openImage`.
+ * The library's default stays `node:zlib` on the calling thread (a caller
+ * opts in: pass it as `codecs` to `openImage`, and its `allocate` to
+ * `convert`). The CLI's `convert -O raw` uses it that way, with its file
+ * writes on the runtime's I/O threads, so that the calling thread only
+ * reads (a file or the network): figures in bench/README.md ("Images over
+ * HTTP").
  *
  * @module
  */

@@ -241,7 +241,11 @@ Deno.test("allocate: the workers write clusters straight into shared buffers", a
     assertEquals(short.length, 100);
     assertEquals(after.subarray(512, 512 + cs), new Uint8Array(cs).fill(9));
     await assertRejects(() =>
-      codecs.zlib!(new Uint8Array([0xff, 0xff, 0xff, 1]), cs, after.subarray(0, cs))
+      codecs.zlib!(
+        new Uint8Array([0xff, 0xff, 0xff, 1]),
+        cs,
+        after.subarray(0, cs),
+      )
     );
     // After close(), the pool restarts and buffers allocated then work too.
     codecs.close();
