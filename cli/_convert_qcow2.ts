@@ -5,21 +5,19 @@
  * @module
  */
 
-import { luksFromOptions } from "./_encrypt.ts";
-import {
-  convertToQcow2,
-  type ConvertToQcow2Options,
-  type ConvertToQcow2Summary,
-  type DiskImage,
-  type Extent,
-  nodeCodecs,
-  openImage,
-  openPath,
-  optionsFromText,
-  Qcow2Error,
-  splitOptions,
-} from "../mod.ts";
-import { probeFormat } from "../info.ts";
+// Only what this command uses, not mod.ts (start-up time and memory); the
+// LUKS code is loaded for encrypt.* options alone.
+import type { DiskImage, Extent } from "../src/disk.ts";
+import type {
+  ConvertToQcow2Options,
+  ConvertToQcow2Summary,
+} from "../src/ops/convert_qcow2.ts";
+import { optionsFromText, splitOptions } from "../src/qcow2/create_options.ts";
+import { probeFormat } from "../src/probe.ts";
+import { Qcow2Error } from "../src/errors.ts";
+import { nativeFace } from "../native/face.ts";
+import { nodeCodecs } from "../native/zlib.ts";
+import { openPath } from "../native/open_path.ts";
 import { pooledNodeCrypto } from "../native/crypto.ts";
 import { InFile } from "../native/explain.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
@@ -42,7 +40,7 @@ async function backingSize(path: string, format: string): Promise<number> {
     return (await Deno.stat(path).catch((e) => Promise.reject(atPath(e, path))))
       .size;
   }
-  const image = await openImage(path, {
+  const image = await nativeFace.openImage(path, {
     ignoreBackingFile: true,
     openFile: openPath,
   });
@@ -177,7 +175,13 @@ export async function convertToQcow2Command(
   // qemu-img reads a file without the qcow magic as raw.
   const srcFormat = command.srcFormat ??
     await probe(srcPath).catch(() => undefined);
-  const luks = await luksFromOptions(text, flags, "convert");
+  const luks = [...text.keys()].some((name) => name.startsWith("encrypt."))
+    ? await (await import("./_encrypt.ts")).luksFromOptions(
+      text,
+      flags,
+      "convert",
+    )
+    : undefined;
   delete options.encrypt; // read into `luks`
   const { image: opened, format } = await openInput(srcPath, srcFormat, {
     password: command.password,
@@ -219,13 +223,13 @@ export async function convertToQcow2Command(
         ...(pool ? { codecs: { ...nodeCodecs, compress: pool } } : {}),
       };
       if (dstPath === "-") {
-        return await convertToQcow2(image, Deno.stdout.writable, run)
+        return await nativeFace.convertToQcow2(image, Deno.stdout.writable, run)
           .catch((e) => Promise.reject(inSource(e)));
       }
       const output = await openOutput(dstPath, inputs);
       let done: ConvertToQcow2Summary;
       try {
-        done = await convertToQcow2(image, output.file, run);
+        done = await nativeFace.convertToQcow2(image, output.file, run);
         signal.throwIfAborted(); // Ctrl-C just as it ended
       } catch (e) {
         // Leave nothing partial under the destination's name.

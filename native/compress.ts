@@ -1,8 +1,8 @@
 /**
  * Compressors from `node:zlib` (Deno, Node, Bun): raw deflate with a 12-bit
- * window at QEMU's settings, and zstd (one frame with its content size, no
- * checksum, as QEMU writes it) where the runtime has it. They run on the
- * calling thread; `compress_pool.ts` runs the same code on workers.
+ * window at QEMU's settings, and zstd (one frame per cluster at QEMU's level,
+ * no checksum) where the runtime has it. They run on the calling thread;
+ * `compress_pool.ts` runs the same code on workers.
  *
  * @module
  */
@@ -15,10 +15,19 @@ import { importNode } from "./node_builtin.ts";
 export interface ZlibCompressModule {
   /** One-shot raw deflate. */
   deflateRawSync(input: Uint8Array, options: object): Uint8Array;
+  /** A raw deflate stream (its `_handle` is reused, where it has one). */
+  createDeflateRaw?(options: object): unknown;
+  /** A zstd compression stream (its `_handle` is reused, where it has one). */
+  createZstdCompress?(options: object): unknown;
   /** One-shot zstd compression (Deno 2.4+, Node 22.15+). */
   zstdCompressSync?(input: Uint8Array, options: object): Uint8Array;
-  /** zstd parameter names. */
-  constants: { ZSTD_c_compressionLevel?: number; ZSTD_c_checksumFlag?: number };
+  /** zstd parameter names, and deflate's flush. */
+  constants: {
+    ZSTD_c_compressionLevel?: number;
+    ZSTD_c_checksumFlag?: number;
+    Z_FINISH?: number;
+    ZSTD_e_end?: number;
+  };
 }
 
 /**
@@ -79,6 +88,119 @@ export function compressWith(
   });
 }
 
+/**
+ * A cluster compressor over `zlib` with QEMU's settings that keeps one
+ * deflate stream and one zstd stream and resets them between clusters,
+ * where the runtime's streams have a `_handle` (Deno, Node): a new
+ * compression state for every cluster, as the one-shot calls make, grows a
+ * conversion's memory by tens of MiB per thread (bench/README.md). Deflate
+ * gives `compressWith`'s bytes; a zstd frame of a reused stream does not
+ * carry the content size in its header (QEMU's zstd decompression streams,
+ * needing none). Elsewhere `compressWith` is called. Answers undefined for a
+ * cluster whose compressed form exceeds `maxOutput` bytes. Runs in workers
+ * too (from its source text), so it refers to nothing outside itself.
+ */
+export function makeClusterCompress(
+  zlib: ZlibCompressModule,
+  settings: CompressSettings,
+  compress: typeof compressWith,
+): (
+  type: "zlib" | "zstd",
+  cluster: Uint8Array,
+  maxOutput: number,
+) => Uint8Array | undefined {
+  type Handle = {
+    writeSync(
+      flush: number,
+      input: Uint8Array,
+      inOffset: number,
+      inLength: number,
+      output: Uint8Array,
+      outOffset: number,
+      outLength: number,
+    ): void;
+    reset(): void;
+    onerror: (message: string) => void;
+  };
+  type Stream = { _handle?: Handle; _writeState?: Uint32Array };
+  let failed: string | undefined;
+  let out = new Uint8Array(0);
+  /** One stream's handle, reset after each cluster; undefined: none. */
+  const reusable = (make: () => Stream | undefined, finish?: number) => {
+    let handle: Handle | undefined | null;
+    let state: Uint32Array | undefined;
+    return (cluster: Uint8Array, maxOutput: number) => {
+      if (handle === undefined) {
+        handle = null;
+        try {
+          const stream = make();
+          if (stream?._handle && stream._writeState && finish !== undefined) {
+            handle = stream._handle;
+            state = stream._writeState;
+            handle.onerror = (message) => failed = message;
+          }
+        } catch {
+          handle = null;
+        }
+      }
+      if (!handle) return undefined;
+      if (out.length < maxOutput + 1) out = new Uint8Array(maxOutput + 1);
+      failed = undefined;
+      let produced: number;
+      try {
+        handle.writeSync(
+          finish!,
+          cluster,
+          0,
+          cluster.length,
+          out,
+          0,
+          maxOutput + 1,
+        );
+        if (failed !== undefined) throw new Error(failed);
+        produced = maxOutput + 1 - state![0];
+        handle.reset();
+      } catch {
+        // A runtime whose handle works otherwise: one-shot from now on.
+        handle = null;
+        return undefined;
+      }
+      // All of the room used: the stream may not have ended; too large anyway.
+      return produced > maxOutput ? null : out.slice(0, produced);
+    };
+  };
+  const deflate = reusable(
+    () =>
+      zlib.createDeflateRaw?.({
+        level: settings.zlibLevel ?? ("Deno" in globalThis ? 9 : 6),
+        windowBits: 12,
+        memLevel: 9,
+      }) as Stream | undefined,
+    zlib.constants.Z_FINISH,
+  );
+  const zstdParams: Record<number, number> = {};
+  if (zlib.constants.ZSTD_c_compressionLevel !== undefined) {
+    zstdParams[zlib.constants.ZSTD_c_compressionLevel] = settings.zstdLevel ??
+      3;
+  }
+  if (zlib.constants.ZSTD_c_checksumFlag !== undefined) {
+    zstdParams[zlib.constants.ZSTD_c_checksumFlag] = 0;
+  }
+  const zstd = reusable(
+    () =>
+      zlib.createZstdCompress?.({ params: zstdParams }) as Stream | undefined,
+    zlib.constants.ZSTD_e_end,
+  );
+  return (type, cluster, maxOutput) => {
+    const packed = (type === "zlib" ? deflate : zstd)(cluster, maxOutput);
+    if (packed === null) return undefined;
+    if (packed !== undefined) return packed;
+    // No reusable stream here: one-shot.
+    const once = compress(zlib, type, cluster, settings);
+    return once.length <= maxOutput ? once : undefined;
+  };
+}
+
 let loading: Promise<ZlibCompressModule> | undefined;
 const load = () => loading ??= importNode<ZlibCompressModule>("zlib");
 
@@ -105,9 +227,12 @@ const load = () => loading ??= importNode<ZlibCompressModule>("zlib");
 export function makeNodeCompressors(
   settings: CompressSettings = {},
 ): Compressors {
+  let run: ReturnType<typeof makeClusterCompress> | undefined;
+  const compressor = async () =>
+    run ??= makeClusterCompress(await load(), settings, compressWith);
   return {
     zlib: async (cluster, maxOutput) =>
-      fits(compressWith(await load(), "zlib", cluster, settings), maxOutput),
+      (await compressor())("zlib", cluster, maxOutput),
     zstd: async (cluster, maxOutput) => {
       const zlib = await load();
       if (typeof zlib.zstdCompressSync !== "function") {
@@ -116,14 +241,9 @@ export function makeNodeCompressors(
           "Cannot write zstd clusters: this runtime's node:zlib has no zstd (Node.js 22.15 or later has it); pass a zstd compressor in the 'compressors' option",
         );
       }
-      return fits(compressWith(zlib, "zstd", cluster, settings), maxOutput);
+      return (await compressor())("zstd", cluster, maxOutput);
     },
   };
-}
-
-/** `packed` if it fits in `maxOutput` bytes (else QEMU stores the cluster as it is). */
-function fits(packed: Uint8Array, maxOutput: number): Uint8Array | undefined {
-  return packed.length <= maxOutput ? packed : undefined;
 }
 
 /**

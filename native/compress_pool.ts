@@ -17,6 +17,7 @@ import { Qcow2Error } from "../src/errors.ts";
 import {
   type CompressSettings,
   compressWith,
+  makeClusterCompress,
   makeNodeCompressors,
 } from "./compress.ts";
 
@@ -85,21 +86,37 @@ interface Slot {
 }
 
 /** The worker's program: compresses what it is sent, replies in kind. */
-function workerMain(compress: typeof compressWith): void {
+function workerMain(
+  compress: typeof compressWith,
+  make: typeof makeClusterCompress,
+): void {
   const scope = globalThis as unknown as {
     onmessage: ((event: MessageEvent) => void) | null;
     postMessage(message: unknown, transfer?: Transferable[]): void;
   };
-  let zlib: Parameters<typeof compressWith>[0] | undefined;
+  let run: ReturnType<typeof makeClusterCompress> | undefined;
   scope.onmessage = async (event) => {
-    const { id, type, input, settings } = event.data;
+    const { id, type, input, settings, maxOutput } = event.data;
     try {
-      zlib ??= (await import(["node", "zlib"].join(":"))) as Parameters<
-        typeof compressWith
-      >[0];
-      const out = compress(zlib, type, input, settings);
-      const copy = new Uint8Array(out); // its own buffer, to transfer
-      scope.postMessage({ id, out: copy }, [copy.buffer]);
+      run ??= make(
+        (await import(["node", "zlib"].join(":"))) as Parameters<
+          typeof compressWith
+        >[0],
+        settings,
+        compress,
+      );
+      const out = run(type, input, maxOutput);
+      if (out === undefined) {
+        scope.postMessage({ id, out: null });
+        return;
+      }
+      // Its own buffer, to transfer (a node:zlib result may be a view of
+      // a larger one).
+      const copy = out.byteOffset === 0 &&
+          out.byteLength === out.buffer.byteLength
+        ? out
+        : new Uint8Array(out);
+      scope.postMessage({ id, out: copy }, [copy.buffer as ArrayBuffer]);
     } catch (e) {
       scope.postMessage({ id, error: String((e as Error)?.message ?? e) });
     }
@@ -138,7 +155,7 @@ export function workerCompressors(
   const start = (): Slot[] => {
     script ??= URL.createObjectURL(
       new Blob([
-        `const compressWith = ${compressWith.toString()};\n(${workerMain.toString()})(compressWith);\n`,
+        `const compressWith = ${compressWith.toString()};\nconst makeClusterCompress = ${makeClusterCompress.toString()};\n(${workerMain.toString()})(compressWith, makeClusterCompress);\n`,
       ], { type: "text/javascript" }),
     );
     return Array.from({ length: count }, () => {
@@ -156,7 +173,11 @@ export function workerCompressors(
               `Cannot write ${job.type} clusters: ${error}`,
             ),
           );
-        } else job.resolve(out.length <= job.maxOutput ? out : undefined);
+        } else {
+          job.resolve(
+            out !== null && out.length <= job.maxOutput ? out : undefined,
+          );
+        }
       };
       worker.onerror = (event) => {
         event.preventDefault();
@@ -178,7 +199,7 @@ export function workerCompressors(
     return new Promise<Uint8Array | undefined>((resolve, reject) => {
       const id = nextId++;
       slot.busy.set(id, { type, input, maxOutput, resolve, reject });
-      slot.worker.postMessage({ id, type, input, settings });
+      slot.worker.postMessage({ id, type, input, settings, maxOutput });
     });
   };
   return {

@@ -76,6 +76,19 @@ for (const entry of ["cli/info.ts", "cli/convert.ts"]) {
   });
 }
 
+Deno.test("cli/_convert_qcow2.ts (convert -O qcow2) loads neither mod.ts nor what it does not use", async () => {
+  const graph = await eagerGraph("cli/_convert_qcow2.ts");
+  assert(graph.includes("native/compress_pool.ts"), graph.join(" "));
+  assertEquals(
+    graph.filter((m) =>
+      m !== "cli/_convert_qcow2.ts" && LAZY.some((re) => re.test(m))
+    ),
+    [],
+  );
+  // The LUKS options come with encrypt.* alone.
+  assertEquals(graph.filter((m) => /^cli\/_encrypt\.ts$/.test(m)), []);
+});
+
 Deno.test("cli.ts loads its commands only when they run", async () => {
   const graph = await eagerGraph("cli.ts");
   assertEquals(graph.filter((m) => /^cli\/[a-z]+\.ts$/.test(m)), []);
