@@ -119,13 +119,11 @@ export const nodeCrypto: CryptoProvider = {
  * since they close what they open; on a single core it is `nodeCrypto`.
  */
 export const pooledNodeCrypto: CryptoProvider =
-  (navigator.hardwareConcurrency ??
-      1) < 2
-    ? nodeCrypto
-    : {
-      ...nodeCrypto,
-      async encryption(format, spec, key) {
-        const { workerCrypto } = await import("./crypto_pool.ts");
-        return await workerCrypto().encryption!(format, spec, key);
-      },
-    };
+  // Node 20 has no navigator global.
+  (globalThis.navigator?.hardwareConcurrency ?? 1) < 2 ? nodeCrypto : {
+    ...nodeCrypto,
+    async encryption(format, spec, key) {
+      const { workerCrypto } = await import("./crypto_pool.ts");
+      return await workerCrypto().encryption!(format, spec, key);
+    },
+  };
