@@ -212,8 +212,13 @@ export abstract class TwoLevelImage implements DiskImage {
    * @param end Guest byte after the last (default the virtual size).
    * @returns The extents, clipped to the range, all at depth 0.
    */
-  ownExtents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
-    return walkL2Tables(this.#walk, start, end);
+  async *ownExtents(
+    start = 0,
+    end: number = this.size,
+  ): AsyncGenerator<Extent> {
+    for await (const batch of walkL2Tables(this.#walk, start, end)) {
+      yield* batch;
+    }
   }
 
   /**
@@ -295,12 +300,15 @@ export interface L2Walk {
  * The extents of guest bytes `[start, end)` of one layer: the L1 entries
  * covering the range in order, each L2 table's entries added through
  * `walk.addSpan`, adjacent clusters of one kind merged. The one walk of the
- * read-only images (qcow2 and qcow) and the read-write image.
+ * read-only images (qcow2 and qcow) and the read-write image. The extents
+ * come in batches, those completed after each L2 table, so that a caller
+ * that collects them pays nothing per extent.
  *
  * @param walk The cluster size, the L2 table size and how to add a span.
  * @param start First guest byte.
  * @param end Guest byte after the last.
- * @returns The extents, clipped to the range, all at depth 0.
+ * @returns The extents in order, clipped to the range, all at depth 0, in
+ * batches (none empty).
  * @throws {RangeError} If the range is not within the virtual size.
  * @throws {Qcow2Error} What `walk.addSpan` throws for an invalid entry.
  *
@@ -310,7 +318,7 @@ export interface L2Walk {
  * import { assertEquals } from "@std/assert";
  *
  * const walk = { size: 100_000, clusterSize: 512, l2Entries: 64, addSpan: () => Promise.resolve(false) };
- * const extents = await Array.fromAsync(walkL2Tables(walk, 0, 100_000));
+ * const extents = (await Array.fromAsync(walkL2Tables(walk, 0, 100_000))).flat();
  * assertEquals(extents.map((e) => [e.kind, e.start, e.length]), [["unallocated", 0, 100_000]]);
  * ```
  */
@@ -318,7 +326,7 @@ export async function* walkL2Tables(
   walk: L2Walk,
   start: number,
   end: number,
-): AsyncGenerator<Extent> {
+): AsyncGenerator<Extent[]> {
   checkRange(start, end - start, walk.size);
   if (start >= end) return;
   const cs = walk.clusterSize;
@@ -336,9 +344,11 @@ export async function* walkL2Tables(
     if (!await walk.addSpan(runs, l1Index, { spanStart, first, last })) {
       runs.add("unallocated", spanStart, spanStart + l1Span);
     }
-    yield* runs.take();
+    const batch = runs.take();
+    if (batch.length > 0) yield batch;
   }
-  yield* runs.finish();
+  const batch = runs.finish();
+  if (batch.length > 0) yield batch;
 }
 
 /** Where {@linkcode readExtents} reads each kind of extent from. */
@@ -390,7 +400,7 @@ export async function readExtents(
   const compressed: CompressedRead[] = [];
   const backing = reads.backing;
   await withJobs(async (start) => {
-    for await (const e of extents) {
+    const place = (e: Extent) => {
       const into = buffer.subarray(
         e.start - position,
         e.start - position + e.length,
@@ -400,6 +410,11 @@ export async function readExtents(
       else if (e.kind === "unallocated" && backing) {
         start(readBacking(backing, e.start, into));
       } else into.fill(0);
+    };
+    if (Symbol.asyncIterator in extents) {
+      for await (const e of extents) place(e);
+    } else {
+      for (const e of extents) place(e);
     }
     start(reads.readCompressed(compressed));
   });

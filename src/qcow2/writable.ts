@@ -438,7 +438,9 @@ export class WritableQcow2Image implements DiskImage {
   /** The extents of `[start, end)` of this layer, read now (in a queue slot). */
   async #ownExtents(start: number, end: number): Promise<Extent[]> {
     const out: Extent[] = [];
-    for await (const e of walkL2Tables(this.#walk, start, end)) out.push(e);
+    for await (const batch of walkL2Tables(this.#walk, start, end)) {
+      out.push(...batch);
+    }
     return out;
   }
 
