@@ -19,7 +19,7 @@ import { nativeFace } from "../native/face.ts";
 import { nodeCodecs } from "../native/zlib.ts";
 import { openPath } from "../native/open_path.ts";
 import { pooledNodeCrypto } from "../native/crypto.ts";
-import { InFile } from "../native/explain.ts";
+import { backingImageError, InFile } from "../native/explain.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";
 import { workerCompressors } from "../native/compress_pool.ts";
@@ -159,17 +159,7 @@ export async function convertToQcow2Command(
     );
     inputs.push({ path: backing, what: "the backing file given with -B" });
     options.backingSize = await backingSize(backing, options.backingFormat!)
-      .catch((e) =>
-        Promise.reject(
-          new InFile(
-            backing,
-            new Error(
-              `Could not open backing image: ${(e as Error)?.message ?? e}`,
-              { cause: e },
-            ),
-          ),
-        )
-      );
+      .catch((e) => Promise.reject(backingImageError(backing, e)));
   }
   await requireRead(srcPath);
   // qemu-img reads a file without the qcow magic as raw.

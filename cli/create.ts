@@ -15,7 +15,7 @@ import {
   parseSize,
   splitOptions,
 } from "../mod.ts";
-import { InFile } from "../native/explain.ts";
+import { backingImageError } from "../native/explain.ts";
 import { openOutput, requireRead } from "../native/output.ts";
 import { NAME, parse, UsageError } from "./_args.ts";
 import {
@@ -207,12 +207,7 @@ async function backingSize(path: string, format: string): Promise<number> {
     image.close();
     return image.size;
   } catch (e) {
-    throw new InFile(
-      path,
-      new Error(`Could not open backing image: ${(e as Error)?.message ?? e}`, {
-        cause: e,
-      }),
-    );
+    throw backingImageError(path, e);
   }
 }
 

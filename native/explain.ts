@@ -35,6 +35,33 @@ export class InFile extends Error {
   }
 }
 
+/**
+ * What the CLI says when the backing file given with `-b`/`-B` cannot be
+ * opened, in qemu-img's words: "Could not open backing image: " and why.
+ *
+ * @param path The backing file.
+ * @param cause What opening it threw.
+ * @returns The error to throw.
+ *
+ * @example A backing file that is not there
+ * ```ts
+ * import { backingImageError, explain } from "./explain.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const e = backingImageError("base.qcow2", new Error("the header is cut short"));
+ * assertEquals(explain(e), "base.qcow2: Could not open backing image: the header is cut short");
+ * ```
+ */
+export function backingImageError(path: string, cause: unknown): InFile {
+  return new InFile(
+    path,
+    new Error(
+      `Could not open backing image: ${(cause as Error)?.message ?? cause}`,
+      { cause },
+    ),
+  );
+}
+
 const DAMAGED = "the image is damaged; 'qemu-img check' reports what is wrong";
 
 /** What to do, after the library's own message, by error code. */
