@@ -212,13 +212,8 @@ export abstract class TwoLevelImage implements DiskImage {
    * @param end Guest byte after the last (default the virtual size).
    * @returns The extents, clipped to the range, all at depth 0.
    */
-  async *ownExtents(
-    start = 0,
-    end: number = this.size,
-  ): AsyncGenerator<Extent> {
-    for await (const batch of walkL2Tables(this.#walk, start, end)) {
-      yield* batch;
-    }
+  ownExtents(start = 0, end: number = this.size): AsyncGenerator<Extent> {
+    return walkExtents(this.#walk, start, end);
   }
 
   /**
@@ -349,6 +344,35 @@ export async function* walkL2Tables(
   }
   const batch = runs.finish();
   if (batch.length > 0) yield batch;
+}
+
+/**
+ * {@linkcode walkL2Tables}'s extents one at a time, for callers that
+ * stream them (reads start while the walk goes on).
+ *
+ * @param walk The cluster size, the L2 table size and how to add a span.
+ * @param start First guest byte.
+ * @param end Guest byte after the last.
+ * @returns The extents in order.
+ * @throws {RangeError} If the range is not within the virtual size.
+ * @throws {Qcow2Error} What `walk.addSpan` throws for an invalid entry.
+ *
+ * @example One extent for an image that allocates nothing
+ * ```ts
+ * import { walkExtents } from "./walk.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const walk = { size: 4096, clusterSize: 512, l2Entries: 64, addSpan: () => Promise.resolve(false) };
+ * const extents = await Array.fromAsync(walkExtents(walk, 0, 4096));
+ * assertEquals(extents.map((e) => e.kind), ["unallocated"]);
+ * ```
+ */
+export async function* walkExtents(
+  walk: L2Walk,
+  start: number,
+  end: number,
+): AsyncGenerator<Extent> {
+  for await (const batch of walkL2Tables(walk, start, end)) yield* batch;
 }
 
 /** Where {@linkcode readExtents} reads each kind of extent from. */
