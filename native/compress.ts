@@ -97,8 +97,10 @@ export function compressWith(
  * gives `compressWith`'s bytes; a zstd frame of a reused stream does not
  * carry the content size in its header (QEMU's zstd decompression streams,
  * needing none). Elsewhere `compressWith` is called. Answers undefined for a
- * cluster whose compressed form exceeds `maxOutput` bytes. Runs in workers
- * too (from its source text), so it refers to nothing outside itself.
+ * cluster whose compressed form exceeds `maxOutput` bytes; with `into` (at
+ * least `maxOutput + 1` bytes) the result is a view of `into` where the
+ * stream wrote there, else bytes of their own. Runs in workers too (from
+ * its source text), so it refers to nothing outside itself.
  */
 export function makeClusterCompress(
   zlib: ZlibCompressModule,
@@ -108,6 +110,7 @@ export function makeClusterCompress(
   type: "zlib" | "zstd",
   cluster: Uint8Array,
   maxOutput: number,
+  into?: Uint8Array,
 ) => Uint8Array | undefined {
   type Handle = {
     writeSync(
@@ -129,7 +132,7 @@ export function makeClusterCompress(
   const reusable = (make: () => Stream | undefined, finish?: number) => {
     let handle: Handle | undefined | null;
     let state: Uint32Array | undefined;
-    return (cluster: Uint8Array, maxOutput: number) => {
+    return (cluster: Uint8Array, maxOutput: number, into?: Uint8Array) => {
       if (handle === undefined) {
         handle = null;
         try {
@@ -145,6 +148,7 @@ export function makeClusterCompress(
       }
       if (!handle) return undefined;
       if (out.length < maxOutput + 1) out = new Uint8Array(maxOutput + 1);
+      const target = into && into.length > maxOutput ? into : out;
       failed = undefined;
       let produced: number;
       try {
@@ -153,7 +157,7 @@ export function makeClusterCompress(
           cluster,
           0,
           cluster.length,
-          out,
+          target,
           0,
           maxOutput + 1,
         );
@@ -166,7 +170,10 @@ export function makeClusterCompress(
         return undefined;
       }
       // All of the room used: the stream may not have ended; too large anyway.
-      return produced > maxOutput ? null : out.slice(0, produced);
+      if (produced > maxOutput) return null;
+      return target === out
+        ? out.slice(0, produced)
+        : target.subarray(0, produced);
     };
   };
   const deflate = reusable(
@@ -191,8 +198,8 @@ export function makeClusterCompress(
       zlib.createZstdCompress?.({ params: zstdParams }) as Stream | undefined,
     zlib.constants.ZSTD_e_end,
   );
-  return (type, cluster, maxOutput) => {
-    const packed = (type === "zlib" ? deflate : zstd)(cluster, maxOutput);
+  return (type, cluster, maxOutput, into) => {
+    const packed = (type === "zlib" ? deflate : zstd)(cluster, maxOutput, into);
     if (packed === null) return undefined;
     if (packed !== undefined) return packed;
     // No reusable stream here: one-shot.

@@ -19,7 +19,9 @@ import {
   compressWith,
   makeClusterCompress,
   makeNodeCompressors,
+  type ZlibCompressModule,
 } from "./compress.ts";
+import { importNode } from "./node_builtin.ts";
 
 /**
  * Options for {@linkcode workerCompressors}.
@@ -95,8 +97,11 @@ function workerMain(
     postMessage(message: unknown, transfer?: Transferable[]): void;
   };
   let run: ReturnType<typeof makeClusterCompress> | undefined;
+  /** Output buffers given back by the calling thread, to compress into. */
+  const free: ArrayBuffer[] = [];
   scope.onmessage = async (event) => {
-    const { id, type, input, settings, maxOutput } = event.data;
+    const { id, type, input, settings, maxOutput, give } = event.data;
+    if (give) free.push(...give);
     try {
       run ??= make(
         (await import(["node", "zlib"].join(":"))) as Parameters<
@@ -105,11 +110,21 @@ function workerMain(
         settings,
         compress,
       );
-      const out = run(type, input, maxOutput);
+      let spare = free.pop();
+      while (spare && spare.byteLength < maxOutput + 1) spare = free.pop();
+      const into = new Uint8Array(spare ?? new ArrayBuffer(maxOutput + 1));
+      const out = run(type, input, maxOutput, into);
       if (out === undefined) {
+        free.push(into.buffer);
         scope.postMessage({ id, out: null });
         return;
       }
+      if (out.buffer === into.buffer) {
+        // A view of `into`: its buffer goes, and comes back when written.
+        scope.postMessage({ id, out }, [into.buffer]);
+        return;
+      }
+      free.push(into.buffer);
       // Its own buffer, to transfer (a node:zlib result may be a view of
       // a larger one).
       const copy = out.byteOffset === 0 &&
@@ -148,6 +163,36 @@ export function workerCompressors(
   const settings = options.settings ?? {};
   const local = makeNodeCompressors(settings);
   if (count === 0) return { ...local, close() {} };
+  /**
+   * Output buffers written and given back (`release`): the calling
+   * thread's compressions and the workers' fill them again, instead of
+   * leaving one new buffer a cluster to the garbage collector.
+   */
+  const spare: ArrayBuffer[] = [];
+  let localRun: ReturnType<typeof makeClusterCompress> | undefined;
+  const compressHere = async (
+    type: "zlib" | "zstd",
+    input: Uint8Array,
+    maxOutput: number,
+  ): Promise<Uint8Array | undefined> => {
+    if (!localRun) {
+      // The first one through the one-shot path: it loads node:zlib and
+      // says, in its words, where a runtime has no zstd.
+      const first = await local[type]!(input, maxOutput);
+      localRun = makeClusterCompress(
+        await importNode<ZlibCompressModule>("zlib"),
+        settings,
+        compressWith,
+      );
+      return first;
+    }
+    let buffer = spare.pop();
+    while (buffer && buffer.byteLength < maxOutput + 1) buffer = spare.pop();
+    const into = new Uint8Array(buffer ?? new ArrayBuffer(maxOutput + 1));
+    const out = localRun(type, input, maxOutput, into);
+    if (out?.buffer !== into.buffer) spare.push(into.buffer);
+    return out;
+  };
   const share = options.shareCallingThread ?? true;
   let turn = 0;
   let slots: Slot[] = [];
@@ -191,7 +236,7 @@ export function workerCompressors(
   };
   const run = (type: "zlib" | "zstd"): Compressor => (input, maxOutput) => {
     if (share && turn++ % (count + 1) === count) {
-      return local[type]!(input, maxOutput);
+      return compressHere(type, input, maxOutput);
     }
     if (slots.length === 0) slots = start();
     let slot = slots[0];
@@ -199,12 +244,23 @@ export function workerCompressors(
     return new Promise<Uint8Array | undefined>((resolve, reject) => {
       const id = nextId++;
       slot.busy.set(id, { type, input, maxOutput, resolve, reject });
-      slot.worker.postMessage({ id, type, input, settings, maxOutput });
+      const give = spare.splice(0, 2);
+      slot.worker.postMessage(
+        { id, type, input, settings, maxOutput, give },
+        give,
+      );
     });
   };
   return {
     zlib: run("zlib"),
     zstd: run("zstd"),
+    release(bytes: Uint8Array) {
+      const buffer = bytes.buffer;
+      if (
+        buffer instanceof ArrayBuffer && buffer.byteLength > 0 &&
+        spare.length < 256
+      ) spare.push(buffer);
+    },
     close() {
       for (const slot of slots) {
         slot.worker.terminate();

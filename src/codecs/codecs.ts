@@ -93,6 +93,12 @@ export interface Compressors {
   zlib?: Compressor;
   /** Zstandard, one frame per cluster (qcow2 compression type 1). */
   zstd?: Compressor;
+  /**
+   * Takes back a result of these compressors once the caller is done with
+   * it, so that its memory is used again (a writer calls it after writing
+   * the bytes; fewer buffers left to the garbage collector).
+   */
+  release?(bytes: Uint8Array): void;
 }
 
 /**

@@ -70,7 +70,7 @@ export interface ConvertToQcow2Options extends Omit<CreateOptions, "size"> {
    * clusters. Unknown: every zero is written.
    */
   backingSize?: number;
-  /** Compressions kept in flight at once (default 64 clusters, at most 16 MiB). */
+  /** Compressions kept in flight at once (default 32 clusters, at most 8 MiB). */
   inFlight?: number;
   /** Called as the conversion advances (guest bytes). */
   onProgress?: (progress: ConvertProgress) => void;
@@ -358,6 +358,8 @@ interface Classify {
    */
   dataExtents?: number[];
   compressor?: Compressor;
+  /** Gives a compressed result back to its compressors, once written. */
+  release?: (bytes: Uint8Array) => void;
   sparse: number;
   backing: boolean;
   backingSize: number;
@@ -404,7 +406,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
       item.kind === "data" && item.bytes !== zeros && spare.length < c.inFlight
     ) {
       spare.push(item.bytes!);
-    }
+    } else if (item.kind === "compressed") c.release?.(item.bytes!);
   };
   // Preallocation: every cluster of the disk is placed, in guest order; the
   // ones the source leaves zero are preallocated (no bytes written, or
@@ -613,6 +615,10 @@ async function prepare(
   const compressor = options.compress
     ? compressorFor(options.codecs, resolved.compressionType)
     : undefined;
+  const compressors = options.codecs?.compress;
+  const release = compressor && compressors?.release
+    ? (bytes: Uint8Array) => compressors.release!(bytes)
+    : undefined;
   const cs = resolved.clusterSize;
   const dataExtents = resolved.preallocation === "metadata" ? [] : undefined;
   return {
@@ -621,12 +627,13 @@ async function prepare(
     runs: await sourceRuns(image, cs, backing, dataExtents),
     dataExtents,
     compressor,
+    release,
     sparse,
     backing,
     backingSize: options.backingSize ?? Infinity,
     inFlight: Math.max(
       1,
-      options.inFlight ?? Math.min(64, Math.floor(16 * 1024 * 1024 / cs)),
+      options.inFlight ?? Math.min(32, Math.floor(8 * 1024 * 1024 / cs)),
     ),
     signal: options.signal,
     onProgress: options.onProgress,
