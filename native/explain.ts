@@ -6,7 +6,12 @@
  * @module
  */
 
-import { firstLine, Qcow2Error, type Qcow2ErrorCode } from "../src/errors.ts";
+import {
+  firstLine,
+  inFile,
+  Qcow2Error,
+  type Qcow2ErrorCode,
+} from "../src/errors.ts";
 import { pathOf, PermissionNeeded } from "./fs_errors.ts";
 
 /**
@@ -95,8 +100,13 @@ const HINTS: Partial<Record<Qcow2ErrorCode, string>> = {
  */
 export function explain(e: unknown, command?: string): string {
   if (e instanceof InFile) {
-    const inner = explain(e.cause, command);
-    return names(e.cause, e.path) ? inner : `${e.path}: ${inner}`;
+    if (names(e.cause, e.path)) return explain(e.cause, command);
+    // An image error that names no file is located by the library's own
+    // composition (the message then starts with the file).
+    if (e.cause instanceof Qcow2Error && e.cause.file === undefined) {
+      return explain(inFile(e.cause, e.path), command);
+    }
+    return `${e.path}: ${explain(e.cause, command)}`;
   }
   // A permission error may sit under a Qcow2Error about a backing file.
   const denied = causes(e).find((c) => c instanceof PermissionNeeded);
@@ -151,18 +161,17 @@ function names(e: unknown, path: string): boolean {
 }
 
 /**
- * What `outer` says before `inner`'s words ("Cannot open backing file 'x'
- * (named by 'y'): "): the details of the Qcow2Errors between them that
- * quote their cause; nothing when `outer` is `inner`.
+ * What `outer` says before `inner`'s words ("disk.qcow2: ", "Cannot open
+ * backing file 'x' (named by 'y'): "): the file prefixes and the details of
+ * the Qcow2Errors between them that quote their cause; nothing when `outer`
+ * is `inner`.
  */
 function context(outer: unknown, inner: unknown): string {
-  if (
-    outer === inner || !(outer instanceof Qcow2Error) || !outer.quotesCause
-  ) {
-    return "";
-  }
+  if (outer === inner || !(outer instanceof Qcow2Error)) return "";
   const file = outer.prefixesFile ? `${outer.file}: ` : "";
-  return `${file}${outer.detail}: ${context(outer.cause, inner)}`;
+  return outer.quotesCause
+    ? `${file}${outer.detail}: ${context(outer.cause, inner)}`
+    : file;
 }
 
 /**
