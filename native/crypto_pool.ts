@@ -9,9 +9,12 @@
  * Each request's bytes are copied into a shared buffer (a
  * `SharedArrayBuffer`, reused: posting it shares it, where a transferred
  * `ArrayBuffer` is copied, and reused memory takes no page faults), sent to
- * the worker with the fewest pending, decrypted there in place and copied
- * back. Requests under 64 KiB are decrypted on the calling thread: a trip to
- * a worker costs more. The workers start on the first request big enough for
+ * the worker with the fewest pending (at most two each: one being done, one
+ * waiting), decrypted there in place and copied back. Requests beyond that
+ * wait in a queue, and the calling thread takes the oldest whenever it has a
+ * turn free (a timer runs only then), so it shares the work rather than idle.
+ * Requests under 64 KiB are decrypted on the calling thread: a trip to a
+ * worker costs more. The workers start on the first request big enough for
  * them, so a small read never pays for them. They run from a `blob:` URL
  * made of the cipher's source text, so starting one needs no read
  * permission; they stop when the image's encryption is closed.
@@ -88,14 +91,19 @@ function workerMain(
 
 let script: string | undefined;
 
+/** Requests in flight per worker: one being done, one waiting. */
+const DEPTH = 2;
+
 interface Slot {
   worker: Worker;
   busy: Map<number, Job>;
 }
 
 interface Job {
+  sector: number;
   data: Uint8Array;
-  lane: Uint8Array;
+  encrypt: boolean;
+  lane?: Uint8Array;
   resolve(): void;
   reject(e: unknown): void;
 }
@@ -178,10 +186,11 @@ export function workerCrypto(
             busy.delete(id);
             if (error !== undefined) job.reject(new Error(error));
             else {
-              job.data.set(job.lane.subarray(0, job.data.length));
-              lanes.push(job.lane);
+              job.data.set(job.lane!.subarray(0, job.data.length));
+              lanes.push(job.lane!);
               job.resolve();
             }
+            dispatch();
           };
           worker.onerror = (event) => {
             event.preventDefault();
@@ -209,6 +218,57 @@ export function workerCrypto(
         pending = undefined;
       };
       let closed = false;
+      // Requests wait here until a worker has fewer than DEPTH; the
+      // calling thread takes the oldest one whenever it has a turn free
+      // (a timer runs only when it does), so it shares the work rather than
+      // idle while it waits.
+      const queue: Job[] = [];
+      let help: ReturnType<typeof setTimeout> | undefined;
+      const here = (job: Job) => {
+        try {
+          if (job.encrypt) local.encrypt(job.sector, job.data);
+          else local.decrypt(job.sector, job.data);
+          job.resolve();
+        } catch (e) {
+          job.reject(e);
+        }
+      };
+      const dispatch = () => {
+        while (queue.length > 0 && !closed) {
+          slots ??= start();
+          let slot = slots[0];
+          for (const s of slots) if (s.busy.size < slot.busy.size) slot = s;
+          if (slot.busy.size >= DEPTH) break;
+          const job = queue.shift()!;
+          const id = nextId++;
+          let lane = lanes.pop();
+          if (!lane || lane.length < job.data.length) {
+            lane = new Uint8Array(
+              new SharedArrayBuffer(
+                Math.max(job.data.length, lane?.length ?? 0),
+              ),
+            );
+          }
+          lane.set(job.data);
+          job.lane = lane;
+          slot.busy.set(id, job);
+          slot.worker.postMessage({
+            id,
+            sector: job.sector,
+            buffer: lane.buffer,
+            length: job.data.length,
+            encrypt: job.encrypt,
+          });
+        }
+        if (queue.length > 0 && help === undefined) {
+          help = setTimeout(() => {
+            help = undefined;
+            const job = queue.shift();
+            if (job) here(job);
+            dispatch();
+          }, 0);
+        }
+      };
       const run = (offset: number, data: Uint8Array, encrypt: boolean) => {
         if (offset % SECTOR_SIZE !== 0) {
           throw new RangeError(
@@ -221,26 +281,9 @@ export function workerCrypto(
           else local.decrypt(sector, data);
           return Promise.resolve();
         }
-        slots ??= start();
-        let slot = slots[0];
-        for (const s of slots) if (s.busy.size < slot.busy.size) slot = s;
         return new Promise<void>((resolve, reject) => {
-          const id = nextId++;
-          let lane = lanes.pop();
-          if (!lane || lane.length < data.length) {
-            lane = new Uint8Array(
-              new SharedArrayBuffer(Math.max(data.length, lane?.length ?? 0)),
-            );
-          }
-          lane.set(data);
-          slot.busy.set(id, { data, lane, resolve, reject });
-          slot.worker.postMessage({
-            id,
-            sector,
-            buffer: lane.buffer,
-            length: data.length,
-            encrypt,
-          });
+          queue.push({ sector, data, encrypt, resolve, reject });
+          dispatch();
         });
       };
       return {
@@ -252,6 +295,10 @@ export function workerCrypto(
         close() {
           closed = true;
           wipe();
+          clearTimeout(help);
+          for (const job of queue.splice(0)) {
+            job.reject(new Error("the image's encryption was closed"));
+          }
           for (const { worker, busy } of slots ?? []) {
             worker.terminate();
             for (const job of busy.values()) {
