@@ -269,3 +269,35 @@ Deno.test("convert writes to a RawSink of one's own as it is", async () => {
   }
   assert(writes.every(([p]) => p < 2 * CS || p >= 10 * CS));
 });
+
+Deno.test("convert: chunk buffers from allocate, reused; a short one refused", async () => {
+  const bytes = await Deno.readFile(
+    new URL("./fixtures/zlib.qcow2", import.meta.url),
+  );
+  const plain = new MemoryFile();
+  await convert(bytes, plain);
+  const made: Uint8Array[] = [];
+  const file = new MemoryFile();
+  await convert(bytes, file, {
+    chunkSize: CS,
+    parallel: 2,
+    allocate: (n) => {
+      const b = new Uint8Array(n);
+      made.push(b);
+      return b;
+    },
+  });
+  assertEquals(file.bytes, plain.bytes);
+  // 2 MiB in 64 KiB chunks through at most `parallel` buffers.
+  assert(made.length >= 1 && made.length <= 2, `${made.length} buffers`);
+  assert(made.every((b) => b.length === CS));
+  await assertRejects(
+    () =>
+      convert(bytes, new MemoryFile(), {
+        chunkSize: CS,
+        allocate: (n) => new Uint8Array(n - 1),
+      }),
+    RangeError,
+    "allocate",
+  );
+});

@@ -188,6 +188,11 @@ export async function convertImage(
         await settledWithin(lastWrite, SETTLE_TURNS);
       }
       const buffer = free.pop() ?? allocate(chunk);
+      if (buffer.length < chunk) {
+        throw new RangeError(
+          `convert: allocate(${chunk}) returned ${buffer.length} bytes`,
+        );
+      }
       const view = buffer.subarray(0, Math.min(chunk, from + length - p));
       const previous = lastWrite;
       // Its own read settles first, whatever happens to earlier chunks.
