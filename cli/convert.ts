@@ -15,6 +15,7 @@ import { type InputFile, openOutput, requireRead } from "../native/output.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
 import { fileSink } from "../src/io/sink.ts";
 import { workerCodecs } from "../native/worker_codecs.ts";
+import type { Codecs } from "../src/codecs/codecs.ts";
 import { progressBar } from "../src/ops/progress_bar.ts";
 import {
   type CommandSpec,
@@ -186,9 +187,21 @@ export async function main(args: string[]): Promise<number> {
   const remote = /^https?:\/\//i.test(srcPath);
   // Compressed clusters are decompressed on the other cores (the workers
   // start on the first one: an image without any costs nothing), straight
-  // into the chunk buffers; this thread reads, and the writes run on the
-  // runtime's I/O threads (figures in bench/README.md).
-  const codecs = workerCodecs();
+  // into the chunk buffers; this thread reads, and once there are
+  // compressed clusters the writes run on the runtime's I/O threads
+  // (figures in bench/README.md).
+  const pool = workerCodecs();
+  let compressed = false;
+  const codecs: Codecs = {
+    zlib: (input, maxOutput, into) => {
+      compressed = true;
+      return pool.zlib!(input, maxOutput, into);
+    },
+    zstd: (input, maxOutput, into) => {
+      compressed = true;
+      return pool.zstd!(input, maxOutput, into);
+    },
+  };
   const { image } = await openInput(srcPath, srcFormat, {
     codecs,
     password,
@@ -203,7 +216,7 @@ export async function main(args: string[]): Promise<number> {
       return await openPath(path);
     },
   }).catch((e) => {
-    codecs.close();
+    pool.close();
     return Promise.reject(new InFile(srcPath, e));
   }).finally(() => password?.fill(0));
   const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
@@ -231,10 +244,12 @@ export async function main(args: string[]): Promise<number> {
       const output = await openOutput(dstPath, inputs);
       let done: ConvertSummary;
       try {
-        const sink = await fileSink(output.file, { synchronous: false });
+        const sink = await fileSink(output.file, {
+          synchronous: () => !compressed,
+        });
         done = await nativeFace.convert(image, sink, {
           ...options,
-          allocate: codecs.allocate,
+          allocate: pool.allocate,
         });
         signal.throwIfAborted(); // Ctrl-C just as it ended
       } catch (e) {
@@ -247,7 +262,7 @@ export async function main(args: string[]): Promise<number> {
     });
   } finally {
     image.close();
-    codecs.close();
+    pool.close();
     bar?.end();
   }
   if (flags.json) {

@@ -75,13 +75,14 @@ export function toRawSink(
  * the final length with `truncate`, so holes stay sparse.
  *
  * Writes are synchronous where the file has `writeSync` and `seekSync`
- * (no hand-off to another thread), unless `options.synchronous` is
- * `false`: then each write runs on the runtime's I/O threads, and the
- * calling thread may do other work meanwhile (decompression, network).
+ * (no hand-off to another thread), unless `options.synchronous` says
+ * otherwise: `false`, or a function that answers `false` at the time of a
+ * write. Then that write runs on the runtime's I/O threads, and the calling
+ * thread may do other work meanwhile (decompression, network).
  *
  * @param file A file shaped like `Deno.FsFile`, open for writing.
- * @param options `synchronous: false` to use `write`/`seek` even where
- *   `writeSync`/`seekSync` exist.
+ * @param options `synchronous`: `false` (or a function asked before each
+ *   write) to use `write`/`seek` even where `writeSync`/`seekSync` exist.
  * @returns The sink.
  *
  * @example Asynchronous writes, holes left unwritten
@@ -91,54 +92,58 @@ export function toRawSink(
  *
  * const path = await Deno.makeTempFile();
  * using file = await Deno.open(path, { write: true });
- * const sink = await fileSink(file, { synchronous: false });
- * await sink.writeAt(4096, new Uint8Array([1, 2, 3]));
+ * let calls = 0;
+ * const sink = await fileSink(file, { synchronous: () => calls++ === 0 });
+ * await sink.writeAt(0, new Uint8Array([9])); // synchronous
+ * await sink.writeAt(4096, new Uint8Array([1, 2, 3])); // asynchronous
  * await sink.finish(8192);
  * const bytes = await Deno.readFile(path);
- * assertEquals([bytes.length, bytes[0], bytes[4097]], [8192, 0, 2]);
+ * assertEquals([bytes.length, bytes[0], bytes[1], bytes[4097]], [8192, 9, 0, 2]);
  * await Deno.remove(path);
  * ```
  */
 export async function fileSink(
   file: SeekableWriter,
-  options: { synchronous?: boolean } = {},
+  options: { synchronous?: boolean | (() => boolean) } = {},
 ): Promise<RawSink> {
   // Truncating a file that has data makes its close flush (ext4): skip it
   // when the file is already empty.
   if (await file.seek(0, SEEK_END) !== 0) await file.truncate(0);
   let pos = -1;
   const { writeSync, seekSync } = file;
-  if (writeSync && seekSync && options.synchronous !== false) {
-    // Synchronous writes: no hand-off to another thread and no copy of the
-    // buffer (faster in Deno: bench/README.md, "Figures behind design
-    // choices").
-    return {
-      writeAt(position: number, bytes: Uint8Array): Promise<void> {
-        try {
-          if (position !== pos) seekSync.call(file, position, SEEK_START);
-          let done = 0;
-          while (done < bytes.length) {
-            done += writeSync.call(file, bytes.subarray(done));
-          }
-          pos = position + bytes.length;
-          return Promise.resolve();
-        } catch (e) {
-          return Promise.reject(e);
-        }
-      },
-      async finish(size: number): Promise<void> {
-        await file.truncate(size);
-      },
-    };
-  }
+  const wanted = options.synchronous ?? true;
+  const synchronous = !writeSync || !seekSync || wanted === false
+    ? () => false
+    : wanted === true
+    ? () => true
+    : wanted;
+  // Writes never overlap (each awaits the one before), so the two kinds
+  // may alternate on one file position.
+  const writeAsync = async (position: number, bytes: Uint8Array) => {
+    if (position !== pos) await file.seek(position, SEEK_START);
+    let done = 0;
+    while (done < bytes.length) {
+      done += await file.write(bytes.subarray(done));
+    }
+    pos = position + bytes.length;
+  };
   return {
-    async writeAt(position: number, bytes: Uint8Array): Promise<void> {
-      if (position !== pos) await file.seek(position, SEEK_START);
-      let done = 0;
-      while (done < bytes.length) {
-        done += await file.write(bytes.subarray(done));
+    writeAt(position: number, bytes: Uint8Array): Promise<void> {
+      if (!synchronous()) return writeAsync(position, bytes);
+      // Synchronous writes: no hand-off to another thread and no copy of
+      // the buffer (faster in Deno: bench/README.md, "Figures behind
+      // design choices").
+      try {
+        if (position !== pos) seekSync!.call(file, position, SEEK_START);
+        let done = 0;
+        while (done < bytes.length) {
+          done += writeSync!.call(file, bytes.subarray(done));
+        }
+        pos = position + bytes.length;
+        return Promise.resolve();
+      } catch (e) {
+        return Promise.reject(e);
       }
-      pos = position + bytes.length;
     },
     async finish(size: number): Promise<void> {
       await file.truncate(size);
