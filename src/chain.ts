@@ -75,8 +75,23 @@ export function resolveName(from: string | undefined, name: string): string {
   return slash < 0 ? name : from.slice(0, slash + 1) + name;
 }
 
-/** A path with `.`, `..` and repeated slashes folded, to tell files apart. */
-function normalize(path: string): string {
+/**
+ * A path with `.`, `..` and repeated slashes folded, to tell the files of a
+ * backing chain apart (the key of the loop checks of the opener and of
+ * `readInfo`).
+ *
+ * @param path A path or URL.
+ * @returns The key.
+ *
+ * @example Two names of one file
+ * ```ts
+ * import { normalizePath } from "./chain.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * assertEquals(normalizePath("vm/./a//../base.qcow2"), normalizePath("vm/base.qcow2"));
+ * ```
+ */
+export function normalizePath(path: string): string {
   const absolute = path.startsWith("/");
   const parts: string[] = [];
   for (const part of path.split("/")) {
@@ -108,7 +123,7 @@ export class BackingChain {
   ) {
     this.options = options;
     this.#openers = openers;
-    if (options.path !== undefined) this.#seen.add(normalize(options.path));
+    if (options.path !== undefined) this.#seen.add(normalizePath(options.path));
   }
 
   /**
@@ -192,7 +207,7 @@ export class BackingChain {
         { file: path },
       );
     }
-    const key = normalize(path);
+    const key = normalizePath(path);
     if (this.#seen.has(key)) {
       throw new Qcow2Error(
         "BACKING_FILE",

@@ -9,7 +9,7 @@
 
 import { inFile, Qcow2Error } from "../errors.ts";
 import type { ByteSource } from "../io/source.ts";
-import { resolveName } from "../chain.ts";
+import { normalizePath, resolveName } from "../chain.ts";
 import { type ImageFormat, probeFormat } from "../probe.ts";
 import { readHeader } from "../qcow2/header.ts";
 import { readSnapshots } from "../qcow2/snapshots.ts";
@@ -80,14 +80,15 @@ export async function readInfo(
   };
   const seen = new Set<string>();
   while (layer) {
-    if (seen.has(layer.path) || seen.size > MAX_INFO_CHAIN_DEPTH) {
+    const key = normalizePath(layer.path);
+    if (seen.has(key) || seen.size > MAX_INFO_CHAIN_DEPTH) {
       throw new Qcow2Error(
         "BACKING_FILE",
         `Cannot follow the backing chain: it loops or is deeper than ${MAX_INFO_CHAIN_DEPTH} layers at '${layer.path}'`,
         { file: layer.path },
       );
     }
-    seen.add(layer.path);
+    seen.add(key);
     let described: Described;
     try {
       described = await describe(
