@@ -93,6 +93,12 @@ for (const w of WORKLOADS) {
       b = await runTheirs();
       a = await runOurs();
     }
+    console.log(
+      `  ${w.name}, pair ${p + 1} (${
+        p % 2 === 0 ? "ours" : "qemu-img"
+      } first): ` +
+        `ours ${a.seconds.toFixed(2)} s, qemu-img ${b.seconds.toFixed(2)} s`,
+    );
     ours.push(a.seconds);
     theirs.push(b.seconds);
     ratios.push(a.seconds / b.seconds);
