@@ -103,6 +103,57 @@ export function normalizePath(path: string): string {
 }
 
 /**
+ * The files met on one walk down a backing chain, for its two checks: the
+ * loop check (files told apart by {@linkcode normalizePath}) and the depth
+ * limit. The opener ({@linkcode BackingChain}) and `readInfo` walk with one;
+ * each says in its own words why it stops.
+ *
+ * Source: qemu-img's `collect_image_info_list` (qemu-img.c: a file named
+ * twice in a chain is a loop); the depth limit is this library's.
+ *
+ * @example A chain that names its top file again
+ * ```ts
+ * import { ChainFiles } from "./chain.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const files = new ChainFiles(64);
+ * assertEquals(files.refusal("vm/top.qcow2", 0), undefined);
+ * files.add("vm/top.qcow2");
+ * assertEquals(files.refusal("vm/./top.qcow2", 1), "loop");
+ * assertEquals(files.refusal("vm/base.qcow2", 65), "depth");
+ * ```
+ */
+export class ChainFiles {
+  readonly #seen = new Set<string>();
+
+  /** @param maxDepth The deepest layer allowed (the top image is at 0). */
+  constructor(readonly maxDepth: number = DEFAULT_MAX_CHAIN_DEPTH) {}
+
+  /**
+   * Why the file at `path` cannot be the layer at `depth`.
+   *
+   * @param path The layer's path.
+   * @param depth The layer's depth (0 for the top image).
+   * @returns `"depth"` past the limit, `"loop"` for a file already met,
+   * undefined when it may be followed.
+   */
+  refusal(path: string, depth: number): "depth" | "loop" | undefined {
+    if (depth > this.maxDepth) return "depth";
+    if (this.#seen.has(normalizePath(path))) return "loop";
+    return undefined;
+  }
+
+  /**
+   * Counts the file at `path` as met.
+   *
+   * @param path The layer's path.
+   */
+  add(path: string): void {
+    this.#seen.add(normalizePath(path));
+  }
+}
+
+/**
  * The state of one `openImage` call down its backing chain: the options,
  * the files in the chain so far (the loop check), and what to close.
  */
@@ -110,7 +161,7 @@ export class BackingChain {
   /** The caller's options (the top image's). */
   readonly options: OpenOptions;
   readonly #openers: Record<ImageFormat, LayerOpener>;
-  readonly #seen = new Set<string>();
+  readonly #files: ChainFiles;
   readonly #closers: (() => void)[] = [];
 
   /**
@@ -123,7 +174,10 @@ export class BackingChain {
   ) {
     this.options = options;
     this.#openers = openers;
-    if (options.path !== undefined) this.#seen.add(normalizePath(options.path));
+    this.#files = new ChainFiles(
+      options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH,
+    );
+    if (options.path !== undefined) this.#files.add(options.path);
   }
 
   /**
@@ -199,25 +253,21 @@ export class BackingChain {
     format?: string,
   ): Promise<DiskImage> {
     const path = resolveName(layer.path, name);
-    const max = this.options.maxChainDepth ?? DEFAULT_MAX_CHAIN_DEPTH;
-    if (layer.depth >= max) {
+    const refusal = this.#files.refusal(path, layer.depth + 1);
+    if (refusal) {
       throw new Qcow2Error(
         "BACKING_FILE",
-        `Cannot open backing file '${path}': the backing chain is deeper than ${max} layers`,
-        { file: path },
-      );
-    }
-    const key = normalizePath(path);
-    if (this.#seen.has(key)) {
-      throw new Qcow2Error(
-        "BACKING_FILE",
-        `Cannot open backing file '${path}': the backing chain loops (it is already in the chain)`,
+        `Cannot open backing file '${path}': ${
+          refusal === "depth"
+            ? `the backing chain is deeper than ${this.#files.maxDepth} layers`
+            : "the backing chain loops (it is already in the chain)"
+        }`,
         { file: path },
       );
     }
     const file = await this.#openNamed(layer, "backing", name);
     const kind = format ?? await probeSource(file);
-    this.#seen.add(key);
+    this.#files.add(path);
     const below: Layer = {
       source: file,
       path,

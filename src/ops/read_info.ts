@@ -1,15 +1,16 @@
 /**
  * `readInfo`: what `qemu-img info [--backing-chain]` reports of an image and
  * of each layer below it, read from the files alone (header, snapshot
- * table, bitmaps, encryption header). The chain walk (name resolution as
- * QEMU resolves names, loop check, depth limit) lives here, not in the CLI.
+ * table, bitmaps, encryption header). The chain walk lives here, not in the
+ * CLI; its name resolution, loop check and depth limit are the opener's
+ * (`resolveName`, `ChainFiles` in src/chain.ts).
  *
  * @module
  */
 
 import { inFile, Qcow2Error } from "../errors.ts";
 import type { ByteSource } from "../io/source.ts";
-import { normalizePath, resolveName } from "../chain.ts";
+import { ChainFiles, DEFAULT_MAX_CHAIN_DEPTH, resolveName } from "../chain.ts";
 import { type ImageFormat, probeFormat } from "../probe.ts";
 import { readHeader } from "../qcow2/header.ts";
 import { readSnapshots } from "../qcow2/snapshots.ts";
@@ -19,7 +20,7 @@ import { readEncryptInfo } from "../crypto/encrypt_info.ts";
 import { type ImageInfo, imageInfo, qcowInfo, rawInfo } from "./info.ts";
 
 /** Most layers {@linkcode readInfo} follows before it calls the chain a loop. */
-export const MAX_INFO_CHAIN_DEPTH = 64;
+export const MAX_INFO_CHAIN_DEPTH: number = DEFAULT_MAX_CHAIN_DEPTH;
 
 /** A file {@linkcode readInfo} opened through its `openFile`. */
 export interface InfoFile {
@@ -78,17 +79,16 @@ export async function readInfo(
     path,
     format: options.format,
   };
-  const seen = new Set<string>();
+  const files = new ChainFiles(MAX_INFO_CHAIN_DEPTH);
   while (layer) {
-    const key = normalizePath(layer.path);
-    if (seen.has(key) || seen.size > MAX_INFO_CHAIN_DEPTH) {
+    if (files.refusal(layer.path, reports.length)) {
       throw new Qcow2Error(
         "BACKING_FILE",
         `Cannot follow the backing chain: it loops or is deeper than ${MAX_INFO_CHAIN_DEPTH} layers at '${layer.path}'`,
         { file: layer.path },
       );
     }
-    seen.add(key);
+    files.add(layer.path);
     let described: Described;
     try {
       described = await describe(
