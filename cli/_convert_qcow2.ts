@@ -13,7 +13,6 @@ import type {
   ConvertToQcow2Summary,
 } from "../src/ops/convert_qcow2.ts";
 import { optionsFromText, splitOptions } from "../src/qcow2/create_options.ts";
-import { probeFormat } from "../src/probe.ts";
 import { Qcow2Error } from "../src/errors.ts";
 import { nativeFace } from "../native/face.ts";
 import { nodeCodecs } from "../native/zlib.ts";
@@ -27,7 +26,7 @@ import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
 import { progressBar } from "../src/ops/progress_bar.ts";
 import { type Flags, type FormatName, UsageError } from "./_args.ts";
 import { interruptible } from "./_interrupt.ts";
-import { openInput } from "./_open.ts";
+import { openInput, probePath } from "./_open.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
 import { roleIn } from "./convert.ts";
 import { atPath } from "../native/fs_errors.ts";
@@ -46,18 +45,6 @@ async function backingSize(path: string, format: string): Promise<number> {
   });
   image.close();
   return image.size;
-}
-
-/** The format of the file at `path`, from its first bytes. */
-async function probe(path: string): Promise<FormatName> {
-  const file = await openPath(path);
-  try {
-    const start = new Uint8Array(Math.min(8, file.size));
-    await file.readAt(0, start);
-    return probeFormat(start);
-  } finally {
-    file.close?.();
-  }
 }
 
 /**
@@ -164,7 +151,7 @@ export async function convertToQcow2Command(
   await requireRead(srcPath);
   // qemu-img reads a file without the qcow magic as raw.
   const srcFormat = command.srcFormat ??
-    await probe(srcPath).catch(() => undefined);
+    await probePath(srcPath, openPath).catch(() => undefined);
   const luks = [...text.keys()].some((name) => name.startsWith("encrypt."))
     ? await (await import("./_encrypt.ts")).luksFromOptions(
       text,

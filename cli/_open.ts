@@ -8,7 +8,7 @@
 
 import type { DiskImage } from "../src/disk.ts";
 import type { OpenedFile, OpenOptions } from "../src/open.ts";
-import { probeFormat } from "../src/probe.ts";
+import { probeSource } from "../src/probe.ts";
 import { Qcow2Error } from "../src/errors.ts";
 import { openPath } from "../native/open_path.ts";
 import { nativeFace } from "../native/face.ts";
@@ -26,6 +26,26 @@ import type { FormatName } from "./_args.ts";
 export async function openFile(path: string): Promise<OpenedFile> {
   await requireRead(path);
   return await openPath(path);
+}
+
+/**
+ * The format of the file at `path`, from its first bytes, as qemu-img probes
+ * it (a file without the qcow magic is raw).
+ *
+ * @param path The file.
+ * @param open How to open it (default: {@linkcode openFile}).
+ * @returns Its format.
+ */
+export async function probePath(
+  path: string,
+  open: (path: string) => Promise<OpenedFile> = openFile,
+): Promise<FormatName> {
+  const file = await open(path);
+  try {
+    return await probeSource(file);
+  } finally {
+    file.close?.();
+  }
 }
 
 /** An opened input: the disk, and the format it was read as. */
@@ -63,9 +83,7 @@ export async function openInput(
 ): Promise<OpenedInput> {
   const file = await (how.openTop ?? openFile)(path);
   try {
-    const start = new Uint8Array(Math.min(8, file.size));
-    await file.readAt(0, start);
-    const probed = probeFormat(start);
+    const probed = await probeSource(file);
     if (format === undefined && probed === "raw" && how.probeRaw) {
       format = "raw";
     }

@@ -12,7 +12,7 @@ import {
   fsFileStore,
   Qcow2Error,
 } from "../mod.ts";
-import { probeFormat } from "../info.ts";
+import { probeSource } from "../src/probe.ts";
 import { openFile } from "./_open.ts";
 import {
   type CommandSpec,
@@ -127,9 +127,8 @@ export async function runCheck(
     : await openFile(path);
   let result: CheckResult;
   try {
-    const start = new Uint8Array(Math.min(8, file.size));
-    await file.readAt(0, start);
-    const format = given ?? probeFormat(start);
+    const probed = await probeSource(file);
+    const format = given ?? probed;
     if (format !== "qcow2") {
       err(`${NAME}: This image format does not support checks\n`);
       return 63;

@@ -6,18 +6,16 @@
  */
 
 import { type ByteSource, type MapEntry, mapImage } from "../mod.ts";
-import { probeFormat } from "../info.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
 import {
   type CommandSpec,
-  type FormatName,
   imageFormat,
   NAME,
   parse,
   unsupportedHelp,
   UsageError,
 } from "./_args.ts";
-import { openFile, openInput } from "./_open.ts";
+import { openFile, openInput, probePath } from "./_open.ts";
 import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
 import { parseOffset } from "./_size.ts";
 
@@ -95,7 +93,7 @@ export async function runMap(
   const files = [path];
   // qemu-img probes a file without the qcow magic as raw.
   const format = imageFormat(flags.format, "-f", "map", 1) ??
-    await probe(files[0]);
+    await probePath(files[0]);
   const start = flags["start-offset"] === undefined
     ? 0
     : parseOffset(String(flags["start-offset"]), "start offset", "map");
@@ -183,18 +181,6 @@ export async function runMap(
     out.flush();
     for (const host of hosts) host.close();
     image.close();
-  }
-}
-
-/** The format of the file at `path`, probed as qemu-img probes it. */
-async function probe(path: string): Promise<FormatName> {
-  const file = await openFile(path);
-  try {
-    const start = new Uint8Array(Math.min(8, file.size));
-    await file.readAt(0, start);
-    return probeFormat(start);
-  } finally {
-    file.close?.();
   }
 }
 

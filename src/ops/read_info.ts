@@ -11,7 +11,7 @@
 import { inFile, Qcow2Error } from "../errors.ts";
 import type { ByteSource } from "../io/source.ts";
 import { ChainFiles, DEFAULT_MAX_CHAIN_DEPTH, resolveName } from "../chain.ts";
-import { type ImageFormat, probeFormat } from "../probe.ts";
+import { type ImageFormat, probeSource } from "../probe.ts";
 import { readHeader } from "../qcow2/header.ts";
 import { readSnapshots } from "../qcow2/snapshots.ts";
 import { readBitmaps } from "../qcow2/bitmaps.ts";
@@ -149,9 +149,8 @@ async function describeSource(
   top: boolean,
   format?: ImageFormat,
 ): Promise<Described> {
-  const start = new Uint8Array(Math.min(8, source.size));
-  await source.readAt(0, start);
-  const kind: string = format ?? probeFormat(start);
+  const probed = await probeSource(source);
+  const kind: string = format ?? probed;
   if (kind === "qcow") {
     const header = await readQcowHeader(source);
     const full = header.backingFile !== undefined
