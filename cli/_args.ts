@@ -324,6 +324,30 @@ export function parse(
   return flags;
 }
 
+/**
+ * The image names of a command that takes `count` of them, as qemu-img
+ * checks them (its words; exit status 1, as qemu-img's).
+ *
+ * @throws {UsageError} for another number of names.
+ */
+export function imageNames(
+  flags: Flags,
+  count: 1 | 2,
+  command: string,
+): string[] {
+  const names = flags._.map(String);
+  if (names.length !== count) {
+    throw new UsageError(
+      count === 1
+        ? "Expecting one image file name"
+        : "Expecting two image file names",
+      command,
+      1,
+    );
+  }
+  return names;
+}
+
 /** `-x` or `--name`. */
 function dashed(name: string): string {
   return name.length === 1 ? `-${name}` : `--${name}`;

@@ -24,6 +24,21 @@ export const SECRET_FLAGS: Required<
   boolean: ["image-opts"],
 };
 
+/**
+ * `spec` with {@linkcode SECRET_FLAGS} after its own options.
+ *
+ * @param spec What the command takes besides the password options.
+ * @returns The command's whole spec.
+ */
+export function withSecretFlags(spec: CommandSpec): CommandSpec {
+  return {
+    ...spec,
+    boolean: [...spec.boolean ?? [], ...SECRET_FLAGS.boolean],
+    string: [...spec.string ?? [], ...SECRET_FLAGS.string],
+    repeat: [...spec.repeat ?? [], ...SECRET_FLAGS.repeat],
+  };
+}
+
 /** The lines of `--help` that describe them. */
 export const SECRET_HELP =
   `  --password-file FILE  the password of an encrypted image (LUKS or legacy
@@ -77,6 +92,30 @@ export function parseOptionString(
   return out;
 }
 
+/**
+ * One `--object` definition: its type (first, bare or as `qom-type=`) and
+ * its other options.
+ *
+ * @throws {UsageError} for a part that is not key=value.
+ */
+export function parseObject(
+  text: string,
+  command: string,
+  status = 2,
+): { type?: string; options: Map<string, string> } {
+  const first = text.split(",")[0];
+  const bare = !first.includes("=");
+  const options = parseOptionString(
+    bare ? text.slice(first.length + 1) : text,
+    "--object",
+    command,
+    status,
+  );
+  const type = bare ? first : options.get("qom-type");
+  options.delete("qom-type");
+  return { type, options };
+}
+
 /** The secrets given with `--object secret,...`, by ID. */
 async function secrets(
   flags: Flags,
@@ -86,17 +125,7 @@ async function secrets(
   const out = new Map<string, Uint8Array>();
   const objects = (flags.object ?? []) as string[];
   for (const text of objects) {
-    // The type comes first, bare or as qom-type=.
-    const first = text.split(",")[0];
-    const bare = !first.includes("=");
-    const opts = parseOptionString(
-      bare ? text.slice(first.length + 1) : text,
-      "--object",
-      command,
-      status,
-    );
-    const type = bare ? first : opts.get("qom-type");
-    opts.delete("qom-type");
+    const { type, options: opts } = parseObject(text, command, status);
     if (type !== "secret") {
       throw new UsageError(
         `--object '${text}': only 'secret' objects are supported`,

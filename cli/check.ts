@@ -17,6 +17,7 @@ import { openFile } from "./_open.ts";
 import {
   type CommandSpec,
   imageFormat,
+  imageNames,
   NAME,
   parse,
   unsupportedHelp,
@@ -24,21 +25,19 @@ import {
 } from "./_args.ts";
 import { writeStderr } from "./_output.ts";
 import { openInput } from "./_open.ts";
-import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
+import { namedImages, SECRET_HELP, withSecretFlags } from "./_secrets.ts";
 import { atPath } from "../native/fs_errors.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "check an image's refcounts and tables";
 
 /** The options `check` takes beyond those of every command. */
-const SPEC: CommandSpec = {
-  boolean: SECRET_FLAGS.boolean,
-  repeat: SECRET_FLAGS.repeat,
-  string: ["repair", ...SECRET_FLAGS.string],
+const SPEC: CommandSpec = withSecretFlags({
+  string: ["repair"],
   alias: { r: "repair" },
   output: true,
   usageStatus: 1,
-};
+});
 
 /** The command's help text. */
 export const usage =
@@ -99,10 +98,7 @@ export async function runCheck(
     out(usage + "\n");
     return 0;
   }
-  const files = flags._.map(String);
-  if (files.length !== 1) {
-    throw new UsageError("Expecting one image file name", "check", 1);
-  }
+  const files = imageNames(flags, 1, "check");
   const given = imageFormat(flags.format, "-f", "check", 1);
   const repair = flags.repair as string | undefined;
   if (repair !== undefined && repair !== "leaks" && repair !== "all") {

@@ -22,13 +22,13 @@ import { progressBar } from "../src/ops/progress_bar.ts";
 import {
   type CommandSpec,
   imageFormat,
+  imageNames,
   NAME,
   parse,
   unsupportedHelp,
-  UsageError,
 } from "./_args.ts";
 import { HostFiles } from "./_hosts.ts";
-import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
+import { namedImages, SECRET_HELP, withSecretFlags } from "./_secrets.ts";
 import { openInput } from "./_open.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
 
@@ -36,12 +36,11 @@ import { terminalColumns, writeStderr } from "./_output.ts";
 export const summary = "check whether two images hold the same disk";
 
 /** The options `compare` takes beyond those of every command. */
-const SPEC: CommandSpec = {
-  boolean: ["s", "p", ...SECRET_FLAGS.boolean],
-  string: ["F", ...SECRET_FLAGS.string],
-  repeat: SECRET_FLAGS.repeat,
+const SPEC: CommandSpec = withSecretFlags({
+  boolean: ["s", "p"],
+  string: ["F"],
   usageStatus: 1,
-};
+});
 
 /** The command's help text. */
 export const usage =
@@ -92,10 +91,7 @@ export async function main(args: string[]): Promise<number> {
     console.log(usage);
     return 0;
   }
-  const files = flags._.map(String);
-  if (files.length !== 2) {
-    throw new UsageError("Expecting two image file names", "compare", 1);
-  }
+  const files = imageNames(flags, 2, "compare");
   const named = await namedImages(flags, files, "compare", 1);
   const formats = [
     imageFormat(flags.format, "-f", "compare", 2),

@@ -28,7 +28,7 @@ import {
   UsageError,
 } from "./_args.ts";
 import { openInput } from "./_open.ts";
-import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
+import { namedImages, SECRET_HELP, withSecretFlags } from "./_secrets.ts";
 import { interruptible } from "./_interrupt.ts";
 import { terminalColumns, writeStderr } from "./_output.ts";
 import { CREATE_OPTIONS_HELP } from "../src/qcow2/create_options.ts";
@@ -37,13 +37,12 @@ import { CREATE_OPTIONS_HELP } from "../src/qcow2/create_options.ts";
 export const summary = "convert an image to a raw disk image or a qcow2 image";
 
 /** The options `convert` takes beyond those of every command. */
-const SPEC: CommandSpec = {
-  boolean: ["p", "top", "c", ...SECRET_FLAGS.boolean],
-  string: ["O", "S", "l", "B", "F", ...SECRET_FLAGS.string],
+const SPEC: CommandSpec = withSecretFlags({
+  boolean: ["p", "top", "c"],
+  string: ["O", "S", "l", "B", "F"],
   list: ["o"],
-  repeat: SECRET_FLAGS.repeat,
   output: true,
-};
+});
 
 /** The command's help text. */
 export const usage =

@@ -20,19 +20,17 @@ import {
   unsupportedHelp,
   UsageError,
 } from "./_args.ts";
-import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
+import { namedImages, SECRET_HELP, withSecretFlags } from "./_secrets.ts";
 import { atPath } from "../native/fs_errors.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "show what an image is";
 
 /** The options `info` takes beyond those of every command. */
-const SPEC: CommandSpec = {
-  boolean: ["backing-chain", ...SECRET_FLAGS.boolean],
-  string: SECRET_FLAGS.string,
-  repeat: SECRET_FLAGS.repeat,
+const SPEC: CommandSpec = withSecretFlags({
+  boolean: ["backing-chain"],
   output: true,
-};
+});
 
 /** The command's help text. */
 export const usage =

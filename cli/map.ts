@@ -10,27 +10,25 @@ import { type HostFile, hostFile } from "../native/holes.ts";
 import {
   type CommandSpec,
   imageFormat,
+  imageNames,
   NAME,
   parse,
   unsupportedHelp,
-  UsageError,
 } from "./_args.ts";
 import { openFile, openInput, probePath } from "./_open.ts";
-import { namedImages, SECRET_FLAGS, SECRET_HELP } from "./_secrets.ts";
+import { namedImages, SECRET_HELP, withSecretFlags } from "./_secrets.ts";
 import { parseOffset } from "./_size.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "show where an image's data lies";
 
 /** The options `map` takes beyond those of every command. */
-const SPEC: CommandSpec = {
-  boolean: SECRET_FLAGS.boolean,
-  repeat: SECRET_FLAGS.repeat,
-  string: ["start-offset", "max-length", ...SECRET_FLAGS.string],
+const SPEC: CommandSpec = withSecretFlags({
+  string: ["start-offset", "max-length"],
   alias: { s: "start-offset", l: "max-length" },
   output: true,
   usageStatus: 1,
-};
+});
 
 /** The command's help text. */
 export const usage =
@@ -85,11 +83,12 @@ export async function runMap(
     console.log(usage);
     return 0;
   }
-  const names_ = flags._.map(String);
-  if (names_.length !== 1) {
-    throw new UsageError("Expecting one image file name", "map", 1);
-  }
-  const [{ path, password }] = await namedImages(flags, names_, "map", 1);
+  const [{ path, password }] = await namedImages(
+    flags,
+    imageNames(flags, 1, "map"),
+    "map",
+    1,
+  );
   const files = [path];
   // qemu-img probes a file without the qcow magic as raw.
   const format = imageFormat(flags.format, "-f", "map", 1) ??

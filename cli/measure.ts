@@ -31,22 +31,21 @@ import { openInput } from "./_open.ts";
 import { isValidOptionList, measureOptions } from "./_measure_options.ts";
 import {
   namedImages,
-  parseOptionString,
-  SECRET_FLAGS,
+  parseObject,
   SECRET_HELP,
+  withSecretFlags,
 } from "./_secrets.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "show how big a new image would be";
 
 /** The options `measure` takes beyond those of every command. */
-const SPEC: CommandSpec = {
-  boolean: SECRET_FLAGS.boolean,
-  string: ["O", "l", "size", ...SECRET_FLAGS.string],
-  repeat: ["o", ...SECRET_FLAGS.repeat],
+const SPEC: CommandSpec = withSecretFlags({
+  string: ["O", "l", "size"],
+  repeat: ["o"],
   output: true,
   usageStatus: 1,
-};
+});
 
 /** The command's help text. */
 export const usage =
@@ -216,16 +215,8 @@ export async function main(args: string[]): Promise<number> {
 function secretIds(objects: string[]): Set<string> {
   const ids = new Set<string>();
   for (const text of objects) {
-    const first = text.split(",")[0];
-    const bare = !first.includes("=");
-    const opts = parseOptionString(
-      bare ? text.slice(first.length + 1) : text,
-      "--object",
-      "measure",
-      1,
-    );
-    const type = bare ? first : opts.get("qom-type");
-    const id = opts.get("id");
+    const { type, options } = parseObject(text, "measure", 1);
+    const id = options.get("id");
     if (type === "secret" && id !== undefined) ids.add(id);
   }
   return ids;
