@@ -9,6 +9,7 @@
  */
 
 import type { OpenedFile } from "../src/open.ts";
+import { readSyncAt } from "../src/io/store.ts";
 import { atPath } from "./fs_errors.ts";
 
 /** An {@linkcode OpenedFile} whose `close` is always there. */
@@ -46,18 +47,14 @@ export function denoFileSource(
   return {
     size,
     readAt(position: number, buffer: Uint8Array): Promise<number> {
-      try {
-        file.seekSync(position, Deno.SeekMode.Start);
-        let done = 0;
-        while (done < buffer.length) {
-          const n = file.readSync(buffer.subarray(done));
-          if (n === null || n === 0) break;
-          done += n;
-        }
-        return Promise.resolve(done);
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      return readSyncAt(
+        (part, at) => {
+          file.seekSync(at, Deno.SeekMode.Start);
+          return file.readSync(part);
+        },
+        position,
+        buffer,
+      );
     },
     close: () => file.close(),
   };

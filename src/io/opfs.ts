@@ -6,7 +6,7 @@
  * @module
  */
 
-import { type ByteStore, settled } from "./store.ts";
+import { type ByteStore, syncStore } from "./store.ts";
 
 /**
  * The subset of `FileSystemSyncAccessHandle` a writable image needs.
@@ -85,46 +85,14 @@ export function opfsStore(
   handle: SyncAccessHandleLike,
   owned = true,
 ): ByteStore {
-  let size = handle.getSize();
-  return {
-    get size() {
-      return size;
-    },
-    readAt(position: number, buffer: Uint8Array): Promise<number> {
-      try {
-        let done = 0;
-        while (done < buffer.length) {
-          const n = handle.read(buffer.subarray(done), { at: position + done });
-          if (n <= 0) break;
-          done += n;
-        }
-        return Promise.resolve(done);
-      } catch (e) {
-        return Promise.reject(e);
-      }
-    },
-    writeAt(position: number, bytes: Uint8Array): Promise<void> {
-      return settled(() => {
-        let done = 0;
-        while (done < bytes.length) {
-          done += handle.write(bytes.subarray(done), { at: position + done });
-        }
-        size = Math.max(size, position + bytes.length);
-      });
-    },
-    truncate(length: number): Promise<void> {
-      return settled(() => {
-        handle.truncate(length);
-        size = length;
-      });
-    },
-    flush(): Promise<void> {
-      return settled(() => {
-        handle.flush();
-      });
-    },
-    close(): void {
+  return syncStore({
+    size: handle.getSize(),
+    read: (part, at) => handle.read(part, { at }),
+    write: (part, at) => handle.write(part, { at }),
+    truncate: (length) => handle.truncate(length),
+    flush: () => handle.flush(),
+    close: () => {
       if (owned) handle.close();
     },
-  };
+  });
 }

@@ -316,48 +316,83 @@ export interface FsFileLike {
  * ```
  */
 export function fsFileStore(file: FsFileLike, owned = false): ByteStore {
-  let size = file.seekSync(0, 2);
+  return syncStore({
+    size: file.seekSync(0, 2),
+    read(part, at) {
+      file.seekSync(at, 0);
+      return file.readSync(part);
+    },
+    write(part, at) {
+      file.seekSync(at, 0);
+      return file.writeSync(part);
+    },
+    truncate: (length) => file.truncateSync(length),
+    flush: () => file.syncDataSync(),
+    close: () => {
+      if (owned) file.close?.();
+    },
+  });
+}
+
+/**
+ * A file a {@linkcode syncStore} reads and writes synchronously, each
+ * transfer at a file position.
+ *
+ * @ignore
+ */
+export interface SyncFile {
+  /** The file's length in bytes, when the store is made. */
+  size: number;
+  /** Reads into `part` at `at`; the count read (0 or null at end of file). */
+  read(part: Uint8Array, at: number): number | null;
+  /** Writes `part` at `at`; the count written. */
+  write(part: Uint8Array, at: number): number;
+  /** Sets the file length. */
+  truncate(length: number): void;
+  /** Makes written data durable. */
+  flush(): void;
+  /** Closes the file (or not, when the caller owns it). */
+  close(): void;
+}
+
+/**
+ * A {@linkcode ByteStore} over a file with synchronous transfers (a
+ * `Deno.FsFile`, an OPFS sync access handle): a read or write is repeated
+ * until the buffer is done (a read stops at the end of the file), the size
+ * follows writes and truncation, and each operation's outcome is a promise
+ * ({@linkcode settled}).
+ *
+ * @ignore
+ */
+export function syncStore(file: SyncFile): ByteStore {
+  let size = file.size;
   return {
     get size() {
       return size;
     },
     readAt(position: number, buffer: Uint8Array): Promise<number> {
-      try {
-        file.seekSync(position, 0);
-        let done = 0;
-        while (done < buffer.length) {
-          const n = file.readSync(buffer.subarray(done));
-          if (n === null || n === 0) break;
-          done += n;
-        }
-        return Promise.resolve(done);
-      } catch (e) {
-        return Promise.reject(e);
-      }
+      return readSyncAt((part, at) => file.read(part, at), position, buffer);
     },
     writeAt(position: number, bytes: Uint8Array): Promise<void> {
       return settled(() => {
-        file.seekSync(position, 0);
         let done = 0;
         while (done < bytes.length) {
-          done += file.writeSync(bytes.subarray(done));
+          done += file.write(bytes.subarray(done), position + done);
         }
         size = Math.max(size, position + bytes.length);
       });
     },
     truncate(length: number): Promise<void> {
       return settled(() => {
-        file.truncateSync(length);
+        file.truncate(length);
         size = length;
       });
     },
     flush(): Promise<void> {
-      return settled(() => {
-        file.syncDataSync();
-      });
+      return settled(() => file.flush());
     },
     close(): void {
-      if (owned) file.close?.();
+      file.close();
     },
   };
 }
@@ -483,6 +518,34 @@ export async function fileHandleStore(
     },
   };
   return store;
+}
+
+/**
+ * Fills `buffer` from file `position` with synchronous reads, until it is
+ * full or the file ends.
+ *
+ * @param read One read into `part` at `at`: the count read (0 or null at
+ * the end of the file).
+ * @returns The count read, as a promise (rejected with what `read` throws).
+ *
+ * @ignore
+ */
+export function readSyncAt(
+  read: SyncFile["read"],
+  position: number,
+  buffer: Uint8Array,
+): Promise<number> {
+  try {
+    let done = 0;
+    while (done < buffer.length) {
+      const n = read(buffer.subarray(done), position + done);
+      if (n === null || n <= 0) break;
+      done += n;
+    }
+    return Promise.resolve(done);
+  } catch (e) {
+    return Promise.reject(e);
+  }
 }
 
 /**
