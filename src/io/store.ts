@@ -8,7 +8,12 @@
  * @module
  */
 
-import { type ByteSource, readHandleAt } from "./source.ts";
+import {
+  type ByteSource,
+  type FileHandleLike,
+  readHandleAt,
+} from "./source.ts";
+import type { WritableFileHandleLike } from "./file_handle_writer.ts";
 
 /**
  * A random-access file that can be read and written: what a writable image
@@ -398,7 +403,9 @@ export function syncStore(file: SyncFile): ByteStore {
 }
 
 /**
- * The subset of a Node `fs/promises` `FileHandle` a writable image needs.
+ * The subset of a Node `fs/promises` `FileHandle` a writable image needs:
+ * what a source reads through ({@linkcode FileHandleLike}) and `convert`
+ * writes through ({@linkcode WritableFileHandleLike}), and `datasync`.
  * Deno, Node and Bun all provide it.
  *
  * @example A handle of your own, in memory
@@ -429,25 +436,8 @@ export function syncStore(file: SyncFile): ByteStore {
  * assertEquals(disk, new Uint8Array([0, 3, 4, 0]));
  * ```
  */
-export interface ReadWriteFileHandleLike {
-  /** Reads `length` bytes at file `position` into `buffer` at `offset`. */
-  read(
-    buffer: Uint8Array,
-    offset: number,
-    length: number,
-    position: number,
-  ): Promise<{ bytesRead: number }>;
-  /** Writes `length` bytes of `buffer` from `offset` at file `position`. */
-  write(
-    buffer: Uint8Array,
-    offset: number,
-    length: number,
-    position: number,
-  ): Promise<{ bytesWritten: number }>;
-  /** The file's metadata; only `size` is used. */
-  stat(): Promise<{ size: number | bigint }>;
-  /** Sets the file length. */
-  truncate(len?: number): Promise<void>;
+export interface ReadWriteFileHandleLike
+  extends FileHandleLike, WritableFileHandleLike {
   /** Makes written data durable. */
   datasync(): Promise<void>;
   /** Closes the handle. */
