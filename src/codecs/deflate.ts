@@ -97,17 +97,8 @@ export function inflateRaw(
     if (scratch.length < maxOutput + 1) scratch = new Uint8Array(maxOutput + 1);
     out = scratch.subarray(0, maxOutput + 1);
   }
-  s.input = input;
-  s.next_in = 0;
-  s.avail_in = input.length;
-  s.output = out as Uint8Array<ArrayBuffer>;
-  s.next_out = 0;
-  s.avail_out = out.length;
-  const status = zlibInflate(s, Z_FINISH);
+  const status = finish(s, zlibInflate, input, out);
   const produced = s.next_out;
-  // Drop the references so a large input is not kept alive.
-  s.input = EMPTY;
-  s.output = EMPTY;
   if (status === Z_STREAM_END) {
     if (!direct) return out.slice(0, produced);
     return produced === maxOutput ? into : into.subarray(0, produced);
@@ -174,20 +165,37 @@ export function deflateRaw12(
   }
   if (packed.length < maxOutput) packed = new Uint8Array(maxOutput);
   const out = packed.subarray(0, maxOutput);
-  s.input = input;
-  s.next_in = 0;
-  s.avail_in = input.length;
-  s.output = out as Uint8Array<ArrayBuffer>;
-  s.next_out = 0;
-  s.avail_out = out.length;
-  const status = zlibDeflate(s, Z_FINISH);
+  const status = finish(s, zlibDeflate, input, out);
   const produced = s.next_out;
-  s.input = EMPTY;
-  s.output = EMPTY;
   if (status === Z_STREAM_END) return out.slice(0, produced);
   if (status === Z_OK || status === Z_BUF_ERROR) {
     // Out of room: the stream is left unfinished; reset before next use.
     return undefined;
   }
   throw new Error(s.msg || `deflate failed (${status})`);
+}
+
+/**
+ * Runs `step` (inflate or deflate) once with `Z_FINISH` over all of `input`
+ * into `out`, then drops the stream's references to both (so a large input
+ * is not kept alive); `next_out` and `avail_out` are left for the caller.
+ *
+ * @returns zlib's status.
+ */
+function finish(
+  s: ZStream,
+  step: typeof zlibInflate,
+  input: Uint8Array,
+  out: Uint8Array,
+): number {
+  s.input = input;
+  s.next_in = 0;
+  s.avail_in = input.length;
+  s.output = out as Uint8Array<ArrayBuffer>;
+  s.next_out = 0;
+  s.avail_out = out.length;
+  const status = step(s, Z_FINISH);
+  s.input = EMPTY;
+  s.output = EMPTY;
+  return status;
 }
