@@ -104,6 +104,28 @@ export interface ConvertSummary {
 
 /** Largest `-S` qemu-img accepts (16 MiB). */
 const MAX_SPARSE = 16 * 1024 * 1024;
+
+/**
+ * The `sparseSize` option of `convert` and `convertToQcow2`, checked.
+ *
+ * @param value The option (default 4096).
+ * @returns The sparse size in bytes (0: nothing is skipped).
+ * @throws {RangeError} If it is not a multiple of 512 from 0 to 16 MiB.
+ *
+ * @ignore
+ */
+export function sparseSize(value: number | undefined): number {
+  const sparse = value ?? 4096;
+  if (
+    !Number.isSafeInteger(sparse) || sparse < 0 || sparse % 512 !== 0 ||
+    sparse > MAX_SPARSE
+  ) {
+    throw new RangeError(
+      `Invalid sparse size ${sparse}: it must be a multiple of 512 from 0 to 16 MiB`,
+    );
+  }
+  return sparse;
+}
 // 4 chunks of 1 MiB: as fast as larger ones, with less peak memory (figures
 // in bench/README.md, "Figures behind design choices").
 const DEFAULT_CHUNK = 1024 * 1024;
@@ -134,15 +156,7 @@ export async function convertImage(
   options: ConvertOptions = {},
 ): Promise<ConvertSummary> {
   const began = performance.now();
-  const sparse = options.sparseSize ?? 4096;
-  if (
-    !Number.isSafeInteger(sparse) || sparse < 0 || sparse % 512 !== 0 ||
-    sparse > MAX_SPARSE
-  ) {
-    throw new RangeError(
-      `Invalid sparse size ${sparse}: it must be a multiple of 512 from 0 to 16 MiB`,
-    );
-  }
+  const sparse = sparseSize(options.sparseSize);
   const chunk = Math.max(
     sparse || 512,
     Math.floor((options.chunkSize ?? DEFAULT_CHUNK) / (sparse || 512)) *

@@ -24,7 +24,7 @@ import {
   Qcow2Writer,
   writeStream,
 } from "../qcow2/writer.ts";
-import { type ConvertProgress, nextTask } from "./convert.ts";
+import { type ConvertProgress, nextTask, sparseSize } from "./convert.ts";
 import { finishPreallocated } from "./create.ts";
 import { fileSink, streamSink } from "../io/sink.ts";
 import type { SeekableWriter } from "../io/source.ts";
@@ -118,7 +118,6 @@ interface SourceRun {
   top: boolean;
 }
 
-const MAX_SPARSE = 16 * 1024 * 1024;
 /** Guest bytes read between turns given to the event loop. */
 const YIELD_EVERY = 128 * 1024 * 1024;
 const CHUNK = 1024 * 1024;
@@ -587,15 +586,7 @@ async function prepare(
   options: ConvertToQcow2Options,
 ): Promise<Classify> {
   const resolved = resolveCreateOptions({ ...options, size: image.size });
-  const sparse = options.sparseSize ?? 4096;
-  if (
-    !Number.isSafeInteger(sparse) || sparse < 0 || sparse % 512 !== 0 ||
-    sparse > MAX_SPARSE
-  ) {
-    throw new RangeError(
-      `Invalid sparse size ${sparse}: it must be a multiple of 512 from 0 to 16 MiB`,
-    );
-  }
+  const sparse = sparseSize(options.sparseSize);
   const backing = resolved.backingFile !== undefined;
   if (resolved.preallocation !== "off") {
     // qemu-img's words for -c; the others are refused here, not in QEMU.
