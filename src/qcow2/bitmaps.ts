@@ -15,6 +15,9 @@ import {
   BITMAP_DIRECTORY_ENTRY as E,
   BITMAP_DIRECTORY_ENTRY_SIZE,
   BITMAP_FLAGS,
+  BITMAP_TABLE_ALL_ONES,
+  BITMAP_TABLE_OFFSET_MASK,
+  BITMAP_TABLE_RESERVED_MASK,
 } from "./layout.ts";
 
 /** `BME_MAX_TABLE_SIZE`: most entries in a bitmap table. */
@@ -28,10 +31,6 @@ const MAX_NAME_SIZE = 1023;
 const DIRTY_TRACKING = 1;
 /** `QCOW2_MAX_BITMAP_DIRECTORY_SIZE`: 1024 bytes for each of 65535 bitmaps. */
 const MAX_DIRECTORY_SIZE = 1024 * 65535;
-/** Bitmap table entry: reserved bits 1-8 and 56-63. */
-const TABLE_ENTRY_RESERVED_MASK = 0xff000000000001fen;
-const TABLE_ENTRY_OFFSET_MASK = 0x00fffffffffffe00n;
-const TABLE_ENTRY_ALL_ONES = 1n;
 
 /**
  * One persistent dirty bitmap, as its directory entry describes it.
@@ -299,12 +298,7 @@ async function checkTable(
   const cs = BigInt(clusterSize);
   for (let i = 0; i < bitmap.tableSize; i++) {
     const entry = view.getBigUint64(i * 8);
-    const offset = entry & TABLE_ENTRY_OFFSET_MASK;
-    if (
-      (entry & TABLE_ENTRY_RESERVED_MASK) !== 0n ||
-      (offset !== 0n &&
-        ((entry & TABLE_ENTRY_ALL_ONES) !== 0n || offset % cs !== 0n))
-    ) {
+    if (!validBitmapTableEntry(entry, cs)) {
       throw broken(
         `entry ${i} of the bitmap table of bitmap '${bitmap.name}' is invalid (${
           hex(entry)
@@ -322,4 +316,24 @@ async function checkTable(
       bitmap.tableOffset,
     );
   }
+}
+
+/**
+ * Whether a bitmap table entry is valid: no reserved bit set and, with a
+ * cluster, an aligned offset and no all-ones flag.
+ *
+ * Source: QEMU `check_table_entry` (block/qcow2-bitmap.c).
+ *
+ * @param entry The entry.
+ * @param clusterSize The image's cluster size.
+ * @returns Whether it is valid.
+ */
+export function validBitmapTableEntry(
+  entry: bigint,
+  clusterSize: bigint,
+): boolean {
+  const offset = entry & BITMAP_TABLE_OFFSET_MASK;
+  return (entry & BITMAP_TABLE_RESERVED_MASK) === 0n &&
+    (offset === 0n ||
+      ((entry & BITMAP_TABLE_ALL_ONES) === 0n && offset % clusterSize === 0n));
 }

@@ -20,6 +20,7 @@ import { checkKnownFeatures, readHeader } from "./header.ts";
 import type { Qcow2Header } from "./header.ts";
 import type { ByteSource } from "../io/source.ts";
 import {
+  BITMAP_TABLE_OFFSET_MASK,
   COMPRESSED,
   COPIED,
   L1_OFFSET_MASK,
@@ -30,6 +31,7 @@ import {
   REFCOUNT_TABLE_RESERVED_MASK,
   ZERO_FLAG,
 } from "./layout.ts";
+import { validBitmapTableEntry } from "./bitmaps.ts";
 import { refcountAt, setRefcountAt } from "./refcount_reader.ts";
 import type { ByteStore } from "../io/store.ts";
 import { Qcow2Error } from "../errors.ts";
@@ -42,10 +44,6 @@ export const DEFAULT_WINDOW_CLUSTERS = 1 << 21;
 
 /** Largest L1 table QEMU accepts, in bytes (`QCOW_MAX_L1_SIZE`). */
 const MAX_L1_BYTES = 32 * 1024 * 1024;
-/** Bitmap table entry bits (`BME_TABLE_ENTRY_*` in qcow2-bitmap.c). */
-const BME_OFFSET_MASK = 0x00fffffffffffe00n;
-const BME_RESERVED_MASK = 0xff000000000001fen;
-const BME_FLAG_ALL_ONES = 1n;
 
 /**
  * What `qemu-img check` counts (QEMU's `BdrvCheckResult`).
@@ -988,15 +986,11 @@ class Checker {
       const tv = new DataView(bytes.buffer);
       for (let i = 0; i < table.size; i++) {
         const entry = tv.getBigUint64(i * 8);
-        const offset = entry & BME_OFFSET_MASK;
-        if (
-          (entry & BME_RESERVED_MASK) ||
-          (offset !== 0n && (entry & BME_FLAG_ALL_ONES)) ||
-          offset % this.#csBig !== 0n
-        ) {
+        if (!validBitmapTableEntry(entry, this.#csBig)) {
           if (this.#emit) this.#res.corruptions++;
           continue;
         }
+        const offset = entry & BITMAP_TABLE_OFFSET_MASK;
         if (offset !== 0n) this.#inc(offset, this.#csBig);
       }
     }

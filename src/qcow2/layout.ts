@@ -342,6 +342,21 @@ export const SUBCLUSTER_ZERO_SHIFT = 32n;
 export const REFCOUNT_TABLE_OFFSET_MASK = 0xfffffffffffffe00n;
 /** Bits 0-8 of a refcount table entry: reserved, zero. */
 export const REFCOUNT_TABLE_RESERVED_MASK = 0x1ffn;
+/**
+ * Bits 9-55 of a bitmap table entry: the bitmap data cluster's offset.
+ * `BME_TABLE_ENTRY_OFFSET_MASK`.
+ */
+export const BITMAP_TABLE_OFFSET_MASK = 0x00fffffffffffe00n;
+/**
+ * Bits 1-8 and 56-63 of a bitmap table entry: reserved, zero.
+ * `BME_TABLE_ENTRY_RESERVED_MASK`.
+ */
+export const BITMAP_TABLE_RESERVED_MASK = 0xff000000000001fen;
+/**
+ * Bit 0 of a bitmap table entry without a cluster: its bits read as all
+ * ones. `BME_TABLE_ENTRY_FLAG_ALL_ONES`.
+ */
+export const BITMAP_TABLE_ALL_ONES = 1n;
 
 /**
  * Bit `x` where a compressed cluster descriptor's sector count begins:
