@@ -11,6 +11,7 @@
 
 import type { HostAllocation, HostRun } from "../src/ops/map.ts";
 import { atPath } from "./fs_errors.ts";
+import { openLibc } from "./libc.ts";
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
@@ -28,18 +29,7 @@ let libc: Libc | null | undefined;
 
 /** The C library, or null where FFI is not allowed or not on Linux. */
 function loadLibc(): Libc | null {
-  if (libc !== undefined) return libc;
-  libc = null;
-  try {
-    if (
-      Deno.build.os === "linux" &&
-      Deno.permissions.querySync({ name: "ffi" }).state === "granted"
-    ) {
-      libc = Deno.dlopen("libc.so.6", SYMBOLS);
-    }
-  } catch {
-    libc = null;
-  }
+  if (libc === undefined) libc = openLibc(SYMBOLS);
   return libc;
 }
 

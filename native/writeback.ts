@@ -12,6 +12,8 @@
  * @module
  */
 
+import { openLibc } from "./libc.ts";
+
 const SYNC_FILE_RANGE_WRITE = 2;
 const O_RDONLY_CLOEXEC = 0o2000000;
 
@@ -26,18 +28,7 @@ let libc: Libc | null | undefined;
 
 /** The C library, or null where FFI is not allowed or not on Linux. */
 function loadLibc(): Libc | null {
-  if (libc !== undefined) return libc;
-  libc = null;
-  try {
-    if (
-      Deno.build.os === "linux" &&
-      Deno.permissions.querySync({ name: "ffi" }).state === "granted"
-    ) {
-      libc = Deno.dlopen("libc.so.6", SYMBOLS);
-    }
-  } catch {
-    libc = null;
-  }
+  if (libc === undefined) libc = openLibc(SYMBOLS);
   return libc;
 }
 
