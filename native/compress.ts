@@ -10,6 +10,7 @@
 import type { Compressors } from "../src/codecs/codecs.ts";
 import { Qcow2Error } from "../src/errors.ts";
 import { importNode } from "./node_builtin.ts";
+import type { ZlibHandle, ZlibStream } from "./zlib_handle.ts";
 
 /** The parts of `node:zlib` the compressors use. */
 export interface ZlibCompressModule {
@@ -112,25 +113,11 @@ export function makeClusterCompress(
   maxOutput: number,
   into?: Uint8Array,
 ) => Uint8Array | undefined {
-  type Handle = {
-    writeSync(
-      flush: number,
-      input: Uint8Array,
-      inOffset: number,
-      inLength: number,
-      output: Uint8Array,
-      outOffset: number,
-      outLength: number,
-    ): void;
-    reset(): void;
-    onerror: (message: string) => void;
-  };
-  type Stream = { _handle?: Handle; _writeState?: Uint32Array };
   let failed: string | undefined;
   let out = new Uint8Array(0);
   /** One stream's handle, reset after each cluster; undefined: none. */
-  const reusable = (make: () => Stream | undefined, finish?: number) => {
-    let handle: Handle | undefined | null;
+  const reusable = (make: () => ZlibStream | undefined, finish?: number) => {
+    let handle: ZlibHandle | undefined | null;
     let state: Uint32Array | undefined;
     return (cluster: Uint8Array, maxOutput: number, into?: Uint8Array) => {
       if (handle === undefined) {
@@ -182,7 +169,7 @@ export function makeClusterCompress(
         level: settings.zlibLevel ?? ("Deno" in globalThis ? 9 : 6),
         windowBits: 12,
         memLevel: 9,
-      }) as Stream | undefined,
+      }) as ZlibStream | undefined,
     zlib.constants.Z_FINISH,
   );
   const zstdParams: Record<number, number> = {};
@@ -195,7 +182,9 @@ export function makeClusterCompress(
   }
   const zstd = reusable(
     () =>
-      zlib.createZstdCompress?.({ params: zstdParams }) as Stream | undefined,
+      zlib.createZstdCompress?.({ params: zstdParams }) as
+        | ZlibStream
+        | undefined,
     zlib.constants.ZSTD_e_end,
   );
   return (type, cluster, maxOutput, into) => {

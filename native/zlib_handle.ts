@@ -7,6 +7,38 @@
  * @module
  */
 
+/**
+ * The native handle behind a `node:zlib` stream (its undocumented
+ * `_handle`, in Deno and Node): one synchronous call compresses or
+ * decompresses a whole buffer, and `reset` readies it for the next.
+ */
+export interface ZlibHandle {
+  /** Runs the stream over `input` into `output` with `flush`; the room left is in the stream's `_writeState[0]`. */
+  writeSync(
+    flush: number,
+    input: Uint8Array,
+    inOffset: number,
+    inLength: number,
+    output: Uint8Array,
+    outOffset: number,
+    outLength: number,
+  ): void;
+  /** Readies the handle for the next buffer. */
+  reset(): void;
+  /** Frees it. */
+  close?(): void;
+  /** Called with zlib's message when a call fails. */
+  onerror: (message: string) => void;
+}
+
+/** A `node:zlib` stream, as far as reusing its handle goes. */
+export interface ZlibStream {
+  /** The native handle, where the runtime has one. */
+  _handle?: ZlibHandle;
+  /** `[avail_out, avail_in]` after a `writeSync`. */
+  _writeState?: Uint32Array;
+}
+
 /** The parts of `node:zlib` that {@linkcode clusterDecompressor} uses. */
 export interface ZlibModule {
   /** One-shot raw inflate. */
@@ -46,25 +78,9 @@ export type ClusterDecompressor = (
  * @returns The decompressor.
  */
 export function clusterDecompressor(zlib: ZlibModule): ClusterDecompressor {
-  type Handle = {
-    writeSync(
-      flush: number,
-      input: Uint8Array,
-      inOffset: number,
-      inLength: number,
-      output: Uint8Array,
-      outOffset: number,
-      outLength: number,
-    ): void;
-    reset(): void;
-    close?(): void;
-    onerror: (message: string) => void;
-  };
-  type Stream = { _handle?: Handle; _writeState?: Uint32Array };
-
   /** One reused handle; `run` answers undefined where it cannot say. */
-  const reusable = (make: () => Stream, finish: number) => {
-    let handle: Handle | undefined;
+  const reusable = (make: () => ZlibStream, finish: number) => {
+    let handle: ZlibHandle | undefined;
     let state: Uint32Array | undefined;
     let error: string | undefined;
     const drop = () => {
@@ -101,12 +117,12 @@ export function clusterDecompressor(zlib: ZlibModule): ClusterDecompressor {
   };
 
   const inflate = reusable(
-    () => zlib.createInflateRaw() as Stream,
+    () => zlib.createInflateRaw() as ZlibStream,
     zlib.constants.Z_FINISH,
   );
   const zstd = typeof zlib.createZstdDecompress === "function"
     ? reusable(
-      () => zlib.createZstdDecompress!() as Stream,
+      () => zlib.createZstdDecompress!() as ZlibStream,
       zlib.constants.ZSTD_e_end,
     )
     : undefined;
