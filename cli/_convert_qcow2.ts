@@ -23,12 +23,11 @@ import { type HostFile, hostFile } from "../native/holes.ts";
 import { type InputFile, openOutput, requireRead } from "../native/output.ts";
 import { workerCompressors } from "../native/compress_pool.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
-import { progressBar } from "../src/ops/progress_bar.ts";
 import { type Flags, type FormatName, UsageError } from "./_args.ts";
 import { interruptible } from "./_interrupt.ts";
 import { openInput, probePath } from "./_open.ts";
-import { terminalColumns, writeStderr } from "./_output.ts";
-import { roleIn } from "./convert.ts";
+import { progressOf } from "./_progress.ts";
+import { chainOpener } from "./convert.ts";
 import { atPath } from "../native/fs_errors.ts";
 import { resolveName } from "../src/chain.ts";
 
@@ -167,19 +166,13 @@ export async function convertToQcow2Command(
     snapshot: command.snapshot,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,
-    openFile: async (path, request) => {
-      await requireRead(path);
-      inputs.push({ path, what: roleIn(srcPath, request) });
-      return await openPath(path);
-    },
+    openFile: chainOpener(srcPath, inputs),
   }).catch((e) => Promise.reject(new InFile(srcPath, e)));
   // A raw file's holes, where FFI tells them (as QEMU's SEEK_DATA): not read.
   const image = format === "raw"
     ? withHoles(opened, hostFile(srcPath))
     : opened;
-  const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
-    ? progressBar({ write: writeStderr, columns: terminalColumns() })
-    : undefined;
+  const bar = progressOf(flags);
   const pool = flags.c ? workerCompressors() : undefined;
   // An image error names SRC; an option error or an I/O error is said as it is.
   const inSource = (e: unknown) =>

@@ -18,7 +18,6 @@ import { pooledNodeCrypto } from "../native/crypto.ts";
 import { explain, InFile } from "../native/explain.ts";
 import { requireRead } from "../native/output.ts";
 import { mapSize } from "../src/ops/map.ts";
-import { progressBar } from "../src/ops/progress_bar.ts";
 import {
   type CommandSpec,
   imageFormat,
@@ -30,7 +29,7 @@ import {
 import { HostFiles } from "./_hosts.ts";
 import { namedImages, SECRET_HELP, withSecretFlags } from "./_secrets.ts";
 import { openInput } from "./_open.ts";
-import { terminalColumns, writeStderr } from "./_output.ts";
+import { progressOf } from "./_progress.ts";
 
 /** One line for the command list of `qcow2 --help`. */
 export const summary = "check whether two images hold the same disk";
@@ -125,9 +124,7 @@ export async function main(args: string[]): Promise<number> {
       }
     }
     const [a, b] = images;
-    const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
-      ? progressBar({ write: writeStderr, columns: terminalColumns() })
-      : undefined;
+    const bar = progressOf(flags);
     let result: CompareResult;
     try {
       result = await compareImages(a, b, {

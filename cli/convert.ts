@@ -5,7 +5,7 @@
  */
 
 import type { ConvertSummary } from "../src/ops/convert.ts";
-import type { OpenRequest } from "../src/open.ts";
+import type { OpenedFile, OpenRequest } from "../src/open.ts";
 import { Qcow2Error } from "../src/errors.ts";
 import { openPath } from "../native/open_path.ts";
 import { nativeFace } from "../native/face.ts";
@@ -16,7 +16,6 @@ import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
 import { fileSink } from "../src/io/sink.ts";
 import { workerCodecs } from "../native/worker_codecs.ts";
 import type { Codecs } from "../src/codecs/codecs.ts";
-import { progressBar } from "../src/ops/progress_bar.ts";
 import {
   type CommandSpec,
   imageFormat,
@@ -30,7 +29,7 @@ import {
 import { openInput } from "./_open.ts";
 import { namedImages, SECRET_HELP, withSecretFlags } from "./_secrets.ts";
 import { interruptible } from "./_interrupt.ts";
-import { terminalColumns, writeStderr } from "./_output.ts";
+import { progressOf } from "./_progress.ts";
 import { CREATE_OPTIONS_HELP } from "../src/qcow2/create_options.ts";
 
 /** One line for the command list of `qcow2 --help`. */
@@ -209,18 +208,12 @@ export async function main(args: string[]): Promise<number> {
     snapshot,
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,
-    openFile: async (path, request) => {
-      await requireRead(path);
-      inputs.push({ path, what: roleIn(srcPath, request) });
-      return await openPath(path);
-    },
+    openFile: chainOpener(srcPath, inputs),
   }).catch((e) => {
     pool.close();
     return Promise.reject(new InFile(srcPath, e));
   }).finally(() => password?.fill(0));
-  const bar = flags.p && !flags.quiet && Deno.stderr.isTerminal()
-    ? progressBar({ write: writeStderr, columns: terminalColumns() })
-    : undefined;
+  const bar = progressOf(flags);
   // An image error names SRC; an I/O error is said as it is.
   const inSource = (e: unknown) =>
     e instanceof Qcow2Error ? new InFile(srcPath, e) : e;
@@ -290,6 +283,22 @@ export async function main(args: string[]): Promise<number> {
     ));
   }
   return 0;
+}
+
+/**
+ * The `openFile` hook for the files of `src`'s chain: checks the permission
+ * (Deno never stops to prompt), adds each file to `inputs` (which DST must
+ * be none of) with its role, and opens it.
+ */
+export function chainOpener(
+  src: string,
+  inputs: InputFile[],
+): (path: string, request: OpenRequest) => Promise<OpenedFile> {
+  return async (path, request) => {
+    await requireRead(path);
+    inputs.push({ path, what: roleIn(src, request) });
+    return await openPath(path);
+  };
 }
 
 /**
