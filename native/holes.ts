@@ -11,7 +11,7 @@
 
 import type { HostAllocation, HostRun } from "../src/ops/map.ts";
 import { atPath } from "./fs_errors.ts";
-import { openLibc } from "./libc.ts";
+import { libcLoader } from "./libc.ts";
 
 const SEEK_DATA = 3;
 const SEEK_HOLE = 4;
@@ -24,14 +24,8 @@ const SYMBOLS = {
   __errno_location: { parameters: [], result: "pointer" },
 } as const;
 
-type Libc = Deno.DynamicLibrary<typeof SYMBOLS>;
-let libc: Libc | null | undefined;
-
-/** The C library, or null where FFI is not allowed or not on Linux. */
-function loadLibc(): Libc | null {
-  if (libc === undefined) libc = openLibc(SYMBOLS);
-  return libc;
-}
+/** The C library (opened once), or null where FFI is not allowed or not on Linux. */
+const loadLibc = libcLoader(SYMBOLS);
 
 /** A {@linkcode HostAllocation} that holds a file descriptor until closed. */
 export interface HostFile extends HostAllocation {

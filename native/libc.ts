@@ -8,13 +8,24 @@
  */
 
 /**
- * Opens the C library with `symbols`.
+ * What opens the C library with `symbols`, on its first call only.
  *
  * @param symbols The functions to bind.
- * @returns The library, or null where FFI is not allowed, not on Linux, or
- * the library or a symbol is missing.
+ * @returns A function giving the library, or null where FFI is not allowed,
+ * not on Linux, or the library or a symbol is missing.
  */
-export function openLibc<S extends Deno.ForeignLibraryInterface>(
+export function libcLoader<S extends Deno.ForeignLibraryInterface>(
+  symbols: S,
+): () => Deno.DynamicLibrary<S> | null {
+  let libc: Deno.DynamicLibrary<S> | null | undefined;
+  return () => {
+    if (libc === undefined) libc = openLibc(symbols);
+    return libc;
+  };
+}
+
+/** The C library with `symbols`, or null (see {@linkcode libcLoader}). */
+function openLibc<S extends Deno.ForeignLibraryInterface>(
   symbols: S,
 ): Deno.DynamicLibrary<S> | null {
   try {

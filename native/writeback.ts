@@ -12,7 +12,7 @@
  * @module
  */
 
-import { openLibc } from "./libc.ts";
+import { libcLoader } from "./libc.ts";
 
 const SYNC_FILE_RANGE_WRITE = 2;
 const O_RDONLY_CLOEXEC = 0o2000000;
@@ -23,14 +23,8 @@ const SYMBOLS = {
   sync_file_range: { parameters: ["i32", "i64", "i64", "u32"], result: "i32" },
 } as const;
 
-type Libc = Deno.DynamicLibrary<typeof SYMBOLS>;
-let libc: Libc | null | undefined;
-
-/** The C library, or null where FFI is not allowed or not on Linux. */
-function loadLibc(): Libc | null {
-  if (libc === undefined) libc = openLibc(SYMBOLS);
-  return libc;
-}
+/** The C library (opened once), or null where FFI is not allowed or not on Linux. */
+const loadLibc = libcLoader(SYMBOLS);
 
 /** Starts the writeback of ranges of one file, until closed. */
 export interface Writeback {
