@@ -13,6 +13,7 @@
 
 import { requireRead } from "../native/output.ts";
 import { atPath } from "../native/fs_errors.ts";
+import { splitOptionList } from "../src/option_string.ts";
 import { type CommandSpec, type Flags, UsageError } from "./_args.ts";
 
 /** Options every command that reads an image takes for its password. */
@@ -64,21 +65,7 @@ export function parseOptionString(
   status = 2,
 ): Map<string, string> {
   const out = new Map<string, string>();
-  const parts: string[] = [];
-  let current = "";
-  for (let i = 0; i < text.length; i++) {
-    if (text[i] === ",") {
-      if (text[i + 1] === ",") {
-        current += ",";
-        i++;
-      } else {
-        parts.push(current);
-        current = "";
-      }
-    } else current += text[i];
-  }
-  parts.push(current);
-  for (const part of parts) {
+  for (const part of splitOptionList(text)) {
     const eq = part.indexOf("=");
     if (eq <= 0) {
       throw new UsageError(

@@ -7,6 +7,7 @@
  */
 
 import type { CompressionType } from "./header.ts";
+import { splitOptionList } from "../option_string.ts";
 
 /** How much of a new image is laid out in advance (qemu-img's `preallocation`). */
 export type Preallocation = "off" | "metadata" | "falloc" | "full";
@@ -400,21 +401,7 @@ export type OptionText = Map<string, string>;
 export function splitOptions(args: string[]): OptionText {
   const out: OptionText = new Map();
   for (const arg of args) {
-    const parts: string[] = [];
-    let current = "";
-    for (let i = 0; i < arg.length; i++) {
-      if (arg[i] === ",") {
-        if (arg[i + 1] === ",") {
-          current += ",";
-          i++;
-          continue;
-        }
-        parts.push(current);
-        current = "";
-      } else current += arg[i];
-    }
-    parts.push(current);
-    for (const part of parts) {
+    for (const part of splitOptionList(arg)) {
       if (part === "") continue;
       const eq = part.indexOf("=");
       if (eq < 0) {
