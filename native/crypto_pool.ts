@@ -7,17 +7,17 @@
  * spreads over the cores while the calling thread reads and writes.
  *
  * Each request's bytes are copied into a shared buffer (a
- * `SharedArrayBuffer`, reused: posting it shares it, where a transferred
- * `ArrayBuffer` is copied, and reused memory takes no page faults), sent to
- * the worker with the fewest pending (at most two each: one being done, one
- * waiting), decrypted there in place and copied back. Requests beyond that
- * wait in a queue, and the calling thread takes the oldest whenever it has a
- * turn free (a timer runs only then), so it shares the work rather than idle.
- * Requests under 64 KiB are decrypted on the calling thread: a trip to a
- * worker costs more. The workers start on the first request big enough for
- * them, so a small read never pays for them. They run from a `blob:` URL
- * made of the cipher's source text, so starting one needs no read
- * permission; they stop when the image's encryption is closed.
+ * `SharedArrayBuffer`, reused: posting it shares it, and memory used before
+ * takes no page faults, where a new buffer per request took one per 4 KiB),
+ * sent to the worker with the fewest pending (at most two each: one being
+ * done, one waiting), decrypted there in place and copied back. Requests
+ * beyond that wait in a queue, and the calling thread takes the oldest
+ * whenever it has a turn free (a timer runs only then), so it shares the work
+ * rather than idle. Requests under 64 KiB are decrypted on the calling
+ * thread: a trip to a worker costs more. The workers start on the first
+ * request big enough for them, so a small read never pays for them. They run
+ * from a `blob:` URL made of the cipher's source text, so starting one needs
+ * no read permission; they stop when the image's encryption is closed.
  *
  * @module
  */
@@ -161,8 +161,7 @@ export function workerCrypto(
       );
       let nextId = 1;
       // Shared buffers that carry requests to a worker and back: posting
-      // one shares it, where a transferred ArrayBuffer would be copied, and
-      // reusing them touches no fresh memory.
+      // one shares it, and reusing them touches no fresh memory.
       const lanes: Uint8Array[] = [];
       let slots: Slot[] | undefined;
       // The workers start on the first request big enough for one, so that
