@@ -701,15 +701,7 @@ export async function convertImageToQcow2(
   // Aborted while the last clusters were written: stop before the tables.
   options.signal?.throwIfAborted();
   const fileSize = await finishPreallocated(writer, target, c.options);
-  return {
-    options: c.options,
-    virtualSize: image.size,
-    fileSize,
-    dataClusters: counts.data,
-    compressedClusters: counts.compressed,
-    zeroClusters: counts.zero,
-    durationMs: performance.now() - began,
-  };
+  return summaryOf(c, image, fileSize, counts, began);
 }
 
 /**
@@ -784,6 +776,20 @@ export async function convertImageToQcow2Stream(
       ((p) => c.onProgress!({ done: (total + p.done) / 2, total })),
   });
   const fileSize = await writeStream(target, c.options, plan, items);
+  return summaryOf(c, image, fileSize, counts, began);
+}
+
+/**
+ * What a conversion wrote: `fileSize` bytes, `counts` clusters of each kind,
+ * since `began` (`performance.now()`).
+ */
+function summaryOf(
+  c: Classify,
+  image: DiskImage,
+  fileSize: number,
+  counts: Record<ClusterWrite["kind"], number>,
+  began: number,
+): ConvertToQcow2Summary {
   return {
     options: c.options,
     virtualSize: image.size,
