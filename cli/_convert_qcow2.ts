@@ -20,7 +20,7 @@ import { openPath } from "../native/open_path.ts";
 import { pooledNodeCrypto } from "../native/crypto.ts";
 import { backingImageError, InFile } from "../native/explain.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
-import { type InputFile, openOutput, requireRead } from "../native/output.ts";
+import { type InputFile, requireRead, writeOutput } from "../native/output.ts";
 import { workerCompressors } from "../native/compress_pool.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
 import { type Flags, type FormatName, UsageError } from "./_args.ts";
@@ -196,18 +196,12 @@ export async function convertToQcow2Command(
         return await nativeFace.convertToQcow2(image, Deno.stdout.writable, run)
           .catch((e) => Promise.reject(inSource(e)));
       }
-      const output = await openOutput(dstPath, inputs);
-      let done: ConvertToQcow2Summary;
-      try {
-        done = await nativeFace.convertToQcow2(image, output.file, run);
-        signal.throwIfAborted(); // Ctrl-C just as it ended
-      } catch (e) {
-        // Leave nothing partial under the destination's name.
-        await output.discard();
-        throw inSource(e);
-      }
-      await output.commit();
-      return done;
+      return await writeOutput(
+        dstPath,
+        inputs,
+        (file) => nativeFace.convertToQcow2(image, file, run),
+        { signal, blame: inSource },
+      );
     });
   } finally {
     image.close();

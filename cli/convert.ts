@@ -11,7 +11,7 @@ import { openPath } from "../native/open_path.ts";
 import { nativeFace } from "../native/face.ts";
 import { pooledNodeCrypto } from "../native/crypto.ts";
 import { InFile } from "../native/explain.ts";
-import { type InputFile, openOutput, requireRead } from "../native/output.ts";
+import { type InputFile, requireRead, writeOutput } from "../native/output.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
 import { fileSink } from "../src/io/sink.ts";
 import { workerCodecs } from "../native/worker_codecs.ts";
@@ -233,24 +233,17 @@ export async function main(args: string[]): Promise<number> {
         return await nativeFace.convert(image, Deno.stdout.writable, options)
           .catch((e) => Promise.reject(inSource(e)));
       }
-      const output = await openOutput(dstPath, inputs);
-      let done: ConvertSummary;
-      try {
-        const sink = await fileSink(output.file, {
-          synchronous: () => !compressed,
-        });
-        done = await nativeFace.convert(image, sink, {
-          ...options,
-          allocate: pool.allocate,
-        });
-        signal.throwIfAborted(); // Ctrl-C just as it ended
-      } catch (e) {
-        // Leave nothing partial under the destination's name.
-        await output.discard();
-        throw inSource(e);
-      }
-      await output.commit();
-      return done;
+      return await writeOutput(
+        dstPath,
+        inputs,
+        async (file) =>
+          await nativeFace.convert(
+            image,
+            await fileSink(file, { synchronous: () => !compressed }),
+            { ...options, allocate: pool.allocate },
+          ),
+        { signal, blame: inSource },
+      );
     });
   } finally {
     image.close();

@@ -16,7 +16,7 @@ import {
   splitOptions,
 } from "../mod.ts";
 import { backingImageError } from "../native/explain.ts";
-import { openOutput, requireRead } from "../native/output.ts";
+import { requireRead, writeOutput } from "../native/output.ts";
 import { NAME, parse, UsageError } from "./_args.ts";
 import {
   ENCRYPT_HELP,
@@ -167,17 +167,13 @@ export async function main(args: string[]): Promise<number> {
   // Ctrl-C stops a preallocation, removes the file and exits 130.
   try {
     await interruptible(async (signal) => {
-      const output = await openOutput(path, inputs);
-      try {
-        await createImage(output.file, { ...options as CreateOptions, luks }, {
-          signal,
-        });
-        signal.throwIfAborted(); // Ctrl-C just as it ended
-      } catch (e) {
-        await output.discard();
-        throw e;
-      }
-      await output.commit();
+      await writeOutput(
+        path,
+        inputs,
+        (file) =>
+          createImage(file, { ...options as CreateOptions, luks }, { signal }),
+        { signal },
+      );
     });
   } finally {
     luks?.encryption.close();

@@ -28,6 +28,39 @@ export interface OutputFile {
 export type InputFile = string | { path: string; what: string };
 
 /**
+ * Writes `dst` whole or not at all: opens it ({@linkcode openOutput}), runs
+ * `write` on the file, and puts it under `dst`'s name; if `write` fails, or
+ * `signal` is aborted by the time it ends (Ctrl-C just as it ended), removes
+ * what was written and throws the failure, passed through `blame`.
+ *
+ * @param dst The destination's path.
+ * @param inputs The files being read, which `dst` must be none of.
+ * @param write What writes the file; its result is returned.
+ * @param options The signal, and how a failure is said (default: as it is).
+ * @returns What `write` returned.
+ * @throws What {@linkcode openOutput} throws, and `write`'s failure.
+ */
+export async function writeOutput<T>(
+  dst: string,
+  inputs: InputFile[],
+  write: (file: Deno.FsFile) => Promise<T>,
+  options: { signal?: AbortSignal; blame?: (e: unknown) => unknown } = {},
+): Promise<T> {
+  const output = await openOutput(dst, inputs);
+  let done: T;
+  try {
+    done = await write(output.file);
+    options.signal?.throwIfAborted();
+  } catch (e) {
+    // Leave nothing partial under the destination's name.
+    await output.discard();
+    throw options.blame ? options.blame(e) : e;
+  }
+  await output.commit();
+  return done;
+}
+
+/**
  * Opens the output for `dst`. With read and write access to the
  * destination's directory (Deno's rename needs both), output goes to a
  * temporary file there and is renamed over `dst` on commit, so a failure
