@@ -27,7 +27,7 @@ import { type Flags, type FormatName, UsageError } from "./_args.ts";
 import { interruptible } from "./_interrupt.ts";
 import { openInput, probePath } from "./_open.ts";
 import { progressOf } from "./_progress.ts";
-import { chainOpener } from "./convert.ts";
+import { chainOpener, runFields } from "./convert.ts";
 import { atPath } from "../native/fs_errors.ts";
 import { resolveName } from "../src/chain.ts";
 
@@ -228,11 +228,7 @@ export async function convertToQcow2Command(
         "compressed-clusters": summary.compressedClusters,
         "zero-clusters": summary.zeroClusters,
         "backing-file": o.backingFile ?? null,
-        "sparse-size": sparseSize,
-        "snapshot": flags.l ?? null,
-        "top-only": flags.top,
-        "files-read": inputs.map((f) => typeof f === "string" ? f : f.path),
-        "duration-ms": Math.round(summary.durationMs),
+        ...runFields(flags, sparseSize, inputs, summary.durationMs),
       },
       null,
       4,

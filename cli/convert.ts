@@ -18,6 +18,7 @@ import { workerCodecs } from "../native/worker_codecs.ts";
 import type { Codecs } from "../src/codecs/codecs.ts";
 import {
   type CommandSpec,
+  type Flags,
   imageFormat,
   NAME,
   parse,
@@ -265,17 +266,32 @@ export async function main(args: string[]): Promise<number> {
         ...(resized ? { "image-virtual-size": current } : {}),
         "bytes-written": summary.bytesWritten,
         "bytes-skipped": summary.bytesSkipped,
-        "sparse-size": sparseSize,
-        "snapshot": flags.l ?? null,
-        "top-only": flags.top,
-        "files-read": inputs.map((f) => typeof f === "string" ? f : f.path),
-        "duration-ms": Math.round(summary.durationMs),
+        ...runFields(flags, sparseSize, inputs, summary.durationMs),
       },
       null,
       4,
     ));
   }
   return 0;
+}
+
+/**
+ * The fields both converts' `--json` summaries end with: how the run was
+ * asked for, what it read and how long it took.
+ */
+export function runFields(
+  flags: Flags,
+  sparseSize: number,
+  inputs: InputFile[],
+  durationMs: number,
+): Record<string, unknown> {
+  return {
+    "sparse-size": sparseSize,
+    "snapshot": flags.l ?? null,
+    "top-only": flags.top,
+    "files-read": inputs.map((f) => typeof f === "string" ? f : f.path),
+    "duration-ms": Math.round(durationMs),
+  };
 }
 
 /**
