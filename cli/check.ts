@@ -13,7 +13,6 @@ import {
   Qcow2Error,
 } from "../mod.ts";
 import { probeSource } from "../src/probe.ts";
-import { openFile } from "./_open.ts";
 import {
   type CommandSpec,
   imageFormat,
@@ -24,7 +23,7 @@ import {
   UsageError,
 } from "./_args.ts";
 import { writeStderr } from "./_output.ts";
-import { openInput } from "./_open.ts";
+import { openFile, openInput } from "./_open.ts";
 import { namedImages, SECRET_HELP, withSecretFlags } from "./_secrets.ts";
 import { atPath } from "../native/fs_errors.ts";
 

@@ -11,6 +11,8 @@
 import type { ByteStore } from "../io/store.ts";
 import type { Qcow2Header } from "./header.ts";
 import {
+  COPIED,
+  HEADER,
   SNAPSHOT,
   SNAPSHOT_ALIGNMENT,
   SNAPSHOT_HEADER_SIZE,
@@ -18,8 +20,6 @@ import {
 import type { Snapshot } from "./snapshots.ts";
 import { Refcounts } from "./refcounts.ts";
 import { decodeL1, decodeL2, encodeL2 } from "./l2_entry.ts";
-import { HEADER } from "./layout.ts";
-import { COPIED } from "./layout.ts";
 
 /**
  * The bytes the snapshot table spans, from its entries' sizes (as QEMU's
