@@ -97,11 +97,16 @@ function workerMain(
     postMessage(message: unknown, transfer?: Transferable[]): void;
   };
   let run: ReturnType<typeof makeClusterCompress> | undefined;
-  /** Output buffers given back by the calling thread, to compress into. */
+  /**
+   * Output buffers given back by the calling thread, to compress into: at
+   * most a few (one comes with each job; a job that does not send its
+   * buffer back leaves one over), or they pile up here.
+   */
   const free: ArrayBuffer[] = [];
   scope.onmessage = async (event) => {
     const { id, type, input, settings, maxOutput, give } = event.data;
     if (give) free.push(...give);
+    if (free.length > 4) free.length = 4;
     try {
       run ??= make(
         (await import(["node", "zlib"].join(":"))) as Parameters<
@@ -244,7 +249,8 @@ export function workerCompressors(
     return new Promise<Uint8Array | undefined>((resolve, reject) => {
       const id = nextId++;
       slot.busy.set(id, { type, input, maxOutput, resolve, reject });
-      const give = spare.splice(0, 2);
+      // One buffer for the one this job's result takes away.
+      const give = spare.splice(0, 1);
       slot.worker.postMessage(
         { id, type, input, settings, maxOutput, give },
         give,
