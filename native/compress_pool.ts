@@ -181,15 +181,13 @@ export function workerCompressors(
     maxOutput: number,
   ): Promise<Uint8Array | undefined> => {
     if (!localRun) {
-      // The first one through the one-shot path: it loads node:zlib and
-      // says, in its words, where a runtime has no zstd.
-      const first = await local[type]!(input, maxOutput);
-      localRun = makeClusterCompress(
-        await importNode<ZlibCompressModule>("zlib"),
-        settings,
-        compressWith,
-      );
-      return first;
+      const zlib = await importNode<ZlibCompressModule>("zlib");
+      // Without zstd, the one-shot path says so in its words (it keeps no
+      // compression state: one costs megabytes).
+      if (type === "zstd" && typeof zlib.zstdCompressSync !== "function") {
+        return await local.zstd!(input, maxOutput);
+      }
+      localRun ??= makeClusterCompress(zlib, settings, compressWith);
     }
     let buffer = spare.pop();
     while (buffer && buffer.byteLength < maxOutput + 1) buffer = spare.pop();
