@@ -120,8 +120,11 @@ function workerMain(
       const into = new Uint8Array(spare ?? new ArrayBuffer(maxOutput + 1));
       const out = run(type, input, maxOutput, into);
       if (out === undefined) {
-        free.push(into.buffer);
-        scope.postMessage({ id, out: null });
+        // Not smaller: the buffer goes back unused, as the calling thread
+        // gave one for this job (kept here, it would be one too many).
+        scope.postMessage({ id, out: null, back: into.buffer }, [
+          into.buffer,
+        ]);
         return;
       }
       if (out.buffer === into.buffer) {
@@ -210,7 +213,8 @@ export function workerCompressors(
       const worker = new Worker(script!, { type: "module" });
       const slot: Slot = { worker, busy: new Map() };
       worker.onmessage = (event) => {
-        const { id, out, error } = event.data;
+        const { id, out, error, back } = event.data;
+        if (back && spare.length < 256) spare.push(back);
         const job = slot.busy.get(id);
         if (!job) return;
         slot.busy.delete(id);
