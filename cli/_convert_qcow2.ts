@@ -22,6 +22,7 @@ import { backingImageError, InFile } from "../native/explain.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
 import { type InputFile, requireRead, writeOutput } from "../native/output.ts";
 import { workerCompressors } from "../native/compress_pool.ts";
+import { workerTarget } from "../native/worker_target.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
 import { type Flags, type FormatName, UsageError } from "./_args.ts";
 import { interruptible } from "./_interrupt.ts";
@@ -199,7 +200,18 @@ export async function convertToQcow2Command(
       return await writeOutput(
         dstPath,
         inputs,
-        (file) => nativeFace.convertToQcow2(image, file, run),
+        async (file, path) => {
+          // Uncompressed, writing costs as much as reading: a worker writes
+          // while this thread reads (compressed output is small, and the
+          // worker's memory is better spent compressing).
+          if (flags.c) return await nativeFace.convertToQcow2(image, file, run);
+          const target = await workerTarget(file, path);
+          try {
+            return await nativeFace.convertToQcow2(image, target, run);
+          } finally {
+            target.close();
+          }
+        },
         { signal, blame: inSource },
       );
     });

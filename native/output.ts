@@ -12,6 +12,8 @@ import { PermissionNeeded } from "./fs_errors.ts";
 export interface OutputFile {
   /** The file to write. */
   file: Deno.FsFile;
+  /** Its path: the temporary file's, or the destination's. */
+  path: string;
   /** Whether `file` is a temporary file beside the destination. */
   temporary: boolean;
   /** Closes the file and puts it under the destination's name. */
@@ -43,13 +45,13 @@ export type InputFile = string | { path: string; what: string };
 export async function writeOutput<T>(
   dst: string,
   inputs: InputFile[],
-  write: (file: Deno.FsFile) => Promise<T>,
+  write: (file: Deno.FsFile, path: string) => Promise<T>,
   options: { signal?: AbortSignal; blame?: (e: unknown) => unknown } = {},
 ): Promise<T> {
   const output = await openOutput(dst, inputs);
   let done: T;
   try {
-    done = await write(output.file);
+    done = await write(output.file, output.path);
     options.signal?.throwIfAborted();
   } catch (e) {
     // Leave nothing partial under the destination's name.
@@ -103,6 +105,7 @@ export async function openOutput(
     const file = await create(dst, dir, temp, { createNew: true });
     return {
       file,
+      path: temp,
       temporary: true,
       async commit() {
         file.close();
@@ -125,6 +128,7 @@ export async function openOutput(
   const file = await create(dst, dir, dst, { create: true });
   return {
     file,
+    path: dst,
     temporary: false,
     commit() {
       file.close();

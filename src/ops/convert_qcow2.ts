@@ -121,6 +121,8 @@ interface SourceRun {
 /** Guest bytes read between turns given to the event loop. */
 const YIELD_EVERY = 128 * 1024 * 1024;
 const CHUNK = 1024 * 1024;
+/** Read buffers in turn when the writer writes them where they lie. */
+const CHUNKS_WRITING = 4;
 
 /**
  * The output clusters of `image` as runs, from its extents: whether each
@@ -359,6 +361,16 @@ interface Classify {
   compressor?: Compressor;
   /** Gives a compressed result back to its compressors, once written. */
   release?: (bytes: Uint8Array) => void;
+  /**
+   * Where the source is read to, when the writer writes bytes where they
+   * lie (`Qcow2Writer.allocate`), and how to wait until such a buffer may
+   * be filled again (`Qcow2Writer.release`). Without them, one buffer is
+   * read into again and again: its bytes are copied by the writer.
+   */
+  chunks?: {
+    allocate(size: number): Uint8Array;
+    release(buffer: Uint8Array): Promise<void>;
+  };
   sparse: number;
   backing: boolean;
   backingSize: number;
@@ -379,7 +391,18 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
   const zeroCluster: ClusterKind = v3 ? "zero" : "data";
   const zeros = new Uint8Array(cs);
   const chunkClusters = Math.max(1, Math.floor(CHUNK / cs));
-  const buffer = new Uint8Array(chunkClusters * cs);
+  /** Read buffers, taken in turn (several when the writer keeps views). */
+  const buffers: Uint8Array[] = [];
+  let reads = 0;
+  const nextBuffer = async (): Promise<Uint8Array> => {
+    const turn = c.chunks ? reads++ % CHUNKS_WRITING : 0;
+    if (buffers[turn]) await c.chunks?.release(buffers[turn]);
+    else {
+      buffers[turn] = c.chunks?.allocate(chunkClusters * cs) ??
+        new Uint8Array(chunkClusters * cs);
+    }
+    return buffers[turn];
+  };
   const queue: Promise<ClusterWrite>[] = [];
   let done = 0;
   let sinceYield = 0;
@@ -426,7 +449,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
   };
   const emit = function* (item: ClusterWrite): Generator<ClusterWrite> {
     yield* upTo(item.cluster);
-    next = item.cluster + 1;
+    next = item.cluster + (item.count ?? 1);
     yield item;
   };
   const push = function* (item: ClusterWrite | Promise<ClusterWrite>) {
@@ -482,7 +505,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         c.signal?.throwIfAborted();
         const n = Math.min(chunkClusters, run.count - at);
         const first = run.cluster + at;
-        const chunk = buffer.subarray(0, n * cs);
+        const chunk = (await nextBuffer()).subarray(0, n * cs);
         const inside = Math.max(0, Math.min(chunk.length, size - first * cs));
         await c.image.read(first * cs, chunk.subarray(0, inside));
         chunk.fill(0, inside);
@@ -500,6 +523,12 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
           // unallocated subcluster would show the backing file.
           c.options.extendedL2 && !c.backing ? cs / 32 : cs,
         );
+        /** Data clusters in a row, gathered into one item (views of the chunk). */
+        let gathered: ClusterWrite | undefined;
+        const flushRun = function* () {
+          if (gathered) yield* emit(gathered);
+          gathered = undefined;
+        };
         for (let i = 0; i < n; i++) {
           const cluster = first + i;
           const bytes = chunk.subarray(i * cs, (i + 1) * cs);
@@ -507,6 +536,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
             ? written[i]
             : c.sparse === 0 || !isZero(bytes, 0, cs);
           if (!nonZero) {
+            yield* flushRun();
             const item = zeroOverBacking(cluster);
             if (item) yield* push(item);
           } else if (!c.compressor) {
@@ -530,7 +560,21 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
                 item.subclusters = subclustersOf(item.ranges, cs / 32);
               }
             }
-            yield* emit(item);
+            if (!c.chunks || item.subclusters !== undefined || blocks) {
+              yield* flushRun();
+              yield* emit(item);
+            } else if (
+              gathered && gathered.cluster + gathered.count! === cluster
+            ) {
+              gathered.count!++;
+              gathered.bytes = chunk.subarray(
+                (gathered.cluster - first) * cs,
+                (i + 1) * cs,
+              );
+            } else {
+              yield* flushRun();
+              gathered = { cluster, kind: "data", bytes, count: 1 };
+            }
           } else {
             // A copy of its own (the chunk is read into again), from the
             // copies that came back: less garbage, less memory.
@@ -552,6 +596,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
             yield* settle();
           }
         }
+        yield* flushRun();
         progress((first + n) * cs);
       }
     }
@@ -687,20 +732,39 @@ export async function convertImageToQcow2(
   }
   const c = await prepare(image, options);
   const writer = new Qcow2Writer(target, c.options, boundOf(c), options.luks);
-  const counts = { data: 0, preallocated: 0, compressed: 0, zero: 0 };
-  for await (const item of classify(c)) {
-    counts[item.kind]++;
-    await writer.add(
-      item.cluster,
-      item.kind,
-      item.bytes,
-      item.subclusters,
-      item.ranges,
-    );
+  if (target.allocate && !c.compressor) {
+    // The source is read into the target's memory and written from there.
+    c.chunks = {
+      allocate: (size) => writer.allocate(size),
+      release: (buffer) => writer.release(buffer),
+    };
   }
-  // Aborted while the last clusters were written: stop before the tables.
-  options.signal?.throwIfAborted();
-  const fileSize = await finishPreallocated(writer, target, c.options);
+  const counts = { data: 0, preallocated: 0, compressed: 0, zero: 0 };
+  let fileSize: number;
+  try {
+    for await (const item of classify(c)) {
+      if (item.count !== undefined) {
+        counts.data += item.count;
+        await writer.addRun(item.cluster, item.bytes!);
+        continue;
+      }
+      counts[item.kind]++;
+      await writer.add(
+        item.cluster,
+        item.kind,
+        item.bytes,
+        item.subclusters,
+        item.ranges,
+      );
+    }
+    // Aborted while the last clusters were written: stop before the tables.
+    options.signal?.throwIfAborted();
+    fileSize = await finishPreallocated(writer, target, c.options);
+  } catch (e) {
+    // No write outlives the conversion (the caller removes the file).
+    await writer.settle().catch(() => {});
+    throw e;
+  }
   return summaryOf(c, image, fileSize, counts, began);
 }
 

@@ -46,6 +46,23 @@ export interface ImageTarget {
   writeAt(position: number, bytes: Uint8Array): Promise<void>;
   /** Sets the file's final length in bytes (what was never written reads as zeros). */
   finish(size: number): Promise<void>;
+  /**
+   * Optional: a new buffer of `size` bytes that the target writes without
+   * a copy (memory shared with the thread that writes). A target with
+   * `allocate` takes a write while earlier ones still run and does them in
+   * the order given, so the writer fills its next batch meanwhile.
+   */
+  allocate?(size: number): Uint8Array;
+}
+
+/** A write left running by the writer (with a target that has `allocate`). */
+interface WriteBehind {
+  /** The batch buffer written, to fill again once done. */
+  batch?: Uint8Array;
+  /** Settles when written; never rejects (see `failure`). */
+  written: Promise<void>;
+  done: boolean;
+  failure?: unknown;
 }
 
 /** The geometry of an image with these options. */
@@ -205,6 +222,9 @@ function setEntry(
 /** Bytes gathered before one write to the target. */
 const WRITE_BATCH = 1024 * 1024;
 
+/** Batch writes left running at once, with a target that has `allocate`. */
+const BATCHES_BEHIND = 4;
+
 /**
  * Writes a new image through a positional target, cluster by cluster in
  * guest order. Metadata is reserved at the front for at most `bound`
@@ -256,9 +276,19 @@ export class Qcow2Writer {
   #l2: Uint8Array | undefined;
   #l2View: DataView | undefined;
   #l2Offset = 0;
-  #batch = new Uint8Array(0);
+  #batch: Uint8Array = new Uint8Array(0);
   #batchStart = 0;
   #batchLength = 0;
+  /** Writes left running, oldest first (only with `allocate`). */
+  #behind: WriteBehind[] = [];
+  /** Batch buffers written, to fill again. */
+  #spareBatches: Uint8Array[] = [];
+  /** Buffers from `allocate()`: their bytes are written where they lie. */
+  #shared = new WeakSet<ArrayBufferLike>();
+  /** Contiguous bytes of such a buffer, gathered for one write. */
+  #run: { position: number; bytes: Uint8Array } | undefined;
+  /** Per buffer of the target's memory: the last write started from it. */
+  #lastWrite = new WeakMap<ArrayBufferLike, WriteBehind>();
   #dataEnd = 0;
   #last = -1;
   #luks?: NewLuks;
@@ -305,7 +335,9 @@ export class Qcow2Writer {
    * @param kind `data` (its bytes, one cluster; none for preallocated
    *   metadata), `compressed` (the compressed bytes, shorter than a
    *   cluster) or `zero` (a v3 zero cluster).
-   * @param bytes The cluster's bytes; may be reused once the promise settles.
+   * @param bytes The cluster's bytes; may be reused once the promise
+   *   settles, or, if they lie in a buffer from {@linkcode allocate}, once
+   *   {@linkcode release} has settled for it.
    * @param subclusters With extended L2, for `data`: the subclusters
    *   allocated (bit i: subcluster i; default all).
    * @param ranges For `data`: the byte ranges of `bytes` to write,
@@ -319,13 +351,91 @@ export class Qcow2Writer {
     subclusters?: number,
     ranges?: number[],
   ): Promise<void> {
+    const hostOffset = await this.#place(
+      cluster,
+      kind,
+      bytes?.length ?? 0,
+      subclusters,
+    );
+    if (bytes && hostOffset !== undefined) {
+      if (this.#luks && kind === "data") {
+        // Preallocated zeros stay as they are, as in QEMU (they read as
+        // garbage until written).
+        const sealed = bytes.slice();
+        await this.#luks.encryption.encrypt(hostOffset, sealed);
+        bytes = sealed;
+      }
+      if (ranges === undefined) await this.#write(hostOffset, bytes);
+      else {
+        for (let i = 0; i < ranges.length; i += 2) {
+          await this.#write(
+            hostOffset + ranges[i],
+            bytes.subarray(ranges[i], ranges[i + 1]),
+          );
+        }
+      }
+    }
+  }
+
+  /**
+   * Adds guest clusters `cluster`, `cluster + 1`, ... as data, after every
+   * cluster added before: the same as an `add` for each, with fewer calls
+   * and larger writes.
+   *
+   * @param cluster The first guest cluster index.
+   * @param bytes The clusters' bytes, one after the other (a whole number
+   *   of clusters); reused as `add` says.
+   */
+  async addRun(cluster: number, bytes: Uint8Array): Promise<void> {
+    const cs = this.layout.clusterSize;
+    const count = bytes.length / cs;
+    if (!Number.isInteger(count) || count < 1) {
+      throw new RangeError(
+        `a run holds whole clusters of ${cs} bytes, not ${bytes.length} bytes`,
+      );
+    }
+    if (this.#luks) {
+      // Each cluster is encrypted with its own host offset.
+      for (let i = 0; i < count; i++) {
+        await this.add(
+          cluster + i,
+          "data",
+          bytes.subarray(i * cs, (i + 1) * cs),
+        );
+      }
+      return;
+    }
+    let first = 0; // the first cluster of the run of contiguous host clusters
+    let host = -1; // its host offset
+    for (let i = 0; i < count; i++) {
+      const at = (await this.#place(cluster + i, "data", cs))!;
+      if (host >= 0 && at === host + (i - first) * cs) continue;
+      if (host >= 0) {
+        await this.#write(host, bytes.subarray(first * cs, i * cs));
+      }
+      first = i;
+      host = at;
+    }
+    await this.#write(host, bytes.subarray(first * cs));
+  }
+
+  /**
+   * Places guest cluster `cluster` (`length` bytes for `data` or
+   * `compressed`) and sets its L2 entry; returns its host offset, if it has
+   * one.
+   */
+  async #place(
+    cluster: number,
+    kind: ClusterKind,
+    length: number,
+    subclusters?: number,
+  ): Promise<number | undefined> {
     if (cluster <= this.#last) {
       throw new RangeError(
         `guest cluster ${cluster} comes after cluster ${this.#last}`,
       );
     }
     this.#last = cluster;
-    const length = bytes?.length ?? 0;
     const placed = this.#placer.place(cluster, kind, length);
     if (placed.newL2Table !== undefined) {
       await this.#flushL2();
@@ -351,24 +461,7 @@ export class Qcow2Writer {
       this.layout.clusterSize,
       subclusters,
     );
-    if (bytes && placed.hostOffset !== undefined) {
-      if (this.#luks && kind === "data") {
-        // Preallocated zeros stay as they are, as in QEMU (they read as
-        // garbage until written).
-        const sealed = bytes.slice();
-        await this.#luks.encryption.encrypt(placed.hostOffset, sealed);
-        bytes = sealed;
-      }
-      if (ranges === undefined) await this.#write(placed.hostOffset, bytes);
-      else {
-        for (let i = 0; i < ranges.length; i += 2) {
-          await this.#write(
-            placed.hostOffset + ranges[i],
-            bytes.subarray(ranges[i], ranges[i + 1]),
-          );
-        }
-      }
-    }
+    return placed.hostOffset;
   }
 
   /** Writes the L2 table being filled, if any. */
@@ -379,8 +472,140 @@ export class Qcow2Writer {
     this.#l2 = undefined;
   }
 
-  /** Queues data for the target, in batches of contiguous bytes. */
+  /**
+   * A buffer for guest bytes that `add` writes where they lie, without a
+   * copy: the target's own memory where it has `allocate`, else a plain
+   * buffer (whose bytes `add` copies). Before filling it again, call
+   * {@linkcode Qcow2Writer.release}.
+   *
+   * @param size Its length in bytes.
+   * @returns The buffer.
+   */
+  allocate(size: number): Uint8Array {
+    const { allocate } = this.#target;
+    if (!allocate) return new Uint8Array(size);
+    const bytes = allocate.call(this.#target, size);
+    this.#shared.add(bytes.buffer);
+    return bytes;
+  }
+
+  /**
+   * Waits until every byte of `buffer` (from {@linkcode allocate}) given to
+   * `add` is written, so that it may be filled again.
+   *
+   * @param buffer A buffer from `allocate`.
+   * @throws What a write failed with.
+   */
+  async release(buffer: Uint8Array): Promise<void> {
+    if (this.#run?.bytes.buffer === buffer.buffer) this.#startRun();
+    const last = this.#lastWrite.get(buffer.buffer);
+    if (!last) return;
+    await last.written;
+    if (last.failure !== undefined) throw last.failure;
+  }
+
+  /**
+   * Waits for every write left running and fails with the first failure.
+   * `finish` calls it; call it also before giving up on an image whose
+   * `add` failed, so that no write outlives it.
+   */
+  async settle(): Promise<void> {
+    this.#run = undefined;
+    const behind = this.#behind;
+    this.#behind = [];
+    await Promise.all(behind.map((b) => b.written));
+    const failed = behind.find((b) => b.failure !== undefined);
+    if (failed) throw failed.failure;
+    for (const b of behind) if (b.batch) this.#spareBatches.push(b.batch);
+  }
+
+  /**
+   * Starts writing `bytes` (in the target's memory) at `position`, left
+   * running: `#behind` keeps it until it is done.
+   */
+  #startWrite(
+    position: number,
+    bytes: Uint8Array,
+    batch?: Uint8Array,
+  ): WriteBehind {
+    // Those done already leave the list (a failure is kept for `settle`).
+    while (this.#behind.length > 1 && this.#behind[0].done) {
+      const done = this.#behind[0];
+      if (done.failure !== undefined) break;
+      this.#behind.shift();
+      if (done.batch) this.#spareBatches.push(done.batch);
+    }
+    const write: WriteBehind = {
+      batch,
+      written: Promise.resolve(),
+      done: false,
+    };
+    write.written = this.#target.writeAt(position, bytes).then(
+      () => {
+        write.done = true;
+      },
+      (e) => {
+        write.done = true;
+        write.failure = e;
+      },
+    );
+    this.#behind.push(write);
+    this.#lastWrite.set(bytes.buffer, write);
+    return write;
+  }
+
+  /** Starts writing the run of bytes gathered in the target's memory. */
+  #startRun(): void {
+    const run = this.#run;
+    if (!run) return;
+    this.#run = undefined;
+    this.#startWrite(run.position, run.bytes);
+  }
+
+  /**
+   * An empty batch buffer: one written already, a new one while fewer than
+   * `BATCHES_BEHIND` batches are being written, else the oldest one's once
+   * it is done.
+   */
+  async #nextBatch(): Promise<Uint8Array> {
+    const spare = this.#spareBatches.pop();
+    if (spare) return spare;
+    const { allocate } = this.#target;
+    if (!allocate) return new Uint8Array(WRITE_BATCH);
+    const batches = this.#behind.filter((b) => b.batch);
+    if (batches.length < BATCHES_BEHIND) {
+      return allocate.call(this.#target, WRITE_BATCH);
+    }
+    const oldest = batches[0];
+    await oldest.written;
+    if (oldest.failure !== undefined) throw oldest.failure;
+    this.#behind.splice(this.#behind.indexOf(oldest), 1);
+    return oldest.batch!;
+  }
+
+  /**
+   * Queues data for the target: bytes in the target's memory as runs
+   * written where they lie, others copied into batches of contiguous bytes.
+   */
   async #write(position: number, bytes: Uint8Array): Promise<void> {
+    if (this.#shared.has(bytes.buffer)) {
+      const run = this.#run;
+      if (
+        run && run.bytes.buffer === bytes.buffer &&
+        run.bytes.byteOffset + run.bytes.length === bytes.byteOffset &&
+        run.position + run.bytes.length === position
+      ) {
+        run.bytes = new Uint8Array(
+          bytes.buffer,
+          run.bytes.byteOffset,
+          run.bytes.length + bytes.length,
+        );
+        return;
+      }
+      this.#startRun();
+      this.#run = { position, bytes };
+      return;
+    }
     if (
       this.#batchLength > 0 &&
       (position !== this.#batchStart + this.#batchLength ||
@@ -392,20 +617,28 @@ export class Qcow2Writer {
       await this.#target.writeAt(position, bytes);
       return;
     }
-    if (this.#batch.length === 0) this.#batch = new Uint8Array(WRITE_BATCH);
+    if (this.#batch.length === 0) this.#batch = await this.#nextBatch();
     if (this.#batchLength === 0) this.#batchStart = position;
     this.#batch.set(bytes, this.#batchLength);
     this.#batchLength += bytes.length;
   }
 
+  /**
+   * Writes the batch. A target with `allocate` is left writing it while
+   * the next batch fills in another buffer; any other is awaited, and its
+   * buffer filled again.
+   */
   async #flushBatch(): Promise<void> {
     if (this.#batchLength === 0) return;
     const n = this.#batchLength;
     this.#batchLength = 0;
-    await this.#target.writeAt(
-      this.#batchStart,
-      this.#batch.subarray(0, n),
-    );
+    const bytes = this.#batch.subarray(0, n);
+    if (!this.#target.allocate) {
+      await this.#target.writeAt(this.#batchStart, bytes);
+      return;
+    }
+    this.#startWrite(this.#batchStart, bytes, this.#batch);
+    this.#batch = new Uint8Array(0); // the next one is taken when needed
   }
 
   /**
@@ -418,6 +651,8 @@ export class Qcow2Writer {
   async finish(dataEnd?: number): Promise<number> {
     await this.#flushL2();
     await this.#flushBatch();
+    this.#startRun();
+    await this.settle();
     const { layout } = this;
     const end = finishRefcounts(
       layout,
@@ -541,6 +776,12 @@ export interface ClusterWrite {
   kind: ClusterKind;
   /** A cluster of data, or the compressed bytes; none for `zero`. */
   bytes?: Uint8Array;
+  /**
+   * For `data` without `subclusters` or `ranges`: a run of this many
+   * clusters from `cluster` on, whose bytes `bytes` holds one after the
+   * other (`Qcow2Writer.addRun`). Absent: one cluster.
+   */
+  count?: number;
   /** With extended L2, for `data`: the subclusters allocated (default all). */
   subclusters?: number;
   /**

@@ -1,0 +1,151 @@
+/**
+ * Writes left running: the writer with a target that has `allocate` (bytes
+ * written where they lie, later, in order) makes the same image as with a
+ * plain one, and `workerTarget` writes a real file on a worker thread.
+ */
+
+import { assertEquals, assertRejects } from "@std/assert";
+import { convertToQcow2, type ImageTarget, memoryTarget } from "../mod.ts";
+import { workerTarget } from "../native/worker_target.ts";
+import { prng } from "./_synth.ts";
+import { tempDir } from "./_reference.ts";
+
+/**
+ * A target with `allocate` that does each write a moment later, in the
+ * order given: a writer that fills a buffer again before its write is done
+ * gets the new bytes written instead of the old ones.
+ */
+function laterTarget() {
+  const inner = memoryTarget();
+  let chain = Promise.resolve();
+  let allocated = 0;
+  const target: ImageTarget & { bytes(): Uint8Array; allocated(): number } = {
+    allocate(size: number) {
+      allocated++;
+      return new Uint8Array(size);
+    },
+    writeAt(position: number, bytes: Uint8Array) {
+      chain = chain
+        .then(() => new Promise<void>((resolve) => setTimeout(resolve, 0)))
+        .then(() => inner.writeAt(position, bytes));
+      return chain;
+    },
+    finish: (size: number) => chain.then(() => inner.finish(size)),
+    bytes: () => inner.bytes(),
+    allocated: () => allocated,
+  };
+  return target;
+}
+
+/**
+ * 6 MiB + 1 KiB of random data with runs of zeros of several lengths: more
+ * than the read buffers taken in turn, so each is filled again.
+ */
+function source(): Uint8Array {
+  const raw = prng(6 * 1024 * 1024 + 1024, 11);
+  raw.fill(0, 65536, 3 * 65536); // two zero clusters (64 KiB)
+  raw.fill(0, 1024 * 1024 + 512, 1024 * 1024 + 8192); // zeros inside one
+  raw.fill(0, 2 * 1024 * 1024, 2 * 1024 * 1024 + 4096);
+  return raw;
+}
+
+const CASES = [
+  {},
+  { clusterSize: 512 },
+  { clusterSize: 4096 }, // an L2 table every 2 MiB
+  { clusterSize: 2 * 1024 * 1024 },
+  { extendedL2: true, clusterSize: 32768 },
+  { compat: "0.10" as const },
+  { sparseSize: 0 }, // zero clusters written from a buffer of its own
+  { preallocation: "metadata" as const },
+  { preallocation: "full" as const, clusterSize: 16384 },
+];
+
+for (const options of CASES) {
+  Deno.test(`convertToQcow2 with writes left running: the same image, ${JSON.stringify(options)}`, async () => {
+    const raw = source();
+    const plain = memoryTarget();
+    await convertToQcow2(raw, plain, options);
+    const later = laterTarget();
+    await convertToQcow2(raw, later, options);
+    // (The first difference, not the whole arrays: a diff of MiBs is huge.)
+    const [a, b] = [later.bytes(), plain.bytes()];
+    assertEquals(a.length, b.length);
+    assertEquals(a.findIndex((x, i) => x !== b[i]), -1);
+    // The bytes were read into the target's memory, not copied there.
+    assertEquals(later.allocated() > 0, true);
+  });
+}
+
+Deno.test("workerTarget: shared bytes by the worker, metadata here, the length by finish", async () => {
+  const dir = await tempDir();
+  try {
+    const path = `${dir}/out.img`;
+    await Deno.writeFile(path, new Uint8Array(100).fill(9)); // emptied first
+    using file = await Deno.open(path, { read: true, write: true });
+    const target = await workerTarget(file, path);
+    try {
+      const a = target.allocate!(8192).fill(1);
+      const b = target.allocate!(4096).fill(2);
+      await Promise.all([
+        target.writeAt(4096, a),
+        target.writeAt(16384, b.subarray(0, 1000)),
+        target.writeAt(0, new Uint8Array(10).fill(3)),
+      ]);
+      await target.finish(20000);
+    } finally {
+      target.close();
+    }
+    const expected = new Uint8Array(20000);
+    expected.fill(3, 0, 10);
+    expected.fill(1, 4096, 4096 + 8192);
+    expected.fill(2, 16384, 16384 + 1000);
+    assertEquals(await Deno.readFile(path), expected);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("workerTarget: a write that fails rejects with the runtime's error class", async () => {
+  const dir = await tempDir();
+  try {
+    const path = `${dir}/out.img`;
+    using file = await Deno.open(path, {
+      read: true,
+      write: true,
+      create: true,
+    });
+    // The worker opens a path that does not exist.
+    const target = await workerTarget(file, `${dir}/missing/out.img`);
+    try {
+      const bytes = target.allocate!(4096);
+      await assertRejects(
+        () => target.writeAt(0, bytes),
+        Deno.errors.NotFound,
+      );
+    } finally {
+      target.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("workerTarget: close() rejects the writes still running", async () => {
+  const dir = await tempDir();
+  try {
+    const path = `${dir}/out.img`;
+    using file = await Deno.open(path, {
+      read: true,
+      write: true,
+      create: true,
+    });
+    const target = await workerTarget(file, path);
+    const write = target.writeAt(0, target.allocate!(4096));
+    target.close(); // before any answer can come
+    await assertRejects(() => write, Error, "stopped");
+    await assertRejects(() => target.writeAt(0, target.allocate!(10)));
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
