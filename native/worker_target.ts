@@ -152,7 +152,8 @@ export async function workerTarget(
   file: Deno.FsFile,
   path: string,
 ): Promise<WorkerTarget> {
-  if ((await file.stat()).size !== 0) await file.truncate(0);
+  // (A seek, not a stat: stat needs read access, which DST may not give.)
+  if (await file.seek(0, Deno.SeekMode.End) !== 0) await file.truncate(0);
   const script = URL.createObjectURL(
     new Blob([`(${writerMain})();`], { type: "text/javascript" }),
   );

@@ -31,6 +31,37 @@ Deno.test("cli convert runs with read of SRC and write of DST only", async () =>
   }
 });
 
+Deno.test("cli convert -O qcow2 runs with read of SRC and write of DST only", async () => {
+  const dir = await tempDir();
+  try {
+    const src = fixture("v3_64k.qcow2");
+    // Write of DST alone (written in place), then of its directory (a
+    // temporary file renamed); with and without -c (the writing worker).
+    for (const c of [[], ["-c"]]) {
+      for (const scope of ["file", "dir"]) {
+        const dst = `${dir}/${scope}${c.length}.qcow2`;
+        const flags = [
+          `--allow-read=${src}${scope === "dir" ? `,${dir}` : ""}`,
+          `--allow-write=${scope === "dir" ? dir : dst}`,
+        ];
+        const r = await cli(flags, ["convert", "-O", "qcow2", ...c, src, dst]);
+        assertEquals(r.code, 0, r.stderr);
+        assertEquals(r.stderr, "");
+        const back = await cli([`--allow-read=${dst}`], ["convert", dst, "-"]);
+        const digest = new Uint8Array(
+          await crypto.subtle.digest("SHA-256", back.bytes),
+        );
+        assertEquals(
+          Array.from(digest, (b) => b.toString(16).padStart(2, "0")).join(""),
+          expected["v3_64k.qcow2"].sha256,
+        );
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("cli convert to - streams the raw image to stdout", async () => {
   const src = fixture("odd_size.qcow2");
   const r = await cli([`--allow-read=${src}`], ["convert", src, "-"]);
