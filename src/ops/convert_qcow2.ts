@@ -223,6 +223,22 @@ function clustersToWrite(
   const clusters = chunk.length / clusterSize;
   const out = new Array<number>(clusters);
   if (clusterSize >= sparse && subclusterSize === clusterSize) {
+    if (chunk.byteOffset % 4 === 0) {
+      // One view of the whole chunk (clusters are multiples of 512 bytes).
+      const words = new Uint32Array(
+        chunk.buffer,
+        chunk.byteOffset,
+        chunk.length >>> 2,
+      );
+      const perCluster = clusterSize >>> 2;
+      for (let c = 0, w = 0; c < clusters; c++) {
+        const end = w + perCluster;
+        while (w < end && words[w] === 0) w++;
+        out[c] = w < end ? 1 : 0;
+        w = end;
+      }
+      return out;
+    }
     for (let c = 0; c < clusters; c++) {
       out[c] = isZero(chunk, c * clusterSize, (c + 1) * clusterSize) ? 0 : 1;
     }
@@ -526,23 +542,46 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         /** Data clusters in a row, gathered into one item (views of the chunk). */
         let gathered: ClusterWrite | undefined;
         const flushRun = function* () {
-          if (gathered) yield* emit(gathered);
+          if (!gathered) return;
+          const from = (gathered.cluster - first) * cs;
+          gathered.bytes = chunk.subarray(from, from + gathered.count! * cs);
+          yield* emit(gathered);
           gathered = undefined;
         };
         for (let i = 0; i < n; i++) {
           const cluster = first + i;
-          const bytes = chunk.subarray(i * cs, (i + 1) * cs);
           const nonZero = written
             ? written[i]
-            : c.sparse === 0 || !isZero(bytes, 0, cs);
+            : c.sparse === 0 || !isZero(chunk, i * cs, (i + 1) * cs);
           if (!nonZero) {
             yield* flushRun();
             const item = zeroOverBacking(cluster);
             if (item) yield* push(item);
-          } else if (!c.compressor) {
-            const subclusters = c.options.extendedL2 && written && !c.backing
-              ? written[i]
-              : undefined;
+            while (queue.length > 0 && queue.length >= c.inFlight) {
+              yield* settle();
+            }
+            continue;
+          }
+          const subclusters = c.options.extendedL2 && written && !c.backing &&
+              !c.compressor
+            ? written[i]
+            : undefined;
+          if (
+            c.chunks && !blocks &&
+            (subclusters === undefined || subclusters === 0xffffffff)
+          ) {
+            // Gathered with the data clusters before it, written as one
+            // (no compressor here: nothing is queued).
+            if (gathered && gathered.cluster + gathered.count! === cluster) {
+              gathered.count!++;
+            } else {
+              yield* flushRun();
+              gathered = { cluster, kind: "data", count: 1 };
+            }
+            continue;
+          }
+          const bytes = chunk.subarray(i * cs, (i + 1) * cs);
+          if (!c.compressor) {
             const item: ClusterWrite =
               subclusters === undefined || subclusters === 0xffffffff
                 ? { cluster, kind: "data", bytes }
@@ -560,21 +599,8 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
                 item.subclusters = subclustersOf(item.ranges, cs / 32);
               }
             }
-            if (!c.chunks || item.subclusters !== undefined || blocks) {
-              yield* flushRun();
-              yield* emit(item);
-            } else if (
-              gathered && gathered.cluster + gathered.count! === cluster
-            ) {
-              gathered.count!++;
-              gathered.bytes = chunk.subarray(
-                (gathered.cluster - first) * cs,
-                (i + 1) * cs,
-              );
-            } else {
-              yield* flushRun();
-              gathered = { cluster, kind: "data", bytes, count: 1 };
-            }
+            yield* flushRun();
+            yield* emit(item);
           } else {
             // A copy of its own (the chunk is read into again), from the
             // copies that came back: less garbage, less memory.

@@ -276,6 +276,8 @@ export class Qcow2Writer {
   #l2: Uint8Array | undefined;
   #l2View: DataView | undefined;
   #l2Offset = 0;
+  /** L2 tables filled, to be written: `[host offset, table]`. */
+  #fullL2: [number, Uint8Array][] = [];
   #batch: Uint8Array = new Uint8Array(0);
   #batchStart = 0;
   #batchLength = 0;
@@ -351,12 +353,13 @@ export class Qcow2Writer {
     subclusters?: number,
     ranges?: number[],
   ): Promise<void> {
-    const hostOffset = await this.#place(
+    const hostOffset = this.#place(
       cluster,
       kind,
       bytes?.length ?? 0,
       subclusters,
     );
+    if (this.#fullL2.length > 0) await this.#writeFullL2();
     if (bytes && hostOffset !== undefined) {
       if (this.#luks && kind === "data") {
         // Preallocated zeros stay as they are, as in QEMU (they read as
@@ -408,7 +411,7 @@ export class Qcow2Writer {
     let first = 0; // the first cluster of the run of contiguous host clusters
     let host = -1; // its host offset
     for (let i = 0; i < count; i++) {
-      const at = (await this.#place(cluster + i, "data", cs))!;
+      const at = this.#place(cluster + i, "data", cs)!;
       if (host >= 0 && at === host + (i - first) * cs) continue;
       if (host >= 0) {
         await this.#write(host, bytes.subarray(first * cs, i * cs));
@@ -417,6 +420,7 @@ export class Qcow2Writer {
       host = at;
     }
     await this.#write(host, bytes.subarray(first * cs));
+    if (this.#fullL2.length > 0) await this.#writeFullL2();
   }
 
   /**
@@ -424,12 +428,12 @@ export class Qcow2Writer {
    * `compressed`) and sets its L2 entry; returns its host offset, if it has
    * one.
    */
-  async #place(
+  #place(
     cluster: number,
     kind: ClusterKind,
     length: number,
     subclusters?: number,
-  ): Promise<number | undefined> {
+  ): number | undefined {
     if (cluster <= this.#last) {
       throw new RangeError(
         `guest cluster ${cluster} comes after cluster ${this.#last}`,
@@ -438,7 +442,8 @@ export class Qcow2Writer {
     this.#last = cluster;
     const placed = this.#placer.place(cluster, kind, length);
     if (placed.newL2Table !== undefined) {
-      await this.#flushL2();
+      // The full one is written by the caller's #writeFullL2().
+      if (this.#l2) this.#fullL2.push([this.#l2Offset, this.#l2]);
       this.#l2 = new Uint8Array(this.layout.clusterSize);
       this.#l2View = new DataView(this.#l2.buffer);
       this.#l2Offset = placed.newL2Table;
@@ -464,10 +469,18 @@ export class Qcow2Writer {
     return placed.hostOffset;
   }
 
-  /** Writes the L2 table being filled, if any. */
+  /** Writes the L2 tables filled since the last call. */
+  async #writeFullL2(): Promise<void> {
+    while (this.#fullL2.length > 0) {
+      const [offset, table] = this.#fullL2.shift()!;
+      await this.#target.writeAt(offset, table);
+    }
+  }
+
+  /** Writes every L2 table, the one being filled too. */
   async #flushL2(): Promise<void> {
+    await this.#writeFullL2();
     if (!this.#l2) return;
-    await this.#flushBatch();
     await this.#target.writeAt(this.#l2Offset, this.#l2);
     this.#l2 = undefined;
   }
