@@ -518,12 +518,13 @@ export class Qcow2Writer {
   }
 
   /**
-   * Waits for every write left running and fails with the first failure.
-   * `finish` calls it; call it also before giving up on an image whose
-   * `add` failed, so that no write outlives it.
+   * Starts the write of the bytes still gathered from the target's memory,
+   * then waits for every write left running and fails with the first
+   * failure. `finish` calls it; call it also before giving up on an image
+   * whose `add` failed, so that no write outlives it.
    */
   async settle(): Promise<void> {
-    this.#run = undefined;
+    this.#startRun();
     const behind = this.#behind;
     this.#behind = [];
     await Promise.all(behind.map((b) => b.written));
