@@ -183,6 +183,66 @@ Deno.test({
 
 Deno.test({
   name:
+    "convert -O qcow2 -B with clusters larger than the source's: a cluster the top layer zeroes in part keeps the backing file's bytes around them",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      await run("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        `${dir}/base.qcow2`,
+        "4M",
+      ]);
+      await run("qemu-io", ["-c", "write -P 0x33 0 4M", `${dir}/base.qcow2`]);
+      await run("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        `${dir}/top.qcow2`,
+      ]);
+      // 64 KiB of zero clusters inside the second 2 MiB cluster, nothing
+      // else there in the top layer: the rest shows the backing file.
+      await run("qemu-io", ["-c", "write -z 2m 64k", `${dir}/top.qcow2`]);
+      for (const extra of [[], ["-o", "compat=0.10"], ["-c"]]) {
+        const ours = `${dir}/ours.qcow2`;
+        const r = await cli([`--allow-read=${dir}`, `--allow-write=${dir}`], [
+          "convert",
+          "-O",
+          "qcow2",
+          "-o",
+          "cluster_size=2M",
+          ...extra,
+          "-B",
+          "base.qcow2",
+          "-F",
+          "qcow2",
+          `${dir}/top.qcow2`,
+          ours,
+        ]);
+        assertEquals(r.code, 0, r.stderr);
+        await run("qemu-img", ["check", ours]);
+        assertEquals(
+          (await run("qemu-img", ["compare", `${dir}/top.qcow2`, ours])).trim(),
+          "Images are identical.",
+          extra.join(" "),
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
     "convert -O qcow2 -B: only the top layer, no larger than qemu-img's, and zeros hide the backing",
   ignore: !hasQemu,
   fn: async () => {

@@ -149,13 +149,21 @@ async function sourceRuns(
       last.count += count;
     } else runs.push({ cluster, count, data, top });
   };
+  // The cluster where the last extent ended, which the next may share.
   let pending = -1;
   let pendingData = false;
   let pendingTop = false;
+  /** Data of a backing layer in it (with `topOnly`). */
+  let pendingUnder = false;
+  // A cluster the top layer covers in part (zeros) over a backing layer's
+  // data is read whole: as a zero cluster it would hide that data.
+  const flush = () =>
+    emit(pending, 1, pendingData || (pendingTop && pendingUnder), pendingTop);
   for await (const e of image.extents()) {
     const top = e.depth === 0 && e.kind !== "unallocated";
-    const data = (e.kind === "data" || e.kind === "compressed") &&
-      (!topOnly || e.depth === 0);
+    const stored = e.kind === "data" || e.kind === "compressed";
+    const data = stored && (!topOnly || e.depth === 0);
+    const under = stored && topOnly && e.depth > 0;
     if (data && dataExtents) {
       // Byte-exact, merged: [start, end) pairs.
       if (dataExtents.at(-1) === e.start) {
@@ -167,16 +175,18 @@ async function sourceRuns(
     if (first === pending) {
       pendingData ||= data;
       pendingTop ||= top;
+      pendingUnder ||= under;
       if (last === first) continue;
-      emit(pending, 1, pendingData, pendingTop);
+      flush();
       first++;
-    } else if (pending >= 0) emit(pending, 1, pendingData, pendingTop);
+    } else if (pending >= 0) flush();
     if (last > first) emit(first, last - first, data, top);
     pending = last;
     pendingData = data;
     pendingTop = top;
+    pendingUnder = under;
   }
-  if (pending >= 0) emit(pending, 1, pendingData, pendingTop);
+  if (pending >= 0) flush();
   return runs;
 }
 
