@@ -73,7 +73,8 @@ export async function writeOutput<T>(
  * @param inputs Every file the conversion reads: `dst` must be none of them.
  * @returns The output.
  * @throws {PermissionNeeded} Without write access (no prompt is shown).
- * @throws {RangeError} If `dst` is a directory or one of the inputs.
+ * @throws {RangeError} If `dst` is a directory, a device, a FIFO or a
+ * socket, or one of the inputs.
  */
 export async function openOutput(
   dst: string,
@@ -83,10 +84,11 @@ export async function openOutput(
   const slash = dst.lastIndexOf("/");
   const dir = slash < 0 ? "." : dst.slice(0, slash) || "/";
   const base = dst.slice(slash + 1);
+  const existing = await granted("read", dst)
+    ? await Deno.stat(dst).catch(() => undefined)
+    : undefined;
   if (
-    base === "" || base === "." || base === ".." ||
-    (await granted("read", dst) &&
-      (await Deno.stat(dst).catch(() => undefined))?.isDirectory)
+    base === "" || base === "." || base === ".." || existing?.isDirectory
   ) {
     throw new RangeError(
       `Cannot write '${dst}': it is a directory; give DST a file name, such as '${
@@ -94,6 +96,8 @@ export async function openOutput(
       }/disk.raw'`,
     );
   }
+  // A device or a FIFO would be replaced by a regular file (or removed).
+  if (existing && !existing.isFile) throw notRegular(dst);
   // (getRandomValues: the first randomUUID costs Deno about 8 ms.)
   const tag = Array.from(
     crypto.getRandomValues(new Uint8Array(4)),
@@ -126,6 +130,18 @@ export async function openOutput(
     throw new PermissionNeeded("write", dst);
   }
   const file = await create(dst, dir, dst, { create: true });
+  try {
+    // Emptied now (it is written from the start): this fails on a device,
+    // which the failure's clean-up would then remove.
+    await file.truncate(0);
+  } catch (e) {
+    file.close();
+    if ((e as { code?: string }).code === "EINVAL") throw notRegular(dst);
+    throw new Error(
+      `Cannot write '${dst}': ${(e as Error)?.message ?? String(e)}`,
+      { cause: e },
+    );
+  }
   return {
     file,
     path: dst,
@@ -139,6 +155,13 @@ export async function openOutput(
       await Deno.remove(dst).catch(() => {});
     },
   };
+}
+
+/** The refusal of a destination that is not a regular file. */
+function notRegular(dst: string): RangeError {
+  return new RangeError(
+    `Cannot write '${dst}': it is not a regular file (a device, a FIFO or a socket); give DST a file name`,
+  );
 }
 
 /**

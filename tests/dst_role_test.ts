@@ -3,7 +3,7 @@
  * input and says what DST is to it, and DST is left as it was.
  */
 import { assertEquals } from "@std/assert";
-import { fixture, sha256File, tempDir } from "./_reference.ts";
+import { cli, fixture, sha256File, tempDir } from "./_reference.ts";
 
 Deno.test("cli convert: DST is the input, its backing file, a deeper layer or its data file", async () => {
   const dir = await tempDir();
@@ -64,6 +64,55 @@ Deno.test("cli convert: DST is the input, its backing file, a deeper layer or it
       );
       assertEquals(await sha256File(`${dir}/${dst}`), before);
     }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli convert and create: DST a FIFO or a link to a device is refused and left as it was", async () => {
+  const dir = await tempDir();
+  try {
+    const src = fixture("v3_64k.qcow2");
+    const fifo = `${dir}/fifo`;
+    const device = `${dir}/null`; // a link to /dev/null: it is never touched
+    const mkfifo = await new Deno.Command("mkfifo", { args: [fifo] }).output();
+    assertEquals(mkfifo.code, 0);
+    await Deno.symlink("/dev/null", device);
+    const commands = (dst: string) => [
+      ["convert", "-O", "qcow2", src, dst],
+      ["convert", src, dst],
+      ["create", "-f", "qcow2", dst, "1M"],
+    ];
+    // With the directory: DST would be replaced by a regular file.
+    for (const dst of [fifo, device]) {
+      for (const args of commands(dst)) {
+        const flags = [`--allow-read=${src},${dir}`, `--allow-write=${dir}`];
+        const r = await cli(flags, args);
+        assertEquals(r.code, 1, args.join(" "));
+        assertEquals(
+          r.stderr,
+          `qcow2: Cannot write '${dst}': it is not a regular file (a device, a FIFO or a socket); give DST a file name\n`,
+        );
+      }
+    }
+    // With DST alone (written in place): it would be removed on failure.
+    for (const args of commands(device)) {
+      const r = await cli(
+        [`--allow-read=${src}`, `--allow-write=${device}`],
+        args,
+      );
+      assertEquals(r.code, 1, args.join(" "));
+      assertEquals(
+        r.stderr,
+        `qcow2: Cannot write '${device}': it is not a regular file (a device, a FIFO or a socket); give DST a file name\n`,
+      );
+    }
+    assertEquals((await Deno.lstat(fifo)).isFile, false);
+    assertEquals((await Deno.lstat(fifo)).isSymlink, false);
+    assertEquals(await Deno.readLink(device), "/dev/null");
+    const left = [];
+    for await (const entry of Deno.readDir(dir)) left.push(entry.name);
+    assertEquals(left.sort(), ["fifo", "null"]);
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
