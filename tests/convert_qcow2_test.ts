@@ -902,3 +902,22 @@ Deno.test("convert -O qcow2 -o preallocation: refused with -c, -B, encryption an
   });
   assertEquals(done.dataClusters, 1);
 });
+
+Deno.test("convert -O qcow2: a cluster with one non-zero byte anywhere is data, an all-zero one is left out", async () => {
+  for (const clusterSize of [512, 65536]) {
+    const clusters = 64;
+    const raw = new Uint8Array(clusters * clusterSize);
+    // Cluster i (i < 32) has one byte set at offset i * 37 % clusterSize,
+    // the last byte in cluster 31; clusters 32.. stay zero.
+    for (let i = 0; i < 32; i++) {
+      const at = i === 31 ? clusterSize - 1 : (i * 37) % clusterSize;
+      raw[i * clusterSize + at] = 0x80;
+    }
+    const target = memoryTarget();
+    const summary = await convertToQcow2(raw, target, { clusterSize });
+    assertEquals(summary.dataClusters, 32, `${clusterSize}`);
+    const back = new Uint8Array(raw.length);
+    await (await openImage(target.bytes())).read(0, back);
+    assertEquals(back.findIndex((x, i) => x !== raw[i]), -1);
+  }
+});
