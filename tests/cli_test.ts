@@ -633,3 +633,53 @@ Deno.test("cli --help lists every flag of each command", async () => {
     assertStringIncludes(infoHelp.stdout, flag);
   }
 });
+
+Deno.test("cli convert: SRC a pipe or a character device is refused in one line (it read as an empty disk)", async () => {
+  const dir = await tempDir();
+  try {
+    const raw = await Deno.readFile(fixture("v3_64k.qcow2"));
+    for (
+      const [src, args] of [
+        ["/dev/stdin", ["-O", "qcow2"]],
+        ["/dev/stdin", ["-f", "raw", "-O", "qcow2"]],
+        ["/dev/stdin", ["-f", "raw"]],
+        ["/dev/zero", ["-O", "qcow2"]],
+      ] as const
+    ) {
+      const dst = `${dir}/out.img`;
+      const child = new Deno.Command(Deno.execPath(), {
+        args: [
+          "run",
+          "--no-prompt",
+          // (Deno asks for every access to open /dev/stdin.)
+          "--allow-all",
+          new URL("../cli.ts", import.meta.url).pathname,
+          "convert",
+          ...args,
+          src,
+          dst,
+        ],
+        stdin: "piped",
+        stdout: "piped",
+        stderr: "piped",
+        env: { NO_COLOR: "1" },
+      }).spawn();
+      // Standard input is a pipe with an image in it.
+      const writer = child.stdin.getWriter();
+      await writer.write(raw).catch(() => {});
+      await writer.close().catch(() => {});
+      const { code, stderr } = await child.output();
+      const said = new TextDecoder().decode(stderr);
+      assertEquals(code, 1, `${args.join(" ")} ${src}: ${said}`);
+      assertMatch(
+        said,
+        /^qcow2: Cannot read '.*': it is a pipe, a socket or a character device: an image is read at any offset; give a file or a block device\n$/,
+      );
+      const left: string[] = [];
+      for await (const e of Deno.readDir(dir)) left.push(e.name);
+      assertEquals(left, []);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
