@@ -103,7 +103,7 @@ export async function openOutput(
     crypto.getRandomValues(new Uint8Array(4)),
     (b) => b.toString(16).padStart(2, "0"),
   ).join("");
-  const temp = `${dir}/.${base}.${tag}.partial`;
+  const temp = `${dir}/${temporaryName(base, tag)}`;
   // Deno's rename needs read access to the temporary file as well.
   if (await granted("write", temp) && await granted("read", temp)) {
     const file = await create(dst, dir, temp, { createNew: true });
@@ -155,6 +155,21 @@ export async function openOutput(
       await Deno.remove(dst).catch(() => {});
     },
   };
+}
+
+/**
+ * The temporary file's name beside `base`: `.BASE.TAG.partial`, with BASE
+ * cut short (by characters) to fit the 255 bytes a file name may have.
+ */
+function temporaryName(base: string, tag: string): string {
+  const bytes = (text: string) => new TextEncoder().encode(text).length;
+  const chars = Array.from(base);
+  let name = `.${base}.${tag}.partial`;
+  while (bytes(name) > 255 && chars.length > 0) {
+    chars.pop();
+    name = `.${chars.join("")}.${tag}.partial`;
+  }
+  return name;
 }
 
 /** The refusal of a destination that is not a regular file. */

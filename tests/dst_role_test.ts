@@ -117,3 +117,34 @@ Deno.test("cli convert and create: DST a FIFO or a link to a device is refused a
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cli convert and create: a DST name of up to 255 bytes is written (its temporary name is cut to fit)", async () => {
+  const dir = await tempDir();
+  try {
+    const src = fixture("v3_64k.qcow2");
+    const flags = [`--allow-read=${src},${dir}`, `--allow-write=${dir}`];
+    // 255 bytes: ASCII, then 2-byte characters (a name is bytes).
+    for (
+      const base of ["a".repeat(249) + ".qcow2", "é".repeat(124) + ".qcow2"]
+    ) {
+      assertEquals(new TextEncoder().encode(base).length <= 255, true);
+      const dst = `${dir}/${base}`;
+      for (
+        const args of [
+          ["convert", "-O", "qcow2", src, dst],
+          ["convert", src, dst],
+          ["create", "-f", "qcow2", dst, "1M"],
+        ]
+      ) {
+        const r = await cli(flags, args);
+        assertEquals(r.code, 0, `${args[0]}: ${r.stderr}`);
+        const left = [];
+        for await (const entry of Deno.readDir(dir)) left.push(entry.name);
+        assertEquals(left, [base]);
+        await Deno.remove(dst);
+      }
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
