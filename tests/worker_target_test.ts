@@ -22,14 +22,20 @@ import { tempDir } from "./_reference.ts";
  * order given: a writer that fills a buffer again before its write is done
  * gets the new bytes written instead of the old ones.
  */
-function laterTarget() {
+function laterTarget(pooled = false) {
   const inner = memoryTarget();
   let chain = Promise.resolve();
   let allocated = 0;
+  // Pooled: every buffer cut from one memory, one after the other (as the
+  // worker target does), so that only their places tell them apart.
+  const pool = new ArrayBuffer(64 * 1024 * 1024);
+  let used = 0;
   const target: ImageTarget & { bytes(): Uint8Array; allocated(): number } = {
     allocate(size: number) {
       allocated++;
-      return new Uint8Array(size);
+      if (!pooled) return new Uint8Array(size);
+      used += size;
+      return new Uint8Array(pool, used - size, size);
     },
     writeAt(position: number, bytes: Uint8Array) {
       chain = chain
@@ -68,12 +74,18 @@ const CASES = [
   { preallocation: "full" as const, clusterSize: 16384 },
 ];
 
-for (const options of CASES) {
-  Deno.test(`convertToQcow2 with writes left running: the same image, ${JSON.stringify(options)}`, async () => {
+for (
+  const [options, pooled] of [
+    ...CASES.map((o) => [o, false] as const),
+    [{}, true] as const,
+    [{ clusterSize: 4096 }, true] as const,
+  ]
+) {
+  Deno.test(`convertToQcow2 with writes left running: the same image, ${JSON.stringify(options)}${pooled ? ", buffers cut from one memory" : ""}`, async () => {
     const raw = source();
     const plain = memoryTarget();
     await convertToQcow2(raw, plain, options);
-    const later = laterTarget();
+    const later = laterTarget(pooled);
     await convertToQcow2(raw, later, options);
     // (The first difference, not the whole arrays: a diff of MiBs is huge.)
     const [a, b] = [later.bytes(), plain.bytes()];

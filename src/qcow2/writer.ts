@@ -55,6 +55,12 @@ export interface ImageTarget {
   allocate?(size: number): Uint8Array;
 }
 
+/** A buffer from the target's `allocate`, and the last write started from it. */
+interface Allocated {
+  view: Uint8Array;
+  last?: WriteBehind;
+}
+
 /** A write left running by the writer (with a target that has `allocate`). */
 interface WriteBehind {
   /** The batch buffer written, to fill again once done. */
@@ -285,12 +291,20 @@ export class Qcow2Writer {
   #behind: WriteBehind[] = [];
   /** Batch buffers written, to fill again. */
   #spareBatches: Uint8Array[] = [];
-  /** Buffers from `allocate()`: their bytes are written where they lie. */
-  #shared = new WeakSet<ArrayBufferLike>();
-  /** Contiguous bytes of such a buffer, gathered for one write. */
-  #run: { position: number; bytes: Uint8Array } | undefined;
-  /** Per buffer of the target's memory: the last write started from it. */
-  #lastWrite = new WeakMap<ArrayBufferLike, WriteBehind>();
+  /**
+   * Buffers from `allocate()` (their bytes are written where they lie), and
+   * the last write started from each. A target may cut them from one
+   * memory, so a view is matched by its memory and its place in it.
+   */
+  #allocated: Allocated[] = [];
+  /** Contiguous bytes of one such buffer, gathered for one write. */
+  #run:
+    | {
+      position: number;
+      bytes: Uint8Array;
+      from: Allocated;
+    }
+    | undefined;
   #dataEnd = 0;
   #last = -1;
   #luks?: NewLuks;
@@ -498,7 +512,7 @@ export class Qcow2Writer {
     const { allocate } = this.#target;
     if (!allocate) return new Uint8Array(size);
     const bytes = allocate.call(this.#target, size);
-    this.#shared.add(bytes.buffer);
+    this.#allocated.push({ view: bytes });
     return bytes;
   }
 
@@ -510,8 +524,9 @@ export class Qcow2Writer {
    * @throws What a write failed with.
    */
   async release(buffer: Uint8Array): Promise<void> {
-    if (this.#run?.bytes.buffer === buffer.buffer) this.#startRun();
-    const last = this.#lastWrite.get(buffer.buffer);
+    const from = this.#allocatedOf(buffer);
+    if (this.#run && this.#run.from === from) this.#startRun();
+    const last = from?.last;
     if (!last) return;
     await last.written;
     if (last.failure !== undefined) throw last.failure;
@@ -541,6 +556,7 @@ export class Qcow2Writer {
     position: number,
     bytes: Uint8Array,
     batch?: Uint8Array,
+    from = this.#allocatedOf(bytes),
   ): WriteBehind {
     // Those done already leave the list (a failure is kept for `settle`).
     while (this.#behind.length > 1 && this.#behind[0].done) {
@@ -564,8 +580,22 @@ export class Qcow2Writer {
       },
     );
     this.#behind.push(write);
-    this.#lastWrite.set(bytes.buffer, write);
+    if (from) from.last = write;
     return write;
+  }
+
+  /** The buffer from `allocate()` that holds `bytes`, if one does. */
+  #allocatedOf(
+    bytes: Uint8Array,
+  ): Allocated | undefined {
+    for (const a of this.#allocated) {
+      if (
+        a.view.buffer === bytes.buffer &&
+        bytes.byteOffset >= a.view.byteOffset &&
+        bytes.byteOffset + bytes.length <= a.view.byteOffset + a.view.length
+      ) return a;
+    }
+    return undefined;
   }
 
   /** Starts writing the run of bytes gathered in the target's memory. */
@@ -573,7 +603,7 @@ export class Qcow2Writer {
     const run = this.#run;
     if (!run) return;
     this.#run = undefined;
-    this.#startWrite(run.position, run.bytes);
+    this.#startWrite(run.position, run.bytes, undefined, run.from);
   }
 
   /**
@@ -602,10 +632,11 @@ export class Qcow2Writer {
    * written where they lie, others copied into batches of contiguous bytes.
    */
   async #write(position: number, bytes: Uint8Array): Promise<void> {
-    if (this.#shared.has(bytes.buffer)) {
+    const from = this.#allocatedOf(bytes);
+    if (from) {
       const run = this.#run;
       if (
-        run && run.bytes.buffer === bytes.buffer &&
+        run && run.from === from &&
         run.bytes.byteOffset + run.bytes.length === bytes.byteOffset &&
         run.position + run.bytes.length === position
       ) {
@@ -617,7 +648,7 @@ export class Qcow2Writer {
         return;
       }
       this.#startRun();
-      this.#run = { position, bytes };
+      this.#run = { position, bytes, from };
       return;
     }
     if (
