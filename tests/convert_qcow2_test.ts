@@ -866,6 +866,57 @@ Deno.test({
   },
 });
 
+Deno.test({
+  name:
+    "convert -O qcow2 -o preallocation=falloc|full, extended L2: data in the last cluster's first subclusters, the file still covers it whole, as qemu-img's",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      // An odd size, the last cluster's few bytes of data at its start.
+      const raw = new Uint8Array(4_999_999);
+      raw.set(prng(999, 5), 4_999_000);
+      raw.set(prng(65536, 6), 65536);
+      await Deno.writeFile(`${dir}/tail.raw`, raw);
+      for (
+        const o of [
+          "preallocation=full,extended_l2=on",
+          "preallocation=falloc,extended_l2=on,cluster_size=16k",
+        ]
+      ) {
+        for (const [who, out] of [["qemu-img", "q"], ["ours", "w"]]) {
+          const args = ["convert", "-f", "raw", "-O", "qcow2", "-o", o];
+          const files = [`${dir}/tail.raw`, `${dir}/${out}.qcow2`];
+          if (who === "qemu-img") await run("qemu-img", [...args, ...files]);
+          else {
+            const r = await cli(
+              [`--allow-read=${dir}`, `--allow-write=${dir}`],
+              [...args, ...files],
+            );
+            assertEquals(r.code, 0, r.stderr);
+          }
+        }
+        await run("qemu-img", ["check", `${dir}/w.qcow2`]);
+        assertEquals(
+          (await run("qemu-img", [
+            "compare",
+            `${dir}/tail.raw`,
+            `${dir}/w.qcow2`,
+          ])).trim(),
+          "Images are identical.",
+        );
+        assertEquals(
+          (await Deno.stat(`${dir}/w.qcow2`)).size,
+          (await Deno.stat(`${dir}/q.qcow2`)).size,
+          o,
+        );
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
 Deno.test("convert -O qcow2 -o preallocation: refused with -c, -B, encryption and to a stream, in one line", async () => {
   const bytes = await Deno.readFile(fixture("v3_64k.qcow2"));
   await assertRejects(

@@ -110,8 +110,9 @@ export async function createImage(
  * with the disk's last subcluster, and the bytes from the end of the guest
  * data to there are written as zeros, as QEMU's `preallocate_co` extends
  * the file to the guest bytes and qcow2 then fills up to the subcluster
- * (so that host block is allocated, as `qemu-img map` sees it). Otherwise
- * the file ends with the last cluster placed.
+ * (so that host block is allocated, as `qemu-img map` sees it). With
+ * `falloc` and `full` it ends with the last cluster, whole; without
+ * preallocation, with the last cluster placed.
  *
  * @returns The file's length.
  */
@@ -122,7 +123,7 @@ export async function finishPreallocated(
 ): Promise<number> {
   const cs = options.clusterSize;
   const clusters = Math.ceil(options.size / cs);
-  if (options.preallocation !== "metadata" || clusters === 0) {
+  if (options.preallocation === "off" || clusters === 0) {
     return await writer.finish();
   }
   const l2Entries = cs / (options.extendedL2 ? 16 : 8);
@@ -130,6 +131,11 @@ export async function finishPreallocated(
   const last = (clusters - 1) * cs;
   const lastHost = writer.layout.dataStart +
     (clusters + Math.ceil(clusters / l2Entries) - 1) * cs;
+  if (options.preallocation !== "metadata") {
+    // falloc/full: the last cluster whole, even if data allocates only its
+    // first subclusters (QEMU preallocates the file before writing data).
+    return await writer.finish(lastHost + cs);
+  }
   const guestEnd = lastHost + (options.size - last);
   const end = lastHost +
     Math.ceil((options.size - last) / subcluster) * subcluster;
