@@ -17,7 +17,8 @@
  *
  * Each case: one warm-up pair whose outputs are checked (`qemu-img check`,
  * `compare` with the source), then `--runs` pairs alternating ours and
- * qemu-img, `sync` before each run outside the timed part. It prints the
+ * qemu-img, `sync` and 300 ms of quiet before each run, outside the timed
+ * part. It prints the
  * load average before and after, the medians, the median of the per-pair
  * ratios, the CPU time (user + system, all threads), peak RSS
  * (`/usr/bin/time`, threads included) and the output sizes. On a loaded
@@ -45,6 +46,8 @@ if (flags.help) {
   Deno.exit(0);
 }
 const runs = Number(flags.runs);
+/** Milliseconds of quiet after each `sync`, before a timed run. */
+const SETTLE_MS = 300;
 const only = flags.only?.split(",");
 const cli = new URL("../cli.ts", import.meta.url).pathname;
 // Inputs: made here in a temporary directory, or read from --reuse DIR
@@ -193,6 +196,10 @@ if (flags.keep && flags.reuse === undefined) {
 async function timed(cmd: string[], dst: string) {
   await Deno.remove(dst).catch(() => {});
   await run("sync", []);
+  // The file system's own work after a delete and a sync (discards, the
+  // journal) lands in the next run otherwise, whichever tool it is: runs of
+  // 0.3 s took up to 2 s on this machine without this pause.
+  await new Promise((resolve) => setTimeout(resolve, SETTLE_MS));
   const rssFile = `${outDir}/rss.txt`;
   const began = performance.now();
   const out = await new Deno.Command("/usr/bin/time", {
