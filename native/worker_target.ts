@@ -7,7 +7,10 @@
  *
  * Requests travel as messages. A ring in shared memory with `Atomics`
  * measured slower here (raw → qcow2 of the bench image: 0.50 s against
- * 0.39 s): the calling thread lost more time than the messages cost.
+ * 0.39 s): the calling thread lost more time than the messages cost. With
+ * FFI on Linux, the shared memory is backed by huge pages and each write's
+ * blocks are reserved with `fallocate` first: both cut system time (figures
+ * in bench/README.md, "Writing qcow2").
  *
  * The worker runs {@linkcode writerMain}'s source text from a `blob:` URL,
  * so starting it needs no read permission for this file; hence
