@@ -115,6 +115,44 @@ Deno.test("Qcow2Writer.settle: the bytes still gathered into one write are writt
   assertEquals(back.findIndex((x) => x !== 7), -1);
 });
 
+Deno.test("Qcow2Writer.allocate: buffers the caller gave up are not kept by the writer", async () => {
+  // A caller taking a new buffer for each run: the writer must not hold on
+  // to them all (the memory would grow with the image). Run apart, to call
+  // the garbage collector.
+  const mod = new URL("../mod.ts", import.meta.url).href;
+  const code = `
+    import { Qcow2Writer, resolveCreateOptions } from ${JSON.stringify(mod)};
+    const target = {
+      allocate: (size) => new Uint8Array(size),
+      writeAt: () => Promise.resolve(),
+      finish: () => Promise.resolve(),
+    };
+    const options = resolveCreateOptions({ size: 64 << 20 });
+    const writer = new Qcow2Writer(target, options, 2048);
+    const kept = [];
+    for (let i = 0; i < 32; i++) {
+      const bytes = writer.allocate(1 << 20).fill(1);
+      kept.push(new WeakRef(bytes.buffer));
+      await writer.addRun(i * 16, bytes);
+    }
+    await writer.finish();
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    gc();
+    console.log(kept.filter((ref) => ref.deref() !== undefined).length);
+  `;
+  const { code: status, stdout, stderr } = await new Deno.Command(
+    Deno.execPath(),
+    {
+      args: ["eval", "--v8-flags=--expose-gc", code],
+      stdout: "piped",
+      stderr: "piped",
+    },
+  ).output();
+  assertEquals(status, 0, new TextDecoder().decode(stderr));
+  const alive = Number(new TextDecoder().decode(stdout).trim());
+  assertEquals(alive < 4, true, `${alive} of 32 buffers still kept`);
+});
+
 Deno.test("workerTarget: shared bytes by the worker, metadata here, the length by finish", async () => {
   const dir = await tempDir();
   try {

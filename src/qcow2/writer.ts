@@ -294,9 +294,10 @@ export class Qcow2Writer {
   /**
    * Buffers from `allocate()` (their bytes are written where they lie), and
    * the last write started from each. A target may cut them from one
-   * memory, so a view is matched by its memory and its place in it.
+   * memory, so a view is matched by its memory and its place in it. Kept
+   * by memory, weakly: a buffer the caller gives up is not held here.
    */
-  #allocated: Allocated[] = [];
+  #allocated = new WeakMap<ArrayBufferLike, Allocated[]>();
   /** Contiguous bytes of one such buffer, gathered for one write. */
   #run:
     | {
@@ -512,7 +513,14 @@ export class Qcow2Writer {
     const { allocate } = this.#target;
     if (!allocate) return new Uint8Array(size);
     const bytes = allocate.call(this.#target, size);
-    this.#allocated.push({ view: bytes });
+    // A view over the place of an earlier one: the target reused it.
+    const end = bytes.byteOffset + bytes.length;
+    const views = (this.#allocated.get(bytes.buffer) ?? []).filter((a) =>
+      a.view.byteOffset >= end ||
+      a.view.byteOffset + a.view.length <= bytes.byteOffset
+    );
+    views.push({ view: bytes });
+    this.#allocated.set(bytes.buffer, views);
     return bytes;
   }
 
@@ -588,9 +596,8 @@ export class Qcow2Writer {
   #allocatedOf(
     bytes: Uint8Array,
   ): Allocated | undefined {
-    for (const a of this.#allocated) {
+    for (const a of this.#allocated.get(bytes.buffer) ?? []) {
       if (
-        a.view.buffer === bytes.buffer &&
         bytes.byteOffset >= a.view.byteOffset &&
         bytes.byteOffset + bytes.length <= a.view.byteOffset + a.view.length
       ) return a;
