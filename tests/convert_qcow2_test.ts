@@ -243,6 +243,82 @@ Deno.test({
 
 Deno.test({
   name:
+    "convert -O qcow2 -B -S 0: the top layer's zeros are written as data, as qemu-img's (-S 0 allocates)",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      await run("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        `${dir}/base.qcow2`,
+        "4M",
+      ]);
+      await run("qemu-io", ["-c", "write -P 0x33 0 4M", `${dir}/base.qcow2`]);
+      await run("qemu-img", [
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        "-b",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        `${dir}/top.qcow2`,
+      ]);
+      await run("qemu-io", [
+        "-c",
+        "write -P 0x44 0 64k",
+        "-c",
+        "write -z 1m 128k",
+        `${dir}/top.qcow2`,
+      ]);
+      const args = [
+        "convert",
+        "-O",
+        "qcow2",
+        "-S",
+        "0",
+        "-B",
+        "base.qcow2",
+        "-F",
+        "qcow2",
+        `${dir}/top.qcow2`,
+      ];
+      const r = await cli(
+        [`--allow-read=${dir}`, `--allow-write=${dir}`],
+        [...args, `${dir}/ours.qcow2`],
+      );
+      assertEquals(r.code, 0, r.stderr);
+      await run("qemu-img", [...args, `${dir}/theirs.qcow2`], dir);
+      await run("qemu-img", ["check", `${dir}/ours.qcow2`]);
+      assertEquals(
+        (await run("qemu-img", [
+          "compare",
+          `${dir}/top.qcow2`,
+          `${dir}/ours.qcow2`,
+        ])).trim(),
+        "Images are identical.",
+      );
+      const map = async (name: string) =>
+        (JSON.parse(
+          await run("qemu-img", ["map", "--output=json", `${dir}/${name}`]),
+        ) as Record<string, unknown>[]).map(({ offset: _, ...e }) => e);
+      assertEquals(await map("ours.qcow2"), await map("theirs.qcow2"));
+      assertEquals(
+        (await Deno.stat(`${dir}/ours.qcow2`)).size,
+        (await Deno.stat(`${dir}/theirs.qcow2`)).size,
+      );
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
     "convert -O qcow2 -B: only the top layer, no larger than qemu-img's, and zeros hide the backing",
   ignore: !hasQemu,
   fn: async () => {

@@ -451,10 +451,16 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
       c.onProgress?.({ done, total: size });
     }
   };
-  /** A zero (or all-zero) cluster of the top layer: over a backing file, it must hide it. */
+  /**
+   * A zero (or all-zero) cluster of the top layer: over a backing file, it
+   * must hide it. With `-S 0` (uncompressed) it is data, zeros written, as
+   * qemu-img writes BLK_ZERO when it may not leave anything sparse.
+   */
   const zeroOverBacking = (cluster: number): ClusterWrite | undefined =>
     c.backing && cluster * cs < c.backingSize
-      ? { cluster, kind: zeroCluster, bytes: v3 ? undefined : zeros }
+      ? c.sparse === 0 && !c.compressor
+        ? { cluster, kind: "data", bytes: zeros }
+        : { cluster, kind: zeroCluster, bytes: v3 ? undefined : zeros }
       : undefined;
   /** Cluster copies the writer is done with, to fill again. */
   const spare: Uint8Array[] = [];
