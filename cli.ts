@@ -22,7 +22,7 @@
 import denoJson from "./deno.json" with { type: "json" };
 import { explain } from "./native/explain.ts";
 import { CommandError, NAME, UsageError } from "./cli/_args.ts";
-import { Interrupted, INTERRUPTED_STATUS } from "./cli/_interrupt.ts";
+import { Interrupted } from "./cli/_interrupt.ts";
 
 /** A command: its `main`, its help text and its line in the command list. */
 interface Command {
@@ -115,8 +115,9 @@ export async function main(args: string[]): Promise<number> {
     // The reader of DST '-' went away (`| head`): stop quietly, with the
     // status of a process killed by SIGPIPE, as `cat` would.
     if (e instanceof Deno.errors.BrokenPipe) return 141;
-    // Ctrl-C: the command cleaned up; exit as a process killed by SIGINT.
-    if (e instanceof Interrupted) return INTERRUPTED_STATUS;
+    // Ctrl-C (or SIGTERM, SIGHUP): the command cleaned up; exit as a
+    // process killed by that signal.
+    if (e instanceof Interrupted) return e.status;
     console.error(`${NAME}: ${explain(e, args[0])}`);
     return 1;
   }

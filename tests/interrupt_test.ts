@@ -254,3 +254,45 @@ Deno.test({
       await drained;
     }),
 });
+
+Deno.test({
+  name:
+    "SIGTERM and SIGHUP: convert -O qcow2 exits 128 + the signal by itself, no temporary file left, DST as it was",
+  ...needs,
+  fn: () =>
+    withImage(async (dir, src) => {
+      const out = `${dir}/out`;
+      await Deno.mkdir(out);
+      const dst = `${out}/disk.qcow2`;
+      await Deno.writeTextFile(dst, "precious");
+      const partial = async () => {
+        for await (const e of Deno.readDir(out)) {
+          if (e.name.endsWith(".partial")) return `${out}/${e.name}`;
+        }
+      };
+      for (
+        const [signal, status] of [["SIGTERM", 143], ["SIGHUP", 129]] as const
+      ) {
+        const child = spawn(
+          [`--allow-read=${src},${out}`, `--allow-write=${out}`],
+          ["convert", "-O", "qcow2", "-S", "0", src, dst],
+        );
+        await grown(partial, 1 << 20);
+        child.kill(signal);
+        const [code, err] = await Promise.all([
+          child.status,
+          new Response(child.stderr).text(),
+          new Response(child.stdout).bytes(),
+        ]);
+        assertEquals(code.signal, null, `${signal}: it should exit by itself`);
+        assertEquals(code.code, status, err);
+        assertEquals(err, "");
+        assertEquals(
+          await partial(),
+          undefined,
+          "the temporary file is removed",
+        );
+        assertEquals(await Deno.readTextFile(dst), "precious");
+      }
+    }),
+});
