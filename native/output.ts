@@ -74,7 +74,8 @@ export async function writeOutput<T>(
  * @returns The output.
  * @throws {PermissionNeeded} Without write access (no prompt is shown).
  * @throws {RangeError} If `dst` is a directory, a device, a FIFO or a
- * socket, or one of the inputs.
+ * socket, or one of the inputs; or, written in place (no read access to
+ * it), if it exists with the size of one of the inputs.
  */
 export async function openOutput(
   dst: string,
@@ -131,11 +132,21 @@ export async function openOutput(
   }
   const file = await create(dst, dir, dst, { create: true });
   try {
+    // Without read access DST cannot be compared with the inputs (a link
+    // to one would be emptied): one of the inputs' size is too close.
+    const size = await file.seek(0, Deno.SeekMode.End);
+    const twin = size > 0 ? await inputOfSize(inputs, size) : undefined;
+    if (twin !== undefined) {
+      throw new RangeError(
+        `refusing to write '${dst}': without read access to it, it cannot be told from the input '${twin}', which has its size (a link to it?); allow reading it too (--allow-read=${dst}) or remove it first`,
+      );
+    }
     // Emptied now (it is written from the start): this fails on a device,
     // which the failure's clean-up would then remove.
     await file.truncate(0);
   } catch (e) {
     file.close();
+    if (e instanceof RangeError) throw e;
     if ((e as { code?: string }).code === "EINVAL") throw notRegular(dst);
     throw new Error(
       `Cannot write '${dst}': ${(e as Error)?.message ?? String(e)}`,
@@ -170,6 +181,20 @@ function temporaryName(base: string, tag: string): string {
     name = `.${chars.join("")}.${tag}.partial`;
   }
   return name;
+}
+
+/** The first of `files` that is `size` bytes long, if one is. */
+async function inputOfSize(
+  files: InputFile[],
+  size: number,
+): Promise<string | undefined> {
+  for (const file of files) {
+    const path = typeof file === "string" ? file : file.path;
+    if ((await Deno.stat(path).catch(() => undefined))?.size === size) {
+      return path;
+    }
+  }
+  return undefined;
 }
 
 /** The refusal of a destination that is not a regular file. */

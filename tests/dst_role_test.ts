@@ -148,3 +148,53 @@ Deno.test("cli convert and create: a DST name of up to 255 bytes is written (its
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("cli convert: DST a link to SRC, with write access to DST alone, is refused and SRC left whole", async () => {
+  const dir = await tempDir();
+  try {
+    const src = `${dir}/disk.qcow2`;
+    await Deno.copyFile(fixture("v3_64k.qcow2"), src);
+    const before = await sha256File(src);
+    await Deno.symlink("disk.qcow2", `${dir}/link.qcow2`);
+    await Deno.link(src, `${dir}/hard.qcow2`);
+    for (const dst of [`${dir}/link.qcow2`, `${dir}/hard.qcow2`]) {
+      for (
+        const args of [["convert", "-O", "qcow2"], ["convert"], [
+          "convert",
+          "-O",
+          "qcow2",
+          "-c",
+        ]]
+      ) {
+        const r = await cli([`--allow-read=${src}`, `--allow-write=${dst}`], [
+          ...args,
+          src,
+          dst,
+        ]);
+        assertEquals(r.code, 1, `${args.join(" ")} ${dst}: ${r.stderr}`);
+        assertEquals(
+          r.stderr,
+          `qcow2: refusing to write '${dst}': without read access to it, it cannot be told from the input '${src}', which has its size (a link to it?); allow reading it too (--allow-read=${dst}) or remove it first\n`,
+        );
+        assertEquals(await sha256File(src), before);
+      }
+    }
+    // An earlier DST of another size is written over, in place, as before.
+    const dst = `${dir}/out.qcow2`;
+    await Deno.writeTextFile(dst, "an earlier file");
+    const r = await cli([`--allow-read=${src}`, `--allow-write=${dst}`], [
+      "convert",
+      "-O",
+      "qcow2",
+      src,
+      dst,
+    ]);
+    assertEquals(r.code, 0, r.stderr);
+    assertEquals(
+      Array.from((await Deno.readFile(dst)).subarray(0, 4)),
+      [0x51, 0x46, 0x49, 0xfb], // the qcow2 magic
+    );
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
