@@ -60,12 +60,24 @@ export async function openPath(path: string): Promise<OpenedFile> {
     return await openDenoFile(path);
   }
   const { open } = await importNode<{
-    open(path: string, flags: string): Promise<FileHandleLike & Closable>;
+    open(path: string, flags: string): Promise<NodeHandle>;
   }>("fs/promises");
   const handle = await open(path, "r");
   try {
+    const stats = await handle.stat();
+    if (stats.isFIFO() || stats.isSocket() || stats.isCharacterDevice()) {
+      // Its size reads 0: it would read as an empty disk.
+      throw Object.assign(
+        new Error(
+          `Cannot read '${path}': it is a pipe, a socket or a character device: an image is read at any offset; give a file or a block device`,
+        ),
+        { path },
+      );
+    }
     return {
       ...(await fileHandleSource(handle)),
+      // A block device's size (stat says 0), found by reading.
+      ...(stats.isBlockDevice() ? { size: await deviceSize(handle) } : {}),
       // A failed close of a file only read loses nothing.
       close: () => void handle.close().catch(() => {}),
     };
@@ -75,7 +87,38 @@ export async function openPath(path: string): Promise<OpenedFile> {
   }
 }
 
-/** A Node `FileHandle`'s `close`. */
-interface Closable {
+/** A Node `FileHandle`: its reads, `close`, and what its `stat` tells. */
+interface NodeHandle extends FileHandleLike {
   close(): Promise<void>;
+  stat(): Promise<{
+    size: number | bigint;
+    isFIFO(): boolean;
+    isSocket(): boolean;
+    isCharacterDevice(): boolean;
+    isBlockDevice(): boolean;
+  }>;
+}
+
+/**
+ * The length of a block device read through `handle` (Node has no seek to
+ * its end): the last 512-byte sector that reads, found by doubling then
+ * halving, about 2 log2(sectors) one-byte reads.
+ */
+async function deviceSize(handle: NodeHandle): Promise<number> {
+  const byte = new Uint8Array(1);
+  const reads = async (sector: number) =>
+    (await handle.read(byte, 0, 1, sector * 512)).bytesRead === 1;
+  if (!(await reads(0))) return 0;
+  let lo = 0; // a sector that reads
+  let hi = 1; // one that does not, once found
+  while (await reads(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (await reads(mid)) lo = mid;
+    else hi = mid;
+  }
+  return (lo + 1) * 512;
 }
