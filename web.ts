@@ -82,6 +82,7 @@ export {
   bytesSource,
   type FileHandleLike,
   fileHandleSource,
+  type FileHandleStats,
   fileSource,
   type ImageInput,
   type SeekableReader,

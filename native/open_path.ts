@@ -75,9 +75,8 @@ export async function openPath(path: string): Promise<OpenedFile> {
       );
     }
     return {
+      // (A block device's size, which stat says is 0, found by reading.)
       ...(await fileHandleSource(handle)),
-      // A block device's size (stat says 0), found by reading.
-      ...(stats.isBlockDevice() ? { size: await deviceSize(handle) } : {}),
       // A failed close of a file only read loses nothing.
       close: () => void handle.close().catch(() => {}),
     };
@@ -95,30 +94,5 @@ interface NodeHandle extends FileHandleLike {
     isFIFO(): boolean;
     isSocket(): boolean;
     isCharacterDevice(): boolean;
-    isBlockDevice(): boolean;
   }>;
-}
-
-/**
- * The length of a block device read through `handle` (Node has no seek to
- * its end): the last 512-byte sector that reads, found by doubling then
- * halving, about 2 log2(sectors) one-byte reads.
- */
-async function deviceSize(handle: NodeHandle): Promise<number> {
-  const byte = new Uint8Array(1);
-  const reads = async (sector: number) =>
-    (await handle.read(byte, 0, 1, sector * 512)).bytesRead === 1;
-  if (!(await reads(0))) return 0;
-  let lo = 0; // a sector that reads
-  let hi = 1; // one that does not, once found
-  while (await reads(hi)) {
-    lo = hi;
-    hi *= 2;
-  }
-  while (hi - lo > 1) {
-    const mid = Math.floor((lo + hi) / 2);
-    if (await reads(mid)) lo = mid;
-    else hi = mid;
-  }
-  return (lo + 1) * 512;
 }

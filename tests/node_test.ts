@@ -132,6 +132,25 @@ async function convertFixtures(
     assertEquals(result.stream, layouts["chain_top.qcow2"].sha256);
   });
   await t.step(
+    "a character device through a FileHandle: refused, not an empty disk",
+    async () => {
+      const r = await exec(exe, [
+        SCRIPT,
+        mod,
+        "handle",
+        "/dev/zero",
+        `${dir}/out`,
+      ]);
+      if (!r) throw new Error(`${exe} is not installed`);
+      const result = JSON.parse(r.stdout || "null");
+      assertEquals(
+        result?.error?.message,
+        "Cannot read it: it is a pipe, a socket or a character device: an image is read at any offset; give a file or a block device",
+        r.stdout + r.stderr,
+      );
+    },
+  );
+  await t.step(
     "a character device by path: refused, not an empty disk",
     async () => {
       // (Its stat size is 0; a pipe or a block device's too.)

@@ -282,8 +282,25 @@ export interface FileHandleLike {
     length: number,
     position: number,
   ): Promise<{ bytesRead: number }>;
-  /** The file's metadata; only `size` is used. */
-  stat(): Promise<{ size: number | bigint }>;
+  /**
+   * The file's metadata: its `size`, and, where given (Node's `Stats`),
+   * what kind of file it is.
+   */
+  stat(): Promise<FileHandleStats>;
+}
+
+/** What {@linkcode fileHandleSource} reads of a `FileHandle`'s `stat()`. */
+export interface FileHandleStats {
+  /** Bytes (0 for a pipe or a block device). */
+  size: number | bigint;
+  /** A pipe. */
+  isFIFO?(): boolean;
+  /** A socket. */
+  isSocket?(): boolean;
+  /** A character device. */
+  isCharacterDevice?(): boolean;
+  /** A block device: its size is found by reading. */
+  isBlockDevice?(): boolean;
 }
 
 /**
@@ -292,6 +309,8 @@ export interface FileHandleLike {
  *
  * @param handle An open `FileHandle` (from `node:fs/promises` `open`).
  * @returns A source that reads from `handle`.
+ * @throws {Error} If `handle` is a pipe, a socket or a character device
+ *   (it cannot be read at any offset; its size reads 0).
  *
  * @example Reading with a Node `FileHandle`
  * ```ts ignore
@@ -322,11 +341,44 @@ export interface FileHandleLike {
 export async function fileHandleSource(
   handle: FileHandleLike,
 ): Promise<ByteSource> {
-  const size = Number((await handle.stat()).size);
+  const stats = await handle.stat();
+  if (stats.isFIFO?.() || stats.isSocket?.() || stats.isCharacterDevice?.()) {
+    // Its size reads 0: it would read as an empty disk.
+    throw new Error(
+      "Cannot read it: it is a pipe, a socket or a character device: an image is read at any offset; give a file or a block device",
+    );
+  }
+  const size = stats.isBlockDevice?.()
+    ? await deviceSize(handle)
+    : Number(stats.size);
   return {
     size,
     readAt: (position, buffer) => readHandleAt(handle, position, buffer),
   };
+}
+
+/**
+ * The length of a block device read through `handle` (no seek to its end
+ * here): the last 512-byte sector that reads, found by doubling then
+ * halving, about 2 log2(sectors) one-byte reads.
+ */
+async function deviceSize(handle: FileHandleLike): Promise<number> {
+  const byte = new Uint8Array(1);
+  const reads = async (sector: number) =>
+    (await handle.read(byte, 0, 1, sector * 512)).bytesRead === 1;
+  if (!(await reads(0))) return 0;
+  let lo = 0; // a sector that reads
+  let hi = 1; // one that does not, once found
+  while (await reads(hi)) {
+    lo = hi;
+    hi *= 2;
+  }
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (await reads(mid)) lo = mid;
+    else hi = mid;
+  }
+  return (lo + 1) * 512;
 }
 
 /**

@@ -11,6 +11,7 @@
 import {
   type ByteSource,
   type FileHandleLike,
+  type FileHandleStats,
   readHandleAt,
 } from "./source.ts";
 import type { WritableFileHandleLike } from "./file_handle_writer.ts";
@@ -438,6 +439,8 @@ export function syncStore(file: SyncFile): ByteStore {
  */
 export interface ReadWriteFileHandleLike
   extends FileHandleLike, WritableFileHandleLike {
+  /** The file's metadata (as {@linkcode FileHandleLike} reads it). */
+  stat(): Promise<FileHandleStats>;
   /** Makes written data durable. */
   datasync(): Promise<void>;
   /** Closes the handle. */
