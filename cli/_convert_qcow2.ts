@@ -209,7 +209,7 @@ export async function convertToQcow2Command(
           try {
             return await nativeFace.convertToQcow2(image, target, run);
           } finally {
-            target.close();
+            await target.close();
           }
         },
         { signal, blame: inSource },

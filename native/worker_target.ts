@@ -58,6 +58,7 @@ function hugePages(memory: SharedArrayBuffer, length: number): number {
 type WriterRequest =
   | { open: string }
   | { buffer: number; shared: SharedArrayBuffer }
+  | { close: number }
   | {
     id: number;
     position: number;
@@ -92,6 +93,7 @@ export function writerMain(): void {
    * delayed allocation (less system time).
    */
   let reserve = (_position: number, _length: number) => {};
+  let release = () => {};
   const withFallocate = (path: string) => {
     if (
       Deno.build.os !== "linux" ||
@@ -99,6 +101,7 @@ export function writerMain(): void {
     ) return;
     const libc = Deno.dlopen("libc.so.6", {
       open: { parameters: ["buffer", "i32"], result: "i32" },
+      close: { parameters: ["i32"], result: "i32" },
       fallocate: { parameters: ["i32", "i32", "i64", "i64"], result: "i32" },
     });
     const fd = libc.symbols.open(
@@ -109,6 +112,10 @@ export function writerMain(): void {
     // A failure (a file system without it) leaves the work to the write.
     reserve = (position, length) =>
       void libc.symbols.fallocate(fd, 0, BigInt(position), BigInt(length));
+    release = () => {
+      libc.symbols.close(fd);
+      libc.close();
+    };
   };
   scope.onmessage = ({ data }) => {
     if ("open" in data) {
@@ -127,6 +134,16 @@ export function writerMain(): void {
     }
     if ("shared" in data) {
       buffers.set(data.buffer, new Uint8Array(data.shared));
+      return;
+    }
+    if ("close" in data) {
+      // After every write asked before: nothing of this thread stays open.
+      try {
+        file?.close();
+      } finally {
+        release();
+        scope.postMessage({ id: data.close });
+      }
       return;
     }
     try {
@@ -155,8 +172,11 @@ export function writerMain(): void {
 
 /** An {@linkcode ImageTarget} over a worker, and a way to stop it. */
 export interface WorkerTarget extends ImageTarget {
-  /** Stops the worker; writes still pending reject. */
-  close(): void;
+  /**
+   * Stops the worker once the writes asked for are done (it closes what it
+   * opened first); later writes reject.
+   */
+  close(): Promise<void>;
 }
 
 /** The error a worker sent, as the runtime's class where it has one. */
@@ -273,9 +293,19 @@ export async function workerTarget(
       if (stopped) throw stopped;
       await file.truncate(size);
     },
-    close() {
+    async close() {
+      if (!stopped) {
+        stop(new Error("the writing thread was stopped"));
+        // The worker closes its file after the writes sent before; a worker
+        // that fails meanwhile settles this too (through onerror).
+        const id = nextId++;
+        const closed = new Promise<void>((resolve) => {
+          pending.set(id, { resolve, reject: () => resolve() });
+        });
+        worker.postMessage({ close: id } satisfies WriterRequest);
+        await closed;
+      }
       worker.terminate();
-      stop(new Error("the writing thread was stopped"));
     },
   };
 }

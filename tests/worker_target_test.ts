@@ -169,9 +169,15 @@ Deno.test("workerTarget: shared bytes by the worker, metadata here, the length b
         target.writeAt(0, new Uint8Array(10).fill(3)),
       ]);
       await target.finish(20000);
+      if (Deno.build.os === "linux") {
+        // The worker's handle, and with FFI its descriptor for fallocate.
+        assertEquals(openOn(path) >= 2, true);
+      }
     } finally {
-      target.close();
+      await target.close();
     }
+    // The worker closed what it opened: only our handle is left.
+    if (Deno.build.os === "linux") assertEquals(openOn(path), 1);
     const expected = new Uint8Array(20000);
     expected.fill(3, 0, 10);
     expected.fill(1, 4096, 4096 + 8192);
@@ -200,7 +206,7 @@ Deno.test("workerTarget: a write that fails rejects with the runtime's error cla
         Deno.errors.NotFound,
       );
     } finally {
-      target.close();
+      await target.close();
     }
   } finally {
     await Deno.remove(dir, { recursive: true });
@@ -218,10 +224,26 @@ Deno.test("workerTarget: close() rejects the writes still running", async () => 
     });
     const target = await workerTarget(file, path);
     const write = target.writeAt(0, target.allocate!(4096));
-    target.close(); // before any answer can come
+    const closing = target.close(); // before any answer can come
     await assertRejects(() => write, Error, "stopped");
     await assertRejects(() => target.writeAt(0, target.allocate!(10)));
+    await closing; // the worker closed its file and stopped
+    // Its file is closed: the directory can go (and the process ends).
+    await target.close(); // twice: nothing more
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+/** How many of this process's file descriptors are open on `path` (Linux). */
+function openOn(path: string): number {
+  let n = 0;
+  for (const entry of Deno.readDirSync("/proc/self/fd")) {
+    try {
+      if (Deno.readLinkSync(`/proc/self/fd/${entry.name}`) === path) n++;
+    } catch {
+      // Gone meanwhile.
+    }
+  }
+  return n;
+}
