@@ -243,6 +243,125 @@ Deno.test({
 
 Deno.test({
   name:
+    "convert -O qcow2 -B with extended L2: only the subclusters the top layer touches, its zeros as zero subclusters; size and map as qemu-img's",
+  ignore: !hasQemu,
+  fn: async () => {
+    const dir = await tempDir();
+    try {
+      const sh = (args: string[]) => run(args[0], args.slice(1));
+      await sh([
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        `${dir}/base.qcow2`,
+        "8M",
+      ]);
+      await sh(["qemu-io", "-c", "write -P 0x11 0 8M", `${dir}/base.qcow2`]);
+      // Tops: extended L2 like the output, then plain 64 KiB clusters.
+      const tops: [string[], string[]][] = [
+        [["-o", "extended_l2=on"], [
+          "write -P 0x22 4k 4k",
+          "write -z 128k 8k", // zero subclusters alone: no host cluster
+          "write -P 0x33 1M 100k", // the file ends in the middle of a cluster
+          "write -z 2M 64k",
+          "write -z 3M 1k", // part of a subcluster: read and written whole
+        ]],
+        [[], [
+          "write -P 0x44 64k 64k",
+          "write -z 512k 128k",
+          "write -P 0x55 5M 64k",
+        ]],
+      ];
+      for (const [createOptions, writes] of tops) {
+        const top = `${dir}/top.qcow2`;
+        await sh([
+          "qemu-img",
+          "create",
+          "-q",
+          "-f",
+          "qcow2",
+          ...createOptions,
+          "-b",
+          "base.qcow2",
+          "-F",
+          "qcow2",
+          top,
+        ]);
+        await sh(["qemu-io", ...writes.flatMap((w) => ["-c", w]), top]);
+        for (const extra of [[], ["-o", "cluster_size=2M"], ["-c"]]) {
+          const args = [
+            "convert",
+            "-O",
+            "qcow2",
+            "-o",
+            "extended_l2=on",
+            ...extra,
+            "-B",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            top,
+          ];
+          const ours = `${dir}/ours.qcow2`;
+          const theirs = `${dir}/theirs.qcow2`;
+          const r = await cli([`--allow-read=${dir}`, `--allow-write=${dir}`], [
+            ...args,
+            ours,
+          ]);
+          assertEquals(r.code, 0, r.stderr);
+          await sh(["qemu-img", ...args, theirs]);
+          const what = `${createOptions.join(" ")} ${extra.join(" ")}`;
+          await sh(["qemu-img", "check", ours]);
+          assertEquals(
+            (await sh(["qemu-img", "compare", top, ours])).trim(),
+            "Images are identical.",
+            what,
+          );
+          assertEquals(
+            (await Deno.stat(ours)).size,
+            (await Deno.stat(theirs)).size,
+            what,
+          );
+          if (extra[0] !== "-c") {
+            assertEquals(
+              await sh(["qemu-img", "map", "--output=json", ours]),
+              await sh(["qemu-img", "map", "--output=json", theirs]),
+              what,
+            );
+          }
+          // The same image streamed to standard output (-B by its full
+          // name: there is no DST directory to resolve it from).
+          const streamed = await cli(
+            [`--allow-read=${dir}`],
+            args.map((a) => a === "base.qcow2" ? `${dir}/base.qcow2` : a)
+              .concat("-"),
+          );
+          assertEquals(streamed.code, 0, streamed.stderr);
+          const stream = `${dir}/streamed.qcow2`;
+          await Deno.writeFile(stream, streamed.bytes);
+          await sh(["qemu-img", "check", stream]);
+          assertEquals(
+            streamed.bytes.length,
+            (await Deno.stat(ours)).size,
+            what,
+          );
+          assertEquals(
+            await sh(["qemu-img", "map", "--output=json", stream]),
+            await sh(["qemu-img", "map", "--output=json", ours]),
+            what,
+          );
+        }
+      }
+    } finally {
+      await Deno.remove(dir, { recursive: true });
+    }
+  },
+});
+
+Deno.test({
+  name:
     "convert -O qcow2 -B -S 0: the top layer's zeros are written as data, as qemu-img's (-S 0 allocates)",
   ignore: !hasQemu,
   fn: async () => {

@@ -116,6 +116,22 @@ interface SourceRun {
   data: boolean;
   /** Allocated in the top layer (matters with a backing file). */
   top: boolean;
+  /**
+   * With extended L2 over a backing file, for one cluster whose top layer
+   * holds only zeros, each on whole subclusters: those subclusters (the
+   * others show the backing file), written as zero subclusters without a
+   * host cluster, as qemu-img does.
+   */
+  zeroSubclusters?: number;
+  /**
+   * With extended L2 over a backing file, for one cluster that the top
+   * layer covers in part and holds data in: the subclusters to allocate
+   * (those its data touches, or its zeros in part), and those its zeros
+   * cover whole (zero subclusters); the others show the backing file, as
+   * qemu-img writes them.
+   */
+  topSubclusters?: number;
+  topZeroSubclusters?: number;
 }
 
 /** Guest bytes read between turns given to the event loop. */
@@ -138,6 +154,7 @@ async function sourceRuns(
   clusterSize: number,
   topOnly: boolean,
   dataExtents?: number[],
+  subclusterSize?: number,
 ): Promise<SourceRun[]> {
   const runs: SourceRun[] = [];
   const emit = (
@@ -145,11 +162,26 @@ async function sourceRuns(
     count: number,
     data: boolean,
     top: boolean,
+    zeroSubclusters?: number,
+    topSubclusters?: number,
+    topZeroSubclusters?: number,
   ) => {
     const last = runs.at(-1);
-    if (
+    if (zeroSubclusters !== undefined) {
+      runs.push({ cluster, count, data, top, zeroSubclusters });
+    } else if (topSubclusters !== undefined) {
+      runs.push({
+        cluster,
+        count,
+        data,
+        top,
+        topSubclusters,
+        topZeroSubclusters,
+      });
+    } else if (
       last && last.cluster + last.count === cluster && last.data === data &&
-      last.top === top
+      last.top === top && last.zeroSubclusters === undefined &&
+      last.topSubclusters === undefined
     ) {
       last.count += count;
     } else runs.push({ cluster, count, data, top });
@@ -160,10 +192,48 @@ async function sourceRuns(
   let pendingTop = false;
   /** Data of a backing layer in it (with `topOnly`). */
   let pendingUnder = false;
+  // With extended L2 over a backing file, for the pending cluster: the
+  // subclusters that top-layer data touches, that top-layer zeros cover
+  // whole, and that they cover in part.
+  let dataBits = 0;
+  let zeroBits = 0;
+  let zeroPartBits = 0;
+  const subclustersIn = (
+    cluster: number,
+    from: number,
+    to: number,
+    zeros: boolean,
+  ) => {
+    if (!subclusterSize) return;
+    const base = cluster * clusterSize;
+    const lo = Math.max(from, base) - base;
+    const hi = Math.min(to, base + clusterSize) - base;
+    for (
+      let u = Math.floor(lo / subclusterSize);
+      u < Math.ceil(hi / subclusterSize);
+      u++
+    ) {
+      const whole = u * subclusterSize >= lo &&
+        (u + 1) * subclusterSize <= hi;
+      if (!zeros) dataBits |= 1 << u;
+      else if (whole) zeroBits |= 1 << u;
+      else zeroPartBits |= 1 << u;
+    }
+  };
   // A cluster the top layer covers in part (zeros) over a backing layer's
-  // data is read whole: as a zero cluster it would hide that data.
-  const flush = () =>
-    emit(pending, 1, pendingData || (pendingTop && pendingUnder), pendingTop);
+  // data is read whole: as a zero cluster it would hide that data (without
+  // subclusters to tell the parts apart).
+  const flush = () => {
+    const alloc = (dataBits | zeroPartBits) >>> 0;
+    const zero = (zeroBits & ~alloc) >>> 0;
+    if (subclusterSize && pendingTop && alloc === 0 && zero !== 0) {
+      emit(pending, 1, false, true, zero);
+    } else if (subclusterSize && pendingTop && alloc !== 0xffffffff) {
+      emit(pending, 1, true, true, undefined, alloc, zero);
+    } else {
+      emit(pending, 1, pendingData || (pendingTop && pendingUnder), pendingTop);
+    }
+  };
   for await (const e of image.extents()) {
     const top = e.depth === 0 && e.kind !== "unallocated";
     const stored = e.kind === "data" || e.kind === "compressed";
@@ -177,10 +247,12 @@ async function sourceRuns(
     }
     let first = Math.floor(e.start / clusterSize);
     const last = Math.floor((e.start + e.length - 1) / clusterSize);
+    const zeros = top && e.kind === "zero";
     if (first === pending) {
       pendingData ||= data;
       pendingTop ||= top;
       pendingUnder ||= under;
+      if (top) subclustersIn(first, e.start, e.start + e.length, zeros);
       if (last === first) continue;
       flush();
       first++;
@@ -190,6 +262,8 @@ async function sourceRuns(
     pendingData = data;
     pendingTop = top;
     pendingUnder = under;
+    dataBits = zeroBits = zeroPartBits = 0;
+    if (top) subclustersIn(last, e.start, e.start + e.length, zeros);
   }
   if (pending >= 0) flush();
   return runs;
@@ -518,6 +592,9 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         if (c.backing && run.top) {
           for (let i = 0; i < run.count; i++) {
             const item = zeroOverBacking(run.cluster + i);
+            if (item && item.kind === "zero") {
+              item.subclusters = run.zeroSubclusters;
+            }
             if (item) yield* push(item);
           }
         }
@@ -591,10 +668,11 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
             }
             continue;
           }
-          const subclusters = c.options.extendedL2 && written && !c.backing &&
-              !c.compressor
+          const subclusters = c.compressor
+            ? undefined
+            : c.options.extendedL2 && written && !c.backing
             ? written[i]
-            : undefined;
+            : run.topSubclusters;
           if (
             c.chunks && !blocks &&
             (subclusters === undefined || subclusters === 0xffffffff)
@@ -615,6 +693,10 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
               subclusters === undefined || subclusters === 0xffffffff
                 ? { cluster, kind: "data", bytes }
                 : { cluster, kind: "data", bytes, subclusters };
+            // Over a backing file: the top layer's zeros on whole subclusters.
+            if (item.subclusters !== undefined && run.topZeroSubclusters) {
+              item.zeroSubclusters = run.topZeroSubclusters;
+            }
             if (blocks) {
               item.ranges = rangesOf(
                 blocks,
@@ -715,7 +797,17 @@ async function prepare(
   return {
     image,
     options: resolved,
-    runs: await sourceRuns(image, cs, backing, dataExtents),
+    runs: await sourceRuns(
+      image,
+      cs,
+      backing,
+      dataExtents,
+      // Zero subclusters over a backing file, as qemu-img makes them (with
+      // -S 0 it writes the zeros as data instead).
+      resolved.extendedL2 && backing && (sparse !== 0 || !!options.compress)
+        ? cs / 32
+        : undefined,
+    ),
     dataExtents,
     compressor,
     release,
@@ -810,6 +902,7 @@ export async function convertImageToQcow2(
         item.bytes,
         item.subclusters,
         item.ranges,
+        item.zeroSubclusters,
       );
     }
     // Aborted while the last clusters were written: stop before the tables.
@@ -881,6 +974,7 @@ export async function convertImageToQcow2Stream(
         count: 1,
         kind: item.kind,
         subclusters: item.subclusters,
+        zeroSubclusters: item.zeroSubclusters,
       });
     } else if (
       last && last.kind === item.kind && last.subclusters === undefined &&

@@ -155,6 +155,26 @@ function endOf(
   return hostOffset + (32 - Math.clz32(subclusters)) * (clusterSize / 32);
 }
 
+/**
+ * The file's end after placing a cluster: as {@linkcode endOf} for one with
+ * a host cluster; one without (a zero cluster) moves it only past an L2
+ * table placed for it, so that a partly allocated cluster before it still
+ * ends the file where its last subcluster ends.
+ */
+function fileEndAfter(
+  before: number,
+  placed: { hostOffset?: number; newL2Table?: number },
+  kind: ClusterKind,
+  position: number,
+  clusterSize: number,
+  subclusters?: number,
+): number {
+  if (placed.hostOffset !== undefined) {
+    return endOf(kind, placed.hostOffset, position, clusterSize, subclusters);
+  }
+  return placed.newL2Table !== undefined ? position : before;
+}
+
 /** Every subcluster of a cluster allocated. */
 const ALL_SUBCLUSTERS = 0xffffffff;
 
@@ -168,6 +188,7 @@ function setEntry(
   clusterBits: number,
   extendedL2: boolean,
   subclusters = ALL_SUBCLUSTERS,
+  zeroSubclusters = 0,
 ): void {
   let raw: bigint;
   let bitmap = 0n;
@@ -193,7 +214,7 @@ function setEntry(
           copied: true,
           zero: false,
           allocationBitmap: kind === "data" ? subclusters : 0,
-          zeroBitmap: 0,
+          zeroBitmap: kind === "data" ? zeroSubclusters : 0,
         }
         : {
           kind: "standard",
@@ -201,7 +222,8 @@ function setEntry(
           copied: false,
           zero: false,
           allocationBitmap: 0,
-          zeroBitmap: 0xffffffff,
+          // Those not zero read from the backing file.
+          zeroBitmap: subclusters,
         },
       clusterBits,
     );
@@ -360,6 +382,8 @@ export class Qcow2Writer {
    * @param ranges For `data`: the byte ranges of `bytes` to write,
    *   `[from, to)` pairs in increasing order (default all of it); the rest
    *   of the host cluster is left unwritten (holes of a preallocated file).
+   * @param zeroSubclusters With extended L2, for `data`: subclusters (not
+   *   allocated ones) that read as zeros (default none).
    */
   async add(
     cluster: number,
@@ -367,12 +391,14 @@ export class Qcow2Writer {
     bytes?: Uint8Array,
     subclusters?: number,
     ranges?: number[],
+    zeroSubclusters?: number,
   ): Promise<void> {
     const hostOffset = this.#place(
       cluster,
       kind,
       bytes?.length ?? 0,
       subclusters,
+      zeroSubclusters,
     );
     if (this.#fullL2.length > 0) await this.#writeFullL2();
     if (bytes && hostOffset !== undefined) {
@@ -448,6 +474,7 @@ export class Qcow2Writer {
     kind: ClusterKind,
     length: number,
     subclusters?: number,
+    zeroSubclusters?: number,
   ): number | undefined {
     if (cluster <= this.#last) {
       throw new RangeError(
@@ -473,10 +500,12 @@ export class Qcow2Writer {
       this.#clusterBits,
       this.#options.extendedL2,
       subclusters,
+      zeroSubclusters,
     );
-    this.#dataEnd = endOf(
+    this.#dataEnd = fileEndAfter(
+      this.#dataEnd,
+      placed,
       kind,
-      placed.hostOffset,
       this.#placer.position,
       this.layout.clusterSize,
       subclusters,
@@ -834,8 +863,17 @@ export interface ClusterWrite {
    * other (`Qcow2Writer.addRun`). Absent: one cluster.
    */
   count?: number;
-  /** With extended L2, for `data`: the subclusters allocated (default all). */
+  /**
+   * With extended L2: for `data`, the subclusters allocated; for `zero`, the
+   * subclusters that read as zeros, the others reading from the backing file
+   * (default all).
+   */
   subclusters?: number;
+  /**
+   * With extended L2, for `data`: subclusters that read as zeros without
+   * being allocated (default none).
+   */
+  zeroSubclusters?: number;
   /**
    * For `data`: the byte ranges of the cluster to write, `[from, to)`
    * pairs in increasing order (default the whole cluster); the rest of the
@@ -856,6 +894,8 @@ export interface PlannedRun {
   length?: number;
   /** For `data` with extended L2: the subclusters allocated (default all). */
   subclusters?: number;
+  /** For `data` with extended L2: subclusters read as zeros (default none). */
+  zeroSubclusters?: number;
 }
 
 /**
@@ -908,9 +948,10 @@ export async function writeStream(
     if (placed.newL2Table !== undefined) {
       l1.set(counting.l1Index, placed.newL2Table);
     }
-    dataEnd = endOf(
+    dataEnd = fileEndAfter(
+      dataEnd,
+      placed,
       kind,
-      placed.hostOffset,
       counting.position,
       layout.clusterSize,
       subclusters,
@@ -951,7 +992,7 @@ export async function writeStream(
     const table = new Uint8Array(layout.clusterSize);
     const view = new DataView(table.buffer);
     let tableOffset = 0;
-    forEachCluster(range, (c, kind, length, subclusters) => {
+    forEachCluster(range, (c, kind, length, subclusters, zeroSubclusters) => {
       const placed = ahead.place(c, kind, length);
       if (placed.newL2Table !== undefined) tableOffset = placed.newL2Table;
       setEntry(
@@ -963,6 +1004,7 @@ export async function writeStream(
         clusterBits,
         options.extendedL2,
         subclusters,
+        zeroSubclusters,
       );
     });
     await target.writeAt(tableOffset, table);
@@ -976,7 +1018,8 @@ export async function writeStream(
           item?.cluster !== cluster || item.kind !== run.kind ||
           (run.kind === "compressed" && item.bytes?.length !== length) ||
           (item.subclusters ?? ALL_SUBCLUSTERS) !==
-            (run.subclusters ?? ALL_SUBCLUSTERS)
+            (run.subclusters ?? ALL_SUBCLUSTERS) ||
+          (item.zeroSubclusters ?? 0) !== (run.zeroSubclusters ?? 0)
         ) {
           throw new Qcow2Error(
             "SOURCE_CHANGED",
@@ -1030,11 +1073,18 @@ function forEachCluster(
     kind: ClusterKind,
     length: number,
     subclusters?: number,
+    zeroSubclusters?: number,
   ) => void,
 ): void {
   for (const run of plan) {
     for (let i = 0; i < run.count; i++) {
-      each(run.cluster + i, run.kind, run.length ?? 0, run.subclusters);
+      each(
+        run.cluster + i,
+        run.kind,
+        run.length ?? 0,
+        run.subclusters,
+        run.zeroSubclusters,
+      );
     }
   }
 }
