@@ -35,6 +35,7 @@ import {
 } from "./placement.ts";
 import { RefcountBlocks } from "./refcount_blocks.ts";
 import type { NewLuks } from "../crypto/luks_create.ts";
+import { DataWrites } from "./data_writes.ts";
 
 /**
  * Where a new image's bytes go: positional writes, in any order, then the
@@ -53,22 +54,6 @@ export interface ImageTarget {
    * the order given, so the writer fills its next batch meanwhile.
    */
   allocate?(size: number): Uint8Array;
-}
-
-/** A buffer from the target's `allocate`, and the last write started from it. */
-interface Allocated {
-  view: Uint8Array;
-  last?: WriteBehind;
-}
-
-/** A write left running by the writer (with a target that has `allocate`). */
-interface WriteBehind {
-  /** The batch buffer written, to fill again once done. */
-  batch?: Uint8Array;
-  /** Settles when written; never rejects (see `failure`). */
-  written: Promise<void>;
-  done: boolean;
-  failure?: unknown;
 }
 
 /** The geometry of an image with these options. */
@@ -247,12 +232,6 @@ function setEntry(
   if (extendedL2) table.setBigUint64(index * size + 8, bitmap);
 }
 
-/** Bytes gathered before one write to the target. */
-const WRITE_BATCH = 1024 * 1024;
-
-/** Batch writes left running at once, with a target that has `allocate`. */
-const BATCHES_BEHIND = 4;
-
 /**
  * Writes a new image through a positional target, cluster by cluster in
  * guest order. Metadata is reserved at the front for at most `bound`
@@ -306,28 +285,8 @@ export class Qcow2Writer {
   #l2Offset = 0;
   /** L2 tables filled, to be written: `[host offset, table]`. */
   #fullL2: [number, Uint8Array][] = [];
-  #batch: Uint8Array = new Uint8Array(0);
-  #batchStart = 0;
-  #batchLength = 0;
-  /** Writes left running, oldest first (only with `allocate`). */
-  #behind: WriteBehind[] = [];
-  /** Batch buffers written, to fill again. */
-  #spareBatches: Uint8Array[] = [];
-  /**
-   * Buffers from `allocate()` (their bytes are written where they lie), and
-   * the last write started from each. A target may cut them from one
-   * memory, so a view is matched by its memory and its place in it. Kept
-   * by memory, weakly: a buffer the caller gives up is not held here.
-   */
-  #allocated = new WeakMap<ArrayBufferLike, Allocated[]>();
-  /** Contiguous bytes of one such buffer, gathered for one write. */
-  #run:
-    | {
-      position: number;
-      bytes: Uint8Array;
-      from: Allocated;
-    }
-    | undefined;
+  /** The data written: batches, runs of bytes in the target's memory. */
+  #data: DataWrites;
   #dataEnd = 0;
   #last = -1;
   #luks?: NewLuks;
@@ -350,6 +309,7 @@ export class Qcow2Writer {
     luks?: NewLuks,
   ) {
     this.#target = target;
+    this.#data = new DataWrites(target);
     this.#options = options;
     const geometry = geometryOf(options);
     this.#clusterBits = geometry.clusterBits;
@@ -409,10 +369,10 @@ export class Qcow2Writer {
         await this.#luks.encryption.encrypt(hostOffset, sealed);
         bytes = sealed;
       }
-      if (ranges === undefined) await this.#write(hostOffset, bytes);
+      if (ranges === undefined) await this.#data.write(hostOffset, bytes);
       else {
         for (let i = 0; i < ranges.length; i += 2) {
-          await this.#write(
+          await this.#data.write(
             hostOffset + ranges[i],
             bytes.subarray(ranges[i], ranges[i + 1]),
           );
@@ -455,12 +415,12 @@ export class Qcow2Writer {
       const at = this.#place(cluster + i, "data", cs)!;
       if (host >= 0 && at === host + (i - first) * cs) continue;
       if (host >= 0) {
-        await this.#write(host, bytes.subarray(first * cs, i * cs));
+        await this.#data.write(host, bytes.subarray(first * cs, i * cs));
       }
       first = i;
       host = at;
     }
-    await this.#write(host, bytes.subarray(first * cs));
+    await this.#data.write(host, bytes.subarray(first * cs));
     if (this.#fullL2.length > 0) await this.#writeFullL2();
   }
 
@@ -539,18 +499,7 @@ export class Qcow2Writer {
    * @returns The buffer.
    */
   allocate(size: number): Uint8Array {
-    const { allocate } = this.#target;
-    if (!allocate) return new Uint8Array(size);
-    const bytes = allocate.call(this.#target, size);
-    // A view over the place of an earlier one: the target reused it.
-    const end = bytes.byteOffset + bytes.length;
-    const views = (this.#allocated.get(bytes.buffer) ?? []).filter((a) =>
-      a.view.byteOffset >= end ||
-      a.view.byteOffset + a.view.length <= bytes.byteOffset
-    );
-    views.push({ view: bytes });
-    this.#allocated.set(bytes.buffer, views);
-    return bytes;
+    return this.#data.allocate(size);
   }
 
   /**
@@ -560,166 +509,18 @@ export class Qcow2Writer {
    * @param buffer A buffer from `allocate`.
    * @throws What a write failed with.
    */
-  async release(buffer: Uint8Array): Promise<void> {
-    const from = this.#allocatedOf(buffer);
-    if (this.#run && this.#run.from === from) this.#startRun();
-    const last = from?.last;
-    if (!last) return;
-    await last.written;
-    if (last.failure !== undefined) throw last.failure;
+  release(buffer: Uint8Array): Promise<void> {
+    return this.#data.release(buffer);
   }
 
   /**
-   * Starts the write of the bytes still gathered from the target's memory,
-   * then waits for every write left running and fails with the first
-   * failure. `finish` calls it; call it also before giving up on an image
-   * whose `add` failed, so that no write outlives it.
+   * Starts the writes of the data still gathered, then waits for every
+   * write left running and fails with the first failure. `finish` calls
+   * it; call it also before giving up on an image whose `add` failed, so
+   * that no write outlives it.
    */
-  async settle(): Promise<void> {
-    this.#startRun();
-    const behind = this.#behind;
-    this.#behind = [];
-    await Promise.all(behind.map((b) => b.written));
-    const failed = behind.find((b) => b.failure !== undefined);
-    if (failed) throw failed.failure;
-    for (const b of behind) if (b.batch) this.#spareBatches.push(b.batch);
-  }
-
-  /**
-   * Starts writing `bytes` (in the target's memory) at `position`, left
-   * running: `#behind` keeps it until it is done.
-   */
-  #startWrite(
-    position: number,
-    bytes: Uint8Array,
-    batch?: Uint8Array,
-    from = this.#allocatedOf(bytes),
-  ): WriteBehind {
-    // Those done already leave the list (a failure is kept for `settle`).
-    while (this.#behind.length > 1 && this.#behind[0].done) {
-      const done = this.#behind[0];
-      if (done.failure !== undefined) break;
-      this.#behind.shift();
-      if (done.batch) this.#spareBatches.push(done.batch);
-    }
-    const write: WriteBehind = {
-      batch,
-      written: Promise.resolve(),
-      done: false,
-    };
-    write.written = this.#target.writeAt(position, bytes).then(
-      () => {
-        write.done = true;
-      },
-      (e) => {
-        write.done = true;
-        write.failure = e;
-      },
-    );
-    this.#behind.push(write);
-    if (from) from.last = write;
-    return write;
-  }
-
-  /** The buffer from `allocate()` that holds `bytes`, if one does. */
-  #allocatedOf(
-    bytes: Uint8Array,
-  ): Allocated | undefined {
-    for (const a of this.#allocated.get(bytes.buffer) ?? []) {
-      if (
-        bytes.byteOffset >= a.view.byteOffset &&
-        bytes.byteOffset + bytes.length <= a.view.byteOffset + a.view.length
-      ) return a;
-    }
-    return undefined;
-  }
-
-  /** Starts writing the run of bytes gathered in the target's memory. */
-  #startRun(): void {
-    const run = this.#run;
-    if (!run) return;
-    this.#run = undefined;
-    this.#startWrite(run.position, run.bytes, undefined, run.from);
-  }
-
-  /**
-   * An empty batch buffer: one written already, a new one while fewer than
-   * `BATCHES_BEHIND` batches are being written, else the oldest one's once
-   * it is done.
-   */
-  async #nextBatch(): Promise<Uint8Array> {
-    const spare = this.#spareBatches.pop();
-    if (spare) return spare;
-    const { allocate } = this.#target;
-    if (!allocate) return new Uint8Array(WRITE_BATCH);
-    const batches = this.#behind.filter((b) => b.batch);
-    if (batches.length < BATCHES_BEHIND) {
-      return allocate.call(this.#target, WRITE_BATCH);
-    }
-    const oldest = batches[0];
-    await oldest.written;
-    if (oldest.failure !== undefined) throw oldest.failure;
-    this.#behind.splice(this.#behind.indexOf(oldest), 1);
-    return oldest.batch!;
-  }
-
-  /**
-   * Queues data for the target: bytes in the target's memory as runs
-   * written where they lie, others copied into batches of contiguous bytes.
-   */
-  async #write(position: number, bytes: Uint8Array): Promise<void> {
-    const from = this.#allocatedOf(bytes);
-    if (from) {
-      const run = this.#run;
-      if (
-        run && run.from === from &&
-        run.bytes.byteOffset + run.bytes.length === bytes.byteOffset &&
-        run.position + run.bytes.length === position
-      ) {
-        run.bytes = new Uint8Array(
-          bytes.buffer,
-          run.bytes.byteOffset,
-          run.bytes.length + bytes.length,
-        );
-        return;
-      }
-      this.#startRun();
-      this.#run = { position, bytes, from };
-      return;
-    }
-    if (
-      this.#batchLength > 0 &&
-      (position !== this.#batchStart + this.#batchLength ||
-        this.#batchLength + bytes.length > this.#batch.length)
-    ) {
-      await this.#flushBatch();
-    }
-    if (bytes.length >= WRITE_BATCH) {
-      await this.#target.writeAt(position, bytes);
-      return;
-    }
-    if (this.#batch.length === 0) this.#batch = await this.#nextBatch();
-    if (this.#batchLength === 0) this.#batchStart = position;
-    this.#batch.set(bytes, this.#batchLength);
-    this.#batchLength += bytes.length;
-  }
-
-  /**
-   * Writes the batch. A target with `allocate` is left writing it while
-   * the next batch fills in another buffer; any other is awaited, and its
-   * buffer filled again.
-   */
-  async #flushBatch(): Promise<void> {
-    if (this.#batchLength === 0) return;
-    const n = this.#batchLength;
-    this.#batchLength = 0;
-    const bytes = this.#batch.subarray(0, n);
-    if (!this.#target.allocate) {
-      await this.#target.writeAt(this.#batchStart, bytes);
-      return;
-    }
-    this.#startWrite(this.#batchStart, bytes, this.#batch);
-    this.#batch = new Uint8Array(0); // the next one is taken when needed
+  settle(): Promise<void> {
+    return this.#data.settle();
   }
 
   /**
@@ -731,9 +532,7 @@ export class Qcow2Writer {
    */
   async finish(dataEnd?: number): Promise<number> {
     await this.#flushL2();
-    await this.#flushBatch();
-    this.#startRun();
-    await this.settle();
+    await this.#data.settle();
     const { layout } = this;
     const end = finishRefcounts(
       layout,
