@@ -21,6 +21,40 @@ import { workerCompressors } from "../native/compress_pool.ts";
 import { cli, fixture, hasQemu, run, tempDir } from "./_reference.ts";
 import { prng } from "./_synth.ts";
 
+/**
+ * In `dir`: `base.qcow2` (`size`, every byte `pattern`; made once) and a
+ * new `top.qcow2` over it by its relative name (`options` for its create),
+ * written with qemu-io's `writes`. Returns top's path.
+ */
+async function backedTop(
+  dir: string,
+  writes: string[] = [],
+  { size = "4M", pattern = "0x33", options = [] as string[] } = {},
+): Promise<string> {
+  const base = `${dir}/base.qcow2`;
+  const top = `${dir}/top.qcow2`;
+  if (!(await Deno.stat(base).then(() => true, () => false))) {
+    await run("qemu-img", ["create", "-q", "-f", "qcow2", base, size]);
+    await run("qemu-io", ["-c", `write -P ${pattern} 0 ${size}`, base]);
+  }
+  await run("qemu-img", [
+    "create",
+    "-q",
+    "-f",
+    "qcow2",
+    ...options,
+    "-b",
+    "base.qcow2",
+    "-F",
+    "qcow2",
+    top,
+  ]);
+  if (writes.length > 0) {
+    await run("qemu-io", [...writes.flatMap((w) => ["-c", w]), top]);
+  }
+  return top;
+}
+
 /** Source fixtures, and the snapshot to read (`-l`). */
 const SOURCES: [string, string?][] = [
   ["v3_64k.qcow2"],
@@ -188,29 +222,9 @@ Deno.test({
   fn: async () => {
     const dir = await tempDir();
     try {
-      await run("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        `${dir}/base.qcow2`,
-        "4M",
-      ]);
-      await run("qemu-io", ["-c", "write -P 0x33 0 4M", `${dir}/base.qcow2`]);
-      await run("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        `${dir}/top.qcow2`,
-      ]);
       // 64 KiB of zero clusters inside the second 2 MiB cluster, nothing
       // else there in the top layer: the rest shows the backing file.
-      await run("qemu-io", ["-c", "write -z 2m 64k", `${dir}/top.qcow2`]);
+      await backedTop(dir, ["write -z 2m 64k"]);
       for (const extra of [[], ["-o", "compat=0.10"], ["-c"]]) {
         const ours = `${dir}/ours.qcow2`;
         const r = await cli([`--allow-read=${dir}`, `--allow-write=${dir}`], [
@@ -249,16 +263,6 @@ Deno.test({
     const dir = await tempDir();
     try {
       const sh = (args: string[]) => run(args[0], args.slice(1));
-      await sh([
-        "qemu-img",
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        `${dir}/base.qcow2`,
-        "8M",
-      ]);
-      await sh(["qemu-io", "-c", "write -P 0x11 0 8M", `${dir}/base.qcow2`]);
       // Tops: extended L2 like the output, then plain 64 KiB clusters.
       const tops: [string[], string[]][] = [
         [["-o", "extended_l2=on"], [
@@ -275,21 +279,11 @@ Deno.test({
         ]],
       ];
       for (const [createOptions, writes] of tops) {
-        const top = `${dir}/top.qcow2`;
-        await sh([
-          "qemu-img",
-          "create",
-          "-q",
-          "-f",
-          "qcow2",
-          ...createOptions,
-          "-b",
-          "base.qcow2",
-          "-F",
-          "qcow2",
-          top,
-        ]);
-        await sh(["qemu-io", ...writes.flatMap((w) => ["-c", w]), top]);
+        const top = await backedTop(dir, writes, {
+          size: "8M",
+          pattern: "0x11",
+          options: createOptions,
+        });
         for (const extra of [[], ["-o", "cluster_size=2M"], ["-c"]]) {
           const args = [
             "convert",
@@ -367,33 +361,7 @@ Deno.test({
   fn: async () => {
     const dir = await tempDir();
     try {
-      await run("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        `${dir}/base.qcow2`,
-        "4M",
-      ]);
-      await run("qemu-io", ["-c", "write -P 0x33 0 4M", `${dir}/base.qcow2`]);
-      await run("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        `${dir}/top.qcow2`,
-      ]);
-      await run("qemu-io", [
-        "-c",
-        "write -P 0x44 0 64k",
-        "-c",
-        "write -z 1m 128k",
-        `${dir}/top.qcow2`,
-      ]);
+      await backedTop(dir, ["write -P 0x44 0 64k", "write -z 1m 128k"]);
       const args = [
         "convert",
         "-O",
@@ -443,34 +411,10 @@ Deno.test({
   fn: async () => {
     const dir = await tempDir();
     try {
-      await run("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        `${dir}/base.qcow2`,
-        "4M",
-      ]);
-      await run("qemu-io", ["-c", "write -P 0x33 0 4M", `${dir}/base.qcow2`]);
-      await run("qemu-img", [
-        "create",
-        "-q",
-        "-f",
-        "qcow2",
-        "-b",
-        "base.qcow2",
-        "-F",
-        "qcow2",
-        `${dir}/top.qcow2`,
-      ]);
-      await run("qemu-io", [
-        "-c",
+      await backedTop(dir, [
         "write -P 0x44 64k 100k",
-        "-c",
         "write -z 1m 128k",
-        "-c",
         "write -P 0 2m 64k",
-        `${dir}/top.qcow2`,
       ]);
       for (const compat of ["1.1", "0.10"]) {
         const ours = `${dir}/ours.qcow2`;

@@ -131,45 +131,33 @@ async function convertFixtures(
     assertEquals(result.file, layouts["chain_top.qcow2"].sha256);
     assertEquals(result.stream, layouts["chain_top.qcow2"].sha256);
   });
-  await t.step(
-    "a character device through a FileHandle: refused, not an empty disk",
-    async () => {
-      const r = await exec(exe, [
-        SCRIPT,
-        mod,
-        "handle",
-        "/dev/zero",
-        `${dir}/out`,
-      ]);
-      if (!r) throw new Error(`${exe} is not installed`);
-      const result = JSON.parse(r.stdout || "null");
-      assertEquals(
-        result?.error?.message,
-        "Cannot read it: it is a pipe, a socket or a character device: an image is read at any offset; give a file or a block device",
-        r.stdout + r.stderr,
-      );
-    },
-  );
-  await t.step(
-    "a character device by path: refused, not an empty disk",
-    async () => {
-      // (Its stat size is 0; a pipe or a block device's too.)
-      const r = await exec(exe, [
-        SCRIPT,
-        mod,
-        "path",
-        "/dev/zero",
-        `${dir}/out`,
-      ]);
-      if (!r) throw new Error(`${exe} is not installed`);
-      const result = JSON.parse(r.stdout || "null");
-      assertEquals(
-        result?.error?.message,
-        "Cannot read '/dev/zero': it is a pipe, a socket or a character device: an image is read at any offset; give a file or a block device",
-        r.stdout + r.stderr,
-      );
-    },
-  );
+  // (A character device's stat size is 0; a pipe or a block device's too.)
+  for (
+    const [mode, how, named] of [
+      ["handle", "through a FileHandle", "it"],
+      ["path", "by path", "'/dev/zero'"],
+    ]
+  ) {
+    await t.step(
+      `a character device ${how}: refused, not an empty disk`,
+      async () => {
+        const r = await exec(exe, [
+          SCRIPT,
+          mod,
+          mode,
+          "/dev/zero",
+          `${dir}/out`,
+        ]);
+        if (!r) throw new Error(`${exe} is not installed`);
+        const result = JSON.parse(r.stdout || "null");
+        assertEquals(
+          result?.error?.message,
+          `Cannot read ${named}: it is a pipe, a socket or a character device: an image is read at any offset; give a file or a block device`,
+          r.stdout + r.stderr,
+        );
+      },
+    );
+  }
   await t.step(
     `zstd.qcow2 (node:zlib ${zstd ? "has" : "lacks"} zstd here)`,
     async () => {

@@ -188,7 +188,10 @@ Deno.test("workerTarget: shared bytes by the worker, metadata here, the length b
   }
 });
 
-Deno.test("workerTarget: a write that fails rejects with the runtime's error class", async () => {
+/** Runs `test` with a new empty file open for writing in a directory of its own. */
+async function withOutput(
+  test: (file: Deno.FsFile, path: string, dir: string) => Promise<void>,
+): Promise<void> {
   const dir = await tempDir();
   try {
     const path = `${dir}/out.img`;
@@ -197,6 +200,14 @@ Deno.test("workerTarget: a write that fails rejects with the runtime's error cla
       write: true,
       create: true,
     });
+    await test(file, path, dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("workerTarget: a write that fails rejects with the runtime's error class", () =>
+  withOutput(async (file, _path, dir) => {
     // The worker opens a path that does not exist.
     const target = await workerTarget(file, `${dir}/missing/out.img`);
     try {
@@ -208,20 +219,10 @@ Deno.test("workerTarget: a write that fails rejects with the runtime's error cla
     } finally {
       await target.close();
     }
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  }));
 
-Deno.test("workerTarget: close() rejects the writes still running", async () => {
-  const dir = await tempDir();
-  try {
-    const path = `${dir}/out.img`;
-    using file = await Deno.open(path, {
-      read: true,
-      write: true,
-      create: true,
-    });
+Deno.test("workerTarget: close() rejects the writes still running", () =>
+  withOutput(async (file, path) => {
     const target = await workerTarget(file, path);
     const write = target.writeAt(0, target.allocate!(4096));
     const closing = target.close(); // before any answer can come
@@ -230,10 +231,7 @@ Deno.test("workerTarget: close() rejects the writes still running", async () => 
     await closing; // the worker closed its file and stopped
     // Its file is closed: the directory can go (and the process ends).
     await target.close(); // twice: nothing more
-  } finally {
-    await Deno.remove(dir, { recursive: true });
-  }
-});
+  }));
 
 /**
  * How many of this process's file descriptors are open on `path` (Linux;

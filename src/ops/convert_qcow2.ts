@@ -117,21 +117,13 @@ interface SourceRun {
   /** Allocated in the top layer (matters with a backing file). */
   top: boolean;
   /**
-   * With extended L2 over a backing file, for one cluster whose top layer
-   * holds only zeros, each on whole subclusters: those subclusters (the
-   * others show the backing file), written as zero subclusters without a
-   * host cluster, as qemu-img does.
-   */
-  zeroSubclusters?: number;
-  /**
    * With extended L2 over a backing file, for one cluster that the top
-   * layer covers in part and holds data in: the subclusters to allocate
-   * (those its data touches, or its zeros in part), and those its zeros
-   * cover whole (zero subclusters); the others show the backing file, as
-   * qemu-img writes them.
+   * layer covers in part: the subclusters to allocate (those its data
+   * touches, or its zeros in part) and those its zeros cover whole (zero
+   * subclusters); the others show the backing file, as qemu-img writes
+   * them. With none to allocate, the cluster gets no host cluster.
    */
-  topSubclusters?: number;
-  topZeroSubclusters?: number;
+  subclusters?: { allocated: number; zero: number };
 }
 
 /** Guest bytes read between turns given to the event loop. */
@@ -162,26 +154,13 @@ async function sourceRuns(
     count: number,
     data: boolean,
     top: boolean,
-    zeroSubclusters?: number,
-    topSubclusters?: number,
-    topZeroSubclusters?: number,
+    subclusters?: SourceRun["subclusters"],
   ) => {
     const last = runs.at(-1);
-    if (zeroSubclusters !== undefined) {
-      runs.push({ cluster, count, data, top, zeroSubclusters });
-    } else if (topSubclusters !== undefined) {
-      runs.push({
-        cluster,
-        count,
-        data,
-        top,
-        topSubclusters,
-        topZeroSubclusters,
-      });
-    } else if (
+    if (subclusters) runs.push({ cluster, count, data, top, subclusters });
+    else if (
       last && last.cluster + last.count === cluster && last.data === data &&
-      last.top === top && last.zeroSubclusters === undefined &&
-      last.topSubclusters === undefined
+      last.top === top && !last.subclusters
     ) {
       last.count += count;
     } else runs.push({ cluster, count, data, top });
@@ -224,12 +203,10 @@ async function sourceRuns(
   // data is read whole: as a zero cluster it would hide that data (without
   // subclusters to tell the parts apart).
   const flush = () => {
-    const alloc = (dataBits | zeroPartBits) >>> 0;
-    const zero = (zeroBits & ~alloc) >>> 0;
-    if (subclusterSize && pendingTop && alloc === 0 && zero !== 0) {
-      emit(pending, 1, false, true, zero);
-    } else if (subclusterSize && pendingTop && alloc !== 0xffffffff) {
-      emit(pending, 1, true, true, undefined, alloc, zero);
+    const allocated = (dataBits | zeroPartBits) >>> 0;
+    const zero = (zeroBits & ~allocated) >>> 0;
+    if (subclusterSize && pendingTop && allocated !== 0xffffffff) {
+      emit(pending, 1, allocated !== 0, true, { allocated, zero });
     } else {
       emit(pending, 1, pendingData || (pendingTop && pendingUnder), pendingTop);
     }
@@ -482,6 +459,12 @@ interface Classify {
     release(buffer: Uint8Array): Promise<void>;
   };
   sparse: number;
+  /**
+   * `-S 0` without `-c`: the top layer's zeros over a backing file are
+   * written as data, as qemu-img writes BLK_ZERO when it may leave nothing
+   * sparse.
+   */
+  zerosAsData: boolean;
   backing: boolean;
   backingSize: number;
   inFlight: number;
@@ -532,7 +515,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
    */
   const zeroOverBacking = (cluster: number): ClusterWrite | undefined =>
     c.backing && cluster * cs < c.backingSize
-      ? c.sparse === 0 && !c.compressor
+      ? c.zerosAsData
         ? { cluster, kind: "data", bytes: zeros }
         : { cluster, kind: zeroCluster, bytes: v3 ? undefined : zeros }
       : undefined;
@@ -593,7 +576,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
           for (let i = 0; i < run.count; i++) {
             const item = zeroOverBacking(run.cluster + i);
             if (item && item.kind === "zero") {
-              item.subclusters = run.zeroSubclusters;
+              item.subclusters = run.subclusters?.zero;
             }
             if (item) yield* push(item);
           }
@@ -672,7 +655,7 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
             ? undefined
             : c.options.extendedL2 && written && !c.backing
             ? written[i]
-            : run.topSubclusters;
+            : run.subclusters?.allocated;
           if (
             c.chunks && !blocks &&
             (subclusters === undefined || subclusters === 0xffffffff)
@@ -694,8 +677,8 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
                 ? { cluster, kind: "data", bytes }
                 : { cluster, kind: "data", bytes, subclusters };
             // Over a backing file: the top layer's zeros on whole subclusters.
-            if (item.subclusters !== undefined && run.topZeroSubclusters) {
-              item.zeroSubclusters = run.topZeroSubclusters;
+            if (item.subclusters !== undefined && run.subclusters?.zero) {
+              item.zeroSubclusters = run.subclusters.zero;
             }
             if (blocks) {
               item.ranges = rangesOf(
@@ -794,6 +777,7 @@ async function prepare(
     : undefined;
   const cs = resolved.clusterSize;
   const dataExtents = resolved.preallocation === "metadata" ? [] : undefined;
+  const zerosAsData = sparse === 0 && !compressor;
   return {
     image,
     options: resolved,
@@ -802,16 +786,15 @@ async function prepare(
       cs,
       backing,
       dataExtents,
-      // Zero subclusters over a backing file, as qemu-img makes them (with
-      // -S 0 it writes the zeros as data instead).
-      resolved.extendedL2 && backing && (sparse !== 0 || !!options.compress)
-        ? cs / 32
-        : undefined,
+      // Zero subclusters over a backing file, as qemu-img makes them (unless
+      // it writes the zeros as data).
+      resolved.extendedL2 && backing && !zerosAsData ? cs / 32 : undefined,
     ),
     dataExtents,
     compressor,
     release,
     sparse,
+    zerosAsData,
     backing,
     backingSize: options.backingSize ?? Infinity,
     inFlight: Math.max(
