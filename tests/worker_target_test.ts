@@ -233,6 +233,43 @@ Deno.test("workerTarget: close() rejects the writes still running", () =>
     await target.close(); // twice: nothing more
   }));
 
+Deno.test("workerTarget: more writes than its ring holds, all in place", () =>
+  withOutput(async (file, path) => {
+    const target = await workerTarget(file, path);
+    const count = 2500; // the ring holds 1024 requests
+    try {
+      const pool = target.allocate!(count * 16);
+      const writes: Promise<void>[] = [];
+      for (let i = 0; i < count; i++) {
+        // Written backwards: each request lands where it is asked to.
+        const bytes = pool.subarray(i * 16, (i + 1) * 16).fill(i % 251);
+        writes.push(target.writeAt((count - 1 - i) * 16, bytes));
+      }
+      await Promise.all(writes);
+      await target.finish(count * 16);
+    } finally {
+      await target.close();
+    }
+    const written = await Deno.readFile(path);
+    for (let i = 0; i < count; i++) {
+      assertEquals(written[(count - 1 - i) * 16], i % 251, `write ${i}`);
+    }
+  }));
+
+Deno.test("workerTarget: a write that fails stops the ones after it", () =>
+  withOutput(async (file, path) => {
+    const target = await workerTarget(file, path);
+    const bytes = target.allocate!(4096);
+    // Past any file system's largest file: the write fails.
+    const failing = target.writeAt(2 ** 62, bytes);
+    const after = target.writeAt(0, bytes);
+    await assertRejects(() => failing);
+    await assertRejects(() => after);
+    await assertRejects(() => target.writeAt(8192, bytes));
+    await target.close(); // the worker closed its file and stopped
+    if (Deno.build.os === "linux") assertEquals(await openOn(path), 1);
+  }));
+
 /**
  * How many of this process's file descriptors are open on `path` (Linux;
  * `ls` reads /proc, which Deno opens to --allow-all alone).
