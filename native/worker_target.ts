@@ -245,8 +245,10 @@ function rebuilt(error: { name: string; message: string }): Error {
  * Writes `file` (open at `path`, emptied first if it has bytes) with a
  * worker thread. Bytes in buffers from `allocate` are written by the
  * worker, in the order given, without a copy; other bytes (metadata) are
- * written by the calling thread once the worker's writes are done.
- * `finish` waits for them all, then sets the length.
+ * written by the calling thread at once, or, where a write still running
+ * covers some of them, after it (an L2 table written mid-way does not stop
+ * the reads for the worker's backlog). `finish` waits for them all, then
+ * sets the length.
  *
  * @param file The destination, open for writing (it stays open; the caller
  *   closes it).
@@ -272,6 +274,9 @@ export async function workerTarget(
   /** Writes asked for and not yet done, oldest first: each request's number. */
   const pending: {
     id: number;
+    /** The bytes of the file it writes, [start, end). */
+    start: number;
+    end: number;
     resolve(): void;
     reject(e: unknown): void;
   }[] = [];
@@ -332,6 +337,14 @@ export async function workerTarget(
   let pool: SharedArrayBuffer | undefined;
   let used = 0;
   let end = 0;
+  /** A metadata write waiting for the worker: later writes wait for it. */
+  let gate: Promise<void> | undefined;
+  /** Writes `bytes` at `position` on this thread. */
+  const writeHere = (position: number, bytes: Uint8Array) => {
+    file.seekSync(position, Deno.SeekMode.Start);
+    let done = 0;
+    while (done < bytes.length) done += file.writeSync(bytes.subarray(done));
+  };
   /** The last write sent: the worker answers in order. */
   let last: Promise<void> = Promise.resolve();
   return {
@@ -349,17 +362,29 @@ export async function workerTarget(
       return new Uint8Array(pool, used - size, size);
     },
     async writeAt(position: number, bytes: Uint8Array): Promise<void> {
+      // After a metadata write that waits (below), in the order asked.
+      while (gate) await gate.catch(() => {});
       const buffer = shared.get(bytes.buffer);
       if (buffer === undefined) {
-        // Metadata: written here once the worker is done, as asked.
-        await last.catch(() => {});
-        if (stopped) throw stopped;
-        file.seekSync(position, Deno.SeekMode.Start);
-        let done = 0;
-        while (done < bytes.length) {
-          done += file.writeSync(bytes.subarray(done));
+        // Metadata (an L2 table filled, the tables at the end): written
+        // here at once, unless a write still running covers some of its
+        // bytes: then after it, and the writes asked later after this one.
+        const end = position + bytes.length;
+        if (!pending.some((job) => job.start < end && position < job.end)) {
+          if (stopped) throw stopped;
+          writeHere(position, bytes);
+          return;
         }
-        return;
+        const written = last.catch(() => {}).then(() => {
+          if (stopped) throw stopped;
+          writeHere(position, bytes);
+        });
+        gate = written;
+        try {
+          return await written;
+        } finally {
+          if (gate === written) gate = undefined;
+        }
       }
       if (stopped) throw stopped;
       // A full ring (never, with the writer's few buffers): wait for a slot.
@@ -377,7 +402,13 @@ export async function workerTarget(
       requests[slot + 2] = bytes.byteOffset;
       requests[slot + 3] = bytes.length;
       last = new Promise<void>((resolve, reject) => {
-        pending.push({ id, resolve, reject });
+        pending.push({
+          id,
+          start: position,
+          end: position + bytes.length,
+          resolve,
+          reject,
+        });
       });
       Atomics.store(counters, POSTED, ++posted);
       Atomics.notify(counters, POSTED);

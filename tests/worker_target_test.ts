@@ -256,6 +256,44 @@ Deno.test("workerTarget: more writes than its ring holds, all in place", () =>
     }
   }));
 
+Deno.test("workerTarget: metadata lands after a running write it overlaps, at once elsewhere", () =>
+  withOutput(async (file, path) => {
+    const target = await workerTarget(file, path);
+    try {
+      const data = target.allocate!(1 << 20).fill(1);
+      const writes = [target.writeAt(0, data)];
+      // Over the data being written: must land after it.
+      writes.push(target.writeAt(1000, new Uint8Array(10).fill(2)));
+      // Past it: written at once.
+      writes.push(target.writeAt(2 << 20, new Uint8Array(10).fill(3)));
+      // Then data again over the first metadata: lands last.
+      writes.push(target.writeAt(1004, data.subarray(0, 2)));
+      await Promise.all(writes);
+      await target.finish((2 << 20) + 10);
+    } finally {
+      await target.close();
+    }
+    const written = await Deno.readFile(path);
+    assertEquals([...written.subarray(998, 1012)], [
+      1,
+      1,
+      2,
+      2,
+      2,
+      2,
+      1,
+      1,
+      2,
+      2,
+      2,
+      2,
+      1,
+      1,
+    ]);
+    assertEquals(written[2 << 20], 3);
+    assertEquals(written.length, (2 << 20) + 10);
+  }));
+
 Deno.test("workerTarget: a write that fails stops the ones after it", () =>
   withOutput(async (file, path) => {
     const target = await workerTarget(file, path);

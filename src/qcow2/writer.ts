@@ -50,8 +50,9 @@ export interface ImageTarget {
   /**
    * Optional: a new buffer of `size` bytes that the target writes without
    * a copy (memory shared with the thread that writes). A target with
-   * `allocate` takes a write while earlier ones still run and does them in
-   * the order given, so the writer fills its next batch meanwhile.
+   * `allocate` takes a write while earlier ones still run, so the writer
+   * fills its next batch meanwhile; writes that overlap land in the order
+   * given.
    */
   allocate?(size: number): Uint8Array;
 }
