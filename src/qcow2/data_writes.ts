@@ -3,7 +3,7 @@
  * into batches of contiguous bytes, or, with a target that has `allocate`,
  * bytes in the target's own memory written where they lie, as runs; with
  * such a target, writes are left running while the next ones are made
- * ready (the target does them in order).
+ * ready (the target lands writes that overlap in the order given).
  *
  * @module
  */
