@@ -71,11 +71,18 @@ const WRITTEN = 1;
 const SLOT = 4;
 /** Requests the ring holds: far more than the writer keeps running. */
 const RING_SLOTS = 1024;
+/**
+ * The counters' first value: 256 requests short of where they wrap (2^31),
+ * so that every conversion and test of more than 256 requests goes through
+ * the wrap.
+ */
+const FIRST_REQUEST = 0x7fffff00;
 
 /** The ring's layout, told to the worker (its program stands alone). */
 interface RingLayout {
   posted: number;
   written: number;
+  first: number;
   slot: number;
   slots: number;
 }
@@ -153,12 +160,14 @@ export function writerMain(): void {
   const run = async () => {
     const counters_ = counters!;
     const { posted: POSTED, written: WRITTEN, slot: SLOT, slots } = ring!;
-    let written = 0;
+    let written = ring!.first;
     try {
       for (;;) {
         const posted = Atomics.load(counters_, POSTED);
-        while (written < posted) {
-          const slot = (written % slots) * SLOT;
+        // (The counters wrap at 2^31: their difference, at most the ring's
+        // size, does not.)
+        while (((posted - written) | 0) > 0) {
+          const slot = ((written >>> 0) % slots) * SLOT;
           const bytes = buffers.get(requests![slot + 1]);
           if (!bytes) {
             // Its buffer's message is still on its way: let it in.
@@ -167,7 +176,8 @@ export function writerMain(): void {
           }
           const offset = requests![slot + 2];
           write(slot, bytes.subarray(offset, offset + requests![slot + 3]));
-          Atomics.store(counters_, WRITTEN, ++written);
+          written = (written + 1) | 0;
+          Atomics.store(counters_, WRITTEN, written);
           Atomics.notify(counters_, WRITTEN);
         }
         if (closing) break;
@@ -280,7 +290,9 @@ export async function workerTarget(
     resolve(): void;
     reject(e: unknown): void;
   }[] = [];
-  let posted = 0;
+  let posted = FIRST_REQUEST;
+  Atomics.store(counters, POSTED, posted);
+  Atomics.store(counters, WRITTEN, posted);
   let stopped: Error | undefined;
   const stop = (e: Error) => {
     stopped ??= e;
@@ -294,7 +306,7 @@ export async function workerTarget(
     if (watching) return;
     const written = Atomics.load(counters, WRITTEN);
     let n = 0;
-    while (n < pending.length && pending[n].id < written) n++;
+    while (n < pending.length && ((pending[n].id - written) | 0) < 0) n++;
     for (const job of pending.splice(0, n)) job.resolve();
     if (pending.length === 0 || stopped) return;
     watching = true;
@@ -326,6 +338,7 @@ export async function workerTarget(
       layout: {
         posted: POSTED,
         written: WRITTEN,
+        first: FIRST_REQUEST,
         slot: SLOT,
         slots: RING_SLOTS,
       },
@@ -390,13 +403,13 @@ export async function workerTarget(
       // A full ring (never, with the writer's few buffers): wait for a slot.
       for (;;) {
         const written = Atomics.load(counters, WRITTEN);
-        if (posted - written < RING_SLOTS) break;
+        if (((posted - written) | 0) < RING_SLOTS) break;
         const wait = Atomics.waitAsync(counters, WRITTEN, written);
         if (wait.async) await wait.value;
         if (stopped) throw stopped;
       }
       const id = posted;
-      const slot = (id % RING_SLOTS) * SLOT;
+      const slot = ((id >>> 0) % RING_SLOTS) * SLOT;
       requests[slot] = position;
       requests[slot + 1] = buffer;
       requests[slot + 2] = bytes.byteOffset;
@@ -410,7 +423,10 @@ export async function workerTarget(
           reject,
         });
       });
-      Atomics.store(counters, POSTED, ++posted);
+      // (Wraps at 2^31, as the worker's count does; the ring's size divides
+      // 2^32, so slots follow on.)
+      posted = (posted + 1) | 0;
+      Atomics.store(counters, POSTED, posted);
       Atomics.notify(counters, POSTED);
       watch();
       return await last;
