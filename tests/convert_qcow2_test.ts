@@ -930,6 +930,14 @@ Deno.test({
         ["p.raw", ["-S", "0", "-o", "preallocation=metadata"], true],
         ["odd.raw", ["-o", "preallocation=metadata"], true],
         ["odd.raw", ["-o", "preallocation=metadata,extended_l2=on"], true],
+        // Many refcount blocks, each placed where QEMU allocates it.
+        ["p.raw", ["-o", "preallocation=metadata,cluster_size=512"], true],
+        ["odd.raw", ["-o", "preallocation=metadata,cluster_size=512"], true],
+        [
+          "p.raw",
+          ["-o", "preallocation=metadata,cluster_size=1k,refcount_bits=64"],
+          true,
+        ],
         ["p.raw", ["-o", "preallocation=falloc"], false],
         ["p.raw", ["-o", "preallocation=full"], false],
       ];

@@ -39,6 +39,14 @@ const CASES: [string, string, boolean][] = [
   ["preallocation=metadata", "100M", true],
   ["preallocation=metadata,cluster_size=4k", "3M", true],
   ["preallocation=metadata,extended_l2=on", "1000", true],
+  // More than one refcount block: QEMU places each after the allocation
+  // that first uses its range, and so do we.
+  ["preallocation=metadata,cluster_size=4k", "64M", true],
+  ["preallocation=metadata,cluster_size=512", "4M", true],
+  ["preallocation=metadata,cluster_size=4k,refcount_bits=64", "20M", true],
+  ["preallocation=metadata,cluster_size=1k", "8M", true],
+  // The refcount table fills: QEMU moves it to the end; we reserve it all.
+  ["preallocation=metadata,cluster_size=512", "16M", false],
   ["preallocation=falloc", "1M", false], // QEMU moves the refcounts to the end
   ["preallocation=full,cluster_size=4k", "300k", false],
 ];

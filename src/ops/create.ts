@@ -129,8 +129,8 @@ export async function finishPreallocated(
   const l2Entries = cs / (options.extendedL2 ? 16 : 8);
   const subcluster = options.extendedL2 ? cs / 32 : cs;
   const last = (clusters - 1) * cs;
-  const lastHost = writer.layout.dataStart +
-    (clusters + Math.ceil(clusters / l2Entries) - 1) * cs;
+  const lastHost = writer.lastHostOffset ?? writer.layout.dataStart +
+      (clusters + Math.ceil(clusters / l2Entries) - 1) * cs;
   if (options.preallocation !== "metadata") {
     // falloc/full: the last cluster whole, even if data allocates only its
     // first subclusters (QEMU preallocates the file before writing data).
@@ -142,7 +142,10 @@ export async function finishPreallocated(
   if (end > guestEnd) {
     await target.writeAt(guestEnd, new Uint8Array(end - guestEnd));
   }
-  return await writer.finish(end);
+  // Refcount blocks QEMU allocated after the last data (it writes them:
+  // the file reaches their end).
+  const placed = writer.endPlacement();
+  return await writer.finish(placed > lastHost + cs ? placed : end);
 }
 
 /** An {@linkcode ImageTarget} that keeps the image in memory. */

@@ -3,7 +3,9 @@
  * at the front (header, refcount table, refcount blocks, L1 table, as
  * `qemu-img create` lays them out), then each L2 table just before the first
  * cluster of its range and the data clusters in guest order, compressed
- * clusters packed byte by byte as `qcow2_alloc_bytes` packs them.
+ * clusters packed byte by byte as `qcow2_alloc_bytes` packs them. With
+ * `preallocation=metadata`, refcount blocks after the first go among them,
+ * where QEMU's `alloc_refcount_block` puts them.
  *
  * Placement is a pure function of the clusters placed and the layout: the
  * same input gives the same file, whatever the timing of reads or
@@ -57,6 +59,13 @@ export interface MetadataLayout {
   refcountBlocksOffset: number;
   /** Refcount block slots reserved, one after another. */
   refcountBlockSlots: number;
+  /**
+   * With `preallocation=metadata` (as `qemu-img create` then lays it out):
+   * one refcount block reserved, the others placed among the L2 tables and
+   * data where QEMU allocates them: after the allocation (an L2 table, or a
+   * run of data clusters) that first uses their range (`alloc_refcount_block`).
+   */
+  inlineRefcountBlocks?: boolean;
   /** Refcounts per refcount block. */
   refcountsPerBlock: number;
   /** File offset of the L1 table. */
@@ -79,6 +88,11 @@ export interface MetadataLayout {
  * @param clusters The most clusters placed after the metadata.
  * @param areaBytes Bytes of LUKS area to place after the L1 table (an
  *   encrypted image), rounded up to clusters.
+ * @param inlineBlocks Place the refcount blocks after the first among the
+ *   clusters, as QEMU does while it preallocates (see
+ *   {@linkcode MetadataLayout.inlineRefcountBlocks}); only where one
+ *   refcount table cluster covers the file and there is no LUKS area (QEMU
+ *   moves a table that fills, which is not done here).
  * @returns The layout.
  * @throws {RangeError} If the refcount table would exceed QEMU's 8 MiB limit.
  */
@@ -86,6 +100,7 @@ export function layoutMetadata(
   geometry: Geometry,
   clusters: number,
   areaBytes = 0,
+  inlineBlocks = false,
 ): MetadataLayout {
   const clusterSize = 2 ** geometry.clusterBits;
   const l2Entries = clusterSize / (geometry.extendedL2 ? 16 : 8);
@@ -114,6 +129,8 @@ export function layoutMetadata(
       `the refcount table would take ${table} clusters, over QEMU's 8 MiB limit`,
     );
   }
+  const inline = inlineBlocks && table === 1 && areaClusters === 0;
+  if (inline) blocks = 1;
   const refcountTableOffset = clusterSize;
   const refcountBlocksOffset = refcountTableOffset + table * clusterSize;
   const l1TableOffset = refcountBlocksOffset + blocks * clusterSize;
@@ -125,6 +142,7 @@ export function layoutMetadata(
     refcountTableClusters: table,
     refcountBlocksOffset,
     refcountBlockSlots: blocks,
+    ...(inline ? { inlineRefcountBlocks: true } : {}),
     refcountsPerBlock,
     l1TableOffset,
     dataStart: l1TableOffset + (l1Clusters + areaClusters) * clusterSize,
@@ -172,6 +190,13 @@ export class Placer {
   #refcountBits: number;
   #lastCluster = -1;
   #lastCount = 0;
+  /** With inline refcount blocks: each block's offset, by its index. */
+  #blocks = new Map<number, number>();
+  /** The data run being allocated (inline blocks): first host cluster, count. */
+  #unitStart = 0;
+  #unitCount = 0;
+  /** The most clusters QEMU allocates at once (`INT_MAX` bytes, aligned down). */
+  #maxUnit: number;
 
   /**
    * @param layout The metadata layout: placing starts at its `dataStart`.
@@ -192,6 +217,8 @@ export class Placer {
       ? Number.MAX_SAFE_INTEGER
       : 2 ** refcountBits - 1;
     this.#onReference = onReference;
+    this.#maxUnit = Math.floor(0x7fffffff / layout.clusterSize);
+    this.#blocks.set(0, layout.refcountBlocksOffset);
   }
 
   /** A placer in the same state that reports nowhere (for looking ahead). */
@@ -201,6 +228,9 @@ export class Placer {
     copy.l1Index = this.l1Index;
     copy.#lastCluster = this.#lastCluster;
     copy.#lastCount = this.#lastCount;
+    copy.#blocks = new Map(this.#blocks);
+    copy.#unitStart = this.#unitStart;
+    copy.#unitCount = this.#unitCount;
     return copy;
   }
 
@@ -214,15 +244,66 @@ export class Placer {
    */
   place(cluster: number, kind: ClusterKind, length = 0): Placement {
     const out: Placement = {};
+    const inline = this.#layout.inlineRefcountBlocks;
     const l1Index = Math.floor(cluster / this.#l2Entries);
     if (l1Index !== this.l1Index) {
+      if (inline) this.endAllocation();
       this.l1Index = l1Index;
       out.newL2Table = this.#wholeCluster();
+      // An L2 table is an allocation of its own (`l2_allocate`).
+      if (inline) this.#blocksFor(out.newL2Table / this.#clusterSize, 0);
     }
     if (kind === "data" || kind === "preallocated") {
+      if (inline && this.#unitCount === this.#maxUnit) this.endAllocation();
       out.hostOffset = this.#wholeCluster();
+      if (inline && this.#unitCount++ === 0) {
+        this.#unitStart = out.hostOffset / this.#clusterSize;
+      }
     } else if (kind === "compressed") out.hostOffset = this.#bytes(length);
     return out;
+  }
+
+  /**
+   * With inline refcount blocks: ends the run of data clusters being
+   * allocated, placing after it the refcount blocks its range needs (call
+   * it once the last cluster is placed).
+   */
+  endAllocation(): void {
+    if (this.#unitCount === 0) return;
+    const count = this.#unitCount;
+    this.#unitCount = 0;
+    this.#blocksFor(this.#unitStart, count - 1);
+  }
+
+  /**
+   * The file offset of refcount block `index` (the table's entry), or
+   * undefined if none was placed for it.
+   */
+  refcountBlockOffset(index: number): number | undefined {
+    if (!this.#layout.inlineRefcountBlocks) {
+      return this.#layout.refcountBlocksOffset + index * this.#clusterSize;
+    }
+    return this.#blocks.get(index);
+  }
+
+  /**
+   * Places, at the end, the refcount blocks missing for host clusters
+   * `first` to `first + more` (those placed count too), as QEMU's
+   * `alloc_refcount_block` takes the next free cluster for each.
+   */
+  #blocksFor(first: number, more: number): void {
+    const perBlock = this.#layout.refcountsPerBlock;
+    let last = first + more;
+    for (
+      let index = Math.floor(first / perBlock);
+      index <= Math.floor(last / perBlock);
+      index++
+    ) {
+      if (this.#blocks.has(index)) continue;
+      const at = this.#wholeCluster();
+      this.#blocks.set(index, at);
+      last = Math.max(last, at / this.#clusterSize);
+    }
   }
 
   #alignUp(): number {

@@ -290,6 +290,7 @@ export class Qcow2Writer {
   #data: DataWrites;
   #dataEnd = 0;
   #last = -1;
+  #lastHostOffset: number | undefined;
   #luks?: NewLuks;
 
   /**
@@ -315,7 +316,14 @@ export class Qcow2Writer {
     const geometry = geometryOf(options);
     this.#clusterBits = geometry.clusterBits;
     this.#luks = luks;
-    this.layout = layoutMetadata(geometry, bound, luks?.area.length ?? 0);
+    this.layout = layoutMetadata(
+      geometry,
+      bound,
+      luks?.area.length ?? 0,
+      // `qemu-img create -o preallocation=metadata` allocates its refcount
+      // blocks as it goes; the other layouts reserve them all up front.
+      options.preallocation === "metadata",
+    );
     this.#refcounts = new RefcountBlocks(
       this.layout.clusterSize,
       geometry.refcountOrder,
@@ -471,7 +479,30 @@ export class Qcow2Writer {
       this.layout.clusterSize,
       subclusters,
     );
+    if (kind === "data" || kind === "preallocated") {
+      this.#lastHostOffset = placed.hostOffset;
+    }
     return placed.hostOffset;
+  }
+
+  /**
+   * The file offset of the last data or preallocated cluster placed, if
+   * any (for `finishPreallocated`).
+   */
+  get lastHostOffset(): number | undefined {
+    return this.#lastHostOffset;
+  }
+
+  /**
+   * Ends the placing: refcount blocks placed among the clusters (see
+   * `MetadataLayout.inlineRefcountBlocks`) that the last run of data
+   * clusters needs go after it.
+   *
+   * @returns Where the clusters placed end (bytes).
+   */
+  endPlacement(): number {
+    this.#placer.endAllocation();
+    return this.#placer.position;
   }
 
   /** Writes the L2 tables filled since the last call. */
@@ -534,21 +565,29 @@ export class Qcow2Writer {
   async finish(dataEnd?: number): Promise<number> {
     await this.#flushL2();
     await this.#data.settle();
+    this.#placer.endAllocation();
     const { layout } = this;
     const end = finishRefcounts(
       layout,
       this.#refcounts,
       dataEnd ?? this.#dataEnd,
     );
+    const offsetOf = (index: number) => {
+      const offset = this.#placer.refcountBlockOffset(index);
+      if (offset === undefined) {
+        throw new Qcow2Error(
+          "SOURCE_CHANGED",
+          `Cannot write qcow2 image: no refcount block was placed for block ${index} (did the source change while it was read?)`,
+        );
+      }
+      return offset;
+    };
     for (const [index, block] of this.#refcounts.blocks) {
-      await this.#target.writeAt(
-        layout.refcountBlocksOffset + index * layout.clusterSize,
-        block,
-      );
+      await this.#target.writeAt(offsetOf(index), block);
     }
     await this.#target.writeAt(
       layout.refcountTableOffset,
-      refcountTable(layout, this.#refcounts),
+      refcountTable(layout, this.#refcounts, offsetOf),
     );
     const l1 = l1Table(layout, this.#l1);
     if (l1.length > 0) await this.#target.writeAt(layout.l1TableOffset, l1);
@@ -589,7 +628,9 @@ function finishRefcounts(
   // The file ends on a sector; the blocks in use cover it whole.
   const fileEnd = Math.ceil(end / COMPRESSED_SECTOR_SIZE) *
     COMPRESSED_SECTOR_SIZE;
-  const blocksUsed = Math.ceil(
+  // Inline refcount blocks after the first were placed (and counted) with
+  // the clusters.
+  const blocksUsed = layout.inlineRefcountBlocks ? 1 : Math.ceil(
     Math.ceil(fileEnd / cs) / layout.refcountsPerBlock,
   );
   if (blocksUsed > layout.refcountBlockSlots) {
@@ -616,6 +657,8 @@ function finishRefcounts(
 function refcountTable(
   layout: MetadataLayout,
   refcounts: RefcountBlocks,
+  offsetOf = (index: number) =>
+    layout.refcountBlocksOffset + index * layout.clusterSize,
 ): Uint8Array {
   const bytes = new Uint8Array(
     layout.refcountTableClusters * layout.clusterSize,
@@ -624,10 +667,7 @@ function refcountTable(
   for (const index of refcounts.blocks.keys()) {
     view.setBigUint64(
       index * ENTRY_SIZE,
-      encodeRefcountTableEntry({
-        refcountBlockOffset: layout.refcountBlocksOffset +
-          index * layout.clusterSize,
-      }),
+      encodeRefcountTableEntry({ refcountBlockOffset: offsetOf(index) }),
     );
   }
   return bytes;
