@@ -47,8 +47,13 @@ const CASES: [string, string, boolean][] = [
   ["preallocation=metadata,cluster_size=1k", "8M", true],
   // The refcount table fills: QEMU moves it to the end; we reserve it all.
   ["preallocation=metadata,cluster_size=512", "16M", false],
-  ["preallocation=falloc", "1M", false], // QEMU moves the refcounts to the end
-  ["preallocation=full,cluster_size=4k", "300k", false],
+  // QEMU's truncate: the refcounts after the L1 table, the data in one run,
+  // L2 tables in the old table's cluster and after the data.
+  ["preallocation=falloc", "1M", true],
+  ["preallocation=full,cluster_size=4k", "300k", true],
+  ["preallocation=falloc,cluster_size=4k", "64M", true],
+  ["preallocation=full,cluster_size=512", "16M", true],
+  ["preallocation=falloc,extended_l2=on,cluster_size=16k", "1000000", true],
 ];
 
 const digests: Record<string, string> = JSON.parse(

@@ -38,10 +38,12 @@ export interface CreatedImage {
 
 /**
  * Writes a new qcow2 image: the header, refcount table and block and L1
- * table that `qemu-img create` writes (byte for byte for the common cluster
- * sizes), and with `preallocation` the L2 tables (`metadata`) and zeroed
- * data clusters (`falloc` and `full` both write the zeros: there is no
- * portable `fallocate`). Source: QEMU `qcow2_co_create`, `preallocate_co`.
+ * table that `qemu-img create` writes (byte for byte), and with
+ * `preallocation` the L2 tables (`metadata`, refcount blocks placed as
+ * `preallocate_co` allocates them) and zeroed data clusters (`falloc` and
+ * `full` both write the zeros: there is no portable `fallocate`; laid out as
+ * `qcow2_co_truncate` lays them out). Source: QEMU `qcow2_co_create`,
+ * `preallocate_co`, `qcow2_co_truncate`, `qcow2_refcount_area`.
  *
  * @param target Where the image goes: an {@linkcode ImageTarget}, or a
  * seekable file such as a `Deno.FsFile` open for writing (emptied first).
@@ -133,8 +135,9 @@ export async function finishPreallocated(
       (clusters + Math.ceil(clusters / l2Entries) - 1) * cs;
   if (options.preallocation !== "metadata") {
     // falloc/full: the last cluster whole, even if data allocates only its
-    // first subclusters (QEMU preallocates the file before writing data).
-    return await writer.finish(lastHost + cs);
+    // first subclusters (QEMU preallocates the file before writing data),
+    // or the L2 tables after the data.
+    return await writer.finish(Math.max(lastHost + cs, writer.endPlacement()));
   }
   const guestEnd = lastHost + (options.size - last);
   const end = lastHost +

@@ -66,6 +66,20 @@ export interface MetadataLayout {
    * run of data clusters) that first uses their range (`alloc_refcount_block`).
    */
   inlineRefcountBlocks?: boolean;
+  /**
+   * With `preallocation=falloc|full` (as `qemu-img create` then lays it
+   * out: `qcow2_co_truncate` with `qcow2_refcount_area`): the refcount
+   * table moved after the L1 table, behind the refcount blocks added for
+   * the whole file (block 0 stays in cluster 2); the data clusters in one
+   * run after the table; the first L2 table in cluster 1 (the old table's,
+   * freed), the others after the data.
+   */
+  truncate?: {
+    /** File offset of refcount block 1 (the others follow it). */
+    moreBlocksOffset: number;
+    /** File offset of the second L2 table (the others follow it). */
+    l2TablesOffset: number;
+  };
   /** Refcounts per refcount block. */
   refcountsPerBlock: number;
   /** File offset of the L1 table. */
@@ -88,11 +102,12 @@ export interface MetadataLayout {
  * @param clusters The most clusters placed after the metadata.
  * @param areaBytes Bytes of LUKS area to place after the L1 table (an
  *   encrypted image), rounded up to clusters.
- * @param inlineBlocks Place the refcount blocks after the first among the
- *   clusters, as QEMU does while it preallocates (see
- *   {@linkcode MetadataLayout.inlineRefcountBlocks}); only where one
- *   refcount table cluster covers the file and there is no LUKS area (QEMU
- *   moves a table that fills, which is not done here).
+ * @param preallocation QEMU's layout for it: `metadata` places the
+ *   refcount blocks after the first among the clusters (see
+ *   {@linkcode MetadataLayout.inlineRefcountBlocks}; only where one refcount
+ *   table cluster covers the file: QEMU moves a table that fills, which is
+ *   not done here); `falloc` and `full` lay out `truncate` (`clusters` then
+ *   counts every guest cluster and L2 table). Not with a LUKS area.
  * @returns The layout.
  * @throws {RangeError} If the refcount table would exceed QEMU's 8 MiB limit.
  */
@@ -100,7 +115,7 @@ export function layoutMetadata(
   geometry: Geometry,
   clusters: number,
   areaBytes = 0,
-  inlineBlocks = false,
+  preallocation: "off" | "metadata" | "falloc" | "full" = "off",
 ): MetadataLayout {
   const clusterSize = 2 ** geometry.clusterBits;
   const l2Entries = clusterSize / (geometry.extendedL2 ? 16 : 8);
@@ -129,7 +144,14 @@ export function layoutMetadata(
       `the refcount table would take ${table} clusters, over QEMU's 8 MiB limit`,
     );
   }
-  const inline = inlineBlocks && table === 1 && areaClusters === 0;
+  if (
+    (preallocation === "falloc" || preallocation === "full") &&
+    areaClusters === 0
+  ) {
+    return truncateLayout(geometry, clusterSize, l1Size, l1Clusters);
+  }
+  const inline = preallocation === "metadata" && table === 1 &&
+    areaClusters === 0;
   if (inline) blocks = 1;
   const refcountTableOffset = clusterSize;
   const refcountBlocksOffset = refcountTableOffset + table * clusterSize;
@@ -149,6 +171,62 @@ export function layoutMetadata(
     ...(areaClusters > 0
       ? { encryptionAreaOffset: l1TableOffset + l1Clusters * clusterSize }
       : {}),
+  };
+}
+
+/**
+ * The layout `qemu-img create -o preallocation=falloc|full` makes: QEMU
+ * creates the image (header, table, block 0, L1), then grows it with
+ * `qcow2_refcount_area` at the end of the file: the refcount blocks the
+ * whole file needs, then a new table (exactly as large as they need), then
+ * every data cluster in one run; the L2 tables go first-fit, so the first
+ * into the old table's cluster (1) and the others after the data. The
+ * blocks and the table cover the file with every L2 table counted, as
+ * QEMU's estimate does.
+ */
+function truncateLayout(
+  geometry: Geometry,
+  clusterSize: number,
+  l1Size: number,
+  l1Clusters: number,
+): MetadataLayout {
+  const l2Entries = clusterSize / (geometry.extendedL2 ? 16 : 8);
+  const refcountsPerBlock = clusterSize * 8 / 2 ** geometry.refcountOrder;
+  const dataClusters = Math.ceil(geometry.size / clusterSize);
+  /** The first cluster after the image QEMU created. */
+  const start = 3 + l1Clusters;
+  let blocks = 1;
+  let table = 1;
+  for (;;) {
+    const end = start + (blocks - 1) + table + dataClusters + l1Size;
+    const needBlocks = Math.max(1, Math.ceil(end / refcountsPerBlock));
+    const needTable = Math.ceil(needBlocks * ENTRY_SIZE / clusterSize);
+    if (needBlocks <= blocks && needTable <= table) break;
+    blocks = Math.max(blocks, needBlocks);
+    table = Math.max(table, needTable);
+  }
+  if (table * clusterSize > 8 * 1024 * 1024) {
+    throw new RangeError(
+      `the refcount table would take ${table} clusters, over QEMU's 8 MiB limit`,
+    );
+  }
+  const refcountTableOffset = (start + blocks - 1) * clusterSize;
+  const dataStart = refcountTableOffset + table * clusterSize;
+  return {
+    clusterSize,
+    l2Entries,
+    l1Size,
+    refcountTableOffset,
+    refcountTableClusters: table,
+    refcountBlocksOffset: 2 * clusterSize,
+    refcountBlockSlots: blocks,
+    refcountsPerBlock,
+    l1TableOffset: 3 * clusterSize,
+    dataStart,
+    truncate: {
+      moreBlocksOffset: start * clusterSize,
+      l2TablesOffset: dataStart + dataClusters * clusterSize,
+    },
   };
 }
 
@@ -197,6 +275,9 @@ export class Placer {
   #unitCount = 0;
   /** The most clusters QEMU allocates at once (`INT_MAX` bytes, aligned down). */
   #maxUnit: number;
+  /** With the `truncate` layout: L2 tables placed, and where they end. */
+  #l2Tables = 0;
+  #end = 0;
 
   /**
    * @param layout The metadata layout: placing starts at its `dataStart`.
@@ -231,6 +312,8 @@ export class Placer {
     copy.#blocks = new Map(this.#blocks);
     copy.#unitStart = this.#unitStart;
     copy.#unitCount = this.#unitCount;
+    copy.#l2Tables = this.#l2Tables;
+    copy.#end = this.#end;
     return copy;
   }
 
@@ -246,15 +329,25 @@ export class Placer {
     const out: Placement = {};
     const inline = this.#layout.inlineRefcountBlocks;
     const l1Index = Math.floor(cluster / this.#l2Entries);
-    if (l1Index !== this.l1Index) {
-      if (inline) this.endAllocation();
+    const truncate = this.#layout.truncate;
+    if (l1Index !== this.l1Index && truncate) {
+      // The first L2 table in cluster 1, the others after the data.
+      const at = this.#l2Tables++ === 0
+        ? this.#clusterSize
+        : truncate.l2TablesOffset + (this.#l2Tables - 2) * this.#clusterSize;
+      this.l1Index = l1Index;
+      out.newL2Table = at;
+      this.#reference(at / this.#clusterSize);
+      this.#end = Math.max(this.#end, at + this.#clusterSize);
+    } else if (l1Index !== this.l1Index) {
+      if (inline) this.#endUnit();
       this.l1Index = l1Index;
       out.newL2Table = this.#wholeCluster();
       // An L2 table is an allocation of its own (`l2_allocate`).
       if (inline) this.#blocksFor(out.newL2Table / this.#clusterSize, 0);
     }
     if (kind === "data" || kind === "preallocated") {
-      if (inline && this.#unitCount === this.#maxUnit) this.endAllocation();
+      if (inline && this.#unitCount === this.#maxUnit) this.#endUnit();
       out.hostOffset = this.#wholeCluster();
       if (inline && this.#unitCount++ === 0) {
         this.#unitStart = out.hostOffset / this.#clusterSize;
@@ -264,11 +357,19 @@ export class Placer {
   }
 
   /**
-   * With inline refcount blocks: ends the run of data clusters being
-   * allocated, placing after it the refcount blocks its range needs (call
-   * it once the last cluster is placed).
+   * Ends the placing (call it once the last cluster is placed): with
+   * inline refcount blocks, the run of data clusters being allocated gets
+   * the blocks its range needs, after it.
+   *
+   * @returns Where the clusters placed end, in bytes.
    */
-  endAllocation(): void {
+  endAllocation(): number {
+    this.#endUnit();
+    return Math.max(this.position, this.#end);
+  }
+
+  /** Places the refcount blocks the run being allocated needs, after it. */
+  #endUnit(): void {
     if (this.#unitCount === 0) return;
     const count = this.#unitCount;
     this.#unitCount = 0;
@@ -280,6 +381,13 @@ export class Placer {
    * undefined if none was placed for it.
    */
   refcountBlockOffset(index: number): number | undefined {
+    const truncate = this.#layout.truncate;
+    if (truncate) {
+      if (index === 0) return this.#layout.refcountBlocksOffset;
+      return index < this.#layout.refcountBlockSlots
+        ? truncate.moreBlocksOffset + (index - 1) * this.#clusterSize
+        : undefined;
+    }
     if (!this.#layout.inlineRefcountBlocks) {
       return this.#layout.refcountBlocksOffset + index * this.#clusterSize;
     }

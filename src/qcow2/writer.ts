@@ -320,9 +320,8 @@ export class Qcow2Writer {
       geometry,
       bound,
       luks?.area.length ?? 0,
-      // `qemu-img create -o preallocation=metadata` allocates its refcount
-      // blocks as it goes; the other layouts reserve them all up front.
-      options.preallocation === "metadata",
+      // As `qemu-img create` lays out each preallocation.
+      options.preallocation,
     );
     this.#refcounts = new RefcountBlocks(
       this.layout.clusterSize,
@@ -501,8 +500,7 @@ export class Qcow2Writer {
    * @returns Where the clusters placed end (bytes).
    */
   endPlacement(): number {
-    this.#placer.endAllocation();
-    return this.#placer.position;
+    return this.#placer.endAllocation();
   }
 
   /** Writes the L2 tables filled since the last call. */
@@ -567,11 +565,6 @@ export class Qcow2Writer {
     await this.#data.settle();
     this.#placer.endAllocation();
     const { layout } = this;
-    const end = finishRefcounts(
-      layout,
-      this.#refcounts,
-      dataEnd ?? this.#dataEnd,
-    );
     const offsetOf = (index: number) => {
       const offset = this.#placer.refcountBlockOffset(index);
       if (offset === undefined) {
@@ -582,6 +575,12 @@ export class Qcow2Writer {
       }
       return offset;
     };
+    const end = finishRefcounts(
+      layout,
+      this.#refcounts,
+      dataEnd ?? this.#dataEnd,
+      offsetOf,
+    );
     for (const [index, block] of this.#refcounts.blocks) {
       await this.#target.writeAt(offsetOf(index), block);
     }
@@ -615,6 +614,8 @@ function finishRefcounts(
   layout: MetadataLayout,
   refcounts: RefcountBlocks,
   dataEnd: number,
+  offsetOf = (index: number): number =>
+    layout.refcountBlocksOffset + index * layout.clusterSize,
 ): number {
   const cs = layout.clusterSize;
   // An encrypted image's metadata ends with its LUKS area.
@@ -643,10 +644,12 @@ function finishRefcounts(
   for (let i = 0; i < layout.refcountTableClusters; i++) {
     refcounts.increment(layout.refcountTableOffset / cs + i);
   }
-  for (let i = 0; i < blocksUsed; i++) {
-    refcounts.increment(layout.refcountBlocksOffset / cs + i);
-  }
-  const l1Clusters = (layout.dataStart - layout.l1TableOffset) / cs;
+  // (The `truncate` layout: every block, placed for the whole file.)
+  const blocks = layout.truncate ? layout.refcountBlockSlots : blocksUsed;
+  for (let i = 0; i < blocks; i++) refcounts.increment(offsetOf(i) / cs);
+  const l1Clusters = layout.truncate
+    ? Math.max(1, Math.ceil(layout.l1Size * ENTRY_SIZE / cs))
+    : (layout.dataStart - layout.l1TableOffset) / cs;
   for (let i = 0; i < l1Clusters; i++) {
     refcounts.increment(layout.l1TableOffset / cs + i);
   }
