@@ -146,7 +146,7 @@ export function layoutMetadata(
   }
   if (
     (preallocation === "falloc" || preallocation === "full") &&
-    areaClusters === 0
+    areaClusters === 0 && geometry.size > 0
   ) {
     return truncateLayout(geometry, clusterSize, l1Size, l1Clusters);
   }
