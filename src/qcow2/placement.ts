@@ -5,7 +5,9 @@
  * cluster of its range and the data clusters in guest order, compressed
  * clusters packed byte by byte as `qcow2_alloc_bytes` packs them. With
  * `preallocation=metadata`, refcount blocks after the first go among them,
- * where QEMU's `alloc_refcount_block` puts them.
+ * where QEMU's `alloc_refcount_block` puts them; with `falloc` and `full`,
+ * the file is laid out as QEMU's `qcow2_co_truncate` grows it (see
+ * `MetadataLayout.truncate`).
  *
  * Placement is a pure function of the clusters placed and the layout: the
  * same input gives the same file, whatever the timing of reads or
@@ -106,8 +108,9 @@ export interface MetadataLayout {
  *   refcount blocks after the first among the clusters (see
  *   {@linkcode MetadataLayout.inlineRefcountBlocks}; only where one refcount
  *   table cluster covers the file: QEMU moves a table that fills, which is
- *   not done here); `falloc` and `full` lay out `truncate` (`clusters` then
- *   counts every guest cluster and L2 table). Not with a LUKS area.
+ *   not done here); `falloc` and `full` lay out `truncate` (for the whole
+ *   disk: `clusters` is not used). Neither with a LUKS area, nor for a disk
+ *   of 0 bytes.
  * @returns The layout.
  * @throws {RangeError} If the refcount table would exceed QEMU's 8 MiB limit.
  */
