@@ -909,6 +909,11 @@ Deno.test({
         (await Deno.readFile(`${dir}/p.raw`)).subarray(0, 4_194_304),
       );
       await Deno.truncate(`${dir}/odd.raw`, 4_999_999);
+      await Deno.writeFile(
+        `${dir}/big.raw`,
+        (await Deno.readFile(`${dir}/p.raw`)).subarray(0, 4_194_304),
+      );
+      await Deno.truncate(`${dir}/big.raw`, 12_000_000);
       const perms = [
         `--allow-read=${dir}`,
         `--allow-write=${dir}`,
@@ -940,6 +945,9 @@ Deno.test({
         ["p.raw", ["-o", "preallocation=full"]],
         ["p.raw", ["-o", "preallocation=falloc,cluster_size=512"]],
         ["odd.raw", ["-o", "preallocation=full,cluster_size=4k"]],
+        // The refcount table fills (512-byte clusters past 8 MiB): QEMU
+        // moves it, and so do we.
+        ["big.raw", ["-o", "preallocation=metadata,cluster_size=512"]],
       ];
       for (const [src, o] of cases) {
         const what = `${src} ${o.join(" ")}`;
@@ -987,7 +995,10 @@ Deno.test({
         const info = JSON.parse(
           await run("qemu-img", ["info", "--output=json", `${dir}/w.qcow2`]),
         );
-        assertEquals(info["virtual-size"], 5_000_192);
+        assertEquals(
+          info["virtual-size"],
+          Math.ceil((await Deno.stat(`${dir}/${src}`)).size / 512) * 512,
+        );
       }
     } finally {
       await Deno.remove(dir, { recursive: true });

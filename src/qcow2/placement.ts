@@ -66,8 +66,14 @@ export interface MetadataLayout {
    * one refcount block reserved, the others placed among the L2 tables and
    * data where QEMU allocates them: after the allocation (an L2 table, or a
    * run of data clusters) that first uses their range (`alloc_refcount_block`).
+   * When the refcount table fills, QEMU moves it to new blocks and a table
+   * half as large again from the next block-aligned cluster
+   * (`qcow2_refcount_area`), leaving the old table's bytes behind; so does
+   * the `Placer` (`refcountTable`).
    */
   inlineRefcountBlocks?: boolean;
+  /** With inline refcount blocks: the disk's clusters (all are placed). */
+  guestClusters?: number;
   /**
    * With `preallocation=falloc|full` (as `qemu-img create` then lays it
    * out: `qcow2_co_truncate` with `qcow2_refcount_area`): the refcount
@@ -105,10 +111,10 @@ export interface MetadataLayout {
  * @param areaBytes Bytes of LUKS area to place after the L1 table (an
  *   encrypted image), rounded up to clusters.
  * @param preallocation QEMU's layout for it: `metadata` places the
- *   refcount blocks after the first among the clusters (see
- *   {@linkcode MetadataLayout.inlineRefcountBlocks}; only where one refcount
- *   table cluster covers the file: QEMU moves a table that fills, which is
- *   not done here); `falloc` and `full` lay out `truncate` (for the whole
+ *   refcount blocks after the first among the clusters, and moves the
+ *   refcount table when it fills (see
+ *   {@linkcode MetadataLayout.inlineRefcountBlocks}); `falloc` and `full`
+ *   lay out `truncate` (for the whole
  *   disk: `clusters` is not used). Neither with a LUKS area, nor for a disk
  *   of 0 bytes.
  * @returns The layout.
@@ -153,9 +159,11 @@ export function layoutMetadata(
   ) {
     return truncateLayout(geometry, clusterSize, l1Size, l1Clusters);
   }
-  const inline = preallocation === "metadata" && table === 1 &&
-    areaClusters === 0;
-  if (inline) blocks = 1;
+  const inline = preallocation === "metadata" && areaClusters === 0;
+  if (inline) {
+    blocks = 1;
+    table = 1;
+  }
   const refcountTableOffset = clusterSize;
   const refcountBlocksOffset = refcountTableOffset + table * clusterSize;
   const l1TableOffset = refcountBlocksOffset + blocks * clusterSize;
@@ -167,7 +175,12 @@ export function layoutMetadata(
     refcountTableClusters: table,
     refcountBlocksOffset,
     refcountBlockSlots: blocks,
-    ...(inline ? { inlineRefcountBlocks: true } : {}),
+    ...(inline
+      ? {
+        inlineRefcountBlocks: true,
+        guestClusters: Math.ceil(geometry.size / clusterSize),
+      }
+      : {}),
     refcountsPerBlock,
     l1TableOffset,
     dataStart: l1TableOffset + (l1Clusters + areaClusters) * clusterSize,
@@ -281,6 +294,19 @@ export class Placer {
   /** With the `truncate` layout: L2 tables placed, and where they end. */
   #l2Tables = 0;
   #end = 0;
+  /** The data clusters of the run being allocated (inline blocks). */
+  #unitLength = 0;
+  /**
+   * Inline blocks: the refcount table's entries, file offset and clusters
+   * (QEMU moves it when it fills: `qcow2_refcount_area`), the tables it
+   * left (freed, their bytes still in the file), and the areas placed
+   * ahead of `position` for the blocks and table (`[first, end)` clusters).
+   */
+  #tableEntries: number;
+  #tableOffset: number;
+  #tableClusters: number;
+  #oldTables: { offset: number; entries: number; blocks: number[] }[] = [];
+  #ahead: [number, number][] = [];
 
   /**
    * @param layout The metadata layout: placing starts at its `dataStart`.
@@ -303,6 +329,10 @@ export class Placer {
     this.#onReference = onReference;
     this.#maxUnit = Math.floor(0x7fffffff / layout.clusterSize);
     this.#blocks.set(0, layout.refcountBlocksOffset);
+    this.#tableOffset = layout.refcountTableOffset;
+    this.#tableClusters = layout.refcountTableClusters;
+    this.#tableEntries = layout.refcountTableClusters * layout.clusterSize /
+      ENTRY_SIZE;
   }
 
   /** A placer in the same state that reports nowhere (for looking ahead). */
@@ -317,6 +347,12 @@ export class Placer {
     copy.#unitCount = this.#unitCount;
     copy.#l2Tables = this.#l2Tables;
     copy.#end = this.#end;
+    copy.#unitLength = this.#unitLength;
+    copy.#tableEntries = this.#tableEntries;
+    copy.#tableOffset = this.#tableOffset;
+    copy.#tableClusters = this.#tableClusters;
+    copy.#oldTables = [...this.#oldTables];
+    copy.#ahead = this.#ahead.map(([a, b]) => [a, b]);
     return copy;
   }
 
@@ -345,12 +381,23 @@ export class Placer {
     } else if (l1Index !== this.l1Index) {
       if (inline) this.#endUnit();
       this.l1Index = l1Index;
+      if (inline) this.#skipAhead(1);
       out.newL2Table = this.#wholeCluster();
       // An L2 table is an allocation of its own (`l2_allocate`).
       if (inline) this.#blocksFor(out.newL2Table / this.#clusterSize, 0);
     }
     if (kind === "data" || kind === "preallocated") {
-      if (inline && this.#unitCount === this.#maxUnit) this.#endUnit();
+      if (inline && this.#unitCount === this.#unitLength) this.#endUnit();
+      if (inline && this.#unitCount === 0) {
+        // A run of data clusters: up to the L2 range's end, `INT_MAX` bytes
+        // at most, in one piece (past the areas placed ahead).
+        const rangeEnd = Math.min(
+          this.#layout.guestClusters ?? Infinity,
+          (l1Index + 1) * this.#l2Entries,
+        );
+        this.#unitLength = Math.min(this.#maxUnit, rangeEnd - cluster);
+        this.#skipAhead(this.#unitLength);
+      }
       out.hostOffset = this.#wholeCluster();
       if (inline && this.#unitCount++ === 0) {
         this.#unitStart = out.hostOffset / this.#clusterSize;
@@ -369,6 +416,39 @@ export class Placer {
   endAllocation(): number {
     this.#endUnit();
     return Math.max(this.position, this.#end);
+  }
+
+  /** The indices of the refcount blocks placed with inline blocks (else none). */
+  refcountBlocksPlaced(): number[] {
+    return this.#layout.inlineRefcountBlocks ? [...this.#blocks.keys()] : [];
+  }
+
+  /**
+   * The refcount table's place: the layout's, or with inline blocks where
+   * QEMU last moved it; and the tables it left behind (freed, with the
+   * entries they held).
+   */
+  get refcountTable(): {
+    offset: number;
+    clusters: number;
+    left: { offset: number; entries: number; blocks: number[] }[];
+  } {
+    return {
+      offset: this.#tableOffset,
+      clusters: this.#tableClusters,
+      left: this.#oldTables,
+    };
+  }
+
+  /** Moves `position` past the areas placed ahead that `n` clusters would cross. */
+  #skipAhead(n: number): void {
+    let at = Math.ceil(this.position / this.#clusterSize);
+    for (;;) {
+      const crossed = this.#ahead.filter(([a, b]) => a < at + n && at < b);
+      if (crossed.length === 0) break;
+      at = Math.max(...crossed.map(([, b]) => b));
+    }
+    this.position = Math.max(this.position, at * this.#clusterSize);
   }
 
   /** Places the refcount blocks the run being allocated needs, after it. */
@@ -405,16 +485,86 @@ export class Placer {
   #blocksFor(first: number, more: number): void {
     const perBlock = this.#layout.refcountsPerBlock;
     let last = first + more;
+    /**
+     * Blocks placed in a range that had no block yet: QEMU counts each
+     * through that range's new block first, and enters it in the table
+     * only then (so not in a table that move leaves behind).
+     */
+    const waiting = new Set<number>();
     for (
       let index = Math.floor(first / perBlock);
       index <= Math.floor(last / perBlock);
       index++
     ) {
       if (this.#blocks.has(index)) continue;
+      this.#skipAhead(1);
       const at = this.#wholeCluster();
+      const range = Math.floor(at / this.#clusterSize / perBlock);
+      if (range !== index && !this.#blocks.has(range)) waiting.add(index);
       this.#blocks.set(index, at);
       last = Math.max(last, at / this.#clusterSize);
+      if (index >= this.#tableEntries) {
+        this.#growTable(
+          Math.max(first, index * perBlock),
+          at / this.#clusterSize,
+          waiting,
+        );
+      }
     }
+  }
+
+  /**
+   * QEMU's `alloc_refcount_block` when the table is full: new refcount
+   * blocks and a table half as large again, from the next block-aligned
+   * cluster after `cluster` (which needed a block) and `block` (placed for
+   * it), by `qcow2_refcount_area` with `qcow2_refcount_metadata_size`.
+   */
+  #growTable(cluster: number, block: number, waiting: Set<number>): void {
+    const perBlock = this.#layout.refcountsPerBlock;
+    const cs = this.#clusterSize;
+    const perTable = cs / ENTRY_SIZE;
+    const used = Math.ceil(Math.max(cluster + 1, block + 1) / perBlock);
+    const start = used * perBlock;
+    // qcow2_refcount_metadata_size(start, generous): blocks to cover all.
+    let clusters = start;
+    let blocks = 0;
+    let table = 0;
+    let n = 0;
+    let generous = true;
+    for (;;) {
+      const last = n;
+      blocks = Math.ceil((clusters + table + blocks) / perBlock);
+      table = Math.ceil(blocks / perTable);
+      n = clusters + blocks + table;
+      if (n !== last) continue;
+      if (!generous) break;
+      clusters += Math.ceil(table / 2);
+      n = 0;
+      generous = false;
+    }
+    let entries = blocks + Math.ceil(blocks / 2);
+    entries = Math.ceil(entries / perTable) * perTable;
+    let at = start;
+    for (let i = Math.floor(start / perBlock); i < blocks; i++) {
+      if (this.#blocks.has(i)) continue;
+      this.#blocks.set(i, at * cs);
+      this.#reference(at);
+      at++;
+    }
+    this.#oldTables.push({
+      offset: this.#tableOffset,
+      entries: this.#tableEntries,
+      blocks: [...this.#blocks.keys()].filter((i) =>
+        i < this.#tableEntries && i < Math.floor(start / perBlock) &&
+        !waiting.has(i)
+      ),
+    });
+    this.#tableOffset = at * cs;
+    this.#tableClusters = entries / perTable;
+    this.#tableEntries = entries;
+    const end = at + this.#tableClusters;
+    this.#ahead.push([start, end]);
+    this.#end = Math.max(this.#end, end * cs);
   }
 
   #alignUp(): number {

@@ -564,7 +564,13 @@ export class Qcow2Writer {
     await this.#flushL2();
     await this.#data.settle();
     this.#placer.endAllocation();
-    const { layout } = this;
+    // Where the refcount table is at the end (QEMU may have moved it).
+    const table = this.#placer.refcountTable;
+    const layout: MetadataLayout = {
+      ...this.layout,
+      refcountTableOffset: table.offset,
+      refcountTableClusters: table.clusters,
+    };
     const offsetOf = (index: number) => {
       const offset = this.#placer.refcountBlockOffset(index);
       if (offset === undefined) {
@@ -581,13 +587,35 @@ export class Qcow2Writer {
       dataEnd ?? this.#dataEnd,
       offsetOf,
     );
-    for (const [index, block] of this.#refcounts.blocks) {
-      await this.#target.writeAt(offsetOf(index), block);
+    // Every block placed has an entry, even one that counts nothing yet.
+    const indices = new Set([
+      ...this.#refcounts.blocks.keys(),
+      ...this.#placer.refcountBlocksPlaced(),
+    ]);
+    for (const index of indices) {
+      await this.#target.writeAt(
+        offsetOf(index),
+        this.#refcounts.blocks.get(index) ??
+          new Uint8Array(layout.clusterSize),
+      );
     }
     await this.#target.writeAt(
       layout.refcountTableOffset,
-      refcountTable(layout, this.#refcounts, offsetOf),
+      refcountTable(layout, indices, offsetOf),
     );
+    // The tables QEMU left when it moved the table: freed, but their bytes
+    // (the entries they held) stay in the file.
+    for (const old of table.left) {
+      const bytes = refcountTable(
+        {
+          ...layout,
+          refcountTableClusters: old.entries * ENTRY_SIZE / layout.clusterSize,
+        },
+        old.blocks,
+        offsetOf,
+      );
+      await this.#target.writeAt(old.offset, bytes);
+    }
     const l1 = l1Table(layout, this.#l1);
     if (l1.length > 0) await this.#target.writeAt(layout.l1TableOffset, l1);
     if (this.#luks) {
@@ -659,7 +687,7 @@ function finishRefcounts(
 /** The refcount table pointing at the blocks in `refcounts`. */
 function refcountTable(
   layout: MetadataLayout,
-  refcounts: RefcountBlocks,
+  indices: Iterable<number>,
   offsetOf = (index: number) =>
     layout.refcountBlocksOffset + index * layout.clusterSize,
 ): Uint8Array {
@@ -667,7 +695,7 @@ function refcountTable(
     layout.refcountTableClusters * layout.clusterSize,
   );
   const view = new DataView(bytes.buffer);
-  for (const index of refcounts.blocks.keys()) {
+  for (const index of indices) {
     view.setBigUint64(
       index * ENTRY_SIZE,
       encodeRefcountTableEntry({ refcountBlockOffset: offsetOf(index) }),
@@ -804,7 +832,7 @@ export async function writeStream(
   await target.writeAt(0, newHeader(options, layout));
   await target.writeAt(
     layout.refcountTableOffset,
-    refcountTable(layout, refcounts),
+    refcountTable(layout, refcounts.blocks.keys()),
   );
   for (let i = 0; i < layout.refcountBlockSlots; i++) {
     const block = refcounts.blocks.get(i);
