@@ -128,17 +128,17 @@ export async function finishPreallocated(
   if (options.preallocation === "off" || clusters === 0) {
     return await writer.finish();
   }
-  const l2Entries = cs / (options.extendedL2 ? 16 : 8);
-  const subcluster = options.extendedL2 ? cs / 32 : cs;
-  const last = (clusters - 1) * cs;
-  const lastHost = writer.lastHostOffset ?? writer.layout.dataStart +
-      (clusters + Math.ceil(clusters / l2Entries) - 1) * cs;
+  // Every cluster was placed: the last one's host offset.
+  const lastHost = writer.lastHostOffset;
+  if (lastHost === undefined) return await writer.finish();
   if (options.preallocation !== "metadata") {
     // falloc/full: the last cluster whole, even if data allocates only its
     // first subclusters (QEMU preallocates the file before writing data),
     // or the L2 tables after the data.
-    return await writer.finish(Math.max(lastHost + cs, writer.endPlacement()));
+    return await writer.finish(writer.endPlacement());
   }
+  const subcluster = options.extendedL2 ? cs / 32 : cs;
+  const last = (clusters - 1) * cs;
   const guestEnd = lastHost + (options.size - last);
   const end = lastHost +
     Math.ceil((options.size - last) / subcluster) * subcluster;

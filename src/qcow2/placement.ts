@@ -18,6 +18,7 @@
  */
 
 import { ENTRY_SIZE } from "./layout.ts";
+import { refcountMetadataSize } from "./measure.ts";
 
 /** The geometry of a new image. */
 export interface Geometry {
@@ -148,11 +149,7 @@ export function layoutMetadata(
     blocks = Math.max(blocks, needBlocks);
     table = Math.max(table, needTable);
   }
-  if (table * clusterSize > 8 * 1024 * 1024) {
-    throw new RangeError(
-      `the refcount table would take ${table} clusters, over QEMU's 8 MiB limit`,
-    );
-  }
+  checkTableSize(table, clusterSize);
   if (
     (preallocation === "falloc" || preallocation === "full") &&
     areaClusters === 0 && geometry.size > 0
@@ -190,6 +187,15 @@ export function layoutMetadata(
   };
 }
 
+/** Refuses a refcount table over QEMU's 8 MiB limit (`QCOW_MAX_REFTABLE_SIZE`). */
+function checkTableSize(clusters: number, clusterSize: number): void {
+  if (clusters * clusterSize > 8 * 1024 * 1024) {
+    throw new RangeError(
+      `the refcount table would take ${clusters} clusters, over QEMU's 8 MiB limit`,
+    );
+  }
+}
+
 /**
  * The layout `qemu-img create -o preallocation=falloc|full` makes: QEMU
  * creates the image (header, table, block 0, L1), then grows it with
@@ -221,11 +227,7 @@ function truncateLayout(
     blocks = Math.max(blocks, needBlocks);
     table = Math.max(table, needTable);
   }
-  if (table * clusterSize > 8 * 1024 * 1024) {
-    throw new RangeError(
-      `the refcount table would take ${table} clusters, over QEMU's 8 MiB limit`,
-    );
-  }
+  checkTableSize(table, clusterSize);
   const refcountTableOffset = (start + blocks - 1) * clusterSize;
   const dataStart = refcountTableOffset + table * clusterSize;
   return {
@@ -525,25 +527,19 @@ export class Placer {
     const perTable = cs / ENTRY_SIZE;
     const used = Math.ceil(Math.max(cluster + 1, block + 1) / perBlock);
     const start = used * perBlock;
-    // qcow2_refcount_metadata_size(start, generous): blocks to cover all.
-    let clusters = start;
-    let blocks = 0;
-    let table = 0;
-    let n = 0;
-    let generous = true;
-    for (;;) {
-      const last = n;
-      blocks = Math.ceil((clusters + table + blocks) / perBlock);
-      table = Math.ceil(blocks / perTable);
-      n = clusters + blocks + table;
-      if (n !== last) continue;
-      if (!generous) break;
-      clusters += Math.ceil(table / 2);
-      n = 0;
-      generous = false;
-    }
-    let entries = blocks + Math.ceil(blocks / 2);
-    entries = Math.ceil(entries / perTable) * perTable;
+    const blocks = Number(
+      refcountMetadataSize(BigInt(start), cs, this.#refcountBits, true).blocks,
+    );
+    const entries = Math.ceil((blocks + Math.ceil(blocks / 2)) / perTable) *
+      perTable;
+    // The table left behind holds the blocks entered in it before the move.
+    this.#oldTables.push({
+      offset: this.#tableOffset,
+      entries: this.#tableEntries,
+      blocks: [...this.#blocks.keys()].filter((i) =>
+        i < this.#tableEntries && !waiting.has(i)
+      ),
+    });
     let at = start;
     for (let i = Math.floor(start / perBlock); i < blocks; i++) {
       if (this.#blocks.has(i)) continue;
@@ -551,14 +547,6 @@ export class Placer {
       this.#reference(at);
       at++;
     }
-    this.#oldTables.push({
-      offset: this.#tableOffset,
-      entries: this.#tableEntries,
-      blocks: [...this.#blocks.keys()].filter((i) =>
-        i < this.#tableEntries && i < Math.floor(start / perBlock) &&
-        !waiting.has(i)
-      ),
-    });
     this.#tableOffset = at * cs;
     this.#tableClusters = entries / perTable;
     this.#tableEntries = entries;
