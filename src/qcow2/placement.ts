@@ -335,6 +335,12 @@ export class Placer {
     this.#tableClusters = layout.refcountTableClusters;
     this.#tableEntries = layout.refcountTableClusters * layout.clusterSize /
       ENTRY_SIZE;
+    // Inline blocks: the front metadata (a large L1 table) may reach past
+    // the first block's range; QEMU allocates the blocks it needs right
+    // after it (`alloc_refcount_block` for the L1 table's clusters).
+    if (layout.inlineRefcountBlocks && !layout.truncate) {
+      this.#blocksFor(0, layout.dataStart / layout.clusterSize - 1);
+    }
   }
 
   /** A placer in the same state that reports nowhere (for looking ahead). */
