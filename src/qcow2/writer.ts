@@ -587,11 +587,19 @@ export class Qcow2Writer {
       dataEnd ?? this.#dataEnd,
       offsetOf,
     );
-    // Every block placed has an entry, even one that counts nothing yet.
+    // Every block placed has an entry, even one that counts nothing yet;
+    // so does every reserved block counted as in use (a range left empty
+    // by skipped zero clusters), or its cluster would be counted and not
+    // referenced: a leak to `qemu-img check`.
     const indices = new Set([
       ...this.#refcounts.blocks.keys(),
       ...this.#placer.refcountBlocksPlaced(),
     ]);
+    if (!layout.inlineRefcountBlocks && !layout.truncate) {
+      const cs = layout.clusterSize;
+      const used = Math.ceil(Math.ceil(end / cs) / layout.refcountsPerBlock);
+      for (let i = 0; i < used; i++) indices.add(i);
+    }
     for (const index of indices) {
       await this.#target.writeAt(
         offsetOf(index),
