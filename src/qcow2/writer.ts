@@ -581,25 +581,19 @@ export class Qcow2Writer {
       }
       return offset;
     };
-    const end = finishRefcounts(
+    const { end, blocks } = finishRefcounts(
       layout,
       this.#refcounts,
       dataEnd ?? this.#dataEnd,
       offsetOf,
     );
-    // Every block placed has an entry, even one that counts nothing yet;
-    // so does every reserved block counted as in use (a range left empty
-    // by skipped zero clusters), or its cluster would be counted and not
-    // referenced: a leak to `qemu-img check`.
+    // Every block placed or counted has an entry, even one that counts
+    // nothing yet (a range left empty by skipped zero clusters).
     const indices = new Set([
       ...this.#refcounts.blocks.keys(),
       ...this.#placer.refcountBlocksPlaced(),
+      ...blocks,
     ]);
-    if (!layout.inlineRefcountBlocks && !layout.truncate) {
-      const cs = layout.clusterSize;
-      const used = Math.ceil(Math.ceil(end / cs) / layout.refcountsPerBlock);
-      for (let i = 0; i < used; i++) indices.add(i);
-    }
     for (const index of indices) {
       await this.#target.writeAt(
         offsetOf(index),
@@ -644,7 +638,10 @@ export class Qcow2Writer {
 /**
  * Counts the metadata at the front (header, refcount table, the refcount
  * blocks in use, L1 table) into `refcounts`, which already holds the L2
- * tables and data, and returns the file's length.
+ * tables and data. Returns the file's length and the indices of the
+ * refcount blocks it counted: each needs its table entry (and its bytes,
+ * zeros if its range counts nothing), or its cluster is counted and not
+ * referenced, a leak to `qemu-img check`.
  */
 function finishRefcounts(
   layout: MetadataLayout,
@@ -652,7 +649,7 @@ function finishRefcounts(
   dataEnd: number,
   offsetOf = (index: number): number =>
     layout.refcountBlocksOffset + index * layout.clusterSize,
-): number {
+): { end: number; blocks: number[] } {
   const cs = layout.clusterSize;
   // An encrypted image's metadata ends with its LUKS area.
   const l1End = layout.encryptionAreaOffset !== undefined
@@ -681,15 +678,18 @@ function finishRefcounts(
     refcounts.increment(layout.refcountTableOffset / cs + i);
   }
   // (The `truncate` layout: every block, placed for the whole file.)
-  const blocks = layout.truncate ? layout.refcountBlockSlots : blocksUsed;
-  for (let i = 0; i < blocks; i++) refcounts.increment(offsetOf(i) / cs);
+  const blocks = Array.from(
+    { length: layout.truncate ? layout.refcountBlockSlots : blocksUsed },
+    (_, i) => i,
+  );
+  for (const i of blocks) refcounts.increment(offsetOf(i) / cs);
   const l1Clusters = layout.truncate
     ? Math.max(1, Math.ceil(layout.l1Size * ENTRY_SIZE / cs))
     : (layout.dataStart - layout.l1TableOffset) / cs;
   for (let i = 0; i < l1Clusters; i++) {
     refcounts.increment(layout.l1TableOffset / cs + i);
   }
-  return dataEnd > layout.dataStart ? fileEnd : l1End;
+  return { end: dataEnd > layout.dataStart ? fileEnd : l1End, blocks };
 }
 
 /** The refcount table pointing at the blocks in `refcounts`. */
@@ -836,14 +836,16 @@ export async function writeStream(
       subclusters,
     );
   });
-  const end = finishRefcounts(layout, refcounts, dataEnd);
+  const { end, blocks } = finishRefcounts(layout, refcounts, dataEnd);
   await target.writeAt(0, newHeader(options, layout));
+  const indices = new Set([...refcounts.blocks.keys(), ...blocks]);
   await target.writeAt(
     layout.refcountTableOffset,
-    refcountTable(layout, refcounts.blocks.keys()),
+    refcountTable(layout, indices),
   );
+  const empty = new Uint8Array(layout.clusterSize);
   for (let i = 0; i < layout.refcountBlockSlots; i++) {
-    const block = refcounts.blocks.get(i);
+    const block = refcounts.blocks.get(i) ?? (indices.has(i) ? empty : null);
     if (block) {
       await target.writeAt(
         layout.refcountBlocksOffset + i * layout.clusterSize,
