@@ -116,8 +116,7 @@ export interface MetadataLayout {
  *   refcount table when it fills (see
  *   {@linkcode MetadataLayout.inlineRefcountBlocks}); `falloc` and `full`
  *   lay out `truncate` (for the whole
- *   disk: `clusters` is not used). Neither with a LUKS area, nor for a disk
- *   of 0 bytes.
+ *   disk: `clusters` is not used). Not with a LUKS area.
  * @returns The layout.
  * @throws {RangeError} If the refcount table would exceed QEMU's 8 MiB limit.
  */
@@ -130,10 +129,8 @@ export function layoutMetadata(
   const clusterSize = 2 ** geometry.clusterBits;
   const l2Entries = clusterSize / (geometry.extendedL2 ? 16 : 8);
   const l1Size = Math.ceil(geometry.size / (clusterSize * l2Entries));
-  const l1Clusters = Math.max(
-    1,
-    Math.ceil(l1Size * ENTRY_SIZE / clusterSize),
-  );
+  // A disk of 0 bytes has no L1 table: offset 0, no cluster (as QEMU).
+  const l1Clusters = Math.ceil(l1Size * ENTRY_SIZE / clusterSize);
   const areaClusters = Math.ceil(areaBytes / clusterSize);
   const refcountsPerBlock = clusterSize * 8 / 2 ** geometry.refcountOrder;
   let blocks = 1;
@@ -152,7 +149,7 @@ export function layoutMetadata(
   checkTableSize(table, clusterSize);
   if (
     (preallocation === "falloc" || preallocation === "full") &&
-    areaClusters === 0 && geometry.size > 0
+    areaClusters === 0
   ) {
     return truncateLayout(geometry, clusterSize, l1Size, l1Clusters);
   }
@@ -163,7 +160,8 @@ export function layoutMetadata(
   }
   const refcountTableOffset = clusterSize;
   const refcountBlocksOffset = refcountTableOffset + table * clusterSize;
-  const l1TableOffset = refcountBlocksOffset + blocks * clusterSize;
+  const metadataEnd = refcountBlocksOffset + blocks * clusterSize;
+  const l1TableOffset = l1Size > 0 ? metadataEnd : 0;
   return {
     clusterSize,
     l2Entries,
@@ -180,9 +178,9 @@ export function layoutMetadata(
       : {}),
     refcountsPerBlock,
     l1TableOffset,
-    dataStart: l1TableOffset + (l1Clusters + areaClusters) * clusterSize,
+    dataStart: metadataEnd + (l1Clusters + areaClusters) * clusterSize,
     ...(areaClusters > 0
-      ? { encryptionAreaOffset: l1TableOffset + l1Clusters * clusterSize }
+      ? { encryptionAreaOffset: metadataEnd + l1Clusters * clusterSize }
       : {}),
   };
 }
@@ -239,7 +237,7 @@ function truncateLayout(
     refcountBlocksOffset: 2 * clusterSize,
     refcountBlockSlots: blocks,
     refcountsPerBlock,
-    l1TableOffset: 3 * clusterSize,
+    l1TableOffset: l1Size > 0 ? 3 * clusterSize : 0,
     dataStart,
     truncate: {
       moreBlocksOffset: start * clusterSize,
@@ -441,10 +439,19 @@ export class Placer {
     clusters: number;
     left: { offset: number; entries: number; blocks: number[] }[];
   } {
+    // The `truncate` layout with no L2 table (a disk of 0 bytes): nothing
+    // took cluster 1, so the table QEMU created first stays there.
+    const first = this.#layout.truncate && this.#l2Tables === 0
+      ? [{
+        offset: this.#clusterSize,
+        entries: this.#clusterSize / ENTRY_SIZE,
+        blocks: [0],
+      }]
+      : [];
     return {
       offset: this.#tableOffset,
       clusters: this.#tableClusters,
-      left: this.#oldTables,
+      left: [...first, ...this.#oldTables],
     };
   }
 

@@ -652,7 +652,9 @@ function finishRefcounts(
 ): { end: number; blocks: number[] } {
   const cs = layout.clusterSize;
   // An encrypted image's metadata ends with its LUKS area.
-  const l1End = layout.encryptionAreaOffset !== undefined
+  // (A disk of 0 bytes has no L1 table: the metadata ends at dataStart.)
+  const l1End = layout.encryptionAreaOffset !== undefined ||
+      layout.l1Size === 0
     ? layout.dataStart
     : layout.l1TableOffset + layout.l1Size * ENTRY_SIZE;
   const end = Math.max(
@@ -683,11 +685,14 @@ function finishRefcounts(
     (_, i) => i,
   );
   for (const i of blocks) refcounts.increment(offsetOf(i) / cs);
-  const l1Clusters = layout.truncate
-    ? Math.max(1, Math.ceil(layout.l1Size * ENTRY_SIZE / cs))
-    : (layout.dataStart - layout.l1TableOffset) / cs;
+  const l1Clusters = Math.ceil(layout.l1Size * ENTRY_SIZE / cs);
   for (let i = 0; i < l1Clusters; i++) {
     refcounts.increment(layout.l1TableOffset / cs + i);
+  }
+  // The LUKS area, from its offset to dataStart.
+  const area = layout.encryptionAreaOffset;
+  for (let c = area ?? layout.dataStart; c < layout.dataStart; c += cs) {
+    refcounts.increment(c / cs);
   }
   return { end: dataEnd > layout.dataStart ? fileEnd : l1End, blocks };
 }
