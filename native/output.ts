@@ -64,10 +64,15 @@ export async function writeOutput<T>(
 
 /**
  * Opens the output for `dst`. With read and write access to the
- * destination's directory (Deno's rename needs both), output goes to a
- * temporary file there and is renamed over `dst` on commit, so a failure
- * leaves a previous `dst` untouched. With write
- * access to `dst` alone, `dst` is written in place and removed on failure.
+ * directory of the file `dst` names (Deno's rename needs both), output goes
+ * to a temporary file there, given the old file's mode (and owner, where
+ * the system allows), and is renamed over that file on commit, so a failure
+ * leaves a previous `dst` untouched. A symbolic link is written through, as
+ * qemu-img writes: the file it points at is replaced, the link stays. With
+ * write access to `dst` alone, or a directory the system will not let us
+ * write in (an existing file there that we may write), `dst` is written in
+ * place, as qemu-img writes it, and on failure removed (emptied, if it is
+ * reached through a link).
  *
  * @param dst The destination path.
  * @param inputs Every file the conversion reads: `dst` must be none of them.
@@ -82,11 +87,17 @@ export async function openOutput(
   inputs: InputFile[],
 ): Promise<OutputFile> {
   await refuseInputs(dst, inputs);
-  const slash = dst.lastIndexOf("/");
-  const dir = slash < 0 ? "." : dst.slice(0, slash) || "/";
-  const base = dst.slice(slash + 1);
-  const existing = await granted("read", dst)
-    ? await Deno.stat(dst).catch(() => undefined)
+  const readable = await granted("read", dst);
+  const link = readable
+    ? await Deno.lstat(dst).catch(() => undefined)
+    : undefined;
+  // The file written: DST, or the file a link at DST points at.
+  const path = link?.isSymlink ? await linkTarget(dst) : dst;
+  const slash = path.lastIndexOf("/");
+  const dir = slash < 0 ? "." : path.slice(0, slash) || "/";
+  const base = path.slice(slash + 1);
+  const existing = readable
+    ? await Deno.stat(path).catch(() => undefined)
     : undefined;
   if (
     base === "" || base === "." || base === ".." || existing?.isDirectory
@@ -106,23 +117,37 @@ export async function openOutput(
   ).join("");
   const temp = `${dir}/${temporaryName(base, tag)}`;
   // Deno's rename needs read access to the temporary file as well.
-  if (await granted("write", temp) && await granted("read", temp)) {
-    const file = await create(dst, dir, temp, { createNew: true });
+  const beside = await granted("write", temp) && await granted("read", temp);
+  let file: Deno.FsFile | undefined;
+  try {
+    file = beside
+      ? await Deno.open(temp, { write: true, createNew: true })
+      : undefined;
+  } catch (e) {
+    // A directory we may not write in, holding a file we may: written in
+    // place, as qemu-img writes it.
+    const inPlace = e instanceof Deno.errors.PermissionDenied &&
+      existing !== undefined && await granted("write", dst);
+    if (!inPlace) throw cannotWrite(dst, dir, e);
+  }
+  if (file) {
+    const opened = file;
+    if (existing) await keepModeAndOwner(temp, existing);
     return {
-      file,
+      file: opened,
       path: temp,
       temporary: true,
       async commit() {
-        file.close();
+        opened.close();
         try {
-          await Deno.rename(temp, dst);
+          await Deno.rename(temp, path);
         } catch (e) {
           await Deno.remove(temp).catch(() => {});
           throw e;
         }
       },
       async discard() {
-        file.close();
+        opened.close();
         await Deno.remove(temp).catch(() => {});
       },
     };
@@ -130,7 +155,27 @@ export async function openOutput(
   if (!(await granted("write", dst))) {
     throw new PermissionNeeded("write", dst);
   }
-  const file = await create(dst, dir, dst, { create: true });
+  return await writeInPlace(dst, dir, inputs, link?.isSymlink === true);
+}
+
+/**
+ * Opens `dst` to be written in place (through a link at `dst`, if
+ * `throughLink`): emptied now, and on failure removed, or emptied if it is
+ * reached through a link (the link is not ours to remove, nor its target
+ * ours to reach).
+ */
+async function writeInPlace(
+  dst: string,
+  dir: string,
+  inputs: InputFile[],
+  throughLink: boolean,
+): Promise<OutputFile> {
+  let file: Deno.FsFile;
+  try {
+    file = await Deno.open(dst, { write: true, create: true });
+  } catch (e) {
+    throw cannotWrite(dst, dir, e);
+  }
   try {
     // Without read access DST cannot be compared with the inputs (a link
     // to one would be emptied): one of the inputs' size is too close.
@@ -162,10 +207,51 @@ export async function openOutput(
       return Promise.resolve();
     },
     async discard() {
+      if (throughLink) await file.truncate(0).catch(() => {});
       file.close();
-      await Deno.remove(dst).catch(() => {});
+      if (!throughLink) await Deno.remove(dst).catch(() => {});
     },
   };
+}
+
+/**
+ * The file the symbolic link `link` points at, followed to the end: its
+ * real path, or for a dangling link the path it names (created there, as
+ * `open` through the link would create it).
+ */
+async function linkTarget(link: string): Promise<string> {
+  const real = await Deno.realPath(link).catch(() => undefined);
+  if (real !== undefined) return real;
+  let path = link;
+  // A chain of links ending nowhere: followed as far as the system would
+  // (40 links, Linux's limit), then the last name is the file.
+  for (let i = 0; i < 40; i++) {
+    const stat = await Deno.lstat(path).catch(() => undefined);
+    if (!stat?.isSymlink) break;
+    const to = await Deno.readLink(path);
+    const slash = path.lastIndexOf("/");
+    path = to.startsWith("/") || slash < 0
+      ? to
+      : `${path.slice(0, slash + 1)}${to}`;
+  }
+  return path;
+}
+
+/**
+ * Gives the temporary file `temp` the mode and owner of the file it
+ * replaces, as qemu-img, writing in place, keeps them. The owner only where
+ * the system allows (as root, or the same owner): otherwise it becomes ours.
+ */
+async function keepModeAndOwner(
+  temp: string,
+  existing: Deno.FileInfo,
+): Promise<void> {
+  if (existing.mode !== null) await Deno.chmod(temp, existing.mode & 0o777);
+  if (existing.uid === null || existing.gid === null) return;
+  const made = await Deno.stat(temp);
+  if (made.uid !== existing.uid || made.gid !== existing.gid) {
+    await Deno.chown(temp, existing.uid, existing.gid).catch(() => {});
+  }
 }
 
 /**
@@ -205,27 +291,18 @@ function notRegular(dst: string): RangeError {
 }
 
 /**
- * Opens `path` for writing (the destination or its temporary file), or
- * fails with a message about the destination, not the temporary name.
+ * The failure to open DST (or its temporary file) for writing, said about
+ * the destination, not the temporary name.
  */
-async function create(
-  dst: string,
-  dir: string,
-  path: string,
-  options: Deno.OpenOptions,
-): Promise<Deno.FsFile> {
-  try {
-    return await Deno.open(path, { write: true, ...options });
-  } catch (e) {
-    const why = e instanceof Deno.errors.NotFound
-      ? `its directory '${dir}' does not exist; create it first`
-      : e instanceof Deno.errors.PermissionDenied
-      ? `the system denies writing in '${dir}': check its owner and mode`
-      : e instanceof Deno.errors.IsADirectory
-      ? "it is a directory; give DST a file name"
-      : (e as Error)?.message ?? String(e);
-    throw new Error(`Cannot write '${dst}': ${why}`, { cause: e });
-  }
+function cannotWrite(dst: string, dir: string, e: unknown): Error {
+  const why = e instanceof Deno.errors.NotFound
+    ? `its directory '${dir}' does not exist; create it first`
+    : e instanceof Deno.errors.PermissionDenied
+    ? `the system denies writing in '${dir}': check its owner and mode`
+    : e instanceof Deno.errors.IsADirectory
+    ? "it is a directory; give DST a file name"
+    : (e as Error)?.message ?? String(e);
+  return new Error(`Cannot write '${dst}': ${why}`, { cause: e });
 }
 
 /** Whether a permission is granted now (never prompts). */
