@@ -14,6 +14,7 @@
  */
 
 import { parseArgs } from "@std/cli/parse-args";
+import { strtosz } from "../src/size.ts";
 
 /** The program's name, as it prints it. */
 export const NAME = "qcow2";
@@ -258,9 +259,10 @@ export function parse(
       (strings.includes(name) || strings.includes(alias[name]))
     ),
   );
-  const flags = parseArgs(splitAttached(args, shortStrings), {
+  const flags = parseArgs(splitAttached(args, shortStrings, strings), {
     boolean: booleans,
-    string: strings,
+    // "_": the operands stay as written ("1e3" is not 1000, "0x10" not 16).
+    string: [...strings, "_"],
     collect: strings,
     alias,
     unknown: (arg: string, key?: string) => {
@@ -353,14 +355,32 @@ function dashed(name: string): string {
   return name.length === 1 ? `-${name}` : `--${name}`;
 }
 
-/** Splits `-fraw` into `-f raw` for the short options that take a value. */
-function splitAttached(args: string[], shortStrings: Set<string>): string[] {
+/**
+ * Splits `-fraw` into `-f raw` for the short options that take a value, and
+ * gives an option that takes a value the next argument even when it starts
+ * with `-` (`-S -1`, `--object -x`), as getopt does.
+ */
+function splitAttached(
+  args: string[],
+  shortStrings: Set<string>,
+  strings: string[],
+): string[] {
   const out: string[] = [];
   for (let i = 0; i < args.length; i++) {
     const arg = args[i];
     if (arg === "--") {
       out.push(...args.slice(i));
       break;
+    }
+    const next = args[i + 1];
+    if (
+      next?.startsWith("-") &&
+      (/^-[^-]$/.test(arg) && shortStrings.has(arg[1]) ||
+        arg.startsWith("--") && strings.includes(arg.slice(2)))
+    ) {
+      out.push(`${arg}=${next}`);
+      i++;
+      continue;
     }
     if (/^-[^-]/.test(arg) && arg.length > 2) {
       // A group such as -qfraw: flags up to the first value-taking letter.
@@ -527,60 +547,15 @@ export function unsupportedHelp(command: string, spec: CommandSpec): string {
 }
 
 /**
- * Parses a byte count with an optional k/M/G suffix (binary units).
- * Anything else is a {@linkcode UsageError} of `command`.
- */
-export function parseBytes(
-  text: string,
-  option: string,
-  command: string,
-): number {
-  const m = /^(\d+)([kKmMgG]?)[bB]?$/.exec(text);
-  if (!m) {
-    throw new UsageError(
-      `${option} takes a byte count such as 4096, 64k or 1M, not '${text}'`,
-      command,
-    );
-  }
-  const scale = {
-    "": 1,
-    k: 1024,
-    m: 1024 ** 2,
-    g: 1024 ** 3,
-  }[m[2].toLowerCase()]!;
-  return Number(m[1]) * scale;
-}
-
-/**
- * Parses a size as QEMU's `qemu_strtosz` does: decimal digits (or `0x` hex,
- * without fraction or suffix), an optional fraction when a suffix follows,
- * and an optional suffix B, K, M, G, T, P or E (powers of 1024, any case).
- * Leading white space is skipped.
+ * Parses a size as QEMU's `qemu_strtosz` does (see `src/size.ts`): decimal
+ * digits with an optional fraction when a suffix follows, or `0x` hex, and
+ * an optional suffix B, K, M, G, T, P or E (powers of 1024, any case).
+ * Leading white space and `+` are skipped.
  *
  * @param text The size as written.
  * @returns The bytes, or `"invalid"` for text that is no size, `"range"`
  * for a size of 2^64 bytes or more.
  */
 export function qemuSize(text: string): bigint | "invalid" | "range" {
-  const m = /^\s*\+?(?:(0[xX][0-9a-fA-F]+)|(\d+)(\.\d*)?)([bBkKmMgGtTpPeE]?)$/
-    .exec(text);
-  if (!m) return "invalid";
-  const [, hexDigits, whole, fraction, suffix] = m;
-  if (hexDigits !== undefined) {
-    if (suffix !== "") return "invalid";
-    const value = BigInt(hexDigits);
-    return value >= 1n << 64n ? "range" : value;
-  }
-  const power = "bkmgtpe".indexOf(suffix.toLowerCase());
-  const scale = 1024n ** BigInt(Math.max(power, 0));
-  const frac = fraction && fraction.length > 1 ? fraction.slice(1) : "";
-  if (scale === 1n && /[1-9]/.test(frac)) return "invalid";
-  let value = BigInt(whole) * scale;
-  if (frac) {
-    // 64.64 fixed point as QEMU, rounding half up.
-    const denominator = 10n ** BigInt(frac.length);
-    const fixed = (BigInt(frac) << 64n) / denominator;
-    value += (fixed * scale + (1n << 63n)) >> 64n;
-  }
-  return value >= 1n << 64n ? "range" : value;
+  return strtosz(text);
 }

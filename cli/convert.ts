@@ -17,17 +17,18 @@ import { fileSink } from "../src/io/sink.ts";
 import { workerCodecs } from "../native/worker_codecs.ts";
 import type { Codecs } from "../src/codecs/codecs.ts";
 import {
+  CommandError,
   type CommandSpec,
   type Flags,
   imageFormat,
   NAME,
   parse,
-  parseBytes,
   snapshotParam,
   unsupportedHelp,
   UsageError,
 } from "./_args.ts";
 import { openInput } from "./_open.ts";
+import { cvtnum } from "./_size.ts";
 import { namedImages, SECRET_HELP, withSecretFlags } from "./_secrets.ts";
 import { interruptible } from "./_interrupt.ts";
 import { progressOf } from "./_progress.ts";
@@ -69,8 +70,8 @@ Options:
                   layer of SRC allocates is written
   -F FMT          (qcow2) the format of -B's file (qcow2, raw...): required
   -S BYTES        leave aligned all-zero runs of this size as holes
-                  (default 4096, a multiple of 512; 0 writes every byte;
-                  suffixes k, M allowed)
+                  (default 4096, a multiple of 512 up to 16M; 0 writes
+                  every byte; suffixes k, M allowed, and 1.5k)
   -l SNAPSHOT     convert the disk as it was in an internal snapshot: an ID
                   or a name, or snapshot.id=ID / snapshot.name=NAME. DST
                   has the snapshot's own size, as 'qemu-img snapshot -a'
@@ -132,14 +133,7 @@ export async function main(args: string[]): Promise<number> {
   ) {
     throw usageError("-c, -o, -B and -F need -O qcow2");
   }
-  const sparseSize = flags.S === undefined
-    ? 4096
-    : parseBytes(flags.S, "-S", "convert");
-  if (sparseSize % 512 !== 0 || sparseSize > 16 * 1024 * 1024) {
-    throw usageError(
-      `-S must be a multiple of 512 from 0 to 16M, not ${flags.S} (0 writes every byte)`,
-    );
-  }
+  const sparseSize = flags.S === undefined ? 4096 : sparseOption(flags.S);
   const files = flags._.map(String);
   if (files.length !== 2) {
     throw usageError(`convert takes SRC and DST (${files.length} given)`);
@@ -273,6 +267,26 @@ export async function main(args: string[]): Promise<number> {
     ));
   }
   return 0;
+}
+
+/** Largest `-S`: 16 MiB (qemu-img's MAX_BUF_SECTORS of 512 bytes). */
+const MAX_SPARSE = 16n * 1024n * 1024n;
+
+/**
+ * `-S` as qemu-img reads it ("buffer size for sparse output"): a byte count
+ * (suffixes, fractions before them), a multiple of 512 up to 16 MiB.
+ *
+ * @throws {CommandError} In qemu-img's words, with its exit status 1.
+ */
+function sparseOption(text: string): number {
+  const what = "buffer size for sparse output";
+  const value = cvtnum(text, what);
+  if (value % 512n !== 0n || value > MAX_SPARSE) {
+    throw new CommandError(
+      `Invalid ${what} specified. Valid sizes are multiples of 512 up to ${MAX_SPARSE}. Select 0 to disable sparse detection (fully allocates output).`,
+    );
+  }
+  return Number(value);
 }
 
 /**

@@ -12,9 +12,11 @@ import {
   openImage,
   openPath,
   optionsFromText,
-  parseSize,
+  resolveCreateOptions,
   splitOptions,
 } from "../mod.ts";
+import { exceedsL1, sizeOption } from "../src/qcow2/create_options.ts";
+import { INT64_MAX, strtosz } from "../src/size.ts";
 import { backingImageError } from "../native/explain.ts";
 import { requireRead, writeOutput } from "../native/output.ts";
 import { NAME, parse, UsageError } from "./_args.ts";
@@ -125,21 +127,35 @@ export async function main(args: string[]): Promise<number> {
     );
   }
   const [path, sizeText] = files;
+  // As qemu-img: SIZE is read first, then -o; the size is given once.
+  const sizeArgument = sizeText === undefined ? undefined : imageSize(sizeText);
   const text = splitOptions(optionArgs);
+  const sizeValue = text.get("size");
+  text.delete("size");
   const options: Partial<CreateOptions> = optionsFromText(text);
+  const size = sizeValue === undefined
+    ? sizeArgument
+    : sizeOption("size", sizeValue);
+  if (sizeArgument !== undefined && sizeValue !== undefined) {
+    throw new RangeError(
+      `The image size must be specified only once: SIZE ${sizeText} and -o size=${sizeValue}`,
+    );
+  }
   if (flags.b !== undefined) options.backingFile = flags.b;
   if (flags.F !== undefined) options.backingFormat = flags.F;
-  if (sizeText !== undefined) {
-    try {
-      options.size = parseSize(sizeText);
-    } catch {
-      throw new RangeError(
-        sizeText.startsWith("-")
-          ? `Invalid image size '${sizeText}': a size cannot be negative`
-          : `Invalid image size '${sizeText}': give bytes, or a number with a suffix k, M, G, T, P or E (powers of 1024)`,
-      );
-    }
+  if (size !== undefined && size > BigInt(Number.MAX_SAFE_INTEGER)) {
+    // qemu-img takes any size below 2^63 and says what it makes of it; the
+    // qcow2 format then refuses what its L1 table cannot cover.
+    if (!flags.quiet) console.log(formattingLine(path, text, options, size));
+    resolveCreateOptions({ ...options, size: 0 }); // the other refusals first
+    const rounded = (size + 511n) / 512n * 512n;
+    throw new RangeError(
+      exceedsL1(rounded, options.clusterSize ?? 65536, !!options.extendedL2)
+        ? `The image size is too large for file format 'qcow2' (try using a larger cluster size): ${rounded} bytes`
+        : `The image size ${rounded} is more than this implementation handles (up to 2^53 - 1 bytes, 8 PiB; qemu-img makes it)`,
+    );
   }
+  if (size !== undefined) options.size = Number(size);
   const inputs: string[] = [];
   if (options.backingFile !== undefined && !flags.u) {
     if (options.backingFormat === undefined) {
@@ -150,8 +166,8 @@ export async function main(args: string[]): Promise<number> {
     // Relative to FILE's directory, as the image will be opened.
     const backing = resolveName(path, options.backingFile);
     inputs.push(backing);
-    const size = await backingSize(backing, options.backingFormat);
-    options.size ??= size;
+    const backingBytes = await backingSize(backing, options.backingFormat);
+    options.size ??= backingBytes;
   }
   if (options.size === undefined) {
     throw usageError(
@@ -162,7 +178,7 @@ export async function main(args: string[]): Promise<number> {
   }
   const luks = await luksFromOptions(text, flags, "create");
   delete options.encrypt; // read into `luks`
-  const shown = formattingLine(path, text, options as CreateOptions);
+  const shown = formattingLine(path, text, options, options.size);
   if (!flags.quiet) console.log(shown);
   // Ctrl-C stops a preallocation, removes the file and exits 130.
   try {
@@ -179,6 +195,28 @@ export async function main(args: string[]): Promise<number> {
     luks?.encryption.close();
   }
   return 0;
+}
+
+/**
+ * SIZE as qemu-img reads it (`cvtnum`): a byte count below 2^63.
+ *
+ * @throws {RangeError} For text that is no size, or a size out of range.
+ */
+function imageSize(text: string): bigint {
+  const bytes = strtosz(text);
+  if (bytes === "invalid") {
+    throw new RangeError(
+      /^\s*-/.test(text)
+        ? `Invalid image size '${text}': a size cannot be negative`
+        : `Invalid image size '${text}': give bytes, or a number with a suffix k, M, G, T, P or E (powers of 1024)`,
+    );
+  }
+  if (bytes === "range" || bytes > INT64_MAX) {
+    throw new RangeError(
+      `Invalid image size '${text}' specified. Must be between 0 and ${INT64_MAX}.`,
+    );
+  }
+  return bytes;
 }
 
 /** The virtual size of the backing file, opened as `format`. */
@@ -214,7 +252,8 @@ async function backingSize(path: string, format: string): Promise<number> {
 function formattingLine(
   path: string,
   text: Map<string, string>,
-  options: CreateOptions,
+  options: Partial<CreateOptions>,
+  size: number | bigint,
 ): string {
   const parts = [
     ...encryptFormatting(text),
@@ -225,7 +264,7 @@ function formattingLine(
     parts.push(`preallocation=${text.get("preallocation")}`);
   }
   parts.push(`compression_type=${text.get("compression_type") ?? "zlib"}`);
-  parts.push(`size=${options.size}`);
+  parts.push(`size=${size}`);
   if (options.backingFile !== undefined) {
     parts.push(`backing_file=${options.backingFile}`);
   }

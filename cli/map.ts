@@ -95,10 +95,10 @@ export async function runMap(
     await probePath(files[0]);
   const start = flags["start-offset"] === undefined
     ? 0
-    : parseOffset(String(flags["start-offset"]), "start offset", "map");
+    : parseOffset(String(flags["start-offset"]), "start offset");
   const maxLength = flags["max-length"] === undefined
     ? undefined
-    : parseOffset(String(flags["max-length"]), "max length", "map");
+    : parseOffset(String(flags["max-length"]), "max length");
   const json = flags.output === "json";
 
   // Each file's name as qemu-img prints it, and its path for the host's

@@ -57,6 +57,20 @@ Deno.test("parse: -f, -U, --output and --json", () => {
   assertThrows(() => parse("x", ["-f", ""], spec), UsageError);
 });
 
+Deno.test("parse: operands stay as written; an option's value may start with '-', as getopt takes it", () => {
+  const spec = { string: ["S", "object"] };
+  // Not numbers: "1e3" is no 1000 and "0x10" no 16 (a SIZE or a file name).
+  assertEquals(parse("x", ["a", "1e3", "4E-1", "0x10"], spec)._, [
+    "a",
+    "1e3",
+    "4E-1",
+    "0x10",
+  ]);
+  // -S -1 is a value of -S (refused as a size), not an unknown option -1.
+  const f = parse("x", ["-S", "-1", "--object", "-x", "a"], spec);
+  assertEquals([f.S, f.object, f._], ["-1", "-x", ["a"]]);
+});
+
 Deno.test("parse: a qemu-img option we lack is refused by name, with the command's status", () => {
   const e = assertThrows(
     () => parse("compare", ["--image-opts", "a", "b"], { usageStatus: 1 }),

@@ -185,7 +185,7 @@ Deno.test("cli usage errors exit 2; --help and --version exit 0", async () => {
       "vmdk",
       "a",
       "b",
-    ], ["convert", "-S", "1000", "a", "b"]]
+    ]]
   ) {
     const r = await cli([], args);
     assertEquals(r.code, 2, `${args.join(" ")}: ${r.stderr}`);
@@ -582,8 +582,8 @@ Deno.test("cli errors say what is wrong and what to do", async () => {
       [
         [],
         ["convert", "-S", "4x", good, "o.raw"],
-        2,
-        "-S takes a byte count such as 4096, 64k or 1M, not '4x'",
+        1,
+        "Invalid buffer size for sparse output specified. You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.",
       ],
       [
         [],
@@ -612,6 +612,47 @@ Deno.test("cli errors say what is wrong and what to do", async () => {
     const left: string[] = [];
     for await (const e of Deno.readDir(dir)) left.push(e.name);
     assertEquals(left.sort(), ["plain.txt", "sub", "top.qcow2"]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli convert -S: sizes and refusals as qemu-img's (exit 1, its words)", async () => {
+  const dir = await tempDir();
+  try {
+    const src = fixture("v3_64k.qcow2");
+    const dst = `${dir}/o.raw`;
+    const perms = [`--allow-read=${src},${dir}`, `--allow-write=${dir}`];
+    const suffixes =
+      "You may use k, M, G, T, P or E suffixes for kilobytes, megabytes, gigabytes, terabytes, petabytes and exabytes.";
+    const multiples =
+      "Valid sizes are multiples of 512 up to 16777216. Select 0 to disable sparse detection (fully allocates output).";
+    const cases: [string, number, string][] = [
+      ["1.5k", 0, ""],
+      ["+4k", 0, ""],
+      ["0x1000", 0, ""],
+      ["512.0", 0, ""],
+      ["16M", 0, ""],
+      ["-1", 1, suffixes],
+      ["1e3", 1, suffixes],
+      ["4kB", 1, suffixes],
+      ["1.5", 1, suffixes],
+      ["100", 1, multiples],
+      ["17M", 1, multiples],
+      ["1E", 1, multiples],
+      ["8E", 1, "Must be between 0 and 9223372036854775807."],
+    ];
+    for (const [value, code, says] of cases) {
+      const r = await cli(perms, ["convert", "-S", value, src, dst]);
+      assertEquals(r.code, code, `-S ${value}: ${r.stderr}`);
+      assertEquals(
+        r.stderr,
+        code === 0
+          ? ""
+          : `qcow2: Invalid buffer size for sparse output specified. ${says}\n`,
+        `-S ${value}`,
+      );
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

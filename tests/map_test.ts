@@ -212,3 +212,18 @@ Deno.test("map: exit statuses and messages as qemu-img's", async () => {
     assertEquals(r.stderr.includes(message), true, r.stderr);
   }
 });
+
+Deno.test("map: -s and -l as qemu-img's cvtnum reads them (past the end: nothing; 2^63: refused)", async () => {
+  const header = "Offset          Length          Mapped to       File\n";
+  // qemu-img 7.2: exit 0 and the header alone for an offset past the end,
+  // even one of 2^53 bytes or more; 8E is out of cvtnum's range.
+  assertEquals(await ourMap(["-s", "1E", "v3_64k.qcow2"], TOP), {
+    code: 0,
+    stdout: header,
+  });
+  assertEquals(await ourMap(["-s", "+0x1k", "-l", "1E", "v3_64k.qcow2"], TOP), {
+    code: 0,
+    stdout: (await ourMap(["-s", "1024", "v3_64k.qcow2"], TOP)).stdout,
+  });
+  assertEquals((await ourMap(["-s", "8E", "v3_64k.qcow2"], TOP)).code, 1);
+});

@@ -8,6 +8,7 @@
 
 import type { CompressionType } from "./header.ts";
 import { splitOptionList } from "../option_string.ts";
+import { INT64_MAX, strtosz } from "../size.ts";
 
 /** How much of a new image is laid out in advance (qemu-img's `preallocation`). */
 export type Preallocation = "off" | "metadata" | "falloc" | "full";
@@ -235,8 +236,7 @@ export function resolveCreateOptions(
     );
   }
   const size = Math.ceil(options.size / 512) * 512;
-  const entriesPerL2 = clusterSize / (extendedL2 ? 16 : 8);
-  if (Math.ceil(size / (clusterSize * entriesPerL2)) > MAX_L1_ENTRIES) {
+  if (exceedsL1(BigInt(size), clusterSize, extendedL2)) {
     throw new RangeError(
       `The image size is too large for file format 'qcow2' (try using a larger cluster size): ${size} bytes`,
     );
@@ -259,17 +259,16 @@ export function resolveCreateOptions(
   };
 }
 
-const SUFFIXES = "kmgtpe";
-
 /**
  * Parses a size as qemu-img does (`qemu_strtosz`): a number, possibly with a
- * fraction, and an optional suffix k, M, G, T, P or E (powers of 1024;
- * `b` or none: bytes). Decimal fractions are rounded down to whole bytes.
+ * fraction, or `0x` and hex digits, and an optional suffix k, M, G, T, P or
+ * E (powers of 1024; `b` or none: bytes). A fraction needs a suffix and is
+ * rounded to the nearest byte; leading white space and `+` are skipped.
  *
  * @param text The size as written.
  * @returns Bytes.
- * @throws {RangeError} If `text` is not such a size, is negative, or is not
- * below 2^63.
+ * @throws {RangeError} If `text` is not such a size, is negative, is not
+ * below 2^63, or is 2^53 or more (larger than this library handles).
  *
  * @example Sizes with suffixes
  * ```ts
@@ -280,35 +279,75 @@ const SUFFIXES = "kmgtpe";
  * assertEquals(parseSize("1.5G"), 1610612736);
  * assertEquals(parseSize("1000"), 1000);
  * assertThrows(() => parseSize("-1"), RangeError);
+ * assertThrows(() => parseSize("1e3"), RangeError); // no exponents
  * ```
  */
 export function parseSize(text: string): number {
-  const m = /^(\d+)(\.\d+)?([bkmgtpe]?)$/i.exec(text.trim());
-  if (!m || (m[2] !== undefined && m[3] === "")) {
+  const bytes = strtosz(text);
+  if (bytes === "invalid") {
     throw new RangeError(
       `Invalid size '${text}': give bytes, or a number with a suffix k, M, G, T, P or E (powers of 1024)`,
     );
   }
-  const suffix = m[3].toLowerCase();
-  const scale = suffix === "" || suffix === "b"
-    ? 1n
-    : 1024n ** BigInt(SUFFIXES.indexOf(suffix) + 1);
-  const whole = BigInt(m[1]) * scale;
-  const fraction = m[2]
-    ? BigInt(m[2].slice(1)) * scale / 10n ** BigInt(m[2].length - 1)
-    : 0n;
-  const bytes = whole + fraction;
-  if (bytes >= 2n ** 63n) {
+  if (bytes === "range" || bytes > INT64_MAX) {
     throw new RangeError(
       `Invalid size '${text}': it must be below 2^63 bytes (8 EiB)`,
     );
   }
   if (bytes > BigInt(Number.MAX_SAFE_INTEGER)) {
     throw new RangeError(
-      `Invalid size '${text}': sizes above 2^53 bytes are not supported`,
+      `Invalid size '${text}': sizes of 2^53 bytes (8 PiB) or more are not supported`,
     );
   }
   return Number(bytes);
+}
+
+/**
+ * A size option of `-o` (`size`, `cluster_size`) read as QEMU's option
+ * parser reads it, with its refusals: text that is no size, and a size of
+ * 2^64 or more. Sizes from 2^63 are refused too (QEMU takes them as
+ * negative).
+ *
+ * @param name The option's name.
+ * @param value Its value, as written.
+ * @returns The size in bytes, below 2^63 (it may exceed 2^53).
+ * @throws {RangeError} Naming the option.
+ *
+ * @ignore
+ */
+export function sizeOption(name: string, value: string): bigint {
+  const bytes = strtosz(value);
+  if (bytes === "invalid") {
+    throw fail(
+      `Parameter '${name}' expects a non-negative number below 2^64 (optional suffix k, M, G, T, P or E), not '${value}'`,
+    );
+  }
+  if (bytes === "range" || bytes > INT64_MAX) {
+    throw fail(`Value '${value}' is out of range for parameter '${name}'`);
+  }
+  return bytes;
+}
+
+/**
+ * Whether QEMU refuses a qcow2 image of `size` bytes with these clusters
+ * ("The image size is too large for file format 'qcow2'"): its L1 table
+ * would have more than 32 MiB of entries.
+ *
+ * @param size The virtual size, rounded up to 512 bytes.
+ * @param clusterSize The cluster size.
+ * @param extendedL2 Whether L2 entries are extended (16 bytes).
+ * @returns Whether it is too large.
+ *
+ * @ignore
+ */
+export function exceedsL1(
+  size: bigint,
+  clusterSize: number,
+  extendedL2: boolean,
+): boolean {
+  const perL1Entry = BigInt(clusterSize) *
+    BigInt(clusterSize / (extendedL2 ? 16 : 8));
+  return (size + perL1Entry - 1n) / perL1Entry > BigInt(MAX_L1_ENTRIES);
 }
 
 /** One option of `-o`, for `-o help`. */
@@ -457,14 +496,13 @@ export function optionsFromText(
     switch (name) {
       case "size":
       case "cluster_size": {
-        let bytes: number;
-        try {
-          bytes = parseSize(value);
-        } catch {
+        const big = sizeOption(name, value);
+        if (big > BigInt(Number.MAX_SAFE_INTEGER)) {
           throw fail(
-            `Parameter '${name}' expects a non-negative number below 2^64 (optional suffix k, M, G, T, P or E), not '${value}'`,
+            `Parameter '${name}': ${value} is ${big} bytes, more than this implementation handles (2^53 - 1)`,
           );
         }
+        const bytes = Number(big);
         if (name === "size") out.size = bytes;
         else out.clusterSize = bytes;
         break;
