@@ -20,7 +20,12 @@ import { openPath } from "../native/open_path.ts";
 import { pooledNodeCrypto } from "../native/crypto.ts";
 import { backingImageError, InFile } from "../native/explain.ts";
 import { type HostFile, hostFile } from "../native/holes.ts";
-import { type InputFile, requireRead, writeOutput } from "../native/output.ts";
+import {
+  atDestination,
+  type InputFile,
+  requireRead,
+  writeOutput,
+} from "../native/output.ts";
 import { workerCompressors } from "../native/compress_pool.ts";
 import { workerTarget } from "../native/worker_target.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
@@ -168,7 +173,8 @@ export async function convertToQcow2Command(
     ignoreBackingFile: flags.top,
     l2CacheBytes: CONVERT_L2_CACHE_BYTES,
     openFile: chainOpener(srcPath, inputs),
-  }).catch((e) => Promise.reject(new InFile(srcPath, e)));
+    // (SRC's format was probed as qemu-img probes it: raw without a magic.)
+  }, { probeRaw: true }).catch((e) => Promise.reject(new InFile(srcPath, e)));
   // A raw file's holes, where FFI tells them (as QEMU's SEEK_DATA): not read.
   const image = format === "raw"
     ? withHoles(opened, hostFile(srcPath))
@@ -195,7 +201,7 @@ export async function convertToQcow2Command(
       };
       if (dstPath === "-") {
         return await nativeFace.convertToQcow2(image, Deno.stdout.writable, run)
-          .catch((e) => Promise.reject(inSource(e)));
+          .catch((e) => Promise.reject(inSource(atDestination(e, "-"))));
       }
       return await writeOutput(
         dstPath,

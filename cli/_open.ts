@@ -96,14 +96,26 @@ export async function openInput(
       }
       return { image: new RawImage(file, () => file.close?.()), format };
     }
+    if (format === undefined && probed === "raw") {
+      // (convert to raw: a raw SRC is a copy, not a conversion.)
+      throw new Qcow2Error(
+        "BAD_MAGIC",
+        "Cannot read qcow2 image: the file does not start with the qcow2 magic 'QFI\\xfb'; if it is a raw image, it needs no conversion (-f raw copies it)",
+        { offset: 0 },
+      );
+    }
     if (format !== undefined && probed !== format) {
+      // -f names a format the file is not in: say what it reads as.
+      const drop = probed !== "raw" || how.probeRaw ? " or leave -f out" : "";
       throw new Qcow2Error(
         probed === "raw" ? "BAD_MAGIC" : "UNSUPPORTED_VERSION",
-        probed === "raw"
-          ? `Cannot read ${format} image: it is not in ${format} format (no QFI\\xfb magic)`
-          : `Cannot read ${format} image: it is ${
-            probed === "qcow" ? "qcow version 1" : "qcow2 (version 2 or 3)"
-          }, not ${format}; give -f ${probed} or leave -f out`,
+        `Cannot read ${format} image: it is ${
+          probed === "raw"
+            ? `not in ${format} format: it has no qcow or qcow2 magic, so it reads as a raw image`
+            : `${
+              probed === "qcow" ? "qcow version 1" : "qcow2 (version 2 or 3)"
+            }, not ${format}`
+        }; give -f ${probed}${drop}`,
         { offset: probed === "raw" ? 0 : 4 },
       );
     }

@@ -11,7 +11,12 @@ import { openPath } from "../native/open_path.ts";
 import { nativeFace } from "../native/face.ts";
 import { pooledNodeCrypto } from "../native/crypto.ts";
 import { InFile } from "../native/explain.ts";
-import { type InputFile, requireRead, writeOutput } from "../native/output.ts";
+import {
+  atDestination,
+  type InputFile,
+  requireRead,
+  writeOutput,
+} from "../native/output.ts";
 import { CONVERT_L2_CACHE_BYTES } from "../src/ops/convert.ts";
 import { fileSink } from "../src/io/sink.ts";
 import { workerCodecs } from "../native/worker_codecs.ts";
@@ -226,7 +231,7 @@ export async function main(args: string[]): Promise<number> {
       };
       if (dstPath === "-") {
         return await nativeFace.convert(image, Deno.stdout.writable, options)
-          .catch((e) => Promise.reject(inSource(e)));
+          .catch((e) => Promise.reject(inSource(atDestination(e, "-"))));
       }
       return await writeOutput(
         dstPath,

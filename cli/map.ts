@@ -117,7 +117,8 @@ export async function runMap(
       });
       return file;
     },
-  });
+    // (A file without the qcow magic is probed as raw, as qemu-img does.)
+  }, { probeRaw: true });
   const out = new Output(write);
   try {
     const top = (image as { source?: ByteSource }).source;

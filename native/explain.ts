@@ -71,7 +71,6 @@ const DAMAGED = "the image is damaged; 'qemu-img check' reports what is wrong";
 
 /** What to do, after the library's own message, by error code. */
 const HINTS: Partial<Record<Qcow2ErrorCode, string>> = {
-  BAD_MAGIC: "if it is a raw image, it needs no conversion",
   BAD_TABLE_ENTRY: DAMAGED,
   UNALIGNED_OFFSET: DAMAGED,
   OFFSET_PAST_END: DAMAGED,
@@ -124,12 +123,7 @@ export function explain(e: unknown, command?: string): string {
       : "";
     return `${context(e, os)}${systemError(os)}${backing}`;
   }
-  // (A backing file that is not an image is no raw image to keep: openImage
-  // says so of the layer, keeping the layer's own error as the cause.)
-  if (
-    e instanceof Qcow2Error && HINTS[e.code] &&
-    !(e.inBackingFile && e.code === "BAD_MAGIC")
-  ) {
+  if (e instanceof Qcow2Error && HINTS[e.code]) {
     return `${firstLine(e)}; ${HINTS[e.code]}`;
   }
   return firstLine(e);
@@ -182,7 +176,11 @@ function systemError(e: unknown): string | undefined {
   if (!(e instanceof Error)) return undefined;
   const code = (e as { code?: unknown }).code;
   const path = pathOf(e);
-  const file = path !== undefined ? `'${path}'` : "it";
+  const file = path === "-"
+    ? "standard output"
+    : path !== undefined
+    ? `'${path}'`
+    : "it";
   if (e instanceof Deno.errors.NotFound || code === "ENOENT") {
     return `${file} does not exist`;
   }
@@ -197,6 +195,16 @@ function systemError(e: unknown): string | undefined {
     code === "EPERM"
   ) {
     return `the system denies access to ${file}: check its owner and mode`;
+  }
+  // A full disk: said of the file being written, when it is known.
+  if (path !== undefined && code === "ENOSPC") {
+    return `Cannot write ${file}: no space left on the device`;
+  }
+  if (path !== undefined && code === "EDQUOT") {
+    return `Cannot write ${file}: the disk quota is exceeded`;
+  }
+  if (path !== undefined && code === "EFBIG") {
+    return `Cannot write ${file}: it would be larger than the file system allows`;
   }
   return undefined;
 }

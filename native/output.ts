@@ -6,7 +6,7 @@
  * @module
  */
 
-import { PermissionNeeded } from "./fs_errors.ts";
+import { atPath, PermissionNeeded } from "./fs_errors.ts";
 
 /** An output file being written, to be committed or discarded. */
 export interface OutputFile {
@@ -56,10 +56,45 @@ export async function writeOutput<T>(
   } catch (e) {
     // Leave nothing partial under the destination's name.
     await output.discard();
-    throw options.blame ? options.blame(e) : e;
+    const located = atDestination(e, dst);
+    throw options.blame ? options.blame(located) : located;
   }
   await output.commit();
   return done;
+}
+
+/** The codes of a write refused for want of room: it concerns DST. */
+const NO_ROOM = new Set(["ENOSPC", "EDQUOT", "EFBIG"]);
+
+/**
+ * `e` with the destination named, if it is (or is caused by) a write that
+ * failed for want of room (ENOSPC, EDQUOT, EFBIG) and names no file: the
+ * runtime's error carries no path, and its message none.
+ *
+ * @param e What writing threw.
+ * @param dst The destination as the user named it (`-`: standard output).
+ * @returns `e`, its error of that kind given `dst` as its `path`.
+ *
+ * @example A full disk names the file
+ * ```ts
+ * import { atDestination } from "./output.ts";
+ * import { pathOf } from "./fs_errors.ts";
+ * import { assertEquals } from "@std/assert";
+ *
+ * const full = Object.assign(new Error("No space left on device (os error 28)"), { code: "ENOSPC" });
+ * assertEquals(pathOf(atDestination(full, "out.raw")), "out.raw");
+ * ```
+ */
+export function atDestination(e: unknown, dst: string): unknown {
+  for (let c = e, depth = 0; c instanceof Error && depth < 16; depth++) {
+    const code = (c as { code?: unknown }).code;
+    if (typeof code === "string" && NO_ROOM.has(code)) {
+      atPath(c, dst, "write");
+      break;
+    }
+    c = c.cause;
+  }
+  return e;
 }
 
 /**
@@ -78,14 +113,19 @@ export async function writeOutput<T>(
  * @param inputs Every file the conversion reads: `dst` must be none of them.
  * @returns The output.
  * @throws {PermissionNeeded} Without write access (no prompt is shown).
- * @throws {RangeError} If `dst` is a directory, a device, a FIFO or a
- * socket, or one of the inputs; or, written in place (no read access to
+ * @throws {RangeError} If `dst` is empty, a directory (or a name ending in
+ * `/`), a device, a FIFO or a socket, or one of the inputs; or, written in place (no read access to
  * it), if it exists with the size of one of the inputs.
  */
 export async function openOutput(
   dst: string,
   inputs: InputFile[],
 ): Promise<OutputFile> {
+  if (dst === "") {
+    throw new RangeError(
+      "Cannot write '': the file name is empty; give a file name, such as 'disk.raw'",
+    );
+  }
   await refuseInputs(dst, inputs);
   const readable = await granted("read", dst);
   const link = readable
@@ -99,6 +139,7 @@ export async function openOutput(
   const existing = readable
     ? await Deno.stat(path).catch(() => undefined)
     : undefined;
+  if (base === "" && !existing?.isDirectory) throw await notADirectory(dst);
   if (
     base === "" || base === "." || base === ".." || existing?.isDirectory
   ) {
@@ -281,6 +322,26 @@ async function inputOfSize(
     }
   }
   return undefined;
+}
+
+/**
+ * The refusal of `dst`, a name ending in `/` that is no directory: what is
+ * there, when it can be seen (nothing, or a file).
+ */
+async function notADirectory(dst: string): Promise<RangeError> {
+  const named = dst.replace(/\/+$/, "");
+  const there = await granted("read", named)
+    ? await Deno.stat(named).then(
+      (s) => s.isDirectory ? "a directory" : "a file",
+      (e) => e instanceof Deno.errors.NotFound ? "nothing" : undefined,
+    )
+    : undefined;
+  const why = there === "nothing"
+    ? `there is no directory '${named}' (the name ends in '/'); create it, or give DST a file name such as '${named}'`
+    : there === "a file"
+    ? `'${named}' is a file, not a directory (the name ends in '/')`
+    : "the name ends in '/', a directory's; give DST a file name";
+  return new RangeError(`Cannot write '${dst}': ${why}`);
 }
 
 /** The refusal of a destination that is not a regular file. */

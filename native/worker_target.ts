@@ -95,7 +95,7 @@ type WriterRequest =
 
 /** The worker's message: why it stopped writing, or that it closed. */
 type WriterReply =
-  | { error: { name: string; message: string } }
+  | { error: { name: string; message: string; code?: string } }
   | { closed: true };
 
 /**
@@ -190,6 +190,10 @@ export function writerMain(): void {
         error: {
           name: error?.name ?? "Error",
           message: error?.message ?? String(e),
+          // The system's code (ENOSPC...), which says what went wrong.
+          ...(typeof (error as { code?: unknown })?.code === "string"
+            ? { code: (error as { code?: string }).code }
+            : {}),
         },
       });
       // Nothing more is written: waits for close.
@@ -241,14 +245,23 @@ export interface WorkerTarget extends ImageTarget {
   close(): Promise<void>;
 }
 
-/** The error a worker sent, as the runtime's class where it has one. */
-function rebuilt(error: { name: string; message: string }): Error {
+/**
+ * The error a worker sent, as the runtime's class where it has one, with the
+ * system's code.
+ */
+function rebuilt(
+  error: { name: string; message: string; code?: string },
+): Error {
   const errors = Deno.errors as unknown as Record<
     string,
     new (message: string) => Error
   >;
   const Class = Object.hasOwn(errors, error.name) ? errors[error.name] : Error;
-  return new Class(error.message);
+  const made = new Class(error.message);
+  if (error.code !== undefined) {
+    Object.assign(made, { code: error.code });
+  }
+  return made;
 }
 
 /**

@@ -9,6 +9,9 @@ import {
   assertStringIncludes,
 } from "@std/assert";
 import { cli, expected, fixture, sha256File, tempDir } from "./_reference.ts";
+import { writeOutput } from "../native/output.ts";
+import { explain } from "../native/explain.ts";
+import { pathOf } from "../native/fs_errors.ts";
 
 Deno.test("cli convert runs with read of SRC and write of DST only", async () => {
   const dir = await tempDir();
@@ -555,11 +558,53 @@ Deno.test("cli errors say what is wrong and what to do", async () => {
         1,
         `Cannot write '${dir}/none/o.raw': its directory '${dir}/none' does not exist; create it first`,
       ],
+      // qemu-img: "Could not create '': No such file or directory" and, for
+      // a name ending in '/' whose directory is missing, "Is a directory".
+      [
+        all,
+        ["convert", good, ""],
+        1,
+        "Cannot write '': the file name is empty; give a file name, such as 'disk.raw'",
+      ],
+      [
+        all,
+        ["convert", "-O", "qcow2", good, `${dir}/none/`],
+        1,
+        `Cannot write '${dir}/none/': there is no directory '${dir}/none' (the name ends in '/'); create it, or give DST a file name such as '${dir}/none'`,
+      ],
+      [
+        all,
+        ["convert", good, `${dir}/plain.txt/`],
+        1,
+        `Cannot write '${dir}/plain.txt/': '${dir}/plain.txt' is a file, not a directory (the name ends in '/')`,
+      ],
+      // -f naming a format the file is not in (qemu-img: "Image is not in
+      // qcow2 format"): what it reads as, and what to give instead.
+      [
+        all,
+        ["convert", "-f", "qcow2", `${dir}/plain.txt`, `${dir}/o.raw`],
+        1,
+        `${dir}/plain.txt: Cannot read qcow2 image: it is not in qcow2 format: it has no qcow or qcow2 magic, so it reads as a raw image; give -f raw\n`,
+      ],
+      [
+        all,
+        [
+          "convert",
+          "-f",
+          "qcow2",
+          "-O",
+          "qcow2",
+          `${dir}/plain.txt`,
+          `${dir}/o.qcow2`,
+        ],
+        1,
+        `${dir}/plain.txt: Cannot read qcow2 image: it is not in qcow2 format: it has no qcow or qcow2 magic, so it reads as a raw image; give -f raw or leave -f out\n`,
+      ],
       [
         all,
         ["convert", `${dir}/plain.txt`, `${dir}/o.raw`],
         1,
-        `${dir}/plain.txt: Cannot read qcow2 image: the file does not start with the qcow2 magic 'QFI\\xfb'; if it is a raw image, it needs no conversion`,
+        `${dir}/plain.txt: Cannot read qcow2 image: the file does not start with the qcow2 magic 'QFI\\xfb'; if it is a raw image, it needs no conversion (-f raw copies it)\n`,
       ],
       [
         all,
@@ -652,6 +697,59 @@ Deno.test("cli convert -S: sizes and refusals as qemu-img's (exit 1, its words)"
           : `qcow2: Invalid buffer size for sparse output specified. ${says}\n`,
         `-S ${value}`,
       );
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("cli: a full disk names the file being written (DST, or standard output)", async () => {
+  const dir = await tempDir();
+  try {
+    // A write refused for want of room, as Deno throws it: no path in it.
+    const full = () =>
+      Object.assign(new Error("No space left on device (os error 28)"), {
+        code: "ENOSPC",
+      });
+    const dst = `${dir}/out.raw`;
+    const e = await writeOutput(dst, [], () => Promise.reject(full()))
+      .catch((e) => e);
+    assertEquals(
+      explain(e, "convert"),
+      `Cannot write '${dst}': no space left on the device`,
+    );
+    // Under an image error too (the writer's), and only once named.
+    const wrapped = await writeOutput(
+      dst,
+      [],
+      () => Promise.reject(new Error("writing failed", { cause: full() })),
+    ).catch((e) => e);
+    assertEquals(pathOf(wrapped.cause), dst);
+    // Nothing is left behind.
+    assertEquals([...Deno.readDirSync(dir)], []);
+    // Standard output, full: /dev/full takes no byte.
+    if (Deno.build.os === "linux") {
+      const src = fixture("v3_64k.qcow2");
+      for (const format of ["raw", "qcow2"]) {
+        const r = await new Deno.Command("sh", {
+          args: [
+            "-c",
+            `"$0" run --no-prompt --allow-read=${src} cli.ts convert -O ${format} ${src} - > /dev/full`,
+            Deno.execPath(),
+          ],
+          cwd: new URL("..", import.meta.url).pathname,
+          stderr: "piped",
+          env: { NO_COLOR: "1" },
+        }).output();
+        assertEquals(
+          [r.code, new TextDecoder().decode(r.stderr)],
+          [
+            1,
+            "qcow2: Cannot write standard output: no space left on the device\n",
+          ],
+          format,
+        );
+      }
     }
   } finally {
     await Deno.remove(dir, { recursive: true });

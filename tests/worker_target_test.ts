@@ -221,6 +221,40 @@ Deno.test("workerTarget: a write that fails rejects with the runtime's error cla
     }
   }));
 
+Deno.test({
+  name:
+    "workerTarget: a full disk's error keeps its code (ENOSPC), which names the file in the CLI",
+  ignore: Deno.build.os !== "linux",
+  async fn() {
+    // The worker writes /dev/full, where every write fails with ENOSPC (in
+    // a child with --allow-all: Deno opens a device with nothing less).
+    const module = new URL("../native/worker_target.ts", import.meta.url);
+    const program = `
+      import { workerTarget } from "${module.href}";
+      const dir = await Deno.makeTempDir();
+      using file = await Deno.open(dir + "/out.img", { write: true, create: true });
+      const target = await workerTarget(file, "/dev/full");
+      try {
+        await target.writeAt(0, target.allocate(4096));
+        console.log("written");
+      } catch (e) {
+        console.log(e.code ?? String(e));
+      } finally {
+        await target.close();
+        await Deno.remove(dir, { recursive: true });
+      }`;
+    const { stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: ["eval", "--quiet", program],
+      env: { NO_COLOR: "1" },
+    }).output();
+    assertEquals(
+      new TextDecoder().decode(stdout).trim(),
+      "ENOSPC",
+      new TextDecoder().decode(stderr),
+    );
+  },
+});
+
 Deno.test("workerTarget: close() rejects the writes still running", () =>
   withOutput(async (file, path) => {
     const target = await workerTarget(file, path);
