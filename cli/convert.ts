@@ -88,11 +88,18 @@ Options:
   -p              show a progress bar on standard error, if it is a terminal
   -q, --quiet     print nothing but errors (overrides -p)
   --json, --output=json
-                  when done, print a JSON summary on standard output: source,
-                  destination, virtual-size (DST's size: with -l, the
-                  snapshot's), bytes-written, bytes-skipped, duration-ms,
-                  files-read, ... (not with DST '-'); with -l on an image
-                  resized since the snapshot, image-virtual-size too
+                  when done, print a JSON summary on standard output (not
+                  with DST '-'), with the keys
+                  source, destination, format, virtual-size (DST's size:
+                  with -l, the snapshot's), sparse-size, snapshot,
+                  top-only, files-read, duration-ms;
+                  with -O raw: bytes-written, bytes-skipped,
+                  image-virtual-size (only with -l on an image resized
+                  since the snapshot);
+                  with -O qcow2: file-size, cluster-size, compat,
+                  refcount-bits, extended-l2, compression-type, compressed,
+                  data-clusters, compressed-clusters, zero-clusters,
+                  backing-file
   -U, --force-share  accepted for qemu-img's sake (images are never locked)
 ${SECRET_HELP}
   -h, --help      show this help

@@ -314,6 +314,49 @@ Deno.test("cli convert --json prints a summary on stdout and nothing else", asyn
   }
 });
 
+/**
+ * The keys `convert --help` lists for --json: those of every summary, and
+ * those of -O raw and of -O qcow2 (what is in parentheses is not a key).
+ */
+function helpJsonKeys(help: string) {
+  const section = help.slice(
+    help.indexOf("with the keys"),
+    help.indexOf("\n  -U"),
+  ).replace(/\([^)]*\)/gs, "");
+  const [common, raw, qcow2] = section.split(/with -O (?:raw|qcow2):/);
+  const keys = (text: string): string[] =>
+    text.replace("with the keys", "").match(/[a-z][a-z0-9-]*/g) ?? [];
+  return { common: keys(common), raw: keys(raw), qcow2: keys(qcow2) };
+}
+
+Deno.test("cli convert --help lists the keys --json prints, for -O raw and -O qcow2", async () => {
+  const dir = await tempDir();
+  try {
+    const help = helpJsonKeys((await cli([], ["convert", "--help"])).stdout);
+    assert(help.common.includes("virtual-size"), help.common.join());
+    const src = fixture("v3_64k.qcow2");
+    for (const format of ["raw", "qcow2"] as const) {
+      const dst = `${dir}/out.${format}`;
+      const r = await cli([`--allow-read=${src}`, `--allow-write=${dst}`], [
+        "convert",
+        "--json",
+        "-O",
+        format,
+        src,
+        dst,
+      ]);
+      assertEquals(r.code, 0, r.stderr);
+      const printed = Object.keys(JSON.parse(r.stdout)).sort();
+      // image-virtual-size: only with -l on an image resized since.
+      const listed = [...help.common, ...help[format]]
+        .filter((k) => k !== "image-virtual-size").sort();
+      assertEquals(printed, listed, format);
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
 Deno.test("cli convert -q prints nothing, even with -p; errors still do", async () => {
   const dir = await tempDir();
   try {

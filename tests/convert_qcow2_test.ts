@@ -1157,3 +1157,18 @@ Deno.test("convert -O qcow2 of an empty source, to a file and to a stream: qemu-
     await Deno.remove(dir, { recursive: true });
   }
 });
+
+Deno.test("convertToQcow2 to a stream: progress ends at the whole disk (the second pass stops at the last data)", async () => {
+  for (const name of ["v3_64k.qcow2", "layouts/chain_base.qcow2"]) {
+    const bytes = await Deno.readFile(fixture(name));
+    const seen: { done: number; total: number }[] = [];
+    await convertToQcow2(bytes, new WritableStream(), {
+      onProgress: (p) => seen.push({ ...p }),
+    });
+    const total = seen[0].total;
+    assertEquals(seen.at(-1), { done: total, total }, name);
+    for (let i = 1; i < seen.length; i++) {
+      assert(seen[i].done >= seen[i - 1].done, `${name}: goes back`);
+    }
+  }
+});

@@ -972,6 +972,9 @@ export async function convertImageToQcow2Stream(
       ((p) => c.onProgress!({ done: (total + p.done) / 2, total })),
   });
   const fileSize = await writeStream(target, c.options, plan, items);
+  // The writer stops asking once the plan is written: the source's last
+  // runs of holes are never reached by the second pass, so say it is done.
+  c.onProgress?.({ done: total, total });
   return summaryOf(c, image, fileSize, counts, began);
 }
 
