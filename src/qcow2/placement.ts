@@ -307,6 +307,18 @@ export class Placer {
   #tableClusters: number;
   #oldTables: { offset: number; entries: number; blocks: number[] }[] = [];
   #ahead: [number, number][] = [];
+  /**
+   * Inline blocks: free clusters below `position` (`[first, end)`, in
+   * order): the tables QEMU freed when it moved the table, and an
+   * allocation it gave up to search again; and QEMU's `free_cluster_index`,
+   * where its first-fit search for free clusters starts.
+   */
+  #holes: [number, number][] = [];
+  #freeIndex = 0;
+  /** Clusters of a freed table written over since (an L2 table, a block, data). */
+  #overwritten = new Set<number>();
+  /** Whether the data run being placed lies partly in a freed table. */
+  #runInOldTable = false;
 
   /**
    * @param layout The metadata layout: placing starts at its `dataStart`.
@@ -359,6 +371,10 @@ export class Placer {
     copy.#tableClusters = this.#tableClusters;
     copy.#oldTables = [...this.#oldTables];
     copy.#ahead = this.#ahead.map(([a, b]) => [a, b]);
+    copy.#holes = this.#holes.map(([a, b]) => [a, b]);
+    copy.#freeIndex = this.#freeIndex;
+    copy.#overwritten = new Set(this.#overwritten);
+    copy.#runInOldTable = this.#runInOldTable;
     return copy;
   }
 
@@ -384,43 +400,53 @@ export class Placer {
       out.newL2Table = at;
       this.#reference(at / this.#clusterSize);
       this.#end = Math.max(this.#end, at + this.#clusterSize);
-    } else if (l1Index !== this.l1Index) {
-      if (inline) this.#endUnit();
+    } else if (l1Index !== this.l1Index && inline) {
+      this.#unitCount = 0;
       this.l1Index = l1Index;
-      if (inline) this.#skipAhead(1);
-      out.newL2Table = this.#wholeCluster();
       // An L2 table is an allocation of its own (`l2_allocate`).
-      if (inline) this.#blocksFor(out.newL2Table / this.#clusterSize, 0);
+      const at = this.#allocateCounted(1);
+      this.#reference(at);
+      this.#markIfOldTable(at);
+      out.newL2Table = at * this.#clusterSize;
+    } else if (l1Index !== this.l1Index) {
+      this.l1Index = l1Index;
+      out.newL2Table = this.#wholeCluster();
     }
-    if (kind === "data" || kind === "preallocated") {
-      if (inline && this.#unitCount === this.#unitLength) this.#endUnit();
-      if (inline && this.#unitCount === 0) {
+    if ((kind === "data" || kind === "preallocated") && inline) {
+      if (this.#unitCount === this.#unitLength) this.#unitCount = 0;
+      if (this.#unitCount === 0) {
         // A run of data clusters: up to the L2 range's end, `INT_MAX` bytes
-        // at most, in one piece (past the areas placed ahead).
+        // at most, in one piece.
         const rangeEnd = Math.min(
           this.#layout.guestClusters ?? Infinity,
           (l1Index + 1) * this.#l2Entries,
         );
         this.#unitLength = Math.min(this.#maxUnit, rangeEnd - cluster);
-        this.#skipAhead(this.#unitLength);
+        this.#unitStart = this.#allocateCounted(this.#unitLength);
+        this.#runInOldTable = this.#oldTables.some((t) =>
+          this.#unitStart < (t.offset + t.entries * ENTRY_SIZE) /
+              this.#clusterSize &&
+          t.offset / this.#clusterSize < this.#unitStart + this.#unitLength
+        );
       }
+      const at = this.#unitStart + this.#unitCount++;
+      this.#reference(at);
+      // Preallocated clusters are not written: a freed table's bytes stay.
+      if (kind === "data" && this.#runInOldTable) this.#markIfOldTable(at);
+      out.hostOffset = at * this.#clusterSize;
+    } else if (kind === "data" || kind === "preallocated") {
       out.hostOffset = this.#wholeCluster();
-      if (inline && this.#unitCount++ === 0) {
-        this.#unitStart = out.hostOffset / this.#clusterSize;
-      }
     } else if (kind === "compressed") out.hostOffset = this.#bytes(length);
     return out;
   }
 
   /**
-   * Ends the placing (call it once the last cluster is placed): with
-   * inline refcount blocks, the run of data clusters being allocated gets
-   * the blocks its range needs, after it.
+   * Ends the placing (call it once the last cluster is placed).
    *
    * @returns Where the clusters placed end, in bytes.
    */
   endAllocation(): number {
-    this.#endUnit();
+    this.#unitCount = 0;
     return Math.max(this.position, this.#end);
   }
 
@@ -431,13 +457,16 @@ export class Placer {
 
   /**
    * The refcount table's place: the layout's, or with inline blocks where
-   * QEMU last moved it; and the tables it left behind (freed, with the
-   * entries they held).
+   * QEMU last moved it; the tables it left behind (freed, with the
+   * entries they held); and the clusters of those tables written over
+   * since (reused for L2 tables, blocks or data), where their bytes are
+   * not to be written.
    */
   get refcountTable(): {
     offset: number;
     clusters: number;
     left: { offset: number; entries: number; blocks: number[] }[];
+    overwritten: Set<number>;
   } {
     // The `truncate` layout with no L2 table (a disk of 0 bytes): nothing
     // took cluster 1, so the table QEMU created first stays there.
@@ -452,6 +481,7 @@ export class Placer {
       offset: this.#tableOffset,
       clusters: this.#tableClusters,
       left: [...first, ...this.#oldTables],
+      overwritten: this.#overwritten,
     };
   }
 
@@ -466,12 +496,69 @@ export class Placer {
     this.position = Math.max(this.position, at * this.#clusterSize);
   }
 
-  /** Places the refcount blocks the run being allocated needs, after it. */
-  #endUnit(): void {
-    if (this.#unitCount === 0) return;
-    const count = this.#unitCount;
-    this.#unitCount = 0;
-    this.#blocksFor(this.#unitStart, count - 1);
+  /**
+   * QEMU's `qcow2_alloc_clusters` with inline blocks: `n` free clusters,
+   * first-fit from `free_cluster_index`; then the refcount blocks their
+   * range lacks, after them. If the table had to move for one, QEMU gives
+   * the clusters up (`update_refcount` undoes, `-EAGAIN`) and searches
+   * again, from the table it freed. Returns the first cluster.
+   */
+  #allocateCounted(n: number): number {
+    for (;;) {
+      const at = this.#allocate(n);
+      if (!this.#blocksFor(at, n - 1)) return at;
+      this.#free(at, n);
+    }
+  }
+
+  /** Notes host cluster `c` as written over, if a freed table held it. */
+  #markIfOldTable(c: number): void {
+    const cs = this.#clusterSize;
+    if (
+      this.#oldTables.some((t) =>
+        t.offset / cs <= c && c < (t.offset + t.entries * ENTRY_SIZE) / cs
+      )
+    ) this.#overwritten.add(c);
+  }
+
+  /** QEMU's `alloc_clusters_noref`: `n` free clusters, first-fit. */
+  #allocate(n: number): number {
+    for (let i = 0; i < this.#holes.length; i++) {
+      const [first, end] = this.#holes[i];
+      const at = Math.max(first, this.#freeIndex);
+      if (end - at < n) continue;
+      // Taken from the hole: what is left of it stays free.
+      const left: [number, number][] = [];
+      if (at > first) left.push([first, at]);
+      if (at + n < end) left.push([at + n, end]);
+      this.#holes.splice(i, 1, ...left);
+      this.#freeIndex = at + n;
+      return at;
+    }
+    const from = Math.ceil(this.position / this.#clusterSize);
+    this.#skipAhead(n);
+    const at = Math.ceil(this.position / this.#clusterSize);
+    // Clusters skipped before an area placed ahead stay free.
+    if (at > from) this.#holes.push([from, at]);
+    this.position = (at + n) * this.#clusterSize;
+    this.#freeIndex = at + n;
+    return at;
+  }
+
+  /** Frees clusters `[first, first + n)`: QEMU's search restarts there. */
+  #free(first: number, n: number): void {
+    let i = this.#holes.findIndex(([a]) => a > first);
+    if (i < 0) i = this.#holes.length;
+    this.#holes.splice(i, 0, [first, first + n]);
+    // Neighbours merged: a hole is every free cluster between used ones.
+    const merged: [number, number][] = [];
+    for (const [a, b] of this.#holes) {
+      const last = merged.at(-1);
+      if (last && last[1] >= a) last[1] = Math.max(last[1], b);
+      else merged.push([a, b]);
+    }
+    this.#holes = merged;
+    this.#freeIndex = Math.min(this.#freeIndex, first);
   }
 
   /**
@@ -493,11 +580,13 @@ export class Placer {
   }
 
   /**
-   * Places, at the end, the refcount blocks missing for host clusters
-   * `first` to `first + more` (those placed count too), as QEMU's
-   * `alloc_refcount_block` takes the next free cluster for each.
+   * Places the refcount blocks missing for host clusters `first` to
+   * `first + more` (those placed count too), as QEMU's
+   * `alloc_refcount_block` takes the next free cluster for each. Returns
+   * true if the table moved for one: then the clusters must be searched for
+   * again.
    */
-  #blocksFor(first: number, more: number): void {
+  #blocksFor(first: number, more: number): boolean {
     const perBlock = this.#layout.refcountsPerBlock;
     let last = first + more;
     /**
@@ -506,26 +595,33 @@ export class Placer {
      * only then (so not in a table that move leaves behind).
      */
     const waiting = new Set<number>();
+    let moved = false;
     for (
       let index = Math.floor(first / perBlock);
       index <= Math.floor(last / perBlock);
       index++
     ) {
       if (this.#blocks.has(index)) continue;
-      this.#skipAhead(1);
-      const at = this.#wholeCluster();
-      const range = Math.floor(at / this.#clusterSize / perBlock);
+      const block = this.#allocate(1);
+      this.#reference(block);
+      this.#markIfOldTable(block);
+      const range = Math.floor(block / perBlock);
       if (range !== index && !this.#blocks.has(range)) waiting.add(index);
-      this.#blocks.set(index, at);
-      last = Math.max(last, at / this.#clusterSize);
+      this.#blocks.set(index, block * this.#clusterSize);
+      last = Math.max(last, block);
       if (index >= this.#tableEntries) {
-        this.#growTable(
-          Math.max(first, index * perBlock),
-          at / this.#clusterSize,
-          waiting,
-        );
+        this.#growTable(Math.max(first, index * perBlock), block, waiting);
+        moved = true;
       }
     }
+    // QEMU frees the old table (`qcow2_free_clusters`) once the blocks are
+    // placed: its search for free clusters starts there again.
+    if (moved) {
+      const old = this.#oldTables.at(-1)!;
+      const cs = this.#clusterSize;
+      this.#free(old.offset / cs, old.entries * ENTRY_SIZE / cs);
+    }
+    return moved;
   }
 
   /**

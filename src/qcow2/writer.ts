@@ -607,16 +607,26 @@ export class Qcow2Writer {
     );
     // The tables QEMU left when it moved the table: freed, but their bytes
     // (the entries they held) stay in the file.
+    // (Not in its clusters reused since: QEMU searches for free clusters
+    // from a table it freed.)
+    const cs = layout.clusterSize;
     for (const old of table.left) {
       const bytes = refcountTable(
-        {
-          ...layout,
-          refcountTableClusters: old.entries * ENTRY_SIZE / layout.clusterSize,
-        },
+        { ...layout, refcountTableClusters: old.entries * ENTRY_SIZE / cs },
         old.blocks,
         offsetOf,
       );
-      await this.#target.writeAt(old.offset, bytes);
+      for (let at = 0; at < bytes.length;) {
+        let end = at;
+        while (
+          end < bytes.length &&
+          !table.overwritten.has((old.offset + end) / cs)
+        ) end += cs;
+        if (end > at) {
+          await this.#target.writeAt(old.offset + at, bytes.subarray(at, end));
+        }
+        at = end + cs;
+      }
     }
     const l1 = l1Table(layout, this.#l1);
     if (l1.length > 0) await this.#target.writeAt(layout.l1TableOffset, l1);
