@@ -173,7 +173,13 @@ export async function openOutput(
   }
   if (file) {
     const opened = file;
-    if (existing) await keepModeAndOwner(temp, existing);
+    if (existing) {
+      await keepModeAndOwner(temp, existing).catch(async (e) => {
+        opened.close();
+        await Deno.remove(temp).catch(() => {});
+        throw cannotWrite(dst, dir, e);
+      });
+    }
     return {
       file: opened,
       path: temp,
