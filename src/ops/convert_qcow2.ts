@@ -16,9 +16,14 @@ import {
   resolveCreateOptions,
   type ResolvedCreateOptions,
 } from "../qcow2/create_options.ts";
-import type { ClusterKind } from "../qcow2/placement.ts";
+import {
+  type ClusterKind,
+  layoutMetadata,
+  Placer,
+} from "../qcow2/placement.ts";
 import {
   type ClusterWrite,
+  geometryOf,
   type ImageTarget,
   type PlannedRun,
   Qcow2Writer,
@@ -554,6 +559,43 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
     next = item.cluster + (item.count ?? 1);
     yield item;
   };
+  /**
+   * Cluster `cluster` compressed (its bytes copied first: the caller's are
+   * read into again), or as data where that is not smaller.
+   */
+  const compressed = (
+    compressor: Compressor,
+    cluster: number,
+    bytes: Uint8Array,
+  ): Promise<ClusterWrite> => {
+    // A copy of its own, from the copies that came back: less garbage, less
+    // memory.
+    const copy = spare.pop() ?? newCopy(cs);
+    copy.set(bytes);
+    // QEMU stores a cluster compressed only in cs - 1 bytes or fewer.
+    return compressor(copy, cs - 1).then((packed): ClusterWrite => {
+      if (packed !== undefined && packed.length < cs) {
+        spare.push(copy); // the compressor is done with it
+        return { cluster, kind: "compressed", bytes: packed };
+      }
+      return { cluster, kind: "data", bytes: copy };
+    });
+  };
+  /**
+   * With extended L2, `subclusters` (a bitmap) without those wholly past the
+   * disk's end: qemu-img looks for data up to the end only, where the last
+   * run of data rounded up to the `-S` size would reach past it.
+   */
+  const inDisk = (
+    cluster: number,
+    subclusters: number | undefined,
+  ): number | undefined => {
+    if (!c.options.extendedL2 || c.compressor) return subclusters;
+    const inside = Math.ceil((size - cluster * cs) / (cs / 32));
+    if (inside >= 32) return subclusters;
+    // (None given: the whole cluster, as with -S 0.)
+    return ((subclusters ?? 0xffffffff) & (2 ** inside - 1)) >>> 0;
+  };
   const push = function* (item: ClusterWrite | Promise<ClusterWrite>) {
     if (!c.compressor) {
       yield* emit(item as ClusterWrite);
@@ -585,14 +627,20 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
         continue;
       }
       if (!run.data) {
-        // -S 0 without a backing file: every cluster allocated, zeros too.
+        // -S 0 without a backing file: every cluster allocated, zeros too
+        // (compressed with -c, as qemu-img compresses them).
         for (let i = 0; i < run.count; i++) {
           if ((sinceYield += cs) >= YIELD_EVERY) {
             sinceYield = 0;
             await nextTask();
             c.signal?.throwIfAborted();
           }
-          yield* push({ cluster: run.cluster + i, kind: "data", bytes: zeros });
+          const cluster = run.cluster + i;
+          yield* push(
+            c.compressor
+              ? compressed(c.compressor, cluster, zeros)
+              : { cluster, kind: "data", bytes: zeros },
+          );
           while (queue.length > 0 && queue.length >= c.inFlight) {
             yield* settle();
           }
@@ -651,11 +699,14 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
             }
             continue;
           }
-          const subclusters = c.compressor
-            ? undefined
-            : c.options.extendedL2 && written && !c.backing
-            ? written[i]
-            : run.subclusters?.allocated;
+          const subclusters = inDisk(
+            cluster,
+            c.compressor
+              ? undefined
+              : c.options.extendedL2 && written && !c.backing
+              ? written[i]
+              : run.subclusters?.allocated,
+          );
           if (
             c.chunks && !blocks &&
             (subclusters === undefined || subclusters === 0xffffffff)
@@ -690,28 +741,15 @@ async function* classify(c: Classify): AsyncGenerator<ClusterWrite> {
               );
               // With extended L2: the subclusters those bytes touch.
               if (item.subclusters !== undefined) {
-                item.subclusters = subclustersOf(item.ranges, cs / 32);
+                item.subclusters = inDisk(
+                  cluster,
+                  subclustersOf(item.ranges, cs / 32),
+                );
               }
             }
             yield* flushRun();
             yield* emit(item);
-          } else {
-            // A copy of its own (the chunk is read into again), from the
-            // copies that came back: less garbage, less memory.
-            const copy = spare.pop() ?? newCopy(cs);
-            copy.set(bytes);
-            const compressor = c.compressor;
-            // QEMU stores a cluster compressed only in cs - 1 bytes or fewer.
-            yield* push(
-              compressor(copy, cs - 1).then((packed): ClusterWrite => {
-                if (packed !== undefined && packed.length < cs) {
-                  spare.push(copy); // the compressor is done with it
-                  return { cluster, kind: "compressed", bytes: packed };
-                }
-                return { cluster, kind: "data", bytes: copy };
-              }),
-            );
-          }
+          } else yield* push(compressed(c.compressor, cluster, bytes));
           while (queue.length > 0 && queue.length >= c.inFlight) {
             yield* settle();
           }
@@ -829,6 +867,61 @@ function boundOf(c: Classify): number {
 }
 
 /**
+ * The most source bytes read a first time to learn the exact layout (see
+ * {@linkcode exactBound}): past it, the one-pass layout stands.
+ */
+const EXACT_READ_LIMIT = 1024 ** 3;
+
+/**
+ * The exact number of clusters the conversion places after the metadata,
+ * found by reading (and compressing) the source once before writing it,
+ * when the bound from its allocation map ({@linkcode boundOf}) could
+ * reserve more refcount blocks or table clusters than the image needs: a
+ * source whose zeros are written out (they are skipped, not placed), with
+ * small clusters where one refcount block covers little. The metadata is
+ * laid out before the data, so an overestimate leaves unused clusters
+ * before the L1 table and a larger file than qemu-img's (which adds
+ * blocks as it goes), where the exact count gives its bytes.
+ *
+ * Returns undefined where the bound is exact enough (the same blocks and
+ * table either way: the usual case, with 64 KiB clusters below 2 GiB of
+ * file) or the first read would exceed {@linkcode EXACT_READ_LIMIT} bytes.
+ */
+async function exactBound(
+  c: Classify,
+  areaBytes: number,
+): Promise<number | undefined> {
+  if (c.options.preallocation !== "off") return undefined;
+  const bound = boundOf(c);
+  const geometry = geometryOf(c.options);
+  const most = layoutMetadata(geometry, bound, areaBytes);
+  const least = layoutMetadata(geometry, 0, areaBytes);
+  if (
+    most.refcountBlockSlots === least.refcountBlockSlots &&
+    most.refcountTableClusters === least.refcountTableClusters
+  ) return undefined;
+  const cs = c.options.clusterSize;
+  if (bound * cs > EXACT_READ_LIMIT) return undefined;
+  // Placed from offset 0, as the stream writer's dry run does.
+  const dry = new Placer({ ...least, dataStart: 0 }, c.options.refcountBits);
+  const total = c.image.size;
+  const onProgress = c.onProgress;
+  for await (
+    const item of classify({
+      ...c,
+      onProgress: onProgress &&
+        ((p) => onProgress({ done: p.done / 2, total })),
+    })
+  ) {
+    const length = item.kind === "compressed" ? item.bytes!.length : 0;
+    for (let i = 0; i < (item.count ?? 1); i++) {
+      dry.place(item.cluster + i, item.kind, length);
+    }
+  }
+  return Math.ceil(dry.position / cs);
+}
+
+/**
  * Converts `image` to a qcow2 image written through `target` (positional:
  * a file), as `qemu-img convert -O qcow2` does: clusters that read as zeros
  * are left unallocated (or, over a backing file, written as zero clusters
@@ -861,7 +954,22 @@ export async function convertImageToQcow2(
     );
   }
   const c = await prepare(image, options);
-  const writer = new Qcow2Writer(target, c.options, boundOf(c), options.luks);
+  const area = options.luks?.area.length ?? 0;
+  const exact = await exactBound(c, area);
+  if (exact !== undefined) {
+    // The source was read once already: the second pass is the second half.
+    const onProgress = c.onProgress;
+    const total = image.size;
+    c.onProgress = onProgress &&
+      ((p) => onProgress({ done: (total + p.done) / 2, total }));
+  }
+  const writer = new Qcow2Writer(
+    target,
+    c.options,
+    exact ?? boundOf(c),
+    options.luks,
+  );
+  writer.endOnSector = c.compressor !== undefined;
   if (target.allocate && !c.compressor) {
     // The source is read into the target's memory and written from there.
     c.chunks = {
@@ -971,7 +1079,13 @@ export async function convertImageToQcow2Stream(
     onProgress: c.onProgress &&
       ((p) => c.onProgress!({ done: (total + p.done) / 2, total })),
   });
-  const fileSize = await writeStream(target, c.options, plan, items);
+  const fileSize = await writeStream(
+    target,
+    c.options,
+    plan,
+    items,
+    c.compressor !== undefined,
+  );
   // The writer stops asking once the plan is written: the source's last
   // runs of holes are never reached by the second pass, so say it is done.
   c.onProgress?.({ done: total, total });

@@ -317,6 +317,8 @@ export class Placer {
   #freeIndex = 0;
   /** Clusters of a freed table written over since (an L2 table, a block, data). */
   #overwritten = new Set<number>();
+  /** Clusters of a freed table given to preallocated clusters since. */
+  #preallocatedOver = new Set<number>();
   /** Whether the data run being placed lies partly in a freed table. */
   #runInOldTable = false;
 
@@ -374,6 +376,7 @@ export class Placer {
     copy.#holes = this.#holes.map(([a, b]) => [a, b]);
     copy.#freeIndex = this.#freeIndex;
     copy.#overwritten = new Set(this.#overwritten);
+    copy.#preallocatedOver = new Set(this.#preallocatedOver);
     copy.#runInOldTable = this.#runInOldTable;
     return copy;
   }
@@ -432,7 +435,12 @@ export class Placer {
       const at = this.#unitStart + this.#unitCount++;
       this.#reference(at);
       // Preallocated clusters are not written: a freed table's bytes stay.
-      if (kind === "data" && this.#runInOldTable) this.#markIfOldTable(at);
+      if (this.#runInOldTable) {
+        this.#markIfOldTable(
+          at,
+          kind === "data" ? this.#overwritten : this.#preallocatedOver,
+        );
+      }
       out.hostOffset = at * this.#clusterSize;
     } else if (kind === "data" || kind === "preallocated") {
       out.hostOffset = this.#wholeCluster();
@@ -460,13 +468,16 @@ export class Placer {
    * QEMU last moved it; the tables it left behind (freed, with the
    * entries they held); and the clusters of those tables written over
    * since (reused for L2 tables, blocks or data), where their bytes are
-   * not to be written.
+   * not to be written; and those given to preallocated clusters, which
+   * QEMU leaves holding the table's bytes (a v2 image, without zero
+   * clusters, would read them as guest data).
    */
   get refcountTable(): {
     offset: number;
     clusters: number;
     left: { offset: number; entries: number; blocks: number[] }[];
     overwritten: Set<number>;
+    preallocated: Set<number>;
   } {
     // The `truncate` layout with no L2 table (a disk of 0 bytes): nothing
     // took cluster 1, so the table QEMU created first stays there.
@@ -482,6 +493,7 @@ export class Placer {
       clusters: this.#tableClusters,
       left: [...first, ...this.#oldTables],
       overwritten: this.#overwritten,
+      preallocated: this.#preallocatedOver,
     };
   }
 
@@ -511,14 +523,14 @@ export class Placer {
     }
   }
 
-  /** Notes host cluster `c` as written over, if a freed table held it. */
-  #markIfOldTable(c: number): void {
+  /** Notes host cluster `c` in `set` (as written over), if a freed table held it. */
+  #markIfOldTable(c: number, set = this.#overwritten): void {
     const cs = this.#clusterSize;
     if (
       this.#oldTables.some((t) =>
         t.offset / cs <= c && c < (t.offset + t.entries * ENTRY_SIZE) / cs
       )
-    ) this.#overwritten.add(c);
+    ) set.add(c);
   }
 
   /** QEMU's `alloc_clusters_noref`: `n` free clusters, first-fit. */

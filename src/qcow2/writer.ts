@@ -608,8 +608,11 @@ export class Qcow2Writer {
     // The tables QEMU left when it moved the table: freed, but their bytes
     // (the entries they held) stay in the file.
     // (Not in its clusters reused since: QEMU searches for free clusters
-    // from a table it freed.)
+    // from a table it freed. Nor, in a v2 image, in those preallocated
+    // since: QEMU leaves the table's bytes there, which a v2 image, without
+    // zero clusters, reads as the guest's; we leave zeros.)
     const cs = layout.clusterSize;
+    const v2 = this.#options.compat === "0.10";
     for (const old of table.left) {
       const bytes = refcountTable(
         { ...layout, refcountTableClusters: old.entries * ENTRY_SIZE / cs },
@@ -620,7 +623,8 @@ export class Qcow2Writer {
         let end = at;
         while (
           end < bytes.length &&
-          !table.overwritten.has((old.offset + end) / cs)
+          !table.overwritten.has((old.offset + end) / cs) &&
+          !(v2 && table.preallocated.has((old.offset + end) / cs))
         ) end += cs;
         if (end > at) {
           await this.#target.writeAt(old.offset + at, bytes.subarray(at, end));
@@ -640,9 +644,22 @@ export class Qcow2Writer {
       0,
       newHeader(this.#options, layout, this.#luks?.area.length),
     );
-    await this.#target.finish(end);
-    return end;
+    const length = this.endOnSector ? onSector(end) : end;
+    await this.#target.finish(length);
+    return length;
   }
+
+  /**
+   * Whether the file's length is rounded up to a 512-byte sector, as
+   * `qemu-img convert -c` leaves it (its closing compressed write of 0
+   * bytes truncates the file to `bdrv_getlength`, which counts sectors).
+   */
+  endOnSector = false;
+}
+
+/** `end` rounded up to a 512-byte sector. */
+function onSector(end: number): number {
+  return Math.ceil(end / COMPRESSED_SECTOR_SIZE) * COMPRESSED_SECTOR_SIZE;
 }
 
 /**
@@ -804,6 +821,8 @@ export interface PlannedRun {
  * @param options The image's options.
  * @param plan The runs, in guest order.
  * @param items Every planned cluster, in order, with its bytes.
+ * @param endOnSector Whether the file's length is rounded up to a 512-byte
+ *   sector (`qemu-img convert -c`; see {@linkcode Qcow2Writer.endOnSector}).
  * @returns The file's length.
  * @throws {Qcow2Error} `SOURCE_CHANGED` if a compressed cluster's length differs
  * from the plan (the source changed between the passes).
@@ -813,6 +832,7 @@ export async function writeStream(
   options: ResolvedCreateOptions,
   plan: PlannedRun[],
   items: AsyncIterable<ClusterWrite>,
+  endOnSector = false,
 ): Promise<number> {
   const source = items[Symbol.asyncIterator]();
   const geometry = geometryOf(options);
@@ -940,8 +960,9 @@ export async function writeStream(
       }
     }
   }
-  await target.finish(end);
-  return end;
+  const length = endOnSector ? onSector(end) : end;
+  await target.finish(length);
+  return length;
 }
 
 /** `plan` with every run cut where an L2 range ends. */
