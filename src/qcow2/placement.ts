@@ -607,7 +607,7 @@ export class Placer {
      * only then (so not in a table that move leaves behind).
      */
     const waiting = new Set<number>();
-    let moved = false;
+    const tablesBefore = this.#oldTables.length;
     for (
       let index = Math.floor(first / perBlock);
       index <= Math.floor(last / perBlock);
@@ -623,17 +623,15 @@ export class Placer {
       last = Math.max(last, block);
       if (index >= this.#tableEntries) {
         this.#growTable(Math.max(first, index * perBlock), block, waiting);
-        moved = true;
       }
     }
-    // QEMU frees the old table (`qcow2_free_clusters`) once the blocks are
+    // QEMU frees each old table (`qcow2_free_clusters`) once the blocks are
     // placed: its search for free clusters starts there again.
-    if (moved) {
-      const old = this.#oldTables.at(-1)!;
-      const cs = this.#clusterSize;
+    const cs = this.#clusterSize;
+    for (const old of this.#oldTables.slice(tablesBefore)) {
       this.#free(old.offset / cs, old.entries * ENTRY_SIZE / cs);
     }
-    return moved;
+    return this.#oldTables.length > tablesBefore;
   }
 
   /**
