@@ -82,6 +82,11 @@ export interface CommandSpec {
   /** The command takes `--output=human|json` and `--json`. */
   output?: boolean;
   /**
+   * Options with a value whose empty value the command judges itself (`-S
+   * ''`: qemu-img's invalid-size message), where others need a value.
+   */
+  empty?: string[];
+  /**
    * The exit status of a usage error: 2 (ours, the default) or 1 (qemu-img's,
    * for the commands whose exit status scripts read, such as `compare`).
    */
@@ -304,7 +309,7 @@ export function parse(
       if (long === name) flags[short] = values[0];
       if (short === name) flags[long] = values[0];
     }
-    if (values[0] === "") {
+    if (values[0] === "" && !spec.empty?.includes(name)) {
       throw error(`${dashed(name)} needs a value`);
     }
   }

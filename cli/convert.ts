@@ -47,6 +47,8 @@ const SPEC: CommandSpec = withSecretFlags({
   boolean: ["p", "top", "c"],
   string: ["O", "S", "l", "B", "F"],
   list: ["o"],
+  // -S '' is an invalid size, said in qemu-img's words (exit 1).
+  empty: ["S"],
   output: true,
 });
 

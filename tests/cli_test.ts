@@ -649,6 +649,14 @@ Deno.test("cli errors say what is wrong and what to do", async () => {
         1,
         `${dir}/plain.txt: Cannot read qcow2 image: the file does not start with the qcow2 magic 'QFI\\xfb'; if it is a raw image, it needs no conversion (-f raw copies it)\n`,
       ],
+      ...[[], ["-f", "qcow2"]].map((
+        f,
+      ): [string[], string[], number, string] => [
+        all,
+        ["info", ...f, `${dir}/plain.txt`],
+        1,
+        `${dir}/plain.txt: Cannot read qcow2 image: the file does not start with the qcow2 magic 'QFI\\xfb', so it reads as a raw image; give -f raw to describe it as one\n`,
+      ]),
       [
         all,
         ["convert", `${dir}/top.qcow2`, `${dir}/o.raw`],
@@ -722,6 +730,7 @@ Deno.test("cli convert -S: sizes and refusals as qemu-img's (exit 1, its words)"
       ["512.0", 0, ""],
       ["16M", 0, ""],
       ["-1", 1, suffixes],
+      ["", 1, suffixes],
       ["1e3", 1, suffixes],
       ["4kB", 1, suffixes],
       ["1.5", 1, suffixes],

@@ -171,7 +171,14 @@ async function describeSource(
       { file: path },
     );
   }
-  // The top image must be qcow2 (or qcow): a raw file fails on its magic here.
+  // The top image must be qcow2 (or qcow) unless -f raw is given.
+  if (probed === "raw") {
+    throw new Qcow2Error(
+      "BAD_MAGIC",
+      `Cannot read qcow2 image: the file does not start with the qcow2 magic 'QFI\\xfb', so it reads as a raw image; give -f raw to describe it as one`,
+      { offset: 0 },
+    );
+  }
   const header = await readHeader(source);
   const snapshots = header.nbSnapshots > 0
     ? await readSnapshots(source, header)
