@@ -11,7 +11,11 @@
  *   before the L1 table (2 MiB of zeros: 36352 bytes against 2048).
  * - `-c -S 0` over holes: zero clusters written uncompressed.
  * - Extended L2: subclusters past the disk's end marked allocated.
- * - `-c`: the file ends on a 512-byte sector, as qemu-img leaves it.
+ * - `-c`: the file ends on a 512-byte sector, as qemu-img leaves it; and a
+ *   compressed cluster goes on in a host cluster partly filled before an
+ *   L2 table (or an uncompressed cluster) came, as `qcow2_alloc_bytes` does
+ *   (a second sweep: 4–30% larger on small images); the stream cannot go
+ *   back, and packs in file order.
  * - `create -o compat=0.10,preallocation=metadata`: where QEMU puts
  *   preallocated clusters into a refcount table it freed, its v2 image (no
  *   zero clusters) reads the table's bytes as the guest's; ours reads
@@ -146,6 +150,60 @@ Deno.test("create -o compat=0.10,preallocation=metadata: preallocated clusters i
       image.close();
     }
     if (hasQemu) await run("qemu-img", ["check", path]);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+});
+
+Deno.test("convert -O qcow2 -c: a compressed cluster goes on in the host cluster partly filled before an L2 table, as QEMU packs (qemu-img's bytes); the stream packs in file order", async () => {
+  const dir = await tempDir();
+  try {
+    // 512-byte clusters: the two data clusters are 2.7 MiB apart, so an L2
+    // table comes between their compressed forms (23 bytes each).
+    const bytes = new Uint8Array(9041408);
+    bytes.fill(0x41, 3584, 4096);
+    bytes.fill(0x42, 2818560, 2819072);
+    const src = `${dir}/src.raw`;
+    await Deno.writeFile(src, bytes);
+    const flags = [`--allow-read=${dir}`, `--allow-write=${dir}`];
+    const args = ["-c", "-o", "cluster_size=512"];
+    const dst = `${dir}/o.qcow2`;
+    const file = await cli(flags, [
+      "convert",
+      "-O",
+      "qcow2",
+      ...args,
+      src,
+      dst,
+    ]);
+    assertEquals(file.code, 0, file.stderr);
+    const written = await Deno.readFile(dst);
+    // qemu-img 7.2: 5632 bytes, the second compressed cluster at 0x1217.
+    assertEquals(
+      hex(await crypto.subtle.digest("SHA-256", written.slice())),
+      "54f4efc03584818cd917d6a61dbe0141ee20dc4076213c33ff340ea022ee4883",
+    );
+    const streamed = await cli(flags, [
+      "convert",
+      "-O",
+      "qcow2",
+      ...args,
+      src,
+      "-",
+    ]);
+    assertEquals(streamed.code, 0, streamed.stderr);
+    // One host cluster more: the second one starts a new cluster.
+    assertEquals(streamed.bytes.length, written.length + 512);
+    const stream = `${dir}/s.qcow2`;
+    await Deno.writeFile(stream, streamed.bytes);
+    for (const path of [dst, stream]) {
+      const compared = await cli(flags, ["compare", src, path]);
+      assertEquals(compared.code, 0, compared.stdout);
+      if (hasQemu) {
+        await run("qemu-img", ["check", path]);
+        await run("qemu-img", ["compare", src, path]);
+      }
+    }
   } finally {
     await Deno.remove(dir, { recursive: true });
   }

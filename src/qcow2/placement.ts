@@ -282,8 +282,19 @@ export class Placer {
   #onReference: (hostCluster: number) => void;
   #layout: MetadataLayout;
   #refcountBits: number;
-  #lastCluster = -1;
-  #lastCount = 0;
+  /**
+   * QEMU's `free_byte_offset`: where the next compressed cluster may go,
+   * in a host cluster partly filled by the ones before (0: none); and the
+   * references to that host cluster so far.
+   */
+  #freeByte = 0;
+  #freeByteRefs = 0;
+  /**
+   * Whether compressed clusters go in file order only, for a stream (a
+   * pipe cannot go back): a partly filled host cluster is gone on in only
+   * while nothing was placed after it. Set before placing.
+   */
+  inOrder = false;
   /** With inline refcount blocks: each block's offset, by its index. */
   #blocks = new Map<number, number>();
   /** The data run being allocated (inline blocks): first host cluster, count. */
@@ -360,8 +371,9 @@ export class Placer {
     const copy = new Placer(this.#layout, this.#refcountBits);
     copy.position = this.position;
     copy.l1Index = this.l1Index;
-    copy.#lastCluster = this.#lastCluster;
-    copy.#lastCount = this.#lastCount;
+    copy.#freeByte = this.#freeByte;
+    copy.#freeByteRefs = this.#freeByteRefs;
+    copy.inOrder = this.inOrder;
     copy.#blocks = new Map(this.#blocks);
     copy.#unitStart = this.#unitStart;
     copy.#unitCount = this.#unitCount;
@@ -686,28 +698,37 @@ export class Placer {
     return at;
   }
 
+  /**
+   * QEMU's `qcow2_alloc_bytes`: a compressed cluster goes on in the host
+   * cluster the ones before partly filled, even with an L2 table allocated
+   * since, if it fits there (and that cluster's refcount is not at the
+   * width's maximum); else into a new host cluster, which it may spill into
+   * from the partly filled one only if that one comes right before it.
+   */
   #bytes(length: number): number {
     const cs = this.#clusterSize;
-    let at = this.position;
-    if (
-      at % cs !== 0 && Math.floor(at / cs) === this.#lastCluster &&
-      this.#lastCount >= this.#refcountMax
-    ) {
-      at = this.#alignUp();
+    let at = this.#freeByte;
+    let refs = this.#freeByteRefs;
+    if (at !== 0 && refs >= this.#refcountMax) at = 0;
+    if (this.inOrder && at !== this.position) at = 0;
+    if (at === 0 || cs - at % cs < length) {
+      const next = this.#alignUp();
+      if (at === 0 || Math.ceil(at / cs) * cs !== next) {
+        at = next;
+        refs = 0;
+      }
     }
     const first = Math.floor(at / cs);
     const last = Math.floor((at + length - 1) / cs);
     for (let c = first; c <= last; c++) this.#reference(c);
-    this.position = at + length;
+    this.position = Math.max(this.position, at + length);
+    // The cluster the next may go on in: this one's last, one more reference.
+    this.#freeByte = (at + length) % cs === 0 ? 0 : at + length;
+    this.#freeByteRefs = last === first ? refs + 1 : 1;
     return at;
   }
 
   #reference(hostCluster: number): void {
-    if (hostCluster === this.#lastCluster) this.#lastCount++;
-    else {
-      this.#lastCluster = hostCluster;
-      this.#lastCount = 1;
-    }
     this.#onReference(hostCluster);
   }
 }

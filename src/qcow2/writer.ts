@@ -813,7 +813,10 @@ export interface PlannedRun {
  * A complete image written front to back, for a pipe: the plan (every
  * cluster's fate, compressed lengths included) is known before the first
  * byte, so the metadata goes first and the data after it in guest order, as
- * QEMU's `scripts/qcow2-to-stdout.py` writes it. `items` gives the
+ * QEMU's `scripts/qcow2-to-stdout.py` writes it; compressed clusters are
+ * packed in file order (a partly filled host cluster is not gone back to
+ * after an L2 table or an uncompressed cluster, as a file's are), so with
+ * compression the image can be a little larger. `items` gives the
  * clusters again, with their bytes, exactly as planned (compressed
  * clusters at the planned length).
  *
@@ -840,6 +843,9 @@ export async function writeStream(
   // The exact size: place everything once from offset 0.
   const probe = layoutMetadata(geometry, 0);
   const dry = new Placer({ ...probe, dataStart: 0 }, options.refcountBits);
+  // Compressed clusters in file order: a pipe cannot go back into a host
+  // cluster partly filled before (QEMU's packing can, in a file).
+  dry.inOrder = true;
   forEachCluster(plan, (c, kind, length) => dry.place(c, kind, length));
   const layout = layoutMetadata(
     geometry,
@@ -855,6 +861,7 @@ export async function writeStream(
     options.refcountBits,
     (c) => refcounts.increment(c),
   );
+  counting.inOrder = true;
   const l1 = new Map<number, number>();
   let dataEnd = layout.dataStart;
   forEachCluster(plan, (c, kind, length, subclusters) => {
@@ -894,6 +901,7 @@ export async function writeStream(
   // Each L2 range: its table (from a placer looking ahead), then its data.
   const runs = splitAtRanges(plan, layout.l2Entries);
   const placer = new Placer(layout, options.refcountBits);
+  placer.inOrder = true;
   let first = 0;
   while (first < runs.length) {
     const l1Index = Math.floor(runs[first].cluster / layout.l2Entries);
