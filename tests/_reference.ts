@@ -83,3 +83,34 @@ export async function cli(flags: string[], args: string[]) {
     bytes: stdout,
   };
 }
+
+/**
+ * SHA-256 (hex) of the images `qemu-img create -f qcow2` 7.2 makes, by
+ * `-o` text and size ("OPTIONS SIZE"): tests/fixtures/create_digests.json,
+ * made by make_create_digests.sh.
+ */
+export async function createDigests(): Promise<Record<string, string>> {
+  return JSON.parse(
+    await Deno.readTextFile(
+      new URL("./fixtures/create_digests.json", import.meta.url),
+    ),
+  );
+}
+
+/**
+ * Runs `convert -O qcow2 ARGS SRC` twice, to `dst` and to standard output,
+ * and returns the bytes of each; throws if either fails.
+ */
+export async function convertToFileAndStream(
+  flags: string[],
+  args: string[],
+  src: string,
+  dst: string,
+): Promise<{ file: Uint8Array; stream: Uint8Array }> {
+  const convert = ["convert", "-O", "qcow2", ...args, src];
+  const file = await cli(flags, [...convert, dst]);
+  if (file.code !== 0) throw new Error(`to ${dst}: ${file.stderr}`);
+  const stream = await cli(flags, [...convert, "-"]);
+  if (stream.code !== 0) throw new Error(`to a stream: ${stream.stderr}`);
+  return { file: await Deno.readFile(dst), stream: stream.bytes };
+}

@@ -24,7 +24,15 @@
 
 import { assertEquals } from "@std/assert";
 import { openImage } from "../mod.ts";
-import { cli, hasQemu, hex, run, tempDir } from "./_reference.ts";
+import {
+  cli,
+  convertToFileAndStream,
+  hasQemu,
+  hex,
+  run,
+  sha256File,
+  tempDir,
+} from "./_reference.ts";
 import { prng } from "./_synth.ts";
 
 /** A source: its bytes (or, for a sparse file, its length). */
@@ -86,26 +94,13 @@ for (const [name, source, args, digest] of CASES) {
         "--allow-ffi",
       ];
       const dst = `${dir}/o.qcow2`;
-      const file = await cli(flags, [
-        "convert",
-        "-O",
-        "qcow2",
-        ...args,
+      const { file: bytes, stream } = await convertToFileAndStream(
+        flags,
+        args,
         src,
         dst,
-      ]);
-      assertEquals(file.code, 0, file.stderr);
-      const streamed = await cli(flags, [
-        "convert",
-        "-O",
-        "qcow2",
-        ...args,
-        src,
-        "-",
-      ]);
-      assertEquals(streamed.code, 0, streamed.stderr);
-      const bytes = await Deno.readFile(dst);
-      assertEquals(bytes, streamed.bytes);
+      );
+      assertEquals(bytes, stream);
       if (hasQemu) {
         const theirs = `${dir}/q.qcow2`;
         await run("qemu-img", ["convert", "-O", "qcow2", ...args, src, theirs]);
@@ -168,34 +163,21 @@ Deno.test("convert -O qcow2 -c: a compressed cluster goes on in the host cluster
     const flags = [`--allow-read=${dir}`, `--allow-write=${dir}`];
     const args = ["-c", "-o", "cluster_size=512"];
     const dst = `${dir}/o.qcow2`;
-    const file = await cli(flags, [
-      "convert",
-      "-O",
-      "qcow2",
-      ...args,
+    const { file: written, stream: streamed } = await convertToFileAndStream(
+      flags,
+      args,
       src,
       dst,
-    ]);
-    assertEquals(file.code, 0, file.stderr);
-    const written = await Deno.readFile(dst);
+    );
     // qemu-img 7.2: 5632 bytes, the second compressed cluster at 0x1217.
     assertEquals(
-      hex(await crypto.subtle.digest("SHA-256", written.slice())),
+      await sha256File(dst),
       "54f4efc03584818cd917d6a61dbe0141ee20dc4076213c33ff340ea022ee4883",
     );
-    const streamed = await cli(flags, [
-      "convert",
-      "-O",
-      "qcow2",
-      ...args,
-      src,
-      "-",
-    ]);
-    assertEquals(streamed.code, 0, streamed.stderr);
     // One host cluster more: the second one starts a new cluster.
-    assertEquals(streamed.bytes.length, written.length + 512);
+    assertEquals(streamed.length, written.length + 512);
     const stream = `${dir}/s.qcow2`;
-    await Deno.writeFile(stream, streamed.bytes);
+    await Deno.writeFile(stream, streamed);
     for (const path of [dst, stream]) {
       const compared = await cli(flags, ["compare", src, path]);
       assertEquals(compared.code, 0, compared.stdout);

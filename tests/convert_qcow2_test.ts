@@ -18,7 +18,16 @@ import {
   splitOptions,
 } from "../mod.ts";
 import { workerCompressors } from "../native/compress_pool.ts";
-import { cli, fixture, hasQemu, hex, run, tempDir } from "./_reference.ts";
+import {
+  cli,
+  convertToFileAndStream,
+  createDigests,
+  fixture,
+  hasQemu,
+  hex,
+  run,
+  tempDir,
+} from "./_reference.ts";
 import { prng } from "./_synth.ts";
 
 /**
@@ -1118,11 +1127,7 @@ Deno.test("convert -O qcow2: a cluster with one non-zero byte anywhere is data, 
 
 Deno.test("convert -O qcow2 of an empty source, to a file and to a stream: qemu-img's bytes (no L1 table)", async () => {
   // qemu-img convert of 0 bytes makes what `qemu-img create … 0` makes.
-  const digests = JSON.parse(
-    await Deno.readTextFile(
-      new URL("./fixtures/create_digests.json", import.meta.url),
-    ),
-  );
+  const digests = await createDigests();
   const dir = await tempDir();
   try {
     const src = `${dir}/empty.raw`;
@@ -1130,25 +1135,13 @@ Deno.test("convert -O qcow2 of an empty source, to a file and to a stream: qemu-
     const flags = [`--allow-read=${dir}`, `--allow-write=${dir}`];
     for (const compress of [[], ["-c"]]) {
       const dst = `${dir}/o.qcow2`;
-      const file = await cli(flags, [
-        "convert",
-        "-O",
-        "qcow2",
-        ...compress,
+      const { file, stream } = await convertToFileAndStream(
+        flags,
+        compress,
         src,
         dst,
-      ]);
-      assertEquals(file.code, 0, file.stderr);
-      const streamed = await cli(flags, [
-        "convert",
-        "-O",
-        "qcow2",
-        ...compress,
-        src,
-        "-",
-      ]);
-      assertEquals(streamed.code, 0, streamed.stderr);
-      for (const bytes of [await Deno.readFile(dst), streamed.bytes]) {
+      );
+      for (const bytes of [file, stream]) {
         assertEquals(
           hex(await crypto.subtle.digest("SHA-256", bytes.slice())),
           digests[" 0"],

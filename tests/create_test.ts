@@ -16,7 +16,14 @@ import {
   resolveCreateOptions,
   splitOptions,
 } from "../mod.ts";
-import { cli, hasQemu, hex, run, tempDir } from "./_reference.ts";
+import {
+  cli,
+  createDigests,
+  hasQemu,
+  hex,
+  run,
+  tempDir,
+} from "./_reference.ts";
 
 /** `-o` text, size, and whether our file is qemu-img's byte for byte. */
 const CASES: [string, string, boolean][] = [
@@ -69,11 +76,7 @@ const CASES: [string, string, boolean][] = [
   ["preallocation=full,cluster_size=512,refcount_bits=64", "0", true],
 ];
 
-const digests: Record<string, string> = JSON.parse(
-  await Deno.readTextFile(
-    new URL("./fixtures/create_digests.json", import.meta.url),
-  ),
-);
+const digests = await createDigests();
 
 async function ours(options: string, size: string): Promise<Uint8Array> {
   const target = memoryTarget();

@@ -20,15 +20,18 @@
  */
 
 import { assertEquals } from "@std/assert";
-import { cli, hasQemu, run, sha256File, tempDir } from "./_reference.ts";
+import {
+  cli,
+  createDigests,
+  hasQemu,
+  run,
+  sha256File,
+  tempDir,
+} from "./_reference.ts";
 import { prng } from "./_synth.ts";
 
 /** SHA-256 of qemu-img's images, by `-o` text and size. */
-const DIGESTS: Record<string, string> = JSON.parse(
-  await Deno.readTextFile(
-    new URL("./fixtures/create_digests.json", import.meta.url),
-  ),
-);
+const DIGESTS = await createDigests();
 
 /** Runs `args` (which write into `dir`), then checks `path` with both tools. */
 async function writtenClean(

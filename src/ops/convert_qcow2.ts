@@ -867,6 +867,21 @@ function boundOf(c: Classify): number {
 }
 
 /**
+ * `c` with its progress said as pass `pass` (1 or 2) of two over the
+ * source: each pass is half of it.
+ */
+function passOf(c: Classify, pass: 1 | 2): Classify {
+  const onProgress = c.onProgress;
+  const total = c.image.size;
+  const before = pass === 1 ? 0 : total;
+  return {
+    ...c,
+    onProgress: onProgress &&
+      ((p) => onProgress({ done: (before + p.done) / 2, total })),
+  };
+}
+
+/**
  * The most source bytes read a first time to learn the exact layout (see
  * {@linkcode exactBound}): past it, the one-pass layout stands.
  */
@@ -904,15 +919,7 @@ async function exactBound(
   if (bound * cs > EXACT_READ_LIMIT) return undefined;
   // Placed from offset 0, as the stream writer's dry run does.
   const dry = new Placer({ ...least, dataStart: 0 }, c.options.refcountBits);
-  const total = c.image.size;
-  const onProgress = c.onProgress;
-  for await (
-    const item of classify({
-      ...c,
-      onProgress: onProgress &&
-        ((p) => onProgress({ done: p.done / 2, total })),
-    })
-  ) {
+  for await (const item of classify(passOf(c, 1))) {
     const length = item.kind === "compressed" ? item.bytes!.length : 0;
     for (let i = 0; i < (item.count ?? 1); i++) {
       dry.place(item.cluster + i, item.kind, length);
@@ -953,16 +960,10 @@ export async function convertImageToQcow2(
       "Compression is not supported for encrypted images (as in QEMU)",
     );
   }
-  const c = await prepare(image, options);
-  const area = options.luks?.area.length ?? 0;
-  const exact = await exactBound(c, area);
-  if (exact !== undefined) {
-    // The source was read once already: the second pass is the second half.
-    const onProgress = c.onProgress;
-    const total = image.size;
-    c.onProgress = onProgress &&
-      ((p) => onProgress({ done: (total + p.done) / 2, total }));
-  }
+  const prepared = await prepare(image, options);
+  const exact = await exactBound(prepared, options.luks?.area.length ?? 0);
+  // Read once already: the writing pass is the second half of the progress.
+  const c = exact === undefined ? prepared : passOf(prepared, 2);
   const writer = new Qcow2Writer(
     target,
     c.options,
@@ -1043,13 +1044,7 @@ export async function convertImageToQcow2Stream(
   const plan: PlannedRun[] = [];
   const counts = { data: 0, preallocated: 0, compressed: 0, zero: 0 };
   const total = image.size;
-  for await (
-    const item of classify({
-      ...c,
-      onProgress: c.onProgress &&
-        ((p) => c.onProgress!({ done: p.done / 2, total })),
-    })
-  ) {
+  for await (const item of classify(passOf(c, 1))) {
     counts[item.kind]++;
     const last = plan.at(-1);
     if (item.kind === "compressed") {
@@ -1074,11 +1069,7 @@ export async function convertImageToQcow2Stream(
       last.count++;
     } else plan.push({ cluster: item.cluster, count: 1, kind: item.kind });
   }
-  const items = classify({
-    ...c,
-    onProgress: c.onProgress &&
-      ((p) => c.onProgress!({ done: (total + p.done) / 2, total })),
-  });
+  const items = classify(passOf(c, 2));
   const fileSize = await writeStream(
     target,
     c.options,

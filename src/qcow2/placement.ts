@@ -438,10 +438,9 @@ export class Placer {
         );
         this.#unitLength = Math.min(this.#maxUnit, rangeEnd - cluster);
         this.#unitStart = this.#allocateCounted(this.#unitLength);
-        this.#runInOldTable = this.#oldTables.some((t) =>
-          this.#unitStart < (t.offset + t.entries * ENTRY_SIZE) /
-              this.#clusterSize &&
-          t.offset / this.#clusterSize < this.#unitStart + this.#unitLength
+        this.#runInOldTable = this.#inOldTable(
+          this.#unitStart,
+          this.#unitLength,
         );
       }
       const at = this.#unitStart + this.#unitCount++;
@@ -537,12 +536,16 @@ export class Placer {
 
   /** Notes host cluster `c` in `set` (as written over), if a freed table held it. */
   #markIfOldTable(c: number, set = this.#overwritten): void {
+    if (this.#inOldTable(c, 1)) set.add(c);
+  }
+
+  /** Whether host clusters `[first, first + n)` meet a freed table. */
+  #inOldTable(first: number, n: number): boolean {
     const cs = this.#clusterSize;
-    if (
-      this.#oldTables.some((t) =>
-        t.offset / cs <= c && c < (t.offset + t.entries * ENTRY_SIZE) / cs
-      )
-    ) set.add(c);
+    return this.#oldTables.some((t) =>
+      first < (t.offset + t.entries * ENTRY_SIZE) / cs &&
+      t.offset / cs < first + n
+    );
   }
 
   /** QEMU's `alloc_clusters_noref`: `n` free clusters, first-fit. */
